@@ -1,0 +1,20 @@
+//! syncer's storage engine: the event log, the blob store, the redb index and
+//! the tree materialized from them. It knows nothing of FUSE or rsync.
+//!
+//! Always true (see `../shared/DESIGN.md` for the rules behind these):
+//! - the log is the truth: node state exists only as events; the index is
+//!   derived and can be rebuilt from the log;
+//! - durable I/O goes through [`storage::Storage`], so crash tests can drop
+//!   unsynced writes;
+//! - every on-disk format carries magic bytes with its version inside, and is
+//!   documented beside its code.
+
+
+
+pub mod clock;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod storage;
+
+pub use error::{Error, FsError, Result};

@@ -1,0 +1,390 @@
+//! Durable I/O behind a small trait, so crash tests can swap in a backend
+//! that loses whatever was not synced (the model is redb's `StorageBackend`).
+//!
+//! The contract every backend keeps, and every caller relies on:
+//! - bytes written with [`AppendFile::append`] or [`Storage::write_file`]
+//!   survive a crash only after [`AppendFile::sync`] / [`Storage::sync_file`];
+//! - a newly created or renamed directory entry survives a crash only after
+//!   [`Storage::sync_dir`] on its parent directory;
+//! - a crash may keep any prefix of the unsynced bytes of a file (a torn tail),
+//!   never reorder or invent bytes.
+//!
+//! The redb index is not behind this trait: it is derived from the log and is
+//! rebuilt or caught up after a crash.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// An open file that grows at its end.
+pub trait AppendFile: Send + Debug {
+    /// Appends all of `data`.
+    fn append(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Makes everything appended so far durable.
+    fn sync(&mut self) -> io::Result<()>;
+    /// Current length in bytes.
+    fn len(&self) -> u64;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The filesystem operations the log and blob store need.
+pub trait Storage: Send + Sync + Debug {
+    /// Opens `path` for appending, creating it if missing.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>>;
+    /// Reads the whole file.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Reads up to `len` bytes at `offset` (fewer at end of file).
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Length of the file.
+    fn file_len(&self, path: &Path) -> io::Result<u64>;
+    /// Whether `path` exists.
+    fn exists(&self, path: &Path) -> bool;
+    /// Names in a directory (unsorted).
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<OsString>>;
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Writes a whole file, replacing it (not synced).
+    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Makes a file's content durable.
+    fn sync_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes a directory's entries durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Cuts a file to `len` bytes and makes that durable.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Renames a file (atomic on the real backend).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+}
+
+/// The real filesystem.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FsStorage;
+
+#[derive(Debug)]
+struct FsAppendFile {
+    file: File,
+    len: u64,
+}
+
+impl AppendFile for FsAppendFile {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all(data)?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl Storage for FsStorage {
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+        let len = file.seek(SeekFrom::End(0))?;
+        Ok(Box::new(FsAppendFile { file, len }))
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let file = File::open(path)?;
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            let n = file.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        Ok(std::fs::metadata(path)?.len())
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
+        std::fs::read_dir(path)?.map(|e| e.map(|e| e.file_name())).collect()
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        std::fs::write(path, data)
+    }
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(len)?;
+        f.sync_all()
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+}
+
+/// An in-memory backend for crash tests: [`CrashStorage::crash`] throws away
+/// what was not synced, keeping a chosen prefix of each file's unsynced tail.
+#[derive(Debug, Clone, Default)]
+pub struct CrashStorage {
+    inner: Arc<Mutex<CrashState>>,
+}
+
+#[derive(Debug, Default)]
+struct CrashState {
+    /// Current content of every file.
+    files: BTreeMap<PathBuf, Vec<u8>>,
+    /// Content as of the last sync of each file.
+    synced: BTreeMap<PathBuf, Vec<u8>>,
+    /// Directories that exist now.
+    dirs: BTreeSet<PathBuf>,
+    /// Files whose directory entry is durable.
+    durable_entries: BTreeSet<PathBuf>,
+}
+
+#[derive(Debug)]
+struct CrashAppendFile {
+    storage: CrashStorage,
+    path: PathBuf,
+}
+
+impl CrashStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, CrashState> {
+        // A panic while the lock was held leaves plain data behind; keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Simulates a power cut. For each file, `keep(path, synced_len,
+    /// current_len)` picks how many bytes survive, clamped to
+    /// `synced_len..=current_len`; files whose directory entry was never made
+    /// durable vanish.
+    pub fn crash(&self, mut keep: impl FnMut(&Path, usize, usize) -> usize) {
+        let mut st = self.state();
+        let st = &mut *st;
+        let durable = st.durable_entries.clone();
+        st.files.retain(|p, _| durable.contains(p));
+        for (path, data) in st.files.iter_mut() {
+            let synced = st.synced.get(path).cloned().unwrap_or_default();
+            // A file rewritten since its sync (write_file) keeps only its synced content.
+            if !data.starts_with(&synced) {
+                *data = synced;
+                continue;
+            }
+            let n = keep(path, synced.len(), data.len()).clamp(synced.len(), data.len());
+            data.truncate(n);
+        }
+        st.synced = st.files.clone();
+    }
+
+    /// Bytes not yet synced, summed over all files (to know a crash can bite).
+    pub fn unsynced_bytes(&self) -> usize {
+        let st = self.state();
+        st.files
+            .iter()
+            .map(|(p, d)| d.len().saturating_sub(st.synced.get(p).map_or(0, Vec::len)))
+            .sum()
+    }
+
+    fn not_found(path: &Path) -> io::Error {
+        io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
+    }
+
+    fn parent_exists(st: &CrashState, path: &Path) -> io::Result<()> {
+        match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() && !st.dirs.contains(p) => Err(Self::not_found(p)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl AppendFile for CrashAppendFile {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut st = self.storage.state();
+        st.files.entry(self.path.clone()).or_default().extend_from_slice(data);
+        Ok(())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.storage.sync_file(&self.path)
+    }
+    fn len(&self) -> u64 {
+        self.storage.state().files.get(&self.path).map_or(0, |d| d.len() as u64)
+    }
+}
+
+impl Storage for CrashStorage {
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        {
+            let mut st = self.state();
+            Self::parent_exists(&st, path)?;
+            st.files.entry(path.to_path_buf()).or_default();
+        }
+        Ok(Box::new(CrashAppendFile { storage: self.clone(), path: path.to_path_buf() }))
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.state().files.get(path).cloned().ok_or_else(|| Self::not_found(path))
+    }
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let st = self.state();
+        let data = st.files.get(path).ok_or_else(|| Self::not_found(path))?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let end = start.saturating_add(len).min(data.len());
+        Ok(data[start..end].to_vec())
+    }
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        self.state().files.get(path).map(|d| d.len() as u64).ok_or_else(|| Self::not_found(path))
+    }
+    fn exists(&self, path: &Path) -> bool {
+        let st = self.state();
+        st.files.contains_key(path) || st.dirs.contains(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
+        let st = self.state();
+        if !st.dirs.contains(path) {
+            return Err(Self::not_found(path));
+        }
+        let files = st.files.keys().map(PathBuf::as_path);
+        let dirs = st.dirs.iter().map(PathBuf::as_path);
+        Ok(files
+            .chain(dirs)
+            .filter(|p| p.parent() == Some(path))
+            .filter_map(|p| p.file_name().map(OsString::from))
+            .collect())
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let mut st = self.state();
+        // Directories are treated as durable at once: the log creates them
+        // at init, before anything that a test would crash on.
+        for anc in path.ancestors() {
+            if !anc.as_os_str().is_empty() {
+                st.dirs.insert(anc.to_path_buf());
+            }
+        }
+        Ok(())
+    }
+    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut st = self.state();
+        Self::parent_exists(&st, path)?;
+        st.files.insert(path.to_path_buf(), data.to_vec());
+        Ok(())
+    }
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        let mut st = self.state();
+        let data = st.files.get(path).cloned().ok_or_else(|| Self::not_found(path))?;
+        st.synced.insert(path.to_path_buf(), data);
+        Ok(())
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let mut st = self.state();
+        let children: Vec<PathBuf> = st.files.keys().filter(|p| p.parent() == Some(path)).cloned().collect();
+        st.durable_entries.extend(children);
+        Ok(())
+    }
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let mut st = self.state();
+        let data = st.files.get_mut(path).ok_or_else(|| Self::not_found(path))?;
+        data.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+        let data = data.clone();
+        st.synced.insert(path.to_path_buf(), data);
+        Ok(())
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = self.state();
+        Self::parent_exists(&st, to)?;
+        let data = st.files.remove(from).ok_or_else(|| Self::not_found(from))?;
+        st.files.insert(to.to_path_buf(), data);
+        // The synced content moves with the inode; the new entry is durable
+        // only after the directory is synced.
+        if let Some(s) = st.synced.remove(from) {
+            st.synced.insert(to.to_path_buf(), s);
+        }
+        st.durable_entries.remove(to);
+        Ok(())
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut st = self.state();
+        st.files.remove(path).ok_or_else(|| Self::not_found(path))?;
+        st.synced.remove(path);
+        st.durable_entries.remove(path);
+        Ok(())
+    }
+}
+
+/// Reads a whole file through `std::io` (for callers outside the trait).
+pub fn read_to_end(mut r: impl Read) -> io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    r.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_keeps_synced_and_drops_unsynced() {
+        let s = CrashStorage::new();
+        let dir = Path::new("/d");
+        s.create_dir_all(dir).expect("mkdir");
+        let p = dir.join("f");
+        let mut f = s.open_append(&p).expect("open");
+        f.append(b"hello").expect("append");
+        f.sync().expect("sync");
+        s.sync_dir(dir).expect("sync dir");
+        f.append(b" world").expect("append");
+        assert_eq!(s.unsynced_bytes(), 6);
+        s.crash(|_, synced, _| synced);
+        assert_eq!(s.read(&p).expect("read"), b"hello");
+    }
+
+    #[test]
+    fn crash_may_keep_a_torn_prefix() {
+        let s = CrashStorage::new();
+        s.create_dir_all(Path::new("/d")).expect("mkdir");
+        let p = Path::new("/d/f");
+        let mut f = s.open_append(p).expect("open");
+        f.append(b"abc").expect("append");
+        f.sync().expect("sync");
+        s.sync_dir(Path::new("/d")).expect("sync dir");
+        f.append(b"defgh").expect("append");
+        s.crash(|_, _, _| 5);
+        assert_eq!(s.read(p).expect("read"), b"abcde");
+    }
+
+    #[test]
+    fn unsynced_directory_entry_vanishes() {
+        let s = CrashStorage::new();
+        s.create_dir_all(Path::new("/d")).expect("mkdir");
+        s.write_file(Path::new("/d/new"), b"x").expect("write");
+        s.sync_file(Path::new("/d/new")).expect("sync");
+        s.crash(|_, _, cur| cur);
+        assert!(!s.exists(Path::new("/d/new")));
+    }
+}
