@@ -1,1 +1,170 @@
-fn main(){}
+//! `syncer`: the command line. A thin layer: parse, call the engine, the
+//! FUSE adapter or the replication crate, print, map errors to exit codes.
+//!
+//! Exit codes: 0 success; 1 an error (one line on stderr saying what and
+//! where); 2 bad usage; 3 `log verify` found damage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+mod mount;
+mod status;
+
+const EXIT_HELP: &str = "Exit codes: 0 success; 1 error (one line on stderr: what failed and where); \
+2 bad usage; 3 `log verify` found damage.";
+
+/// A FUSE filesystem over an event log: a bounded local cache of a larger
+/// collection, full history, several machines writing at once.
+#[derive(Parser, Debug)]
+#[command(name = "syncer", version, after_help = EXIT_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new data dir.
+    Init {
+        /// The data dir to create (missing or empty).
+        data_dir: PathBuf,
+        /// Remote: a local path or [user@]host:path reached by rsync.
+        #[arg(long)]
+        remote: Option<String>,
+        /// Local cache limit, e.g. 10GiB.
+        #[arg(long, default_value = "10GiB")]
+        cache_size: String,
+        /// Block size, a power of two from 4KiB to 16MiB.
+        #[arg(long, default_value = "1MiB")]
+        block_size: String,
+        /// Bytes of blake3 kept per block hash (16..=32).
+        #[arg(long, default_value_t = 32)]
+        hash_size: usize,
+        /// zstd level for blocks (0 = never compress).
+        #[arg(long, default_value_t = 1)]
+        compression_level: i32,
+    },
+    /// Show machine id, format, sizes and counts.
+    Status {
+        /// The data dir.
+        data_dir: PathBuf,
+    },
+    /// Mount the tree (in the background unless --foreground).
+    Mount {
+        /// The data dir.
+        data_dir: PathBuf,
+        /// Where to mount it.
+        mountpoint: PathBuf,
+        /// Stay in the foreground; Ctrl-C or SIGTERM unmounts cleanly.
+        #[arg(short, long)]
+        foreground: bool,
+        /// Mount options, comma separated (allow_other, ro, ...), as mount(8) passes them.
+        #[arg(short = 'o', value_delimiter = ',')]
+        options: Vec<String>,
+    },
+    /// Unmount a syncer mount (every buffered write is committed first).
+    Unmount {
+        /// The mountpoint.
+        mountpoint: PathBuf,
+    },
+    /// The event log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+    /// The derived redb index.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LogCommand {
+    /// Check every record checksum and every referenced block; exit 3 on damage.
+    Verify {
+        /// The data dir.
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IndexCommand {
+    /// Delete index.redb and rebuild it from the log.
+    Rebuild {
+        /// The data dir.
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SYNCER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("syncer: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Init { data_dir, remote, cache_size, block_size, hash_size, compression_level } => {
+            let mut config = engine::config::Config::new_default(engine::ids::MachineId::random());
+            config.remote = remote;
+            config.cache_size = engine::config::parse_size(&cache_size)
+                .map_err(|e| anyhow::anyhow!("--cache-size {cache_size:?}: {e}"))?;
+            let bs = engine::config::parse_size(&block_size)
+                .map_err(|e| anyhow::anyhow!("--block-size {block_size:?}: {e}"))?;
+            config.block_size = bs;
+            config.small_block = config.small_block.min(u64::from(config.block_size));
+            config.hash_size = hash_size;
+            config.compression_level = compression_level;
+            config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            engine::Engine::init(&data_dir, config.clone())
+                .with_context(|| format!("init {}", data_dir.display()))?;
+            println!("initialized {} (machine {})", data_dir.display(), config.machine);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { data_dir } => status::print(&data_dir).map(|()| ExitCode::SUCCESS),
+        Command::Mount { data_dir, mountpoint, foreground, options } => {
+            mount::mount(&data_dir, &mountpoint, foreground, &options).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Unmount { mountpoint } => mount::unmount(&mountpoint).map(|()| ExitCode::SUCCESS),
+        Command::Log { command: LogCommand::Verify { data_dir } } => {
+            let r = engine::verify::verify(&data_dir).with_context(|| format!("verify {}", data_dir.display()))?;
+            println!(
+                "{} machines, {} segments, {} records, {} blocks ({} ok)",
+                r.machines, r.segments, r.records, r.blocks, r.blocks_ok
+            );
+            for t in &r.torn_tails {
+                println!("note: {t} (cut off on next open)");
+            }
+            for p in &r.problems {
+                println!("DAMAGE: {p}");
+            }
+            Ok(if r.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+        }
+        Command::Index { command: IndexCommand::Rebuild { data_dir } } => {
+            let index = engine::engine::Layout { dir: data_dir.clone() }.index();
+            let e = engine::Engine::open(&data_dir).with_context(|| format!("open {}", data_dir.display()))?;
+            drop(e);
+            std::fs::remove_file(&index).with_context(|| format!("remove {}", index.display()))?;
+            let e = engine::Engine::open(&data_dir).with_context(|| format!("rebuild {}", data_dir.display()))?;
+            let s = e.stats()?;
+            println!("rebuilt {}: {} events, {} nodes", index.display(), e.open_report().caught_up, s.nodes);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

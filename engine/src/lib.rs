@@ -11,10 +11,21 @@
 
 
 
+pub mod blob;
 pub mod clock;
+pub mod engine;
+pub mod config;
 pub mod error;
 pub mod event;
+pub mod format;
 pub mod ids;
+pub mod index;
+pub mod log;
+pub mod record;
 pub mod storage;
+pub mod tree;
+pub mod verify;
 
 pub use error::{Error, FsError, Result};
+pub use engine::{Engine, NodeState, RenameFlags, Stats, XattrMode};
+pub use index::DirEntry;

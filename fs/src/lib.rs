@@ -1,1 +1,273 @@
+//! syncer's FUSE adapter: mounts an [`engine::Engine`] as a POSIX tree.
+//!
+//! Always true:
+//! - every mutation goes through the engine (so into the log); the only
+//!   state kept here is derived (the inode table, open-directory listing
+//!   snapshots) or not yet committed (buffered writes, see `writeback`);
+//! - when [`mount`] returns or [`MountHandle::unmount`] finishes, every
+//!   buffered write is committed and `engine.sync()` has run;
+//! - reads never update atime (the mount behaves as `noatime`);
+//! - hardlinks are refused with `EPERM` (DESIGN.md: one parent per node).
+//!
+//! Layout: `adapter` is the thin `fuser::Filesystem` impl; `ops` holds the
+//! logic as plain `Result<_, Errno>` methods; `errno` is the single engine
+//! error → errno mapping; `inodes` the ino table; `writeback` the buffered
+//! write path with its hashing workers.
 
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use engine::Engine;
+use fuser::{Config, MountOption, SessionACL};
+
+mod adapter;
+mod attr;
+mod errno;
+mod inodes;
+mod ops;
+mod writeback;
+
+use adapter::SyncerFs;
+use ops::Core;
+
+/// How to mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Let other users than the mounting one in (`allow_other`).
+    pub allow_other: bool,
+    /// Mount read-only (always so for a point-in-time engine).
+    pub read_only: bool,
+    /// The source shown in `/proc/mounts`: the data dir path.
+    pub fsname: String,
+    /// FUSE request threads (each gets its own cloned `/dev/fuse` fd).
+    pub threads: usize,
+    /// Bound on memory held by buffered, uncommitted writes, in bytes.
+    pub dirty_limit: u64,
+    /// Further mount options, as for `mount -o` (e.g. `noexec`, `nosuid`).
+    pub extra: Vec<String>,
+}
+
+impl MountOptions {
+    /// Defaults for a data dir: read-write, 4 threads, 256 MiB dirty bound.
+    pub fn new(fsname: impl Into<String>) -> Self {
+        MountOptions {
+            allow_other: false,
+            read_only: false,
+            fsname: fsname.into(),
+            threads: 4,
+            dirty_limit: 256 << 20,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// Why mounting, serving or unmounting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FsMountError {
+    /// The kernel mount failed (bad mountpoint, no /dev/fuse, no permission).
+    #[error("mounting on {mountpoint}: {source}")]
+    Mount {
+        /// Where.
+        mountpoint: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Serving requests failed.
+    #[error("FUSE session on {mountpoint}: {source}")]
+    Session {
+        /// Where.
+        mountpoint: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Unmounting failed (e.g. busy).
+    #[error("unmounting {mountpoint}: {source}")]
+    Unmount {
+        /// Where.
+        mountpoint: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Buffered writes could not be committed or synced at unmount; the
+    /// log says which node (see the error-level messages before this one).
+    #[error("committing buffered writes on {mountpoint} failed: {errno}")]
+    Flush {
+        /// Where.
+        mountpoint: PathBuf,
+        /// The errno of the first failure.
+        errno: i32,
+    },
+    /// Hashing worker threads could not be started.
+    #[error("starting worker threads: {0}")]
+    Threads(#[source] io::Error),
+}
+
+/// A mount option from its `mount -o` spelling.
+fn parse_option(s: &str) -> MountOption {
+    match s {
+        "auto_unmount" => MountOption::AutoUnmount,
+        "default_permissions" => MountOption::DefaultPermissions,
+        "dev" => MountOption::Dev,
+        "nodev" => MountOption::NoDev,
+        "suid" => MountOption::Suid,
+        "nosuid" => MountOption::NoSuid,
+        "ro" => MountOption::RO,
+        "rw" => MountOption::RW,
+        "exec" => MountOption::Exec,
+        "noexec" => MountOption::NoExec,
+        "atime" => MountOption::Atime,
+        "noatime" => MountOption::NoAtime,
+        "dirsync" => MountOption::DirSync,
+        "sync" => MountOption::Sync,
+        "async" => MountOption::Async,
+        x => match (x.strip_prefix("fsname="), x.strip_prefix("subtype=")) {
+            (Some(n), _) => MountOption::FSName(n.into()),
+            (_, Some(t)) => MountOption::Subtype(t.into()),
+            _ => MountOption::CUSTOM(x.into()),
+        },
+    }
+}
+
+/// The fuser configuration for `opts` on `engine`.
+fn fuse_config(engine: &Engine, opts: &MountOptions) -> Config {
+    let read_only = opts.read_only || engine.is_read_only();
+    let mut mount_options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        // fuser's direct mount(2) path ignores `Subtype`; the kernel takes
+        // `subtype=` itself, and fusermount3 reads it from the same string.
+        MountOption::CUSTOM("subtype=syncer".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        if read_only { MountOption::RO } else { MountOption::RW },
+    ];
+    for o in opts.extra.iter().map(|s| parse_option(s)) {
+        let conflicts = matches!(
+            (&o, read_only),
+            (MountOption::RW, true) | (MountOption::RO, false) | (MountOption::Atime, _)
+        ) || matches!(o, MountOption::FSName(_) | MountOption::Subtype(_));
+        if conflicts {
+            tracing::warn!("ignoring mount option {o:?}: it conflicts with syncer's own");
+        } else if !mount_options.contains(&o) {
+            mount_options.push(o);
+        }
+    }
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
+    let threads = opts.threads.clamp(1, 64);
+    config.n_threads = Some(threads);
+    config.clone_fd = threads > 1;
+    config
+}
+
+fn hash_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8)
+}
+
+fn build(engine: Arc<Engine>, opts: &MountOptions) -> Result<(SyncerFs, Arc<Core>, Config), FsMountError> {
+    let config = fuse_config(&engine, opts);
+    let core = Arc::new(Core::new(engine, opts.dirty_limit, hash_workers()).map_err(FsMountError::Threads)?);
+    Ok((SyncerFs { core: core.clone() }, core, config))
+}
+
+fn final_flush(core: &Core, mountpoint: &Path) -> Result<(), FsMountError> {
+    core.shutdown_flush()
+        .map_err(|e| FsMountError::Flush { mountpoint: mountpoint.to_path_buf(), errno: e.code() })
+}
+
+/// Mounts `engine` on `mountpoint` and serves it until it is unmounted
+/// (`fusermount3 -u`, `umount`). On return every buffered write is
+/// committed and `engine.sync()` has run.
+pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: MountOptions) -> Result<(), FsMountError> {
+    let (fs, core, config) = build(engine, &opts)?;
+    let session = fuser::Session::new(fs, mountpoint, &config)
+        .map_err(|source| FsMountError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
+    let served = session.run();
+    let flushed = final_flush(&core, mountpoint);
+    served.map_err(|source| FsMountError::Session { mountpoint: mountpoint.to_path_buf(), source })?;
+    flushed
+}
+
+/// Mounts `engine` on `mountpoint`, serving from background threads.
+pub fn spawn(engine: Arc<Engine>, mountpoint: &Path, opts: MountOptions) -> Result<MountHandle, FsMountError> {
+    let (fs, core, config) = build(engine, &opts)?;
+    let session = fuser::Session::new(fs, mountpoint, &config)
+        .map_err(|source| FsMountError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
+    let bg = session
+        .spawn()
+        .map_err(|source| FsMountError::Session { mountpoint: mountpoint.to_path_buf(), source })?;
+    Ok(MountHandle { bg: Some(bg), core, mountpoint: mountpoint.to_path_buf() })
+}
+
+/// A mount served in the background. Dropping it unmounts too (errors are
+/// then only logged); prefer [`MountHandle::unmount`].
+pub struct MountHandle {
+    bg: Option<fuser::BackgroundSession>,
+    core: Arc<Core>,
+    mountpoint: PathBuf,
+}
+
+impl std::fmt::Debug for MountHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountHandle").field("mountpoint", &self.mountpoint).finish()
+    }
+}
+
+impl MountHandle {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Bytes of buffered, uncommitted writes held in memory right now.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.core.wb.dirty_bytes()
+    }
+
+    /// Inode table entries right now (root included).
+    pub fn inode_count(&self) -> usize {
+        self.core.inodes.len()
+    }
+
+    /// Unmounts, waits for the request threads, commits every buffered write
+    /// and syncs the engine.
+    pub fn unmount(mut self) -> Result<(), FsMountError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), FsMountError> {
+        let Some(bg) = self.bg.take() else {
+            return Ok(());
+        };
+        let served = bg
+            .umount_and_join()
+            .map_err(|source| FsMountError::Unmount { mountpoint: self.mountpoint.clone(), source });
+        let flushed = final_flush(&self.core, &self.mountpoint);
+        served?;
+        flushed
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_spellings() {
+        assert_eq!(parse_option("noexec"), MountOption::NoExec);
+        assert_eq!(parse_option("fsname=x"), MountOption::FSName("x".into()));
+        assert_eq!(parse_option("max_read=4096"), MountOption::CUSTOM("max_read=4096".into()));
+    }
+}

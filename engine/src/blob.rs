@@ -1,0 +1,863 @@
+//! The content-addressed block store: one file per block under `<data>/blobs/`.
+//!
+//! # Blob file format (version 1)
+//!
+//! ```text
+//! offset  size  field
+//!      0     6  magic      b"SYNBLB"
+//!      6     1  version    u8, 1
+//!      7     1  codec      u8: 0 = raw, 1 = zstd (one frame)
+//!      8     4  raw_len    u32 little endian: length of the uncompressed block
+//!     12     4  reserved   zero
+//!     16     …  payload    the block's bytes, stored as `codec` says
+//! ```
+//!
+//! Always true:
+//! - the address of a blob is [`BlockHash::of`] its *uncompressed* bytes,
+//!   truncated to the data dir's hash size: how a block is stored never
+//!   changes its address;
+//! - a blob lives at `<blobs>/<first 2 hex digits>/<full hex>`; anything else
+//!   in those folders (temp files start with `.tmp-`) is not a blob;
+//! - `raw_len` is at most [`MAX_RAW_LEN`] (64 MiB) and, for raw blobs, equals
+//!   the payload length; decoding never allocates more than `raw_len`;
+//! - every read decodes the blob and checks its hash: a mismatch is reported as
+//!   [`Error::CorruptBlob`] naming the file, never returned as data;
+//! - a blob is written once (temp file + rename) and never modified; a
+//!   dedupe hit on an existing file is verified (unless recently verified) so
+//!   a torn leftover of a crash is rewritten, not trusted;
+//! - [`BlobStore::put`] does not sync. [`BlobStore::sync_pending`] makes every
+//!   blob put so far durable; a caller **must** call it before it commits
+//!   (syncs) a log event that references those blobs, so that the log never
+//!   durably points at a block that a crash could lose.
+//!
+//! Version history:
+//! - v1 (current): the layout above. A version byte greater than 1 is refused
+//!   with a message saying the blob was written by a newer syncer.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::OsStr;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+use crate::event::BlockRef;
+use crate::ids::{BlockHash, MAX_HASH_SIZE, MIN_HASH_SIZE};
+use crate::storage::Storage;
+
+/// First bytes of every blob file.
+pub const MAGIC: &[u8; 6] = b"SYNBLB";
+/// The blob format version this build writes (and the newest it reads).
+pub const VERSION: u8 = 1;
+/// Length of the header before the payload.
+pub const HEADER_LEN: usize = 16;
+/// Largest `raw_len` a blob may declare (well above the largest block size).
+pub const MAX_RAW_LEN: u32 = 64 << 20;
+
+/// Prefix of temp files inside a fan-out folder; never a blob.
+const TEMP_PREFIX: &str = ".tmp-";
+/// Blocks smaller than this are stored raw (no gain worth a codec).
+const MIN_COMPRESS_LEN: usize = 64;
+/// Blocks larger than this are probed with a sample before compressing.
+const SAMPLE_ABOVE: usize = 32 << 10;
+/// Size of the probe sample taken from the middle of a block.
+const SAMPLE_LEN: usize = 8 << 10;
+/// How many verified hashes the store remembers.
+const KNOWN_CAPACITY: usize = 32 * 1024;
+
+/// How a blob's payload is stored.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Codec {
+    /// The payload is the block.
+    Raw,
+    /// The payload is one zstd frame.
+    Zstd,
+}
+
+impl Codec {
+    /// The header byte.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            Codec::Raw => 0,
+            Codec::Zstd => 1,
+        }
+    }
+
+    /// From the header byte.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Codec::Raw),
+            1 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded blob header.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BlobHeader {
+    /// Format version (always [`VERSION`] once decoded).
+    pub version: u8,
+    /// How the payload is stored.
+    pub codec: Codec,
+    /// Uncompressed length of the block.
+    pub raw_len: u32,
+}
+
+/// Why stored bytes are not a valid blob (the store wraps it in
+/// [`Error::CorruptBlob`] with the hash and path).
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum BlobError {
+    /// Fewer bytes than a header.
+    #[error("{0} bytes is shorter than the {HEADER_LEN}-byte blob header (torn write?)")]
+    TooShort(usize),
+    /// The magic bytes are wrong.
+    #[error("bad magic {0:02x?} (not a syncer blob)")]
+    BadMagic([u8; 6]),
+    /// Written by a newer syncer.
+    #[error(
+        "blob format version {0} is newer than this syncer supports ({VERSION}); upgrade syncer"
+    )]
+    NewerVersion(u8),
+    /// A version that no syncer ever wrote.
+    #[error("unknown blob format version {0}")]
+    UnknownVersion(u8),
+    /// Codec byte not known.
+    #[error("unknown codec {0}")]
+    UnknownCodec(u8),
+    /// Reserved header bytes are not zero.
+    #[error("reserved header bytes are not zero: {0:02x?}")]
+    Reserved([u8; 4]),
+    /// `raw_len` above [`MAX_RAW_LEN`].
+    #[error("declared length {0} is larger than the {MAX_RAW_LEN}-byte limit")]
+    TooLarge(u32),
+    /// The payload does not decode to `raw_len` bytes.
+    #[error("payload decodes to {actual} bytes, header says {declared}")]
+    LengthMismatch {
+        /// `raw_len` from the header.
+        declared: u32,
+        /// What came out (for zstd: at least this many).
+        actual: u64,
+    },
+    /// zstd refused the payload.
+    #[error("zstd payload does not decode: {0}")]
+    Decompress(String),
+    /// The content does not hash to the blob's address.
+    #[error("content hashes to {actual}, not to its address")]
+    HashMismatch {
+        /// Hash of the decoded bytes.
+        actual: BlockHash,
+    },
+}
+
+/// Parses the 16-byte header at the start of `stored`.
+pub fn decode_header(stored: &[u8]) -> Result<BlobHeader, BlobError> {
+    let Some(h) = stored.get(..HEADER_LEN) else {
+        return Err(BlobError::TooShort(stored.len()));
+    };
+    let mut magic = [0u8; 6];
+    magic.copy_from_slice(&h[..6]);
+    if &magic != MAGIC {
+        return Err(BlobError::BadMagic(magic));
+    }
+    let version = h[6];
+    if version > VERSION {
+        return Err(BlobError::NewerVersion(version));
+    }
+    if version != VERSION {
+        return Err(BlobError::UnknownVersion(version));
+    }
+    let codec = Codec::from_byte(h[7]).ok_or(BlobError::UnknownCodec(h[7]))?;
+    let raw_len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    let reserved = [h[12], h[13], h[14], h[15]];
+    if reserved != [0; 4] {
+        return Err(BlobError::Reserved(reserved));
+    }
+    if raw_len > MAX_RAW_LEN {
+        return Err(BlobError::TooLarge(raw_len));
+    }
+    Ok(BlobHeader {
+        version,
+        codec,
+        raw_len,
+    })
+}
+
+fn header(codec: Codec, raw_len: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..6].copy_from_slice(MAGIC);
+    h[6] = VERSION;
+    h[7] = codec.to_byte();
+    h[8..12].copy_from_slice(&raw_len.to_le_bytes());
+    h
+}
+
+thread_local! {
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses `src` into `dst` with this thread's compressor; `None` if zstd
+/// fails or the output does not fit in `dst` (which means it does not pay).
+fn compress_into(src: &[u8], dst: &mut [u8], level: i32) -> Option<usize> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.try_borrow_mut().ok()?;
+        if !matches!(&*slot, Some((l, _)) if *l == level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, c) = slot.as_mut()?;
+        c.compress_to_buffer(src, dst).ok()
+    })
+}
+
+/// Whether compressing `data` is worth trying: large blocks are probed with an
+/// 8 KiB sample from the middle, so incompressible data costs almost nothing.
+fn worth_compressing(data: &[u8], level: i32) -> bool {
+    if data.len() <= SAMPLE_ABOVE {
+        return true;
+    }
+    let start = data.len() / 2 - SAMPLE_LEN / 2;
+    let sample = &data[start..start + SAMPLE_LEN];
+    // A sample compresses worse than the whole block (less history), so the
+    // bar is lower than the 1/8 the whole block must save.
+    let mut buf = vec![0u8; SAMPLE_LEN - SAMPLE_LEN / 16];
+    compress_into(sample, &mut buf, level).is_some()
+}
+
+/// Encodes a block as a blob file: zstd at `level` when that saves at least
+/// 1/8 of the size, raw otherwise. `level <= 0` means no compression.
+///
+/// Blocks longer than [`MAX_RAW_LEN`] are not valid blocks; callers check
+/// (the store refuses them). Never panics.
+pub fn encode_blob(data: &[u8], level: i32) -> Vec<u8> {
+    let raw_len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let level = level.min(*zstd::compression_level_range().end());
+    if level > 0 && data.len() >= MIN_COMPRESS_LEN && worth_compressing(data, level) {
+        // Only output that saves at least 1/8 is kept: give zstd no more room.
+        let budget = data.len() - data.len() / 8;
+        let mut out = vec![0u8; HEADER_LEN + budget];
+        if let Some(n) = compress_into(data, &mut out[HEADER_LEN..], level) {
+            if n < budget {
+                out[..HEADER_LEN].copy_from_slice(&header(Codec::Zstd, raw_len));
+                out.truncate(HEADER_LEN + n);
+                out.shrink_to_fit();
+                return out;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + data.len());
+    out.extend_from_slice(&header(Codec::Raw, raw_len));
+    out.extend_from_slice(data);
+    out
+}
+
+/// Decodes `raw_len` bytes of the zstd payload with this thread's decompressor.
+fn decompress(payload: &[u8], raw_len: u32) -> Result<Vec<u8>, BlobError> {
+    let cap = raw_len as usize;
+    let mut out = Vec::with_capacity(cap);
+    let res = DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.try_borrow_mut().map_err(|e| e.to_string())?;
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+        }
+        match slot.as_mut() {
+            Some(d) => d
+                .decompress_to_buffer(payload, &mut out)
+                .map_err(|e| e.to_string()),
+            None => Err("no zstd decompressor".to_string()),
+        }
+    });
+    match res {
+        Ok(n) if n == cap => Ok(out),
+        Ok(n) => Err(BlobError::LengthMismatch {
+            declared: raw_len,
+            actual: n as u64,
+        }),
+        Err(e) => Err(BlobError::Decompress(e)),
+    }
+}
+
+/// Decodes a blob file and checks that its content hashes to `expected`
+/// (with `expected`'s hash size). Never panics, never allocates more than the
+/// header's `raw_len` (itself at most [`MAX_RAW_LEN`]).
+pub fn decode_blob(stored: &[u8], expected: &BlockHash) -> Result<Vec<u8>, BlobError> {
+    let h = decode_header(stored)?;
+    let payload = &stored[HEADER_LEN..];
+    let data = match h.codec {
+        Codec::Raw => {
+            if payload.len() as u64 != u64::from(h.raw_len) {
+                return Err(BlobError::LengthMismatch {
+                    declared: h.raw_len,
+                    actual: payload.len() as u64,
+                });
+            }
+            payload.to_vec()
+        }
+        Codec::Zstd => decompress(payload, h.raw_len)?,
+    };
+    let actual = BlockHash::of(&data, expected.as_bytes().len());
+    if actual != *expected {
+        return Err(BlobError::HashMismatch { actual });
+    }
+    Ok(data)
+}
+
+/// What [`BlobStore::put`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PutOutcome {
+    /// The block's address and uncompressed length.
+    pub block: BlockRef,
+    /// Size of the blob file (header included).
+    pub stored_len: u64,
+    /// `true` if this call wrote the file; `false` on a dedupe hit.
+    pub new: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct KnownState {
+    stored_len: u64,
+    /// Synced by this process's `sync_pending`.
+    durable: bool,
+}
+
+/// A bounded set of hashes whose files were verified (or written) by this
+/// process; evicted first in, first out.
+#[derive(Default)]
+struct Known {
+    map: HashMap<BlockHash, KnownState>,
+    order: VecDeque<BlockHash>,
+}
+
+impl Known {
+    fn get(&self, h: &BlockHash) -> Option<KnownState> {
+        self.map.get(h).copied()
+    }
+
+    fn insert(&mut self, h: BlockHash, stored_len: u64, durable: bool) {
+        match self.map.get_mut(&h) {
+            Some(s) => {
+                s.stored_len = stored_len;
+                s.durable |= durable;
+            }
+            None => {
+                self.map.insert(
+                    h,
+                    KnownState {
+                        stored_len,
+                        durable,
+                    },
+                );
+                self.order.push_back(h);
+                while self.order.len() > KNOWN_CAPACITY {
+                    if let Some(old) = self.order.pop_front() {
+                        self.map.remove(&old);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Blobs put but not yet synced.
+#[derive(Default)]
+struct Pending {
+    blobs: HashSet<BlockHash>,
+    /// Fan-out folders created since the last sync (their entry in `blobs/`
+    /// must be synced too).
+    new_dirs: bool,
+}
+
+/// The block store. `Send + Sync`: every method takes `&self` and may be
+/// called from many threads at once.
+pub struct BlobStore {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    hash_size: usize,
+    level: i32,
+    /// Fan-out folders known to exist, by first hash byte.
+    dirs_ok: Vec<AtomicBool>,
+    known: Mutex<Known>,
+    pending: Mutex<Pending>,
+    /// Held for a whole `sync_pending`, so a caller never returns from it
+    /// while another call is still syncing blobs it took over.
+    sync_lock: Mutex<()>,
+}
+
+impl fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("dir", &self.dir)
+            .field("hash_size", &self.hash_size)
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data are caches and sets that stay consistent on panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl BlobStore {
+    /// Opens (creating if missing) the store in `blobs_dir` for a data dir
+    /// with `hash_size`-byte hashes, compressing at zstd `level` (0 = off).
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        blobs_dir: impl Into<PathBuf>,
+        hash_size: usize,
+        level: i32,
+    ) -> Result<Self> {
+        let dir = blobs_dir.into();
+        if !(MIN_HASH_SIZE..=MAX_HASH_SIZE).contains(&hash_size) {
+            return Err(Error::Invalid(format!(
+                "blob store {}: hash size {hash_size} is not within {MIN_HASH_SIZE}..={MAX_HASH_SIZE}",
+                dir.display()
+            )));
+        }
+        if !storage.exists(&dir) {
+            storage
+                .create_dir_all(&dir)
+                .map_err(|e| Error::io("create", &dir, e))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                storage
+                    .sync_dir(parent)
+                    .map_err(|e| Error::io("sync", parent, e))?;
+            }
+        }
+        Ok(BlobStore {
+            storage,
+            dir,
+            hash_size,
+            level,
+            dirs_ok: (0..256).map(|_| AtomicBool::new(false)).collect(),
+            known: Mutex::default(),
+            pending: Mutex::default(),
+            sync_lock: Mutex::new(()),
+        })
+    }
+
+    /// The folder holding the fan-out folders.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The data dir's hash size in bytes.
+    pub fn hash_size(&self) -> usize {
+        self.hash_size
+    }
+
+    /// Where the blob `hash` lives (whether or not it exists).
+    pub fn path_of(&self, hash: &BlockHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.dir.join(&hex[..2]).join(hex)
+    }
+
+    fn fanout_of(&self, hash: &BlockHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.dir.join(&hex[..2])
+    }
+
+    fn corrupt(&self, hash: &BlockHash, reason: impl fmt::Display) -> Error {
+        Error::CorruptBlob {
+            hash: *hash,
+            path: self.path_of(hash),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Refuses a hash of another size than the store's.
+    fn check_hash(&self, hash: &BlockHash) -> Result<()> {
+        if hash.as_bytes().len() != self.hash_size {
+            return Err(Error::Invalid(format!(
+                "blob {hash}: {}-byte hash in a store of {}-byte hashes",
+                hash.as_bytes().len(),
+                self.hash_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores `data` (a block of at most [`MAX_RAW_LEN`] bytes) and returns
+    /// its address. An existing valid blob is not rewritten. Not synced: see
+    /// [`BlobStore::sync_pending`].
+    pub fn put(&self, data: &[u8]) -> Result<PutOutcome> {
+        let len = u32::try_from(data.len())
+            .ok()
+            .filter(|l| *l <= MAX_RAW_LEN)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "block of {} bytes is larger than {MAX_RAW_LEN}",
+                    data.len()
+                ))
+            })?;
+        let hash = BlockHash::of(data, self.hash_size);
+        let block = BlockRef { hash, len };
+        if let Some(stored_len) = self.existing(&hash)? {
+            return Ok(PutOutcome {
+                block,
+                stored_len,
+                new: false,
+            });
+        }
+        let stored = encode_blob(data, self.level);
+        self.write(&hash, &stored)?;
+        Ok(PutOutcome {
+            block,
+            stored_len: stored.len() as u64,
+            new: true,
+        })
+    }
+
+    /// Stores a blob file fetched from elsewhere (a remote) as is, after
+    /// checking that it decodes to `hash`. Not synced, like [`BlobStore::put`].
+    pub fn put_raw_verified(&self, hash: &BlockHash, stored: &[u8]) -> Result<PutOutcome> {
+        self.check_hash(hash)?;
+        let data = decode_blob(stored, hash)
+            .map_err(|e| self.corrupt(hash, format!("fetched copy: {e}")))?;
+        let block = BlockRef {
+            hash: *hash,
+            len: data.len() as u32,
+        };
+        if let Some(stored_len) = self.existing(hash)? {
+            return Ok(PutOutcome {
+                block,
+                stored_len,
+                new: false,
+            });
+        }
+        self.write(hash, stored)?;
+        Ok(PutOutcome {
+            block,
+            stored_len: stored.len() as u64,
+            new: true,
+        })
+    }
+
+    /// On a dedupe hit, the stored length of the valid existing blob (and
+    /// the blob is queued for the next sync unless this process synced it).
+    /// `None` if it must be written: absent, or a damaged leftover.
+    fn existing(&self, hash: &BlockHash) -> Result<Option<u64>> {
+        if let Some(k) = lock(&self.known).get(hash) {
+            if !k.durable {
+                lock(&self.pending).blobs.insert(*hash);
+            }
+            return Ok(Some(k.stored_len));
+        }
+        let path = self.path_of(hash);
+        if !self.storage.exists(&path) {
+            return Ok(None);
+        }
+        let stored = match self.storage.read(&path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        match decode_blob(&stored, hash) {
+            Ok(_) => {
+                // Valid, but maybe only in the page cache of a process that
+                // died before syncing it: sync it before anyone relies on it.
+                lock(&self.known).insert(*hash, stored.len() as u64, false);
+                lock(&self.pending).blobs.insert(*hash);
+                Ok(Some(stored.len() as u64))
+            }
+            Err(e) => {
+                tracing::warn!(blob = %hash, path = %path.display(), "replacing damaged blob: {e}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes a blob file through a temp file and a rename; queues it for sync.
+    fn write(&self, hash: &BlockHash, stored: &[u8]) -> Result<()> {
+        let fanout = self.fanout_of(hash);
+        let first = usize::from(hash.as_bytes()[0]);
+        if !self.dirs_ok[first].load(Ordering::Acquire) {
+            if !self.storage.exists(&fanout) {
+                self.storage
+                    .create_dir_all(&fanout)
+                    .map_err(|e| Error::io("create", &fanout, e))?;
+                lock(&self.pending).new_dirs = true;
+            }
+            self.dirs_ok[first].store(true, Ordering::Release);
+        }
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = fanout.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
+        let path = self.path_of(hash);
+        self.storage
+            .write_file(&tmp, stored)
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        if let Err(e) = self.storage.rename(&tmp, &path) {
+            let _ = self.storage.remove_file(&tmp);
+            return Err(Error::io("rename", &tmp, e));
+        }
+        // Pending before known: whoever sees it known finds it queued.
+        lock(&self.pending).blobs.insert(*hash);
+        lock(&self.known).insert(*hash, stored.len() as u64, false);
+        Ok(())
+    }
+
+    /// Makes every blob put (or found unsynced) since the last call durable:
+    /// syncs each file, then each fan-out folder holding one, then `blobs/`
+    /// itself if a fan-out folder was created. Call it before committing a
+    /// log event that references those blobs. On error, the blobs stay queued.
+    pub fn sync_pending(&self) -> Result<()> {
+        let _sync = lock(&self.sync_lock);
+        let (blobs, new_dirs) = {
+            let mut p = lock(&self.pending);
+            (
+                std::mem::take(&mut p.blobs),
+                std::mem::take(&mut p.new_dirs),
+            )
+        };
+        if blobs.is_empty() && !new_dirs {
+            return Ok(());
+        }
+        let res = self.sync_batch(&blobs, new_dirs);
+        if res.is_err() {
+            let mut p = lock(&self.pending);
+            p.blobs.extend(blobs);
+            p.new_dirs |= new_dirs;
+        } else {
+            let mut known = lock(&self.known);
+            for h in &blobs {
+                if let Some(k) = known.get(h) {
+                    known.insert(*h, k.stored_len, true);
+                }
+            }
+        }
+        res
+    }
+
+    fn sync_batch(&self, blobs: &HashSet<BlockHash>, new_dirs: bool) -> Result<()> {
+        let files: Vec<PathBuf> = blobs.iter().map(|h| self.path_of(h)).collect();
+        let sync_files = |chunk: &[PathBuf]| -> Result<()> {
+            for p in chunk {
+                self.storage
+                    .sync_file(p)
+                    .map_err(|e| Error::io("sync", p, e))?;
+            }
+            Ok(())
+        };
+        // fsyncs are latency-bound: spread a big batch over a few threads.
+        const PER_THREAD: usize = 32;
+        if files.len() > PER_THREAD {
+            let threads = files.len().div_ceil(PER_THREAD).min(8);
+            let chunk = files.len().div_ceil(threads);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = files
+                    .chunks(chunk)
+                    .map(|c| s.spawn(move || sync_files(c)))
+                    .collect();
+                handles.into_iter().try_for_each(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Invalid("blob sync thread panicked".into())))
+                })
+            })?;
+        } else {
+            sync_files(&files)?;
+        }
+        let dirs: HashSet<PathBuf> = blobs.iter().map(|h| self.fanout_of(h)).collect();
+        for d in &dirs {
+            self.storage
+                .sync_dir(d)
+                .map_err(|e| Error::io("sync", d, e))?;
+        }
+        if new_dirs {
+            self.storage
+                .sync_dir(&self.dir)
+                .map_err(|e| Error::io("sync", &self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// The block `hash`, verified. [`Error::MissingBlob`] if it is not stored
+    /// here; [`Error::CorruptBlob`] naming the file if it does not decode to
+    /// its address.
+    pub fn get(&self, hash: &BlockHash) -> Result<Vec<u8>> {
+        let path = self.path_of(hash);
+        let stored = match self.storage.read(&path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::MissingBlob(*hash)),
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        let data = decode_blob(&stored, hash).map_err(|e| self.corrupt(hash, e))?;
+        lock(&self.known).insert(*hash, stored.len() as u64, false);
+        Ok(data)
+    }
+
+    /// The blob file's bytes as stored (header included), unverified: for
+    /// shipping to a remote, which verifies on fetch.
+    pub fn get_stored(&self, hash: &BlockHash) -> Result<Vec<u8>> {
+        let path = self.path_of(hash);
+        match self.storage.read(&path) {
+            Ok(s) => Ok(s),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::MissingBlob(*hash)),
+            Err(e) => Err(Error::io("read", path, e)),
+        }
+    }
+
+    /// Whether a file for `hash` exists (not verified).
+    pub fn contains(&self, hash: &BlockHash) -> bool {
+        self.storage.exists(&self.path_of(hash))
+    }
+
+    /// Size of the blob file for `hash` (header included).
+    pub fn stored_len(&self, hash: &BlockHash) -> Result<u64> {
+        let path = self.path_of(hash);
+        match self.storage.file_len(&path) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::MissingBlob(*hash)),
+            Err(e) => Err(Error::io("stat", path, e)),
+        }
+    }
+
+    /// Deletes the blob `hash` (cache eviction). Returns whether it existed.
+    /// Not synced: a crash may bring it back, which is harmless.
+    pub fn remove(&self, hash: &BlockHash) -> Result<bool> {
+        let path = self.path_of(hash);
+        {
+            let mut known = lock(&self.known);
+            known.map.remove(hash);
+        }
+        lock(&self.pending).blobs.remove(hash);
+        match self.storage.remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("remove", path, e)),
+        }
+    }
+
+    /// Every stored blob's address (unverified), in no particular order.
+    /// Names that are not blobs of this store are skipped with a warning;
+    /// temp files are ignored.
+    pub fn list(&self) -> Result<Vec<BlockHash>> {
+        let mut out = Vec::new();
+        let top = match self.storage.list_dir(&self.dir) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io("list", &self.dir, e)),
+        };
+        for fan in top {
+            let Some(fan_name) = fan.to_str().filter(|n| is_fanout_name(n)) else {
+                tracing::warn!(path = %self.dir.join(&fan).display(), "not a blob folder; skipped");
+                continue;
+            };
+            let fan_dir = self.dir.join(fan_name);
+            let names = match self.storage.list_dir(&fan_dir) {
+                Ok(n) => n,
+                Err(e) => return Err(Error::io("list", &fan_dir, e)),
+            };
+            for name in names {
+                if is_temp(&name) {
+                    continue;
+                }
+                match self.parse_name(fan_name, &name) {
+                    Some(h) => out.push(h),
+                    None => {
+                        tracing::warn!(path = %fan_dir.join(&name).display(), "not a blob file name; skipped")
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn parse_name(&self, fan: &str, name: &OsStr) -> Option<BlockHash> {
+        let name = name.to_str()?;
+        if name.len() != 2 * self.hash_size || !name.starts_with(fan) {
+            return None;
+        }
+        name.parse().ok()
+    }
+
+    /// Deletes temp files left by an interrupted put (e.g. a crash). Call it
+    /// only while no put runs (at open, before serving). Returns how many.
+    pub fn remove_temp_files(&self) -> Result<usize> {
+        let mut removed = 0;
+        let top = match self.storage.list_dir(&self.dir) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io("list", &self.dir, e)),
+        };
+        for fan in top
+            .iter()
+            .filter_map(|f| f.to_str())
+            .filter(|f| is_fanout_name(f))
+        {
+            let fan_dir = self.dir.join(fan);
+            let names = self
+                .storage
+                .list_dir(&fan_dir)
+                .map_err(|e| Error::io("list", &fan_dir, e))?;
+            for name in names.iter().filter(|n| is_temp(n)) {
+                let p = fan_dir.join(name);
+                match self.storage.remove_file(&p) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove", p, e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn is_fanout_name(n: &str) -> bool {
+    n.len() == 2 && n.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn is_temp(name: &OsStr) -> bool {
+    name.as_encoded_bytes().starts_with(TEMP_PREFIX.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout_is_stable() {
+        let b = encode_blob(b"hello", 1);
+        assert_eq!(&b[..6], b"SYNBLB");
+        assert_eq!(b[6], 1);
+        assert_eq!(b[7], 0);
+        assert_eq!(&b[8..12], &5u32.to_le_bytes());
+        assert_eq!(&b[12..16], &[0; 4]);
+        assert_eq!(&b[16..], b"hello");
+    }
+
+    #[test]
+    fn compressible_data_is_compressed_and_random_is_not() {
+        let zeros = vec![0u8; 1 << 20];
+        let b = encode_blob(&zeros, 1);
+        assert_eq!(b[7], 1);
+        assert!(b.len() < 1000);
+        let mut random = vec![0u8; 1 << 20];
+        rand::fill(&mut random[..]);
+        let b = encode_blob(&random, 1);
+        assert_eq!(b[7], 0);
+        assert_eq!(b.len(), HEADER_LEN + random.len());
+        assert_eq!(encode_blob(&zeros, 0)[7], 0, "level 0 is off");
+    }
+
+    #[test]
+    fn zstd_bomb_is_refused_without_allocating() {
+        let zeros = vec![0u8; 1 << 20];
+        let mut b = encode_blob(&zeros, 1);
+        b[8..12].copy_from_slice(&1000u32.to_le_bytes());
+        let h = BlockHash::of(&zeros, 32);
+        let err = decode_blob(&b, &h).expect_err("a bomb must not decode");
+        assert!(
+            matches!(
+                err,
+                BlobError::Decompress(_) | BlobError::LengthMismatch { .. }
+            ),
+            "{err:?}"
+        );
+    }
+}

@@ -1,0 +1,824 @@
+//! The engine: a data dir opened for reading and writing (or read-only at a
+//! past time). It validates each tree operation the way POSIX does, turns it
+//! into events, appends them to our log and applies them to the index.
+//!
+//! Always true:
+//! - an operation's events reach the log before the index (the log is the
+//!   truth; on open the index catches up from where it stopped);
+//! - [`Engine::sync`] makes blocks durable before the log records that
+//!   reference them, so a durable event never points at a lost block;
+//! - reads never take the writer mutex: they run on redb read snapshots, so
+//!   readers of different files never serialize behind a writer;
+//! - mutations serialize on one short mutex (validate, append, index); the
+//!   slow parts of a write (hashing, compression, blob I/O) run in
+//!   [`Engine::put_block`], outside it, on the caller's thread.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::blob::BlobStore;
+use crate::config::Config;
+use crate::error::{Error, FsError, Result};
+use crate::event::{AttrChange, Attrs, BlockChange, BlockRef, Change, Event, NodeKind};
+use crate::ids::{LogPos, MachineId, NodeId, Timestamp};
+use crate::index::{Counts, DirEntry, Index, IndexReader, IndexWriter};
+use crate::log::{self, LogWriter};
+use crate::storage::{FsStorage, Storage};
+use crate::tree::{self, NodeRecord};
+use crate::format;
+
+/// Longest name in a directory, as on most Unix filesystems.
+pub const NAME_MAX: usize = 255;
+
+/// How long non-durable index commits may pile up before one durable commit.
+const INDEX_DURABLE_EVERY: Duration = Duration::from_secs(5);
+
+/// The files and folders of a data dir.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// The data dir.
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    /// `config.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+    /// `log/`: one folder per machine.
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+    /// `blobs/`.
+    pub fn blobs(&self) -> PathBuf {
+        self.dir.join("blobs")
+    }
+    /// `index.redb`.
+    pub fn index(&self) -> PathBuf {
+        self.dir.join("index.redb")
+    }
+    /// `lock`: held (flock) by the one process that writes.
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+}
+
+/// A node as the engine hands it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeState {
+    /// Its id.
+    pub id: NodeId,
+    /// What it is.
+    pub kind: NodeKind,
+    /// Parent directory.
+    pub parent: NodeId,
+    /// Name in the parent.
+    pub name: Vec<u8>,
+    /// Attributes.
+    pub attrs: Attrs,
+    /// Size in bytes.
+    pub size: u64,
+    /// Symlink target.
+    pub target: Vec<u8>,
+    /// Extended attributes.
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Kept local.
+    pub pinned: bool,
+    /// Unlinked (still readable through open handles).
+    pub removed: bool,
+    /// Bytes counted for `st_blocks`: the logical size (holes included).
+    pub stored_bytes: u64,
+    /// Volume name (root only).
+    pub volname: Vec<u8>,
+}
+
+impl NodeState {
+    fn from_record(id: NodeId, r: NodeRecord) -> Self {
+        NodeState {
+            id,
+            kind: r.kind,
+            parent: r.parent,
+            name: r.name,
+            attrs: r.attrs,
+            size: r.size,
+            stored_bytes: r.size,
+            target: r.target,
+            xattrs: r.xattrs.into_iter().collect(),
+            pinned: r.pinned,
+            removed: r.removed,
+            volname: r.volname,
+        }
+    }
+}
+
+/// Rename flags (renameat2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenameFlags {
+    /// Fail with EEXIST if the target exists.
+    pub noreplace: bool,
+    /// Swap source and target (both must exist).
+    pub exchange: bool,
+}
+
+/// How `set_xattr` treats an existing attribute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XattrMode {
+    /// Create or replace.
+    #[default]
+    Any,
+    /// Fail if it exists (XATTR_CREATE).
+    Create,
+    /// Fail if it is missing (XATTR_REPLACE).
+    Replace,
+}
+
+/// Sizes and counts for `status` and `statfs`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Live nodes.
+    pub nodes: u64,
+    /// Live files.
+    pub files: u64,
+    /// Live directories.
+    pub dirs: u64,
+    /// Sum of live file sizes.
+    pub logical_bytes: u64,
+    /// Uncompressed bytes of all distinct blocks ever referenced.
+    pub local_blob_bytes: u64,
+    /// Configured cache limit.
+    pub cache_limit: u64,
+    /// Events in the index.
+    pub events: u64,
+}
+
+/// What `open` found and fixed.
+#[derive(Clone, Debug, Default)]
+pub struct OpenReport {
+    /// The FORMAT file was upgraded from this version.
+    pub upgraded_from: Option<String>,
+    /// A torn tail was cut from our log.
+    pub torn_tail: Option<String>,
+    /// The index was rebuilt from scratch.
+    pub index_rebuilt: bool,
+    /// Events applied to the index while catching up.
+    pub caught_up: u64,
+}
+
+struct Writer {
+    log: LogWriter,
+    next_counter: u64,
+    last_time: Timestamp,
+    last_durable_index: Instant,
+}
+
+/// An open data dir. `Send + Sync`.
+pub struct Engine {
+    layout: Layout,
+    config: Config,
+    storage: Arc<dyn Storage>,
+    blobs: BlobStore,
+    index: Index,
+    writer: Option<Mutex<Writer>>,
+    at: Option<Timestamp>,
+    report: OpenReport,
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("dir", &self.layout.dir).field("at", &self.at).finish_non_exhaustive()
+    }
+}
+
+fn validate_name(parent: NodeId, name: &[u8]) -> Result<()> {
+    if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&b| b == b'/' || b == 0) {
+        return Err(Error::fs(parent, FsError::InvalidName));
+    }
+    if name.len() > NAME_MAX {
+        return Err(Error::fs(parent, FsError::NameTooLong));
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Creates a new data dir at `dir` (which must be missing or empty).
+    pub fn init(dir: &Path, config: Config) -> Result<()> {
+        let storage = FsStorage;
+        if dir.exists() {
+            let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io("read", dir, e))?;
+            if entries.next().is_some() {
+                return Err(Error::Invalid(format!("{}: not empty; refusing to init over it", dir.display())));
+            }
+        }
+        storage.create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+        let layout = Layout { dir: dir.to_path_buf() };
+        config.save(&storage, &layout.config())?;
+        for sub in [layout.log(), layout.blobs()] {
+            storage.create_dir_all(&sub).map_err(|e| Error::io("create", &sub, e))?;
+        }
+        format::write_new(&storage, dir)?;
+        storage.sync_dir(dir).map_err(|e| Error::io("sync", dir, e))?;
+        Ok(())
+    }
+
+    /// Opens `dir` for reading and writing: checks FORMAT (upgrading older
+    /// data dirs in place), takes the writer lock, cuts a torn log tail and
+    /// brings the index up to date with every machine's log.
+    pub fn open(dir: &Path) -> Result<Engine> {
+        Self::open_inner(dir, Arc::new(FsStorage), None)
+    }
+
+    /// Opens `dir` read-only as it stood at `at`. Every mutation fails with
+    /// [`FsError::ReadOnly`].
+    pub fn open_at(dir: &Path, at: Timestamp) -> Result<Engine> {
+        Self::open_inner(dir, Arc::new(FsStorage), Some(at))
+    }
+
+    fn open_inner(dir: &Path, storage: Arc<dyn Storage>, at: Option<Timestamp>) -> Result<Engine> {
+        let layout = Layout { dir: dir.to_path_buf() };
+        let mut report = OpenReport::default();
+        if let format::Upgrade::UpgradedFrom(v) = format::check_and_upgrade(storage.as_ref(), dir)? {
+            tracing::info!("{}: upgraded data dir format from {}", dir.display(), v.to_line().trim());
+            report.upgraded_from = Some(v.to_line().trim().to_string());
+        }
+        let config = Config::load(storage.as_ref(), &layout.config())?;
+        let lock = if at.is_none() { Some(take_lock(&layout.lock())?) } else { None };
+        let blobs = BlobStore::open(
+            storage.clone(),
+            layout.blobs(),
+            config.hash_size,
+            config.compression_level,
+        )?;
+        let writer = match at {
+            Some(_) => None,
+            None => {
+                let (log, recovery) =
+                    LogWriter::open(storage.clone(), &layout.log(), config.machine, config.segment_size)?;
+                if let Some(cut) = recovery.cut {
+                    let what = format!(
+                        "cut a torn tail of {} bytes at byte {} of {}",
+                        cut.bytes,
+                        cut.offset,
+                        cut.path.display()
+                    );
+                    tracing::warn!("{what}");
+                    report.torn_tail = Some(what);
+                }
+                let last_time = log.last_time();
+                Some(Mutex::new(Writer { log, next_counter: 1, last_time, last_durable_index: Instant::now() }))
+            }
+        };
+        let (index, rebuilt) = Index::open(&layout.index())?;
+        report.index_rebuilt = rebuilt;
+        let mut engine = Engine { layout, config, storage, blobs, index, writer, at, report, _lock: lock };
+        engine.report.caught_up = engine.catch_up()?;
+        if let Some(w) = &engine.writer {
+            let next = engine.index.read()?.max_counter(engine.config.machine)? + 1;
+            lock_writer(w).next_counter = next;
+        }
+        Ok(engine)
+    }
+
+    /// Applies to the index every record of every machine's log that it
+    /// has not seen yet. Returns how many events were applied.
+    fn catch_up(&self) -> Result<u64> {
+        let log_root = self.layout.log();
+        let machines = log::list_machines(self.storage.as_ref(), &log_root)?;
+        let bs = self.block_size();
+        let mut applied = 0u64;
+        for m in machines {
+            let from = self.index.read()?.applied(m)?;
+            let (start, done_seq) = match from {
+                Some((segment, offset, seq)) => ((segment, offset), seq),
+                None => ((0, 0), 0),
+            };
+            let mut w = self.index.write()?;
+            let mut pending = 0u32;
+            log::for_each_event(self.storage.as_ref(), &log_root, m, start, |pos, _end, ev| {
+                if ev.seq <= done_seq {
+                    return Ok(());
+                }
+                w.apply(pos, ev, bs)?;
+                applied += 1;
+                pending += 1;
+                Ok(())
+            })?;
+            if pending > 0 {
+                w.commit(true)?;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// What `open` found and fixed.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.layout.dir
+    }
+
+    /// Paths inside the data dir.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// This machine.
+    pub fn machine(&self) -> MachineId {
+        self.config.machine
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u64 {
+        u64::from(self.config.block_size)
+    }
+
+    /// The time a read-only view shows, if this is one.
+    pub fn at(&self) -> Option<Timestamp> {
+        self.at
+    }
+
+    /// Whether mutations are refused.
+    pub fn is_read_only(&self) -> bool {
+        self.writer.is_none()
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// The storage backend.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// A read snapshot of the index.
+    pub fn index(&self) -> Result<IndexReader> {
+        self.index.read()
+    }
+
+    // ---- queries ---------------------------------------------------------
+
+    /// A node's state (removed nodes included, with `removed` set).
+    pub fn node(&self, id: NodeId) -> Result<NodeState> {
+        let record = match self.at {
+            None => self.index.read()?.node(id)?,
+            Some(at) => self.node_record_at(id, at)?,
+        };
+        record.map(|r| NodeState::from_record(id, r)).ok_or(Error::fs(id, FsError::NotFound))
+    }
+
+    /// Folds `id`'s events up to `at`, read back from the log.
+    fn node_record_at(&self, id: NodeId, at: Timestamp) -> Result<Option<NodeRecord>> {
+        let history = self.index.read()?.history(id, at)?;
+        let mut state = (id == NodeId::ROOT).then(NodeRecord::root);
+        for (pos, _) in history {
+            let ev = log::read_record_at(self.storage.as_ref(), &self.layout.log(), pos)?.event;
+            state = Some(tree::apply(state.as_ref(), &ev, self.block_size()).node);
+        }
+        // A directory's times follow its listing, which the fold of its own
+        // events does not see; the live index keeps them, history does not.
+        Ok(state)
+    }
+
+    fn live_dir(&self, ix: &IndexReader, dir: NodeId) -> Result<()> {
+        match ix.node(dir)? {
+            Some(n) if n.removed => Err(Error::fs(dir, FsError::NotFound)),
+            Some(n) if n.kind != NodeKind::Dir => Err(Error::fs(dir, FsError::NotDir)),
+            Some(_) => Ok(()),
+            None => Err(Error::fs(dir, FsError::NotFound)),
+        }
+    }
+
+    /// The node named `name` in `dir`.
+    pub fn lookup(&self, dir: NodeId, name: &[u8]) -> Result<NodeState> {
+        match self.at {
+            None => {
+                let ix = self.index.read()?;
+                self.live_dir(&ix, dir)?;
+                let (child, _) = ix.lookup(dir, name)?.ok_or(Error::fs(dir, FsError::NotFound))?;
+                let r = ix.node(child)?.ok_or(Error::fs(child, FsError::NotFound))?;
+                Ok(NodeState::from_record(child, r))
+            }
+            Some(at) => {
+                let (child, _) = self.index.read()?.lookup_at(dir, name, at)?.ok_or(Error::fs(dir, FsError::NotFound))?;
+                self.node(child)
+            }
+        }
+    }
+
+    /// Up to `limit` entries of `dir` with names after `after`, sorted by name.
+    pub fn read_dir(&self, dir: NodeId, after: Option<&[u8]>, limit: usize) -> Result<Vec<DirEntry>> {
+        let ix = self.index.read()?;
+        match self.at {
+            None => {
+                self.live_dir(&ix, dir)?;
+                ix.read_dir(dir, after, limit)
+            }
+            Some(at) => {
+                let all = ix.read_dir_at(dir, at)?;
+                Ok(all.into_iter().filter(|e| after.is_none_or(|a| e.name.as_slice() > a)).take(limit).collect())
+            }
+        }
+    }
+
+    /// Stored blocks of `node` with index in `first..first+count` (holes absent).
+    pub fn file_blocks(&self, node: NodeId, first: u64, count: u64) -> Result<Vec<(u64, BlockRef)>> {
+        let ix = self.index.read()?;
+        match self.at {
+            None => ix.blocks(node, first, count),
+            Some(at) => ix.blocks_at(node, first, count, at),
+        }
+    }
+
+    /// A block's bytes, verified against its hash.
+    pub fn read_block(&self, block: &BlockRef) -> Result<Vec<u8>> {
+        let data = self.blobs.get(&block.hash)?;
+        if data.len() != block.len as usize {
+            return Err(Error::CorruptBlob {
+                hash: block.hash,
+                path: self.blobs.path_of(&block.hash),
+                reason: format!("holds {} bytes, the log says {}", data.len(), block.len),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Counters for `status` and `statfs`.
+    pub fn stats(&self) -> Result<Stats> {
+        let c: Counts = self.index.read()?.counts()?;
+        Ok(Stats {
+            nodes: c.nodes + 1,
+            files: c.files,
+            dirs: c.dirs + 1,
+            logical_bytes: c.logical_bytes,
+            local_blob_bytes: c.block_bytes,
+            cache_limit: self.config.cache_size,
+            events: c.events,
+        })
+    }
+
+    // ---- mutations -------------------------------------------------------
+
+    /// Stores a block (hash, compress, write; not yet durable). Takes no
+    /// engine lock: call it from many threads.
+    pub fn put_block(&self, data: &[u8]) -> Result<BlockRef> {
+        if self.writer.is_none() {
+            return Err(Error::fs(NodeId::ROOT, FsError::ReadOnly));
+        }
+        Ok(self.blobs.put(data)?.block)
+    }
+
+    fn writer(&self, node: NodeId) -> Result<MutexGuard<'_, Writer>> {
+        match &self.writer {
+            Some(w) => Ok(lock_writer(w)),
+            None => Err(Error::fs(node, FsError::ReadOnly)),
+        }
+    }
+
+    /// Runs `f` with the writer lock and an index transaction; `f` returns
+    /// the changes to record, which are appended and applied in order.
+    fn mutate<T>(
+        &self,
+        node: NodeId,
+        f: impl FnOnce(&mut Writer, &IndexWriter) -> Result<(Vec<(NodeId, Change)>, T)>,
+    ) -> Result<T> {
+        let mut w = self.writer(node)?;
+        let mut ix = self.index.write()?;
+        let (changes, out) = f(&mut w, &ix)?;
+        let machine = self.config.machine;
+        let bs = self.block_size();
+        for (node, change) in changes {
+            let prev = ix.node(node)?;
+            let mut clock = prev.map(|p| p.clock).unwrap_or_default();
+            clock.tick(machine);
+            let now = Timestamp::now();
+            let time = if now > w.last_time { now } else { Timestamp(w.last_time.0.saturating_add(1)) };
+            let event = Event { node, machine, seq: w.log.last_seq() + 1, time, clock, change };
+            let pos = w.log.append(std::slice::from_ref(&event))?;
+            let pos = pos.first().copied().ok_or_else(|| Error::Invalid("log append returned no position".into()))?;
+            w.last_time = time;
+            ix.apply(pos, &event, bs)?;
+        }
+        let durable = w.last_durable_index.elapsed() >= INDEX_DURABLE_EVERY;
+        ix.commit(durable)?;
+        if durable {
+            w.last_durable_index = Instant::now();
+        }
+        Ok(out)
+    }
+
+    fn live_node(ix: &IndexWriter, id: NodeId) -> Result<NodeRecord> {
+        match ix.node(id)? {
+            Some(n) if !n.removed => Ok(n),
+            _ => Err(Error::fs(id, FsError::NotFound)),
+        }
+    }
+
+    fn child(ix: &IndexWriter, dir: NodeId, name: &[u8]) -> Result<Option<(NodeId, NodeRecord)>> {
+        let dir_node = Self::live_node(ix, dir)?;
+        if dir_node.kind != NodeKind::Dir {
+            return Err(Error::fs(dir, FsError::NotDir));
+        }
+        match ix.lookup(dir, name)? {
+            Some((id, _)) => Ok(Some((id, Self::live_node(ix, id)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates `name` in `parent`.
+    pub fn create(&self, parent: NodeId, name: &[u8], kind: NodeKind, attrs: Attrs, target: &[u8]) -> Result<NodeState> {
+        validate_name(parent, name)?;
+        let id = self.mutate(parent, |w, ix| {
+            if Self::child(ix, parent, name)?.is_some() {
+                return Err(Error::fs(parent, FsError::Exists));
+            }
+            let id = NodeId::new(w.next_counter, self.config.machine);
+            w.next_counter += 1;
+            let mut attrs = attrs;
+            attrs.mode &= 0o7777;
+            let now = Timestamp::now();
+            for t in [&mut attrs.atime, &mut attrs.mtime, &mut attrs.ctime, &mut attrs.crtime] {
+                if t.0 == 0 {
+                    *t = now;
+                }
+            }
+            let target = if kind == NodeKind::Symlink { target.to_vec() } else { Vec::new() };
+            Ok((vec![(id, Change::Create { parent, name: name.to_vec(), kind, attrs, target })], id))
+        })?;
+        self.node(id)
+    }
+
+    /// Changes attributes (ctime follows).
+    pub fn set_attrs(&self, node: NodeId, change: AttrChange) -> Result<NodeState> {
+        self.mutate(node, |_, ix| {
+            Self::live_node(ix, node)?;
+            Ok((vec![(node, Change::SetAttrs(change))], ()))
+        })?;
+        self.node(node)
+    }
+
+    /// Records a write: the file is now `size` bytes and `blocks` changed.
+    pub fn write_blocks(&self, node: NodeId, size: u64, blocks: Vec<BlockChange>) -> Result<NodeState> {
+        self.mutate(node, |_, ix| {
+            let n = ix.node(node)?.ok_or(Error::fs(node, FsError::NotFound))?;
+            match n.kind {
+                NodeKind::File => {}
+                NodeKind::Dir => return Err(Error::fs(node, FsError::IsDir)),
+                _ => return Err(Error::fs(node, FsError::WrongKind)),
+            }
+            Ok((vec![(node, Change::Content { size, blocks })], ()))
+        })?;
+        self.node(node)
+    }
+
+    /// Truncates or extends a file to `size`.
+    pub fn truncate(&self, node: NodeId, size: u64) -> Result<NodeState> {
+        let current = self.node(node)?;
+        match current.kind {
+            NodeKind::File => {}
+            NodeKind::Dir => return Err(Error::fs(node, FsError::IsDir)),
+            _ => return Err(Error::fs(node, FsError::WrongKind)),
+        }
+        let bs = self.block_size();
+        // The block that `size` cuts through keeps only its bytes before the
+        // cut, so that a later extension reads zeros there.
+        let tail = if size < current.size && size % bs != 0 {
+            let index = size / bs;
+            let keep = (size % bs) as usize;
+            match self.file_blocks(node, index, 1)?.first() {
+                Some((_, b)) if b.len as usize > keep => {
+                    let mut data = self.read_block(b)?;
+                    data.truncate(keep);
+                    let block = if data.iter().all(|&x| x == 0) { None } else { Some(self.put_block(&data)?) };
+                    Some(BlockChange { index, block })
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        self.mutate(node, |_, ix| {
+            Self::live_node(ix, node)?;
+            Ok((vec![(node, Change::Truncate { size, tail })], ()))
+        })?;
+        self.node(node)
+    }
+
+    /// Renames `parent/name` to `new_parent/new_name`.
+    pub fn rename(&self, parent: NodeId, name: &[u8], new_parent: NodeId, new_name: &[u8], flags: RenameFlags) -> Result<()> {
+        validate_name(new_parent, new_name)?;
+        if name.is_empty() || name.len() > NAME_MAX {
+            return Err(Error::fs(parent, FsError::NotFound));
+        }
+        self.mutate(parent, |_, ix| {
+            let (src, src_node) = Self::child(ix, parent, name)?.ok_or(Error::fs(parent, FsError::NotFound))?;
+            let dst = Self::child(ix, new_parent, new_name)?;
+            let moves_into_self = |moved: NodeId, kind: NodeKind, into: NodeId| -> Result<bool> {
+                if kind != NodeKind::Dir {
+                    return Ok(false);
+                }
+                let mut cur = into;
+                loop {
+                    if cur == moved {
+                        return Ok(true);
+                    }
+                    if cur == NodeId::ROOT {
+                        return Ok(false);
+                    }
+                    cur = Self::live_node(ix, cur)?.parent;
+                }
+            };
+            if moves_into_self(src, src_node.kind, new_parent)? {
+                return Err(Error::fs(src, FsError::MoveIntoSelf));
+            }
+            let mv = |id, p: NodeId, n: &[u8]| (id, Change::Move { parent: p, name: n.to_vec() });
+            if flags.exchange {
+                let (dst, dst_node) = dst.ok_or(Error::fs(new_parent, FsError::NotFound))?;
+                if dst == src {
+                    return Ok((vec![], ()));
+                }
+                if moves_into_self(dst, dst_node.kind, parent)? {
+                    return Err(Error::fs(dst, FsError::MoveIntoSelf));
+                }
+                return Ok((vec![mv(src, new_parent, new_name), mv(dst, parent, name)], ()));
+            }
+            let mut changes = Vec::new();
+            if let Some((dst, dst_node)) = dst {
+                if flags.noreplace {
+                    return Err(Error::fs(new_parent, FsError::Exists));
+                }
+                if dst == src {
+                    return Ok((vec![], ()));
+                }
+                match (src_node.kind == NodeKind::Dir, dst_node.kind == NodeKind::Dir) {
+                    (true, false) => return Err(Error::fs(dst, FsError::NotDir)),
+                    (false, true) => return Err(Error::fs(dst, FsError::IsDir)),
+                    (true, true) if ix.has_entries(dst)? => return Err(Error::fs(dst, FsError::NotEmpty)),
+                    _ => {}
+                }
+                changes.push((dst, Change::Remove));
+            }
+            changes.push(mv(src, new_parent, new_name));
+            Ok((changes, ()))
+        })
+    }
+
+    /// Removes the non-directory `parent/name`.
+    pub fn unlink(&self, parent: NodeId, name: &[u8]) -> Result<()> {
+        self.mutate(parent, |_, ix| {
+            let (id, n) = Self::child(ix, parent, name)?.ok_or(Error::fs(parent, FsError::NotFound))?;
+            if n.kind == NodeKind::Dir {
+                return Err(Error::fs(id, FsError::IsDir));
+            }
+            Ok((vec![(id, Change::Remove)], ()))
+        })
+    }
+
+    /// Removes the empty directory `parent/name`.
+    pub fn rmdir(&self, parent: NodeId, name: &[u8]) -> Result<()> {
+        self.mutate(parent, |_, ix| {
+            let (id, n) = Self::child(ix, parent, name)?.ok_or(Error::fs(parent, FsError::NotFound))?;
+            if n.kind != NodeKind::Dir {
+                return Err(Error::fs(id, FsError::NotDir));
+            }
+            if ix.has_entries(id)? {
+                return Err(Error::fs(id, FsError::NotEmpty));
+            }
+            Ok((vec![(id, Change::Remove)], ()))
+        })
+    }
+
+    /// Sets extended attribute `name`.
+    pub fn set_xattr(&self, node: NodeId, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
+        if name.is_empty() || name.len() > NAME_MAX {
+            return Err(Error::fs(node, FsError::Invalid));
+        }
+        self.mutate(node, |_, ix| {
+            let n = Self::live_node(ix, node)?;
+            match (mode, n.xattr(name).is_some()) {
+                (XattrMode::Create, true) => return Err(Error::fs(node, FsError::Exists)),
+                (XattrMode::Replace, false) => return Err(Error::fs(node, FsError::NoAttr)),
+                _ => {}
+            }
+            Ok((vec![(node, Change::SetXattr { name: name.to_vec(), value: value.to_vec() })], ()))
+        })
+    }
+
+    /// Removes extended attribute `name`.
+    pub fn remove_xattr(&self, node: NodeId, name: &[u8]) -> Result<()> {
+        self.mutate(node, |_, ix| {
+            if Self::live_node(ix, node)?.xattr(name).is_none() {
+                return Err(Error::fs(node, FsError::NoAttr));
+            }
+            Ok((vec![(node, Change::RemoveXattr { name: name.to_vec() })], ()))
+        })
+    }
+
+    /// Sets the volume name (recorded on the root, so it replicates).
+    pub fn set_volname(&self, name: &[u8]) -> Result<()> {
+        self.mutate(NodeId::ROOT, |_, _| Ok((vec![(NodeId::ROOT, Change::SetVolname { name: name.to_vec() })], ())))
+    }
+
+    /// Pins or unpins a node.
+    pub fn set_pinned(&self, node: NodeId, pinned: bool) -> Result<()> {
+        self.mutate(node, |_, ix| {
+            Self::live_node(ix, node)?;
+            Ok((vec![(node, Change::SetPinned { pinned })], ()))
+        })
+    }
+
+    /// Makes everything committed so far durable: blocks first, then the
+    /// log records that reference them.
+    pub fn sync(&self) -> Result<()> {
+        let Some(w) = &self.writer else { return Ok(()) };
+        let mut w = lock_writer(w);
+        self.blobs.sync_pending()?;
+        w.log.sync()
+    }
+
+    /// Syncs and makes the index durable too (at unmount and exit).
+    pub fn close(&self) -> Result<()> {
+        self.sync()?;
+        if let Some(w) = &self.writer {
+            let mut w = lock_writer(w);
+            self.index.write()?.commit(true)?;
+            w.last_durable_index = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Where the next record of our log will go.
+    pub fn log_position(&self) -> Option<LogPos> {
+        self.writer.as_ref().map(|w| lock_writer(w).log.position())
+    }
+
+    /// The whole tree as `(path, state, stored blocks)` in path order: for
+    /// comparing trees (rebuild equivalence, replica convergence).
+    pub fn dump_tree(&self) -> Result<Vec<(Vec<u8>, NodeState, Vec<(u64, BlockRef)>)>> {
+        let mut out = Vec::new();
+        let mut stack = vec![(Vec::new(), NodeId::ROOT)];
+        while let Some((path, id)) = stack.pop() {
+            let node = self.node(id)?;
+            let blocks = if node.kind == NodeKind::File {
+                self.file_blocks(id, 0, tree::block_count(node.size, self.block_size()))?
+            } else {
+                Vec::new()
+            };
+            if node.kind == NodeKind::Dir {
+                for e in self.read_dir(id, None, usize::MAX)? {
+                    let mut p = path.clone();
+                    p.push(b'/');
+                    p.extend_from_slice(&e.name);
+                    stack.push((p, e.node));
+                }
+            }
+            out.push((path, node, blocks));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            if let Err(e) = self.close() {
+                tracing::error!("{}: closing: {e}", self.layout.dir.display());
+            }
+        }
+    }
+}
+
+fn lock_writer(w: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+    // A panic while holding the writer leaves the log and the index as they
+    // were at the last append, which open() can always recover from.
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn take_lock(path: &Path) -> Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(Error::Locked { path: path.to_path_buf(), reason: "another process has it mounted or open".into() })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", path, e)),
+    }
+}

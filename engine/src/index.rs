@@ -1,0 +1,650 @@
+//! The redb index over the log and the blobs. It is derived data: every table
+//! is a function of the log, written only by [`IndexWriter::apply`], so
+//! deleting `index.redb` and replaying the log gives the same index
+//! (`syncer index rebuild`).
+//!
+//! Tables (keys sort as tuples; `time` is [`Timestamp`] nanoseconds):
+//!
+//! | table            | key                                   | value                                  |
+//! |------------------|---------------------------------------|----------------------------------------|
+//! | `nodes`          | node                                  | rkyv [`NodeRecord`] (current state)    |
+//! | `dirents`        | (dir, name)                           | (child, kind code)                     |
+//! | `blocks`         | (node, block index)                   | block ref (see `tree::encode_block_ref`) |
+//! | `history`        | (node, time, machine, seq)            | (segment, offset): the event's record  |
+//! | `dirent_history` | (dir, name, time, machine, seq)       | (child, kind code), or `None` when the name went away |
+//! | `block_history`  | (node, index, time, machine, seq)     | block ref (empty = hole)               |
+//! | `events`         | (machine, seq)                        | (segment, offset, time, node)          |
+//! | `blobs`          | hash bytes                            | (uncompressed len, first use time)     |
+//! | `applied`        | machine                               | (segment, offset, seq) of the last applied record |
+//! | `meta`           | name                                  | u64 counters (see `META_*`)            |
+//!
+//! Always true after a commit: `applied[m]` names the last record of machine
+//! `m`'s log whose event (and every one before it) is reflected in every
+//! other table; catching up resumes there and skips that record. Commits are
+//! non-durable except every few seconds and at close: after a crash the
+//! index may lag the log, and [`IndexWriter::applied`] says where to resume.
+//!
+//! Point-in-time queries (`*_at`) read the history tables up to a time; they
+//! cost a scan of the history of the one node, name or directory asked
+//! about, never a replay of the whole log.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use crate::error::{Error, Result};
+use crate::event::{BlockRef, Event, NodeKind};
+use crate::ids::{LogPos, MachineId, NodeId, Timestamp};
+use crate::tree::{self, BlockOp, DirentOp, NodeRecord};
+
+type NodeKey = u128;
+const NODES: TableDefinition<NodeKey, &[u8]> = TableDefinition::new("nodes");
+const DIRENTS: TableDefinition<(NodeKey, &[u8]), (NodeKey, u8)> = TableDefinition::new("dirents");
+const BLOCKS: TableDefinition<(NodeKey, u64), &[u8]> = TableDefinition::new("blocks");
+const HISTORY: TableDefinition<(NodeKey, i64, u64, u64), (u64, u64)> = TableDefinition::new("history");
+const DIRENT_HISTORY: TableDefinition<(NodeKey, &[u8], i64, u64, u64), Option<(NodeKey, u8)>> =
+    TableDefinition::new("dirent_history");
+const BLOCK_HISTORY: TableDefinition<(NodeKey, u64, i64, u64, u64), &[u8]> = TableDefinition::new("block_history");
+const EVENTS: TableDefinition<(u64, u64), (u64, u64, i64, NodeKey)> = TableDefinition::new("events");
+const BLOBS: TableDefinition<&[u8], (u32, i64)> = TableDefinition::new("blobs");
+const APPLIED: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("applied");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Version of the index layout above. An index of another version is
+/// deleted and rebuilt from the log on open (it is derived data).
+pub const INDEX_VERSION: u64 = 1;
+const META_VERSION: &str = "index_version";
+const META_NODES: &str = "nodes";
+const META_FILES: &str = "files";
+const META_DIRS: &str = "dirs";
+const META_BYTES: &str = "logical_bytes";
+const META_BLOCK_BYTES: &str = "block_bytes";
+const META_BLOCKS: &str = "block_count";
+const META_EVENTS: &str = "events";
+const META_IGNORED: &str = "ignored_events";
+
+/// Counters kept by the index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Live nodes (root included).
+    pub nodes: u64,
+    /// Live regular files.
+    pub files: u64,
+    /// Live directories (root included).
+    pub dirs: u64,
+    /// Sum of live files' sizes.
+    pub logical_bytes: u64,
+    /// Distinct blocks ever referenced.
+    pub blocks: u64,
+    /// Their uncompressed bytes.
+    pub block_bytes: u64,
+    /// Events applied.
+    pub events: u64,
+    /// Events that did not fit the state they landed on (see `tree`).
+    pub ignored_events: u64,
+}
+
+/// One directory entry.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct DirEntry {
+    /// Entry name.
+    pub name: Vec<u8>,
+    /// The node it names.
+    pub node: NodeId,
+    /// That node's kind.
+    pub kind: NodeKind,
+}
+
+/// Where an event is in the log, as the `events` table knows it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct EventLocation {
+    /// Record position.
+    pub pos: LogPos,
+    /// Event time.
+    pub time: Timestamp,
+    /// Node changed.
+    pub node: NodeId,
+}
+
+/// The redb index file.
+#[derive(Debug)]
+pub struct Index {
+    db: Database,
+    path: PathBuf,
+}
+
+fn kind_code(k: NodeKind) -> u8 {
+    match k {
+        NodeKind::File => 0,
+        NodeKind::Dir => 1,
+        NodeKind::Symlink => 2,
+        NodeKind::Fifo => 3,
+        NodeKind::Socket => 4,
+        NodeKind::CharDev => 5,
+        NodeKind::BlockDev => 6,
+    }
+}
+
+fn kind_from_code(c: u8) -> Option<NodeKind> {
+    Some(match c {
+        0 => NodeKind::File,
+        1 => NodeKind::Dir,
+        2 => NodeKind::Symlink,
+        3 => NodeKind::Fifo,
+        4 => NodeKind::Socket,
+        5 => NodeKind::CharDev,
+        6 => NodeKind::BlockDev,
+        _ => return None,
+    })
+}
+
+/// Encodes a node record for the `nodes` table.
+fn encode_node(n: &NodeRecord) -> Vec<u8> {
+    // Serializing plain owned data into a Vec cannot fail; an error here
+    // would be a bug in rkyv, surfaced as an empty value that decode refuses.
+    rkyv::to_bytes::<rkyv::rancor::Error>(n).map(|v| v.to_vec()).unwrap_or_default()
+}
+
+impl Index {
+    /// Opens (creating if missing) the index at `path`. Returns whether it
+    /// must be rebuilt: new file, or a layout version this build does not write.
+    pub fn open(path: &Path) -> Result<(Index, bool)> {
+        let fresh = !path.exists();
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(e) if !fresh => {
+                // The index is derived: a damaged one is replaced, and the log
+                // it came from is replayed by the caller.
+                tracing::warn!("index {} unreadable ({e}); rebuilding it from the log", path.display());
+                std::fs::remove_file(path).map_err(|e| Error::io("remove", path, e))?;
+                Database::create(path).map_err(|e| ix_err(path, e))?
+            }
+            Err(e) => return Err(ix_err(path, e)),
+        };
+        let index = Index { db, path: path.to_path_buf() };
+        let version = index.read()?.meta(META_VERSION)?;
+        let rebuild = fresh || version != INDEX_VERSION;
+        if rebuild {
+            index.clear()?;
+        }
+        Ok((index, rebuild))
+    }
+
+    /// Empties every table and stamps the current layout version.
+    pub fn clear(&self) -> Result<()> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        for name in [
+            "nodes",
+            "dirents",
+            "blocks",
+            "history",
+            "dirent_history",
+            "block_history",
+            "events",
+            "blobs",
+            "applied",
+            "meta",
+        ] {
+            let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(name);
+            txn.delete_table(def).map_err(|e| self.err(e))?;
+        }
+        let mut w = IndexWriter { txn, path: self.path.clone() };
+        w.set_meta(META_VERSION, INDEX_VERSION)?;
+        w.create_tables()?;
+        w.commit(true)
+    }
+
+    /// Starts a write transaction.
+    pub fn write(&self) -> Result<IndexWriter> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        Ok(IndexWriter { txn, path: self.path.clone() })
+    }
+
+    /// Starts a read transaction (a consistent snapshot).
+    pub fn read(&self) -> Result<IndexReader> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        Ok(IndexReader { txn, path: self.path.clone() })
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> Error {
+        ix_err(&self.path, e)
+    }
+}
+
+fn ix_err(path: &Path, e: impl Into<redb::Error>) -> Error {
+    Error::Index { path: path.to_path_buf(), reason: e.into().to_string() }
+}
+
+fn decode_node(path: &Path, id: NodeId, bytes: &[u8]) -> Result<NodeRecord> {
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<NodeRecord, rkyv::rancor::Error>(&aligned)
+        .map_err(|e| Error::Index { path: path.to_path_buf(), reason: format!("node {id}: bad record: {e}") })
+}
+
+fn decode_ref(path: &Path, bytes: &[u8]) -> Result<Option<BlockRef>> {
+    tree::decode_block_ref(bytes).map_err(|reason| Error::Index { path: path.to_path_buf(), reason })
+}
+
+/// Read queries shared by readers and writers; `$t` is the transaction.
+macro_rules! queries {
+    () => {
+        /// A counter from `meta` (0 if unset).
+        pub fn meta(&self, key: &str) -> Result<u64> {
+            let t = match self.txn.open_table(META) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(ix_err(&self.path, e)),
+            };
+            let v = t.get(key).map_err(|e| ix_err(&self.path, e))?.map_or(0, |v| v.value());
+            Ok(v)
+        }
+
+        /// The current state of a node (removed nodes included; the root
+        /// exists before any event).
+        pub fn node(&self, id: NodeId) -> Result<Option<NodeRecord>> {
+            let t = self.txn.open_table(NODES).map_err(|e| ix_err(&self.path, e))?;
+            let found = match t.get(id.0).map_err(|e| ix_err(&self.path, e))? {
+                Some(v) => decode_node(&self.path, id, v.value()).map(Some),
+                None if id == NodeId::ROOT => Ok(Some(NodeRecord::root())),
+                None => Ok(None),
+            };
+            found
+        }
+
+        /// The node named `name` in `dir` now.
+        pub fn lookup(&self, dir: NodeId, name: &[u8]) -> Result<Option<(NodeId, NodeKind)>> {
+            let t = self.txn.open_table(DIRENTS).map_err(|e| ix_err(&self.path, e))?;
+            let v = t.get((dir.0, name)).map_err(|e| ix_err(&self.path, e))?;
+            Ok(v.and_then(|v| {
+                let (child, kind) = v.value();
+                kind_from_code(kind).map(|k| (NodeId(child), k))
+            }))
+        }
+
+        /// Up to `limit` entries of `dir` with names after `after`, by name.
+        pub fn read_dir(&self, dir: NodeId, after: Option<&[u8]>, limit: usize) -> Result<Vec<DirEntry>> {
+            let t = self.txn.open_table(DIRENTS).map_err(|e| ix_err(&self.path, e))?;
+            let start: (NodeKey, &[u8]) = (dir.0, after.unwrap_or(&[]));
+            let mut out = Vec::new();
+            let range = t.range(start..).map_err(|e| ix_err(&self.path, e))?;
+            for item in range {
+                let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+                let (d, name) = k.value();
+                if d != dir.0 {
+                    break;
+                }
+                if after.is_some_and(|a| a == name) {
+                    continue;
+                }
+                let (child, kind) = v.value();
+                let Some(kind) = kind_from_code(kind) else {
+                    return Err(Error::Index {
+                        path: self.path.clone(),
+                        reason: format!("directory {dir}: entry with kind code {kind}"),
+                    });
+                };
+                out.push(DirEntry { name: name.to_vec(), node: NodeId(child), kind });
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        }
+
+        /// Whether `dir` has any entry.
+        pub fn has_entries(&self, dir: NodeId) -> Result<bool> {
+            Ok(!self.read_dir(dir, None, 1)?.is_empty())
+        }
+
+        /// Stored (non-hole) blocks of `node` with index in `first..first+count`.
+        pub fn blocks(&self, node: NodeId, first: u64, count: u64) -> Result<Vec<(u64, BlockRef)>> {
+            let t = self.txn.open_table(BLOCKS).map_err(|e| ix_err(&self.path, e))?;
+            let end = first.saturating_add(count);
+            let mut out = Vec::new();
+            for item in t.range((node.0, first)..(node.0, end)).map_err(|e| ix_err(&self.path, e))? {
+                let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+                if let Some(b) = decode_ref(&self.path, v.value())? {
+                    out.push((k.value().1, b));
+                }
+            }
+            Ok(out)
+        }
+
+        /// The last applied record of machine `m`: (segment, offset, seq).
+        pub fn applied(&self, m: MachineId) -> Result<Option<(u64, u64, u64)>> {
+            let t = self.txn.open_table(APPLIED).map_err(|e| ix_err(&self.path, e))?;
+            let v = t.get(m.0).map_err(|e| ix_err(&self.path, e))?.map(|v| v.value());
+            Ok(v)
+        }
+
+        /// Every machine with applied events.
+        pub fn machines(&self) -> Result<Vec<MachineId>> {
+            let t = self.txn.open_table(APPLIED).map_err(|e| ix_err(&self.path, e))?;
+            let mut out = Vec::new();
+            for item in t.iter().map_err(|e| ix_err(&self.path, e))? {
+                let (k, _) = item.map_err(|e| ix_err(&self.path, e))?;
+                out.push(MachineId(k.value()));
+            }
+            Ok(out)
+        }
+
+        /// The counters.
+        pub fn counts(&self) -> Result<Counts> {
+            Ok(Counts {
+                nodes: self.meta(META_NODES)?,
+                files: self.meta(META_FILES)?,
+                dirs: self.meta(META_DIRS)?,
+                logical_bytes: self.meta(META_BYTES)?,
+                blocks: self.meta(META_BLOCKS)?,
+                block_bytes: self.meta(META_BLOCK_BYTES)?,
+                events: self.meta(META_EVENTS)?,
+                ignored_events: self.meta(META_IGNORED)?,
+            })
+        }
+
+        /// The highest node counter that machine `m` has used.
+        pub fn max_counter(&self, m: MachineId) -> Result<u64> {
+            self.meta(&counter_key(m))
+        }
+
+        /// Log positions of `node`'s events up to and including `until`, in time order.
+        pub fn history(&self, node: NodeId, until: Timestamp) -> Result<Vec<(LogPos, Timestamp)>> {
+            let t = self.txn.open_table(HISTORY).map_err(|e| ix_err(&self.path, e))?;
+            let mut out = Vec::new();
+            let range = t
+                .range((node.0, i64::MIN, 0, 0)..=(node.0, until.0, u64::MAX, u64::MAX))
+                .map_err(|e| ix_err(&self.path, e))?;
+            for item in range {
+                let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+                let (_, time, machine, _) = k.value();
+                let (segment, offset) = v.value();
+                out.push((LogPos { machine: MachineId(machine), segment, offset }, Timestamp(time)));
+            }
+            Ok(out)
+        }
+
+        /// The node named `name` in `dir` as of `at`.
+        pub fn lookup_at(&self, dir: NodeId, name: &[u8], at: Timestamp) -> Result<Option<(NodeId, NodeKind)>> {
+            let t = self.txn.open_table(DIRENT_HISTORY).map_err(|e| ix_err(&self.path, e))?;
+            let range = t
+                .range((dir.0, name, i64::MIN, 0, 0)..=(dir.0, name, at.0, u64::MAX, u64::MAX))
+                .map_err(|e| ix_err(&self.path, e))?;
+            let found = match range.last() {
+                Some(item) => item
+                    .map_err(|e| ix_err(&self.path, e))?
+                    .1
+                    .value()
+                    .and_then(|(c, k)| kind_from_code(k).map(|k| (NodeId(c), k))),
+                None => None,
+            };
+            Ok(found)
+        }
+
+        /// Entries of `dir` as of `at`, by name.
+        pub fn read_dir_at(&self, dir: NodeId, at: Timestamp) -> Result<Vec<DirEntry>> {
+            let t = self.txn.open_table(DIRENT_HISTORY).map_err(|e| ix_err(&self.path, e))?;
+            let lo: (NodeKey, &[u8], i64, u64, u64) = (dir.0, &[], i64::MIN, 0, 0);
+            let mut latest: BTreeMap<Vec<u8>, Option<(NodeKey, u8)>> = BTreeMap::new();
+            for item in t.range(lo..).map_err(|e| ix_err(&self.path, e))? {
+                let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+                let (d, name, time, _, _) = k.value();
+                if d != dir.0 {
+                    break;
+                }
+                if time <= at.0 {
+                    latest.insert(name.to_vec(), v.value());
+                }
+            }
+            Ok(latest
+                .into_iter()
+                .filter_map(|(name, v)| {
+                    let (c, k) = v?;
+                    Some(DirEntry { name, node: NodeId(c), kind: kind_from_code(k)? })
+                })
+                .collect())
+        }
+
+        /// Stored blocks of `node` with index in `first..first+count` as of `at`.
+        pub fn blocks_at(&self, node: NodeId, first: u64, count: u64, at: Timestamp) -> Result<Vec<(u64, BlockRef)>> {
+            let t = self.txn.open_table(BLOCK_HISTORY).map_err(|e| ix_err(&self.path, e))?;
+            let end = first.saturating_add(count);
+            let mut latest: BTreeMap<u64, Option<BlockRef>> = BTreeMap::new();
+            let range = t
+                .range((node.0, first, i64::MIN, 0, 0)..(node.0, end, i64::MIN, 0, 0))
+                .map_err(|e| ix_err(&self.path, e))?;
+            for item in range {
+                let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+                let (_, index, time, _, _) = k.value();
+                if time <= at.0 {
+                    latest.insert(index, decode_ref(&self.path, v.value())?);
+                }
+            }
+            Ok(latest.into_iter().filter_map(|(i, b)| b.map(|b| (i, b))).collect())
+        }
+
+        /// Where event `seq` of machine `m` is.
+        pub fn event_location(&self, m: MachineId, seq: u64) -> Result<Option<EventLocation>> {
+            let t = self.txn.open_table(EVENTS).map_err(|e| ix_err(&self.path, e))?;
+            let found = t.get((m.0, seq)).map_err(|e| ix_err(&self.path, e))?.map(|v| {
+                let (segment, offset, time, node) = v.value();
+                EventLocation { pos: LogPos { machine: m, segment, offset }, time: Timestamp(time), node: NodeId(node) }
+            });
+            Ok(found)
+        }
+    };
+}
+
+fn counter_key(m: MachineId) -> String {
+    format!("max_counter/{m}")
+}
+
+/// A read snapshot of the index.
+pub struct IndexReader {
+    txn: ReadTransaction,
+    path: PathBuf,
+}
+
+impl IndexReader {
+    queries!();
+}
+
+/// A write transaction on the index. Dropping it without [`commit`] discards it.
+///
+/// [`commit`]: IndexWriter::commit
+pub struct IndexWriter {
+    txn: WriteTransaction,
+    path: PathBuf,
+}
+
+impl IndexWriter {
+    queries!();
+
+    fn err(&self, e: impl Into<redb::Error>) -> Error {
+        ix_err(&self.path, e)
+    }
+
+    fn create_tables(&mut self) -> Result<()> {
+        self.txn.open_table(NODES).map_err(|e| self.err(e))?;
+        self.txn.open_table(DIRENTS).map_err(|e| self.err(e))?;
+        self.txn.open_table(BLOCKS).map_err(|e| self.err(e))?;
+        self.txn.open_table(HISTORY).map_err(|e| self.err(e))?;
+        self.txn.open_table(DIRENT_HISTORY).map_err(|e| self.err(e))?;
+        self.txn.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
+        self.txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+        self.txn.open_table(BLOBS).map_err(|e| self.err(e))?;
+        self.txn.open_table(APPLIED).map_err(|e| self.err(e))?;
+        self.txn.open_table(META).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn set_meta(&mut self, key: &str, value: u64) -> Result<()> {
+        let mut t = self.txn.open_table(META).map_err(|e| self.err(e))?;
+        t.insert(key, value).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn add_meta(&mut self, key: &str, delta: i128) -> Result<()> {
+        let v = i128::from(self.meta(key)?) + delta;
+        self.set_meta(key, u64::try_from(v.max(0)).unwrap_or(u64::MAX))
+    }
+
+    /// Applies one event found at `pos`. Events of one machine must come
+    /// in log order.
+    pub fn apply(&mut self, pos: LogPos, event: &Event, block_size: u64) -> Result<()> {
+        let prev = self.node(event.node)?;
+        let fx = tree::apply(prev.as_ref(), event, block_size);
+        let (m, seq, time) = (event.machine.0, event.seq, event.time.0);
+        {
+            let mut t = self.txn.open_table(HISTORY).map_err(|e| self.err(e))?;
+            t.insert((event.node.0, time, m, seq), (pos.segment, pos.offset)).map_err(|e| self.err(e))?;
+            let mut t = self.txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+            t.insert((m, seq), (pos.segment, pos.offset, time, event.node.0)).map_err(|e| self.err(e))?;
+            let mut t = self.txn.open_table(APPLIED).map_err(|e| self.err(e))?;
+            t.insert(m, (pos.segment, pos.offset, seq)).map_err(|e| self.err(e))?;
+        }
+        self.add_meta(META_EVENTS, 1)?;
+        if event.node.machine() == event.machine && event.node.counter() > self.max_counter(event.machine)? {
+            self.set_meta(&counter_key(event.machine), event.node.counter())?;
+        }
+        if let Some(reason) = fx.ignored {
+            tracing::warn!(node = %event.node, machine = %event.machine, seq, "event ignored: {reason}");
+            return self.add_meta(META_IGNORED, 1);
+        }
+        self.update_counts(prev.as_ref(), &fx.node)?;
+        for op in &fx.blocks {
+            self.apply_block_op(event, op)?;
+        }
+        for op in &fx.dirents {
+            self.apply_dirent_op(event, op)?;
+        }
+        let mut t = self.txn.open_table(NODES).map_err(|e| self.err(e))?;
+        t.insert(event.node.0, encode_node(&fx.node).as_slice()).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn update_counts(&mut self, prev: Option<&NodeRecord>, next: &NodeRecord) -> Result<()> {
+        let weight = |n: Option<&NodeRecord>| -> [i128; 4] {
+            match n {
+                Some(n) if !n.removed => [
+                    1,
+                    i128::from(n.kind == NodeKind::File),
+                    i128::from(n.kind == NodeKind::Dir),
+                    if n.kind == NodeKind::File { i128::from(n.size) } else { 0 },
+                ],
+                _ => [0; 4],
+            }
+        };
+        // The root exists before its first event: count it once, up front.
+        let before = if prev.is_none() { [0; 4] } else { weight(prev) };
+        let after = weight(Some(next));
+        for (key, (a, b)) in [META_NODES, META_FILES, META_DIRS, META_BYTES].iter().zip(after.iter().zip(before)) {
+            if *a != b {
+                self.add_meta(key, a - b)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_block_op(&mut self, event: &Event, op: &BlockOp) -> Result<()> {
+        let node = event.node.0;
+        let hist_key = |index: u64| (node, index, event.time.0, event.machine.0, event.seq);
+        match op {
+            BlockOp::Set(change) => {
+                let bytes = tree::encode_block_ref(change.block.as_ref());
+                {
+                    let mut t = self.txn.open_table(BLOCKS).map_err(|e| self.err(e))?;
+                    if change.block.is_some() {
+                        t.insert((node, change.index), bytes.as_slice()).map_err(|e| self.err(e))?;
+                    } else {
+                        t.remove((node, change.index)).map_err(|e| self.err(e))?;
+                    }
+                    let mut h = self.txn.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
+                    h.insert(hist_key(change.index), bytes.as_slice()).map_err(|e| self.err(e))?;
+                }
+                if let Some(b) = &change.block {
+                    let new = {
+                        let mut t = self.txn.open_table(BLOBS).map_err(|e| self.err(e))?;
+                        let seen = t.get(b.hash.as_bytes()).map_err(|e| self.err(e))?.is_some();
+                        if !seen {
+                            t.insert(b.hash.as_bytes(), (b.len, event.time.0)).map_err(|e| self.err(e))?;
+                        }
+                        !seen
+                    };
+                    if new {
+                        self.add_meta(META_BLOCKS, 1)?;
+                        self.add_meta(META_BLOCK_BYTES, i128::from(b.len))?;
+                    }
+                }
+            }
+            BlockOp::ClearFrom { from } => {
+                let gone: Vec<u64> = {
+                    let mut t = self.txn.open_table(BLOCKS).map_err(|e| self.err(e))?;
+                    let mut gone = Vec::new();
+                    t.retain_in((node, *from)..=(node, u64::MAX), |k, _| {
+                        gone.push(k.1);
+                        false
+                    })
+                    .map_err(|e| self.err(e))?;
+                    gone
+                };
+                let mut h = self.txn.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
+                for index in gone {
+                    h.insert(hist_key(index), &[][..]).map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_dirent_op(&mut self, event: &Event, op: &DirentOp) -> Result<()> {
+        let (parent, name, value) = {
+            let mut t = self.txn.open_table(DIRENTS).map_err(|e| self.err(e))?;
+            match op {
+                DirentOp::Insert { parent, name, child } => {
+                    let kind = match self.node_kind_for_insert(event, *child)? {
+                        Some(k) => k,
+                        None => return Ok(()),
+                    };
+                    t.insert((parent.0, name.as_slice()), (child.0, kind_code(kind))).map_err(|e| self.err(e))?;
+                    (*parent, name, Some((child.0, kind_code(kind))))
+                }
+                DirentOp::Delete { parent, name, child } => {
+                    let current = t.get((parent.0, name.as_slice())).map_err(|e| self.err(e))?.map(|v| v.value().0);
+                    if current != Some(child.0) {
+                        return Ok(());
+                    }
+                    t.remove((parent.0, name.as_slice())).map_err(|e| self.err(e))?;
+                    (*parent, name, None)
+                }
+            }
+        };
+        {
+            let mut h = self.txn.open_table(DIRENT_HISTORY).map_err(|e| self.err(e))?;
+            h.insert((parent.0, name.as_slice(), event.time.0, event.machine.0, event.seq), value)
+                .map_err(|e| self.err(e))?;
+        }
+        // A directory's mtime and ctime follow changes to its listing.
+        if let Some(mut dir) = self.node(parent)? {
+            tree::touch_dir(&mut dir, event.time);
+            let mut t = self.txn.open_table(NODES).map_err(|e| self.err(e))?;
+            t.insert(parent.0, encode_node(&dir).as_slice()).map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    fn node_kind_for_insert(&self, event: &Event, child: NodeId) -> Result<Option<NodeKind>> {
+        if let crate::event::Change::Create { kind, .. } = &event.change {
+            return Ok(Some(*kind));
+        }
+        Ok(self.node(child)?.map(|n| n.kind))
+    }
+
+    /// Commits; `durable` makes it survive a crash (slow: one fsync).
+    pub fn commit(mut self, durable: bool) -> Result<()> {
+        let d = if durable { Durability::Immediate } else { Durability::None };
+        self.txn.set_durability(d).map_err(|e| Error::Index { path: self.path.clone(), reason: e.to_string() })?;
+        self.txn.commit().map_err(|e| ix_err(&self.path, e))
+    }
+}

@@ -1,0 +1,358 @@
+//! The fold from events to node state: pure, no I/O, so property tests and
+//! fuzzers can drive it and the index can apply it the same way live, on
+//! catch-up and on rebuild.
+//!
+//! Always true:
+//! - a node's state is `apply` of its events, in log order, starting from
+//!   nothing (the root starts from [`NodeRecord::root`]);
+//! - `apply` never fails: an event that does not fit the state it lands on
+//!   (e.g. a change to a node never created, a second create) is recorded in
+//!   the returned [`Effects::ignored`] with the reason, and changes nothing,
+//!   so the fold is total and deterministic over any sequence of events;
+//! - directory entries are only deleted when they still point at the node
+//!   being moved or removed ([`DirentOp::Delete`] carries the child), which
+//!   makes an exchange of two names (two moves in one commit) come out right
+//!   whatever order the moves are applied in.
+
+use crate::clock::VectorClock;
+use crate::event::{Attrs, BlockChange, BlockRef, Change, Event, NodeKind};
+use crate::ids::{NodeId, Timestamp};
+
+/// The state of one node as the index stores it.
+#[derive(Clone, PartialEq, Eq, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct NodeRecord {
+    /// What it is.
+    pub kind: NodeKind,
+    /// Parent directory (the root is its own parent).
+    pub parent: NodeId,
+    /// Name in the parent.
+    pub name: Vec<u8>,
+    /// Attributes.
+    pub attrs: Attrs,
+    /// Size in bytes (files), target length (symlinks), 0 otherwise.
+    pub size: u64,
+    /// Symlink target.
+    pub target: Vec<u8>,
+    /// Extended attributes, sorted by name.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Kept local by `syncer pin`.
+    pub pinned: bool,
+    /// Removed from the tree (kept for history and for open handles).
+    pub removed: bool,
+    /// Vector clock after the last event.
+    pub clock: VectorClock,
+    /// Volume name (root only).
+    pub volname: Vec<u8>,
+}
+
+impl NodeRecord {
+    /// The root directory as it is before any event: mode 0755, owned by root.
+    pub fn root() -> Self {
+        NodeRecord {
+            kind: NodeKind::Dir,
+            parent: NodeId::ROOT,
+            name: Vec::new(),
+            attrs: Attrs { mode: 0o755, ..Attrs::default() },
+            size: 0,
+            target: Vec::new(),
+            xattrs: Vec::new(),
+            pinned: false,
+            removed: false,
+            clock: VectorClock::new(),
+            volname: Vec::new(),
+        }
+    }
+
+    /// The value of extended attribute `name`.
+    pub fn xattr(&self, name: &[u8]) -> Option<&[u8]> {
+        self.xattrs
+            .binary_search_by(|(k, _)| k.as_slice().cmp(name))
+            .ok()
+            .map(|i| self.xattrs[i].1.as_slice())
+    }
+}
+
+/// A change to a directory listing.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum DirentOp {
+    /// `parent/name` now names `child`.
+    Insert {
+        /// The directory.
+        parent: NodeId,
+        /// The entry name.
+        name: Vec<u8>,
+        /// The node it names.
+        child: NodeId,
+    },
+    /// `parent/name` is gone, if it still names `child`.
+    Delete {
+        /// The directory.
+        parent: NodeId,
+        /// The entry name.
+        name: Vec<u8>,
+        /// The node it must still name to be deleted.
+        child: NodeId,
+    },
+}
+
+/// A change to a file's block list.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum BlockOp {
+    /// Block `index` now holds `block` (`None`: a hole).
+    Set(BlockChange),
+    /// Every block with index `>= from` is gone (truncate).
+    ClearFrom {
+        /// First block index cleared.
+        from: u64,
+    },
+}
+
+/// What one event does: the node's new state and the listing and block
+/// changes that go with it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Effects {
+    /// The node's state after the event.
+    pub node: NodeRecord,
+    /// Directory entry changes, in order.
+    pub dirents: Vec<DirentOp>,
+    /// Block list changes, in order.
+    pub blocks: Vec<BlockOp>,
+    /// Why the event changed nothing, if it did not fit.
+    pub ignored: Option<&'static str>,
+}
+
+/// Number of blocks a file of `size` bytes spans.
+pub fn block_count(size: u64, block_size: u64) -> u64 {
+    size.div_ceil(block_size.max(1))
+}
+
+/// Applies `event` to `prev` (the node's state before it, if any).
+pub fn apply(prev: Option<&NodeRecord>, event: &Event, block_size: u64) -> Effects {
+    let time = event.time;
+    let ignore = |reason: &'static str| Effects {
+        node: prev.cloned().unwrap_or_else(NodeRecord::root),
+        dirents: Vec::new(),
+        blocks: Vec::new(),
+        ignored: Some(reason),
+    };
+    let mut fx = match (&event.change, prev) {
+        (Change::Create { parent, name, kind, attrs, target }, None) => {
+            let size = if *kind == NodeKind::Symlink { target.len() as u64 } else { 0 };
+            Effects {
+                node: NodeRecord {
+                    kind: *kind,
+                    parent: *parent,
+                    name: name.clone(),
+                    attrs: *attrs,
+                    size,
+                    target: target.clone(),
+                    xattrs: Vec::new(),
+                    pinned: false,
+                    removed: false,
+                    clock: VectorClock::new(),
+                    volname: Vec::new(),
+                },
+                dirents: vec![DirentOp::Insert { parent: *parent, name: name.clone(), child: event.node }],
+                blocks: Vec::new(),
+                ignored: None,
+            }
+        }
+        (_, None) => return ignore("change to a node that was never created"),
+        (change, Some(prev)) => {
+            if prev.removed && !matches!(change, Change::SetPinned { .. }) {
+                return ignore("change to a removed node");
+            }
+            let mut node = prev.clone();
+            let mut dirents = Vec::new();
+            let mut blocks = Vec::new();
+            match change {
+                Change::Create { .. } => return ignore("create of a node that exists"),
+                Change::SetAttrs(c) => {
+                    let a = &mut node.attrs;
+                    a.mode = c.mode.map_or(a.mode, |m| m & 0o7777);
+                    a.uid = c.uid.unwrap_or(a.uid);
+                    a.gid = c.gid.unwrap_or(a.gid);
+                    a.flags = c.flags.unwrap_or(a.flags);
+                    a.atime = c.atime.unwrap_or(a.atime);
+                    a.mtime = c.mtime.unwrap_or(a.mtime);
+                    a.crtime = c.crtime.unwrap_or(a.crtime);
+                    a.bkuptime = c.bkuptime.unwrap_or(a.bkuptime);
+                    a.ctime = time;
+                }
+                Change::Content { size, blocks: changed } => {
+                    if node.kind != NodeKind::File {
+                        return ignore("content change to a non-file");
+                    }
+                    node.size = *size;
+                    blocks.extend(changed.iter().copied().map(BlockOp::Set));
+                    node.attrs.mtime = time;
+                    node.attrs.ctime = time;
+                }
+                Change::Truncate { size, tail } => {
+                    if node.kind != NodeKind::File {
+                        return ignore("truncate of a non-file");
+                    }
+                    if *size < node.size {
+                        blocks.push(BlockOp::ClearFrom { from: block_count(*size, block_size) });
+                    }
+                    blocks.extend(tail.iter().copied().map(BlockOp::Set));
+                    node.size = *size;
+                    node.attrs.mtime = time;
+                    node.attrs.ctime = time;
+                }
+                Change::Move { parent, name } => {
+                    dirents.push(DirentOp::Delete {
+                        parent: node.parent,
+                        name: std::mem::take(&mut node.name),
+                        child: event.node,
+                    });
+                    dirents.push(DirentOp::Insert { parent: *parent, name: name.clone(), child: event.node });
+                    node.parent = *parent;
+                    node.name = name.clone();
+                    node.attrs.ctime = time;
+                }
+                Change::Remove => {
+                    dirents.push(DirentOp::Delete { parent: node.parent, name: node.name.clone(), child: event.node });
+                    node.removed = true;
+                    node.attrs.ctime = time;
+                }
+                Change::SetXattr { name, value } => {
+                    match node.xattrs.binary_search_by(|(k, _)| k.cmp(name)) {
+                        Ok(i) => node.xattrs[i].1 = value.clone(),
+                        Err(i) => node.xattrs.insert(i, (name.clone(), value.clone())),
+                    }
+                    node.attrs.ctime = time;
+                }
+                Change::RemoveXattr { name } => {
+                    if let Ok(i) = node.xattrs.binary_search_by(|(k, _)| k.cmp(name)) {
+                        node.xattrs.remove(i);
+                    }
+                    node.attrs.ctime = time;
+                }
+                Change::SetTarget { target } => {
+                    if node.kind != NodeKind::Symlink {
+                        return ignore("symlink target change on a non-symlink");
+                    }
+                    node.target = target.clone();
+                    node.size = target.len() as u64;
+                    node.attrs.ctime = time;
+                }
+                Change::SetVolname { name } => node.volname = name.clone(),
+                Change::SetPinned { pinned } => node.pinned = *pinned,
+            }
+            Effects { node, dirents, blocks, ignored: None }
+        }
+    };
+    fx.node.clock = match prev {
+        Some(p) => p.clock.join(&event.clock),
+        None => event.clock.clone(),
+    };
+    fx
+}
+
+/// The time a directory listing changed, for the parent's mtime/ctime.
+pub fn touches_parents(fx: &Effects) -> impl Iterator<Item = NodeId> + '_ {
+    fx.dirents.iter().map(|d| match d {
+        DirentOp::Insert { parent, .. } | DirentOp::Delete { parent, .. } => *parent,
+    })
+}
+
+/// Bumps a directory's mtime and ctime to `time` (its listing changed).
+pub fn touch_dir(dir: &mut NodeRecord, time: Timestamp) {
+    dir.attrs.mtime = time;
+    dir.attrs.ctime = time;
+}
+
+/// The bytes of a block reference as the index stores them: `len` u32 LE,
+/// then the hash's significant bytes. An empty value is a hole.
+pub fn encode_block_ref(b: Option<&BlockRef>) -> Vec<u8> {
+    match b {
+        None => Vec::new(),
+        Some(b) => {
+            let mut v = Vec::with_capacity(4 + b.hash.as_bytes().len());
+            v.extend_from_slice(&b.len.to_le_bytes());
+            v.extend_from_slice(b.hash.as_bytes());
+            v
+        }
+    }
+}
+
+/// Inverse of [`encode_block_ref`]; `None` for a hole, `Err` for garbage.
+pub fn decode_block_ref(v: &[u8]) -> Result<Option<BlockRef>, String> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let (len, hash) = v.split_at_checked(4).ok_or("block ref shorter than 4 bytes")?;
+    let len = u32::from_le_bytes(len.try_into().map_err(|_| "block ref length")?);
+    let hash = crate::ids::BlockHash::from_bytes(hash).map_err(|e| e.to_string())?;
+    Ok(Some(BlockRef { hash, len }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::AttrChange;
+    use crate::ids::{BlockHash, MachineId};
+
+    fn ev(node: NodeId, seq: u64, change: Change) -> Event {
+        let m = MachineId(7);
+        let mut clock = VectorClock::new();
+        for _ in 0..seq {
+            clock.tick(m);
+        }
+        Event { node, machine: m, seq, time: Timestamp(seq as i64 * 1000), clock, change }
+    }
+
+    fn create(parent: NodeId, name: &str, kind: NodeKind) -> Change {
+        Change::Create { parent, name: name.into(), kind, attrs: Attrs::default(), target: Vec::new() }
+    }
+
+    #[test]
+    fn create_move_remove_produce_matching_dirent_ops() {
+        let n = NodeId::new(1, MachineId(7));
+        let fx = apply(None, &ev(n, 1, create(NodeId::ROOT, "a", NodeKind::File)), 4096);
+        assert_eq!(fx.dirents, vec![DirentOp::Insert { parent: NodeId::ROOT, name: b"a".to_vec(), child: n }]);
+        let d = NodeId::new(2, MachineId(7));
+        let fx2 = apply(Some(&fx.node), &ev(n, 2, Change::Move { parent: d, name: b"b".to_vec() }), 4096);
+        assert_eq!(
+            fx2.dirents,
+            vec![
+                DirentOp::Delete { parent: NodeId::ROOT, name: b"a".to_vec(), child: n },
+                DirentOp::Insert { parent: d, name: b"b".to_vec(), child: n },
+            ]
+        );
+        let fx3 = apply(Some(&fx2.node), &ev(n, 3, Change::Remove), 4096);
+        assert!(fx3.node.removed);
+        let fx4 = apply(Some(&fx3.node), &ev(n, 4, Change::SetAttrs(AttrChange::default())), 4096);
+        assert_eq!(fx4.ignored, Some("change to a removed node"));
+        assert_eq!(fx4.node, fx3.node);
+    }
+
+    #[test]
+    fn truncate_clears_blocks_past_the_new_end() {
+        let n = NodeId::new(1, MachineId(7));
+        let fx = apply(None, &ev(n, 1, create(NodeId::ROOT, "f", NodeKind::File)), 4096);
+        let b = BlockRef { hash: BlockHash::of(b"x", 32), len: 4096 };
+        let w = Change::Content { size: 3 * 4096, blocks: vec![BlockChange { index: 2, block: Some(b) }] };
+        let fx = apply(Some(&fx.node), &ev(n, 2, w), 4096);
+        let fx = apply(Some(&fx.node), &ev(n, 3, Change::Truncate { size: 5000, tail: None }), 4096);
+        assert_eq!(fx.blocks, vec![BlockOp::ClearFrom { from: 2 }]);
+        assert_eq!(fx.node.size, 5000);
+    }
+
+    #[test]
+    fn block_ref_codec_round_trips_and_refuses_garbage() {
+        let b = BlockRef { hash: BlockHash::of(b"abc", 20), len: 77 };
+        assert_eq!(decode_block_ref(&encode_block_ref(Some(&b))), Ok(Some(b)));
+        assert_eq!(decode_block_ref(&encode_block_ref(None)), Ok(None));
+        assert!(decode_block_ref(&[1, 2, 3]).is_err());
+        assert!(decode_block_ref(&[1, 2, 3, 4, 5]).is_err());
+    }
+
+    #[test]
+    fn changes_before_create_are_ignored_not_fatal() {
+        let n = NodeId::new(9, MachineId(7));
+        let fx = apply(None, &ev(n, 1, Change::Remove), 4096);
+        assert_eq!(fx.ignored, Some("change to a node that was never created"));
+    }
+}

@@ -1,0 +1,203 @@
+//! The inode table: FUSE inode numbers (u64) for engine node ids (u128).
+//!
+//! Always true:
+//! - inode 1 is [`NodeId::ROOT`] and is never dropped;
+//! - other numbers are handed out from a counter (2, 3, ...) and never
+//!   reused within one mount, so the generation is always 0;
+//! - an entry lives while the kernel holds lookups on it (lookup, create,
+//!   readdirplus each add one; forget subtracts) or it has open handles; at
+//!   zero of both it is dropped, so memory does not grow with every file ever
+//!   seen;
+//! - numbers at or above [`SYNTHETIC_BASE`] are never in the table: they are
+//!   only reported as `d_ino` by plain `readdir` for entries the kernel has
+//!   not looked up.
+//!
+//! One mutex guards both maps; it is held only for hash-map operations, never
+//! across engine calls.
+
+use std::collections::HashMap;
+
+use engine::ids::NodeId;
+use fuser::Errno;
+use parking_lot::Mutex;
+
+/// First inode number used for `d_ino` of entries not in the table.
+pub(crate) const SYNTHETIC_BASE: u64 = 1 << 63;
+
+#[derive(Debug)]
+struct Entry {
+    node: NodeId,
+    lookups: u64,
+    opens: u64,
+}
+
+#[derive(Debug)]
+struct Table {
+    by_ino: HashMap<u64, Entry>,
+    by_node: HashMap<NodeId, u64>,
+    next: u64,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Inodes {
+    inner: Mutex<Table>,
+}
+
+impl Inodes {
+    pub(crate) fn new() -> Self {
+        let mut by_ino = HashMap::new();
+        let mut by_node = HashMap::new();
+        by_ino.insert(1, Entry { node: NodeId::ROOT, lookups: 1, opens: 0 });
+        by_node.insert(NodeId::ROOT, 1);
+        Inodes { inner: Mutex::new(Table { by_ino, by_node, next: 2 }) }
+    }
+
+    /// The node behind `ino`; `ESTALE` if the kernel names one we dropped.
+    pub(crate) fn node(&self, ino: u64) -> Result<NodeId, Errno> {
+        if ino == 1 {
+            return Ok(NodeId::ROOT);
+        }
+        self.inner
+            .lock()
+            .by_ino
+            .get(&ino)
+            .map(|e| e.node)
+            .ok_or_else(|| Errno::from_i32(libc::ESTALE))
+    }
+
+    /// The inode of `node`, adding one kernel lookup (allocating if new).
+    pub(crate) fn remember(&self, node: NodeId) -> u64 {
+        let mut t = self.inner.lock();
+        if let Some(&ino) = t.by_node.get(&node) {
+            if let Some(e) = t.by_ino.get_mut(&ino) {
+                e.lookups += 1;
+            }
+            return ino;
+        }
+        let ino = t.next;
+        t.next += 1;
+        t.by_ino.insert(ino, Entry { node, lookups: 1, opens: 0 });
+        t.by_node.insert(node, ino);
+        ino
+    }
+
+    /// The inode of `node` if the table has one (no lookup added).
+    pub(crate) fn peek(&self, node: NodeId) -> Option<u64> {
+        if node == NodeId::ROOT {
+            return Some(1);
+        }
+        self.inner.lock().by_node.get(&node).copied()
+    }
+
+    /// An inode number to report as `d_ino` without adding a lookup: the
+    /// real one if known, else a synthetic one that cannot collide with the
+    /// table's.
+    pub(crate) fn d_ino(&self, node: NodeId) -> u64 {
+        self.peek(node).unwrap_or_else(|| {
+            let folded = (node.0 >> 64) as u64 ^ (node.0 as u64).rotate_left(29);
+            SYNTHETIC_BASE | folded
+        })
+    }
+
+    /// The kernel dropped `n` lookups of `ino`.
+    pub(crate) fn forget(&self, ino: u64, n: u64) {
+        if ino == 1 {
+            return;
+        }
+        let mut t = self.inner.lock();
+        let drop_it = match t.by_ino.get_mut(&ino) {
+            Some(e) => {
+                e.lookups = e.lookups.saturating_sub(n);
+                e.lookups == 0 && e.opens == 0
+            }
+            None => false,
+        };
+        if drop_it {
+            Self::remove(&mut t, ino);
+        }
+    }
+
+    /// A handle was opened on `ino`.
+    pub(crate) fn open(&self, ino: u64) {
+        if let Some(e) = self.inner.lock().by_ino.get_mut(&ino) {
+            e.opens += 1;
+        }
+    }
+
+    /// A handle on `ino` was released.
+    pub(crate) fn close(&self, ino: u64) {
+        if ino == 1 {
+            return;
+        }
+        let mut t = self.inner.lock();
+        let drop_it = match t.by_ino.get_mut(&ino) {
+            Some(e) => {
+                e.opens = e.opens.saturating_sub(1);
+                e.lookups == 0 && e.opens == 0
+            }
+            None => false,
+        };
+        if drop_it {
+            Self::remove(&mut t, ino);
+        }
+    }
+
+    fn remove(t: &mut Table, ino: u64) {
+        if let Some(e) = t.by_ino.remove(&ino) {
+            if t.by_node.get(&e.node) == Some(&ino) {
+                t.by_node.remove(&e.node);
+            }
+        }
+    }
+
+    /// Number of entries (root included); for tests and stats.
+    pub(crate) fn len(&self) -> usize {
+        self.inner.lock().by_ino.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_and_forget() {
+        let t = Inodes::new();
+        let a = NodeId(10 << 64 | 3);
+        let ino = t.remember(a);
+        assert_eq!(ino, 2);
+        assert_eq!(t.remember(a), 2);
+        assert_eq!(t.node(2), Ok(a));
+        t.forget(2, 1);
+        assert_eq!(t.node(2), Ok(a));
+        t.forget(2, 1);
+        assert!(t.node(2).is_err());
+        assert_eq!(t.len(), 1);
+        // A new lookup gets a fresh number, never a reused one.
+        assert_eq!(t.remember(a), 3);
+    }
+
+    #[test]
+    fn open_handles_keep_entries() {
+        let t = Inodes::new();
+        let a = NodeId(11 << 64 | 3);
+        let ino = t.remember(a);
+        t.open(ino);
+        t.forget(ino, 1);
+        assert_eq!(t.node(ino), Ok(a));
+        t.close(ino);
+        assert!(t.node(ino).is_err());
+    }
+
+    #[test]
+    fn root_is_permanent_and_synthetic_inos_do_not_collide() {
+        let t = Inodes::new();
+        t.forget(1, 100);
+        assert_eq!(t.node(1), Ok(NodeId::ROOT));
+        let b = NodeId(12 << 64 | 3);
+        assert!(t.d_ino(b) >= SYNTHETIC_BASE);
+        let ino = t.remember(b);
+        assert_eq!(t.d_ino(b), ino);
+    }
+}

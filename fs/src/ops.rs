@@ -1,0 +1,649 @@
+//! The filesystem's logic, as plain methods returning `Result<_, Errno>`.
+//! The `fuser::Filesystem` impl in `adapter` only unpacks requests and
+//! sends replies.
+//!
+//! Locks (none is held across another's engine call, and none is global to
+//! all files except for map look-ups):
+//! - `Inodes` mutex: the ino <-> node maps (see `inodes`);
+//! - `dirs` mutex: the map of open directory handles; each handle has its
+//!   own mutex over its listing snapshot;
+//! - the write-back locks (see `writeback`), per file.
+//!
+//! The engine serializes mutations on its own short writer mutex; reads are
+//! lock-free snapshots. So two FUSE threads working on different files only
+//! meet in hash-map look-ups and in that writer mutex.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use engine::event::{AttrChange, Attrs, NodeKind};
+use engine::ids::{NodeId, Timestamp};
+use engine::{Engine, NodeState, RenameFlags, XattrMode};
+use fuser::{Errno, FileAttr, FileType, TimeOrNow};
+use parking_lot::Mutex;
+
+use crate::attr::{file_attr, file_type, kind_from_mode};
+use crate::errno::errno;
+use crate::inodes::Inodes;
+use crate::writeback::WriteBack;
+
+/// Entries fetched from the engine per `read_dir` call.
+const DIR_PAGE: usize = 1024;
+
+/// One entry of a directory listing snapshot.
+#[derive(Clone, Debug)]
+pub(crate) struct Listed {
+    pub name: Vec<u8>,
+    pub node: NodeId,
+    pub kind: FileType,
+}
+
+/// An open directory: the listing taken at offset 0; offsets are positions
+/// in it, so entries added or removed while reading neither repeat nor
+/// vanish from the listing in progress.
+#[derive(Debug)]
+struct DirHandle {
+    node: NodeId,
+    listing: Option<Arc<Vec<Listed>>>,
+}
+
+/// What `setattr` asks for.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    pub crtime: Option<SystemTime>,
+    pub bkuptime: Option<SystemTime>,
+    pub flags: Option<u32>,
+}
+
+/// `statfs` answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// The state of one mount.
+pub(crate) struct Core {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) inodes: Inodes,
+    pub(crate) wb: WriteBack,
+    dirs: Mutex<HashMap<u64, Arc<Mutex<DirHandle>>>>,
+    next_fh: AtomicU64,
+}
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+fn to_ts(t: TimeOrNow) -> Timestamp {
+    match t {
+        TimeOrNow::Now => now(),
+        TimeOrNow::SpecificTime(t) => Timestamp::from_system_time(t),
+    }
+}
+
+fn name_bytes(name: &OsStr) -> &[u8] {
+    name.as_bytes()
+}
+
+impl Core {
+    pub(crate) fn new(engine: Arc<Engine>, dirty_limit: u64, workers: usize) -> std::io::Result<Self> {
+        let wb = WriteBack::new(engine.clone(), dirty_limit, workers)?;
+        Ok(Core {
+            engine,
+            inodes: Inodes::new(),
+            wb,
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    fn node_of(&self, ino: u64) -> Result<NodeId, Errno> {
+        self.inodes.node(ino)
+    }
+
+    fn state(&self, node: NodeId) -> Result<NodeState, Errno> {
+        self.engine.node(node).map_err(|e| errno(&e))
+    }
+
+    /// Attributes of `state` as the kernel should see them (buffered writes
+    /// included).
+    fn attr_of(&self, ino: u64, state: &NodeState) -> FileAttr {
+        let dirty = if state.kind == NodeKind::File { self.wb.dirty_view(state.id) } else { None };
+        file_attr(ino, state, dirty, self.wb.block_size())
+    }
+
+    /// Registers a kernel lookup of `state` and returns its attributes.
+    fn entry(&self, state: &NodeState) -> FileAttr {
+        let ino = self.inodes.remember(state.id);
+        self.attr_of(ino, state)
+    }
+
+    fn fresh_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // ---- names -------------------------------------------------------
+
+    pub(crate) fn do_lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+        let p = self.node_of(parent)?;
+        let st = self.engine.lookup(p, name_bytes(name)).map_err(|e| errno(&e))?;
+        Ok(self.entry(&st))
+    }
+
+    pub(crate) fn do_forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    pub(crate) fn do_getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        let node = self.node_of(ino)?;
+        let st = self.state(node)?;
+        Ok(self.attr_of(ino, &st))
+    }
+
+    pub(crate) fn do_setattr(&self, ino: u64, req: SetAttr) -> Result<FileAttr, Errno> {
+        let node = self.node_of(ino)?;
+        if let Some(size) = req.size {
+            let st = self.state(node)?;
+            match st.kind {
+                NodeKind::Dir => return Err(Errno::EISDIR),
+                NodeKind::File => {}
+                _ => return Err(Errno::EINVAL),
+            }
+            self.wb.with_committed(node, || self.engine.truncate(node, size).map(|_| ()).map_err(|e| errno(&e)))?;
+        }
+        let change = AttrChange {
+            mode: req.mode.map(|m| m & 0o7777),
+            uid: req.uid,
+            gid: req.gid,
+            flags: req.flags,
+            atime: req.atime.map(to_ts),
+            mtime: req.mtime.map(to_ts),
+            crtime: req.crtime.map(Timestamp::from_system_time),
+            bkuptime: req.bkuptime.map(Timestamp::from_system_time),
+        };
+        if change != AttrChange::default() {
+            if change.mtime.is_some() {
+                // Buffered writes must not land after (and so override) an
+                // explicit mtime.
+                self.wb.flush(node)?;
+            }
+            self.engine.set_attrs(node, change).map_err(|e| errno(&e))?;
+        }
+        self.do_getattr(ino)
+    }
+
+    /// Attributes for a new node made by the caller, honouring a set-group-id
+    /// parent (the new node takes its group; new directories inherit the bit).
+    fn new_attrs(&self, parent: NodeId, kind: NodeKind, mode: u32, umask: u32, uid: u32, gid: u32, rdev: u32) -> Result<Attrs, Errno> {
+        let p = self.state(parent)?;
+        if p.kind != NodeKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let mut mode = mode & !umask & 0o7777;
+        let mut gid = gid;
+        if p.attrs.mode & libc::S_ISGID != 0 {
+            gid = p.attrs.gid;
+            if kind == NodeKind::Dir {
+                mode |= libc::S_ISGID;
+            }
+        }
+        let t = now();
+        Ok(Attrs { mode, uid, gid, rdev, flags: 0, atime: t, mtime: t, ctime: t, crtime: t, bkuptime: Timestamp::default() })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn make(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        kind: NodeKind,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Result<FileAttr, Errno> {
+        let p = self.node_of(parent)?;
+        let attrs = self.new_attrs(p, kind, mode, umask, uid, gid, rdev)?;
+        let st = self.engine.create(p, name_bytes(name), kind, attrs, target).map_err(|e| errno(&e))?;
+        Ok(self.entry(&st))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn do_mknod(&self, parent: u64, name: &OsStr, mode: u32, umask: u32, rdev: u32, uid: u32, gid: u32) -> Result<FileAttr, Errno> {
+        let kind = kind_from_mode(mode).ok_or(Errno::EINVAL)?;
+        let rdev = if matches!(kind, NodeKind::CharDev | NodeKind::BlockDev) { rdev } else { 0 };
+        self.make(parent, name, kind, mode, umask, rdev, b"", uid, gid)
+    }
+
+    pub(crate) fn do_mkdir(&self, parent: u64, name: &OsStr, mode: u32, umask: u32, uid: u32, gid: u32) -> Result<FileAttr, Errno> {
+        self.make(parent, name, NodeKind::Dir, mode, umask, 0, b"", uid, gid)
+    }
+
+    pub(crate) fn do_symlink(&self, parent: u64, name: &OsStr, target: &Path, uid: u32, gid: u32) -> Result<FileAttr, Errno> {
+        let target = target.as_os_str().as_bytes();
+        if target.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        if target.len() >= libc::PATH_MAX as usize {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        self.make(parent, name, NodeKind::Symlink, 0o777, 0, 0, target, uid, gid)
+    }
+
+    pub(crate) fn do_readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let st = self.state(self.node_of(ino)?)?;
+        if st.kind != NodeKind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        Ok(st.target)
+    }
+
+    pub(crate) fn do_unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        let p = self.node_of(parent)?;
+        self.engine.unlink(p, name_bytes(name)).map_err(|e| errno(&e))
+    }
+
+    pub(crate) fn do_rmdir(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        let p = self.node_of(parent)?;
+        self.engine.rmdir(p, name_bytes(name)).map_err(|e| errno(&e))
+    }
+
+    pub(crate) fn do_rename(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr, flags: u32) -> Result<(), Errno> {
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange) {
+            return Err(Errno::EINVAL);
+        }
+        let p = self.node_of(parent)?;
+        let np = self.node_of(new_parent)?;
+        self.engine
+            .rename(p, name_bytes(name), np, name_bytes(new_name), RenameFlags { noreplace, exchange })
+            .map_err(|e| errno(&e))
+    }
+
+    pub(crate) fn do_link(&self) -> Result<FileAttr, Errno> {
+        // Every node has exactly one parent: that is what makes renames
+        // mergeable across machines (DESIGN.md).
+        Err(Errno::EPERM)
+    }
+
+    // ---- files -------------------------------------------------------
+
+    pub(crate) fn do_open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let node = self.node_of(ino)?;
+        let st = self.state(node)?;
+        match st.kind {
+            NodeKind::Dir => return Err(Errno::EISDIR),
+            NodeKind::Symlink => return Err(Errno::ELOOP),
+            _ => {}
+        }
+        if flags & libc::O_ACCMODE != libc::O_RDONLY && self.engine.is_read_only() {
+            return Err(Errno::EROFS);
+        }
+        if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY && st.kind == NodeKind::File {
+            self.wb.with_committed(node, || self.engine.truncate(node, 0).map(|_| ()).map_err(|e| errno(&e)))?;
+        }
+        self.inodes.open(ino);
+        Ok(self.fresh_fh())
+    }
+
+    /// `create`: a new regular file, opened. Returns its attributes and handle.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn do_create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(FileAttr, u64), Errno> {
+        let made = self.make(parent, name, NodeKind::File, mode, umask, 0, b"", uid, gid);
+        let attr = match made {
+            Ok(a) => a,
+            Err(e) if e == Errno::EEXIST && flags & libc::O_EXCL == 0 => {
+                // Lost a race with another creator: open what is there.
+                let a = self.do_lookup(parent, name)?;
+                if a.kind != FileType::RegularFile {
+                    self.inodes.forget(a.ino.0, 1);
+                    return Err(Errno::EEXIST);
+                }
+                let fh = self.do_open(a.ino.0, flags)?;
+                return Ok((self.do_getattr(a.ino.0)?, fh));
+            }
+            Err(e) => return Err(e),
+        };
+        self.inodes.open(attr.ino.0);
+        Ok((attr, self.fresh_fh()))
+    }
+
+    pub(crate) fn do_read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let node = self.node_of(ino)?;
+        self.wb.read(node, offset, size)
+    }
+
+    pub(crate) fn do_write(&self, ino: u64, offset: u64, data: &[u8], open_flags: i32) -> Result<u32, Errno> {
+        if self.engine.is_read_only() {
+            return Err(Errno::EROFS);
+        }
+        let node = self.node_of(ino)?;
+        self.wb.write(node, offset, data, open_flags & libc::O_APPEND != 0)
+    }
+
+    pub(crate) fn do_flush(&self, ino: u64) -> Result<(), Errno> {
+        let node = self.node_of(ino)?;
+        self.wb.flush(node)
+    }
+
+    pub(crate) fn do_release(&self, ino: u64) -> Result<(), Errno> {
+        let res = match self.node_of(ino) {
+            Ok(node) => self.wb.flush(node),
+            Err(e) => Err(e),
+        };
+        self.inodes.close(ino);
+        res
+    }
+
+    pub(crate) fn do_fsync(&self, ino: u64) -> Result<(), Errno> {
+        let node = self.node_of(ino)?;
+        self.wb.flush(node)?;
+        self.engine.sync().map_err(|e| errno(&e))
+    }
+
+    pub(crate) fn do_fsyncdir(&self, ino: u64) -> Result<(), Errno> {
+        self.node_of(ino)?;
+        self.engine.sync().map_err(|e| errno(&e))
+    }
+
+    pub(crate) fn do_fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> Result<(), Errno> {
+        let node = self.node_of(ino)?;
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
+        if end > i64::MAX as u64 {
+            return Err(Errno::EFBIG);
+        }
+        let st = self.state(node)?;
+        match st.kind {
+            NodeKind::File => {}
+            NodeKind::Dir => return Err(Errno::EISDIR),
+            _ => return Err(Errno::ENODEV),
+        }
+        if mode & libc::FALLOC_FL_KEEP_SIZE != 0 {
+            // Nothing is preallocated: blocks are content-addressed.
+            return Ok(());
+        }
+        self.wb.with_committed(node, || {
+            let size = self.state(node)?.size;
+            if end > size {
+                self.engine.truncate(node, end).map_err(|e| errno(&e))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// `SEEK_DATA` / `SEEK_HOLE`: holes are blocks the file does not store.
+    pub(crate) fn do_lseek(&self, ino: u64, offset: i64, whence: i32) -> Result<i64, Errno> {
+        let node = self.node_of(ino)?;
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            return Err(Errno::EINVAL);
+        }
+        let offset = u64::try_from(offset).map_err(|_| Errno::ENXIO)?;
+        let bs = self.wb.block_size();
+        self.wb.with_committed(node, || {
+            let size = self.state(node)?.size;
+            if offset >= size {
+                return Err(Errno::ENXIO);
+            }
+            let last = (size - 1) / bs;
+            let mut index = offset / bs;
+            while index <= last {
+                let count = (last - index + 1).min(DIR_PAGE as u64);
+                let present = self.engine.file_blocks(node, index, count).map_err(|e| errno(&e))?;
+                let mut set: Vec<u64> = present.into_iter().map(|(i, _)| i).collect();
+                set.sort_unstable();
+                for i in index..index + count {
+                    let stored = set.binary_search(&i).is_ok();
+                    if whence == libc::SEEK_DATA && stored || whence == libc::SEEK_HOLE && !stored {
+                        return Ok(offset.max(i * bs) as i64);
+                    }
+                }
+                index += count;
+            }
+            if whence == libc::SEEK_HOLE {
+                Ok(size as i64)
+            } else {
+                Err(Errno::ENXIO)
+            }
+        })
+    }
+
+    // ---- directories -------------------------------------------------
+
+    pub(crate) fn do_opendir(&self, ino: u64) -> Result<u64, Errno> {
+        let node = self.node_of(ino)?;
+        let st = self.state(node)?;
+        if st.kind != NodeKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let fh = self.fresh_fh();
+        self.dirs.lock().insert(fh, Arc::new(Mutex::new(DirHandle { node, listing: None })));
+        self.inodes.open(ino);
+        Ok(fh)
+    }
+
+    pub(crate) fn do_releasedir(&self, ino: u64, fh: u64) {
+        self.dirs.lock().remove(&fh);
+        self.inodes.close(ino);
+    }
+
+    fn snapshot(&self, dir: NodeId) -> Result<Vec<Listed>, Errno> {
+        let st = self.state(dir)?;
+        let mut out = vec![
+            Listed { name: b".".to_vec(), node: dir, kind: FileType::Directory },
+            Listed { name: b"..".to_vec(), node: if dir == NodeId::ROOT { dir } else { st.parent }, kind: FileType::Directory },
+        ];
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.engine.read_dir(dir, after.as_deref(), DIR_PAGE).map_err(|e| errno(&e))?;
+            let n = page.len();
+            for e in page {
+                after = Some(e.name.clone());
+                out.push(Listed { name: e.name, node: e.node, kind: file_type(e.kind) });
+            }
+            if n < DIR_PAGE {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The listing of handle `fh` from position `offset` on. Position 0
+    /// (re)takes the snapshot, so `rewinddir` sees new entries.
+    pub(crate) fn listing(&self, ino: u64, fh: u64, offset: u64) -> Result<(Arc<Vec<Listed>>, usize), Errno> {
+        let handle = self.dirs.lock().get(&fh).cloned();
+        let handle = match handle {
+            Some(h) => h,
+            None => {
+                // No handle (opendir not seen): list statelessly.
+                let node = self.node_of(ino)?;
+                return Ok((Arc::new(self.snapshot(node)?), offset as usize));
+            }
+        };
+        let mut h = handle.lock();
+        let listing = match (&h.listing, offset) {
+            (Some(l), o) if o != 0 => l.clone(),
+            _ => {
+                let l = Arc::new(self.snapshot(h.node)?);
+                h.listing = Some(l.clone());
+                l
+            }
+        };
+        Ok((listing, usize::try_from(offset).unwrap_or(usize::MAX)))
+    }
+
+    /// The inode number to show for a listed entry without a lookup.
+    pub(crate) fn d_ino(&self, entry: &Listed) -> u64 {
+        self.inodes.d_ino(entry.node)
+    }
+
+    /// For readdirplus: the entry's attributes, with a lookup registered
+    /// (`.` and `..` get none, as the kernel takes none for them). `None` if
+    /// the node disappeared since the snapshot.
+    pub(crate) fn plus_entry(&self, entry: &Listed) -> Option<(FileAttr, bool)> {
+        let dots = entry.name == b"." || entry.name == b"..";
+        let st = self.engine.node(entry.node).ok()?;
+        if dots {
+            let ino = self.inodes.d_ino(entry.node);
+            return Some((self.attr_of(ino, &st), false));
+        }
+        let ino = self.inodes.remember(entry.node);
+        Some((self.attr_of(ino, &st), true))
+    }
+
+    /// Undo the lookup of [`Core::plus_entry`] when the entry did not fit.
+    pub(crate) fn unplus(&self, ino: u64) {
+        self.inodes.forget(ino, 1);
+    }
+
+    // ---- xattrs ------------------------------------------------------
+
+    pub(crate) fn do_setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32, position: u32) -> Result<(), Errno> {
+        if position != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let mode = match flags & (libc::XATTR_CREATE | libc::XATTR_REPLACE) {
+            0 => XattrMode::Any,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => return Err(Errno::EINVAL),
+        };
+        let node = self.node_of(ino)?;
+        self.engine.set_xattr(node, name_bytes(name), value, mode).map_err(|e| errno(&e))
+    }
+
+    /// The value of xattr `name`; the adapter applies the size protocol.
+    pub(crate) fn do_getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        let st = self.state(self.node_of(ino)?)?;
+        st.xattrs.get(name_bytes(name)).cloned().ok_or(Errno::NO_XATTR)
+    }
+
+    /// Every xattr name, each followed by NUL.
+    pub(crate) fn do_listxattr(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let st = self.state(self.node_of(ino)?)?;
+        let mut out = Vec::new();
+        for name in st.xattrs.keys() {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn do_removexattr(&self, ino: u64, name: &OsStr) -> Result<(), Errno> {
+        let node = self.node_of(ino)?;
+        self.engine.remove_xattr(node, name_bytes(name)).map_err(|e| errno(&e))
+    }
+
+    pub(crate) fn do_access(&self, ino: u64) -> Result<(), Errno> {
+        // With default_permissions the kernel checks modes itself; this only
+        // says whether the node still exists.
+        self.state(self.node_of(ino)?).map(|_| ())
+    }
+
+    // ---- filesystem --------------------------------------------------
+
+    pub(crate) fn do_statfs(&self) -> Result<StatFs, Errno> {
+        let stats = self.engine.stats().map_err(|e| errno(&e))?;
+        let path = CString::new(self.engine.data_dir().as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: `path` is a valid NUL-terminated string and `vfs` a plain
+        // C struct that statvfs fills in.
+        let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut vfs) };
+        if rc != 0 {
+            return Err(Errno::from(std::io::Error::last_os_error()));
+        }
+        Ok(statfs_from(&vfs, stats.logical_bytes, stats.nodes))
+    }
+
+    #[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+    pub(crate) fn do_setvolname(&self, name: &OsStr) -> Result<(), Errno> {
+        self.engine.set_volname(name_bytes(name)).map_err(|e| errno(&e))
+    }
+
+    #[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+    pub(crate) fn do_getxtimes(&self, ino: u64) -> Result<(SystemTime, SystemTime), Errno> {
+        let st = self.state(self.node_of(ino)?)?;
+        Ok(crate::attr::xtimes(&st))
+    }
+
+    /// Commits every buffered write and makes it durable (`engine.close()`:
+    /// sync, plus a durable index so the next open need not catch up).
+    pub(crate) fn shutdown_flush(&self) -> Result<(), Errno> {
+        let flushed = self.wb.flush_all();
+        let synced = self.engine.close().map_err(|e| errno(&e));
+        flushed.and(synced)
+    }
+}
+
+/// The statfs answer: the data dir's filesystem, grown so that used space
+/// covers the collection's logical size, and file counts from the tree.
+pub(crate) fn statfs_from(vfs: &libc::statvfs, logical_bytes: u64, nodes: u64) -> StatFs {
+    let frsize = (vfs.f_frsize as u64).max(512);
+    let bavail = vfs.f_bavail as u64;
+    let bfree = (vfs.f_bfree as u64).max(bavail);
+    let blocks = (vfs.f_blocks as u64).max(bfree + logical_bytes.div_ceil(frsize));
+    let ffree = vfs.f_ffree as u64;
+    StatFs {
+        blocks,
+        bfree,
+        bavail,
+        files: nodes.saturating_add(ffree),
+        ffree,
+        bsize: u32::try_from(frsize).unwrap_or(4096),
+        namelen: 255,
+        frsize: u32::try_from(frsize).unwrap_or(4096),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statfs_covers_logical_bytes() {
+        // SAFETY: all-zero is a valid statvfs.
+        let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+        v.f_frsize = 4096;
+        v.f_blocks = 100;
+        v.f_bfree = 50;
+        v.f_bavail = 40;
+        v.f_ffree = 7;
+        let s = statfs_from(&v, 4096 * 1000, 12);
+        assert_eq!(s.blocks, 1050);
+        assert_eq!((s.bfree, s.bavail, s.files, s.ffree, s.frsize), (50, 40, 19, 7, 4096));
+        let s = statfs_from(&v, 4096, 12);
+        assert_eq!(s.blocks, 100);
+    }
+}

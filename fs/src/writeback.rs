@@ -1,0 +1,683 @@
+//! The write path: per-inode dirty blocks, a pool of hashing workers, and
+//! commits of one content event per flush.
+//!
+//! Always true:
+//! - dirty state is per node (not per handle): every handle on a file sees
+//!   the same buffered bytes, and reads overlay them on stored blocks;
+//! - a [`Slot`] is the newest content of one block that the log does not
+//!   have yet: `Buf` (being written in memory), `Hashing` (handed to a worker
+//!   that runs `engine.put_block`, off the FUSE thread) or `Ready` (stored,
+//!   waiting for the next commit);
+//! - [`Dirty::size`] is `Some` exactly while something is uncommitted; it is
+//!   then the file's logical size (what `getattr` reports);
+//! - bytes of a block past its buffer's length, up to the file size, are
+//!   zeros (holes and regions past an old end of file);
+//! - an all-zero block is never stored: it commits as a hole;
+//! - `Shared::dirty_bytes` counts the memory of every `Buf` and every block
+//!   in a worker's hands; a writer that pushes it past the configured bound
+//!   spills buffers to the workers and waits for them, and the job channel is
+//!   bounded, so a 10 GiB sequential write never holds more than the bound
+//!   (plus a few in-flight blocks) in RAM.
+//!
+//! Locks, in the only order they are ever taken:
+//! 1. `WriteBack::files` (which nodes have dirty state; held for map
+//!    operations only);
+//! 2. `FileState::commit` (serializes commits of one file so their events
+//!    land in order; held across the engine call);
+//! 3. `FileState::st` (the slots; never held while sending to the bounded
+//!    channel, because workers need it to post results).
+//!
+//! Nothing here is global except the map and the memory counter, so writers
+//! of different files never wait for each other.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use engine::event::{BlockChange, BlockRef};
+use engine::ids::{BlockHash, NodeId, Timestamp};
+use engine::Engine;
+use fuser::Errno;
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::attr::DirtyView;
+use crate::errno::errno;
+
+/// A file commits on its own once this many blocks wait for a commit, so
+/// one event never lists an unbounded number of blocks.
+const COMMIT_EVERY: usize = 256;
+
+/// Bytes of decompressed blocks kept for reads that hit the same block
+/// again (a 1 MiB block read 128 KiB at a time).
+const READ_CACHE_BYTES: usize = 32 << 20;
+
+/// One block's uncommitted content.
+#[derive(Debug)]
+enum Slot {
+    /// In memory, being written.
+    Buf { data: Vec<u8>, seq: u64 },
+    /// Handed to a worker.
+    Hashing { data: Arc<Vec<u8>>, seq: u64 },
+    /// Stored (or a hole), waiting for a commit.
+    Ready { block: Option<BlockRef>, seq: u64 },
+}
+
+impl Slot {
+    fn seq(&self) -> u64 {
+        match self {
+            Slot::Buf { seq, .. } | Slot::Hashing { seq, .. } | Slot::Ready { seq, .. } => *seq,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Dirty {
+    slots: BTreeMap<u64, Slot>,
+    size: Option<u64>,
+    mtime: Timestamp,
+    next_seq: u64,
+    in_flight: usize,
+    error: Option<Errno>,
+    /// Set when the state left the map: a writer holding a stale `Arc`
+    /// must fetch the current one.
+    removed: bool,
+}
+
+impl Dirty {
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn clean(&self) -> bool {
+        self.slots.is_empty() && self.size.is_none() && self.in_flight == 0
+    }
+}
+
+/// Dirty state of one file.
+#[derive(Debug)]
+pub(crate) struct FileState {
+    node: NodeId,
+    st: Mutex<Dirty>,
+    cond: Condvar,
+    commit: Mutex<()>,
+}
+
+struct Job {
+    file: Arc<FileState>,
+    index: u64,
+    seq: u64,
+    data: Arc<Vec<u8>>,
+}
+
+/// What workers and writers share.
+struct Shared {
+    engine: Arc<Engine>,
+    block_size: u64,
+    dirty_limit: u64,
+    dirty_bytes: AtomicU64,
+    in_flight: AtomicU64,
+    mem_lock: Mutex<()>,
+    mem_cond: Condvar,
+    cache: Mutex<VecDeque<(BlockHash, Arc<Vec<u8>>)>>,
+}
+
+impl Shared {
+    fn add_mem(&self, delta: i64) {
+        if delta >= 0 {
+            self.dirty_bytes.fetch_add(delta as u64, Ordering::AcqRel);
+        } else {
+            self.dirty_bytes.fetch_sub(delta.unsigned_abs(), Ordering::AcqRel);
+            let _g = self.mem_lock.lock();
+            self.mem_cond.notify_all();
+        }
+    }
+
+    /// A block's bytes, through a small cache of recently read blocks.
+    fn load(&self, block: &BlockRef) -> Result<Arc<Vec<u8>>, Errno> {
+        {
+            let mut c = self.cache.lock();
+            if let Some(pos) = c.iter().position(|(h, _)| *h == block.hash) {
+                if let Some(hit) = c.remove(pos) {
+                    let data = hit.1.clone();
+                    c.push_front(hit);
+                    return Ok(data);
+                }
+            }
+        }
+        let data = Arc::new(self.engine.read_block(block).map_err(|e| errno(&e))?);
+        let mut c = self.cache.lock();
+        c.push_front((block.hash, data.clone()));
+        let mut total: usize = c.iter().map(|(_, d)| d.len()).sum();
+        while total > READ_CACHE_BYTES && c.len() > 1 {
+            if let Some((_, d)) = c.pop_back() {
+                total -= d.len();
+            }
+        }
+        Ok(data)
+    }
+}
+
+/// The write-back machinery of one mount. See the module docs.
+pub(crate) struct WriteBack {
+    shared: Arc<Shared>,
+    tx: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    files: Mutex<HashMap<NodeId, Arc<FileState>>>,
+}
+
+impl WriteBack {
+    /// Starts `workers` hashing threads.
+    pub(crate) fn new(engine: Arc<Engine>, dirty_limit: u64, workers: usize) -> std::io::Result<Self> {
+        let block_size = engine.block_size().max(4096);
+        let workers = workers.max(1);
+        let shared = Arc::new(Shared {
+            engine,
+            block_size,
+            dirty_limit: dirty_limit.max(block_size * 4),
+            dirty_bytes: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            mem_lock: Mutex::new(()),
+            mem_cond: Condvar::new(),
+            cache: Mutex::new(VecDeque::new()),
+        });
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(workers * 2);
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let rx = rx.clone();
+            let shared = shared.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("syncer-hash-{i}"))
+                    .spawn(move || worker(shared, rx))?,
+            );
+        }
+        Ok(WriteBack { shared, tx: Some(tx), workers: handles, files: Mutex::new(HashMap::new()) })
+    }
+
+    pub(crate) fn block_size(&self) -> u64 {
+        self.shared.block_size
+    }
+
+    /// Memory held by buffered and in-flight blocks (for tests).
+    pub(crate) fn dirty_bytes(&self) -> u64 {
+        self.shared.dirty_bytes.load(Ordering::Acquire)
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    fn existing(&self, node: NodeId) -> Option<Arc<FileState>> {
+        self.files.lock().get(&node).cloned()
+    }
+
+    fn get_or_create(&self, node: NodeId) -> Arc<FileState> {
+        self.files
+            .lock()
+            .entry(node)
+            .or_insert_with(|| {
+                Arc::new(FileState {
+                    node,
+                    st: Mutex::new(Dirty::default()),
+                    cond: Condvar::new(),
+                    commit: Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    /// Size and mtime of buffered writes, if `node` has any.
+    pub(crate) fn dirty_view(&self, node: NodeId) -> Option<DirtyView> {
+        let f = self.existing(node)?;
+        let st = f.st.lock();
+        st.size.map(|size| DirtyView { size, mtime: st.mtime })
+    }
+
+    /// Buffers a write of `data` at `offset` (at the end of file if
+    /// `append`). Returns the number of bytes taken.
+    pub(crate) fn write(&self, node: NodeId, offset: u64, data: &[u8], append: bool) -> Result<u32, Errno> {
+        let len = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
+        let (file, jobs, commit_now) = loop {
+            let file = self.get_or_create(node);
+            let mut st = file.st.lock();
+            if st.removed {
+                continue;
+            }
+            let (jobs, commit_now) = self.write_locked(&file, &mut st, offset, data, append)?;
+            break (file.clone(), jobs, commit_now);
+        };
+        self.submit(jobs)?;
+        if commit_now {
+            if let Err(e) = self.commit(&file) {
+                tracing::warn!(node = %node, "background commit failed ({e:?}); will retry at flush");
+            }
+        }
+        if self.shared.dirty_bytes.load(Ordering::Acquire) > self.shared.dirty_limit {
+            self.relieve_pressure(&file)?;
+        }
+        Ok(len)
+    }
+
+    fn write_locked(
+        &self,
+        file: &Arc<FileState>,
+        st: &mut MutexGuard<'_, Dirty>,
+        offset: u64,
+        data: &[u8],
+        append: bool,
+    ) -> Result<(Vec<Job>, bool), Errno> {
+        let bs = self.shared.block_size;
+        let size = match st.size {
+            Some(s) => s,
+            None => self.engine().node(file.node).map_err(|e| errno(&e))?.size,
+        };
+        let offset = if append { size } else { offset };
+        let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        if end > i64::MAX as u64 {
+            return Err(Errno::EFBIG);
+        }
+        let new_size = size.max(end);
+        let mut full = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / bs;
+            let start = index * bs;
+            let in_off = (pos - start) as usize;
+            let n = ((bs - (pos - start)).min(end - pos)) as usize;
+            let chunk = &data[(pos - offset) as usize..][..n];
+            let buf = self.buffer(file, st, index, size, in_off, n)?;
+            let cap_before = buf.capacity();
+            let need = in_off + n;
+            if buf.len() < need {
+                if buf.capacity() < need {
+                    let target = need.max(buf.capacity() * 2).min(bs as usize);
+                    buf.reserve_exact(target - buf.len());
+                }
+                buf.resize(need, 0);
+            }
+            buf[in_off..need].copy_from_slice(chunk);
+            let full_block = buf.len() as u64 == bs && need as u64 == bs;
+            let delta = buf.capacity() as i64 - cap_before as i64;
+            self.shared.add_mem(delta);
+            if full_block {
+                full.push(index);
+            }
+            pos += n as u64;
+        }
+        st.size = Some(new_size);
+        st.mtime = Timestamp::now();
+        let jobs = full.into_iter().filter_map(|i| self.to_hashing(file, st, i, new_size)).collect();
+        let commit_now = st.slots.len() >= COMMIT_EVERY
+            && st.slots.values().filter(|s| matches!(s, Slot::Ready { .. })).count() >= COMMIT_EVERY;
+        Ok((jobs, commit_now))
+    }
+
+    /// The writable buffer of block `index`, made from whatever is newest
+    /// (a slot, or the stored block) the first time it is touched. The read
+    /// is skipped when the write covers everything the block holds.
+    fn buffer<'a>(
+        &self,
+        file: &FileState,
+        st: &'a mut MutexGuard<'_, Dirty>,
+        index: u64,
+        size: u64,
+        in_off: usize,
+        n: usize,
+    ) -> Result<&'a mut Vec<u8>, Errno> {
+        let bs = self.shared.block_size;
+        let existing = size.saturating_sub(index * bs).min(bs) as usize;
+        let covers = in_off == 0 && n >= existing;
+        let fresh: Option<Vec<u8>> = match st.slots.get(&index) {
+            Some(Slot::Buf { .. }) => None,
+            Some(Slot::Hashing { data, .. }) => {
+                let v = data.as_ref().clone();
+                self.shared.add_mem(v.capacity() as i64);
+                Some(v)
+            }
+            Some(Slot::Ready { block: Some(b), .. }) if !covers => {
+                let v = self.shared.load(b)?.as_ref().clone();
+                self.shared.add_mem(v.capacity() as i64);
+                Some(v)
+            }
+            Some(Slot::Ready { .. }) => Some(Vec::new()),
+            None if covers || existing == 0 => Some(Vec::new()),
+            None => {
+                let stored = self.engine().file_blocks(file.node, index, 1).map_err(|e| errno(&e))?;
+                match stored.into_iter().find(|(i, _)| *i == index) {
+                    Some((_, b)) => {
+                        let mut v = self.shared.load(&b)?.as_ref().clone();
+                        v.truncate(existing);
+                        self.shared.add_mem(v.capacity() as i64);
+                        Some(v)
+                    }
+                    None => Some(Vec::new()),
+                }
+            }
+        };
+        if let Some(data) = fresh {
+            let seq = st.seq();
+            st.slots.insert(index, Slot::Buf { data, seq });
+        }
+        match st.slots.get_mut(&index) {
+            Some(Slot::Buf { data, .. }) => Ok(data),
+            _ => Err(Errno::EIO),
+        }
+    }
+
+    /// Turns the `Buf` of block `index` into a hashing job, padded with
+    /// zeros to its full length under `size`.
+    fn to_hashing(&self, file: &Arc<FileState>, st: &mut Dirty, index: u64, size: u64) -> Option<Job> {
+        let bs = self.shared.block_size;
+        let len = size.saturating_sub(index * bs).min(bs) as usize;
+        let seq = st.seq();
+        let slot = st.slots.get_mut(&index)?;
+        let Slot::Buf { data, .. } = slot else {
+            return None;
+        };
+        let mut data = std::mem::take(data);
+        if data.len() < len {
+            let before = data.capacity();
+            data.resize(len, 0);
+            self.shared.add_mem(data.capacity() as i64 - before as i64);
+        }
+        let data = Arc::new(data);
+        *slot = Slot::Hashing { data: data.clone(), seq };
+        st.in_flight += 1;
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(Job { file: file.clone(), index, seq, data })
+    }
+
+    fn submit(&self, jobs: Vec<Job>) -> Result<(), Errno> {
+        let Some(tx) = &self.tx else {
+            return Err(Errno::EIO);
+        };
+        for job in jobs {
+            if let Err(e) = tx.send(job) {
+                tracing::error!("hashing workers are gone; a block could not be stored");
+                let job = e.into_inner();
+                let mut st = job.file.st.lock();
+                st.in_flight -= 1;
+                st.error = Some(Errno::EIO);
+                return Err(Errno::EIO);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands every `Buf` of `file` to the workers.
+    fn spill(&self, file: &Arc<FileState>) -> Result<(), Errno> {
+        let jobs: Vec<Job> = {
+            let mut st = file.st.lock();
+            let Some(size) = st.size else {
+                return Ok(());
+            };
+            let bufs: Vec<u64> =
+                st.slots.iter().filter(|(_, s)| matches!(s, Slot::Buf { .. })).map(|(i, _)| *i).collect();
+            bufs.into_iter().filter_map(|i| self.to_hashing(file, &mut st, i, size)).collect()
+        };
+        self.submit(jobs)
+    }
+
+    /// Over the memory bound: spill this file, then the others, and wait
+    /// for the workers to bring the total back under the bound.
+    fn relieve_pressure(&self, file: &Arc<FileState>) -> Result<(), Errno> {
+        self.spill(file)?;
+        if self.shared.dirty_bytes.load(Ordering::Acquire) > self.shared.dirty_limit {
+            let others: Vec<Arc<FileState>> = self.files.lock().values().cloned().collect();
+            for other in others.iter().filter(|o| !Arc::ptr_eq(o, file)) {
+                self.spill(other)?;
+            }
+        }
+        let mut g = self.shared.mem_lock.lock();
+        while self.shared.dirty_bytes.load(Ordering::Acquire) > self.shared.dirty_limit
+            && self.shared.in_flight.load(Ordering::Acquire) > 0
+        {
+            self.shared.mem_cond.wait_for(&mut g, Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Commits `node`'s buffered writes as one content event, if it has any.
+    pub(crate) fn flush(&self, node: NodeId) -> Result<(), Errno> {
+        let Some(file) = self.existing(node) else {
+            return Ok(());
+        };
+        self.commit(&file)?;
+        self.forget_if_clean(node);
+        Ok(())
+    }
+
+    /// Runs `f` with `node`'s writes committed and further commits of it
+    /// held off (truncate, fallocate, lseek use this).
+    pub(crate) fn with_committed<T>(&self, node: NodeId, f: impl FnOnce() -> Result<T, Errno>) -> Result<T, Errno> {
+        let Some(file) = self.existing(node) else {
+            return f();
+        };
+        let _c = file.commit.lock();
+        self.commit_locked(&file)?;
+        let out = f();
+        drop(_c);
+        self.forget_if_clean(node);
+        out
+    }
+
+    fn commit(&self, file: &Arc<FileState>) -> Result<(), Errno> {
+        let _c = file.commit.lock();
+        self.commit_locked(file)
+    }
+
+    fn commit_locked(&self, file: &Arc<FileState>) -> Result<(), Errno> {
+        self.spill(file)?;
+        let mut st = file.st.lock();
+        let waiting: Vec<(u64, u64)> = st
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Hashing { .. }))
+            .map(|(i, s)| (*i, s.seq()))
+            .collect();
+        while waiting.iter().any(|(i, seq)| matches!(st.slots.get(i), Some(Slot::Hashing { seq: s, .. }) if s == seq))
+        {
+            file.cond.wait(&mut st);
+        }
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        let Some(size) = st.size else {
+            return Ok(());
+        };
+        let mut committed = Vec::new();
+        let mut changes = Vec::new();
+        for (i, s) in &st.slots {
+            if let Slot::Ready { block, seq } = s {
+                committed.push((*i, *seq));
+                changes.push(BlockChange { index: *i, block: *block });
+            }
+        }
+        drop(st);
+        self.engine().write_blocks(file.node, size, changes).map_err(|e| errno(&e))?;
+        let mut st = file.st.lock();
+        for (i, seq) in committed {
+            if matches!(st.slots.get(&i), Some(Slot::Ready { seq: s, .. }) if *s == seq) {
+                st.slots.remove(&i);
+            }
+        }
+        if st.slots.is_empty() && st.size == Some(size) {
+            st.size = None;
+        }
+        Ok(())
+    }
+
+    fn forget_if_clean(&self, node: NodeId) {
+        let mut files = self.files.lock();
+        if let Some(f) = files.get(&node) {
+            let mut st = f.st.lock();
+            if st.clean() && st.error.is_none() {
+                st.removed = true;
+                drop(st);
+                files.remove(&node);
+            }
+        }
+    }
+
+    /// Commits every file's buffered writes (unmount, destroy).
+    pub(crate) fn flush_all(&self) -> Result<(), Errno> {
+        let nodes: Vec<NodeId> = self.files.lock().keys().copied().collect();
+        let mut result = Ok(());
+        for node in nodes {
+            if let Err(e) = self.flush(node) {
+                tracing::error!(node = %node, "could not commit buffered writes: {e:?}");
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Reads `len` bytes at `offset`, buffered writes overlaid on stored
+    /// blocks; holes and short blocks read as zeros.
+    pub(crate) fn read(&self, node: NodeId, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
+        let bs = self.shared.block_size;
+        let mut covered: Vec<u64> = Vec::new();
+        let mut refs: Vec<(u64, BlockRef)> = Vec::new();
+        let mut out: Option<(Vec<u8>, u64)> = None;
+        if let Some(file) = self.existing(node) {
+            let st = file.st.lock();
+            if let Some(size) = st.size {
+                let end = size.min(offset.saturating_add(u64::from(len)));
+                let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
+                if end > offset {
+                    for (&i, slot) in st.slots.range(offset / bs..=(end - 1) / bs) {
+                        let start = i * bs;
+                        match slot {
+                            Slot::Buf { data, .. } => copy_block(&mut buf, offset, start, data),
+                            Slot::Hashing { data, .. } => copy_block(&mut buf, offset, start, data),
+                            Slot::Ready { block: Some(b), .. } => refs.push((i, *b)),
+                            Slot::Ready { block: None, .. } => {}
+                        }
+                        covered.push(i);
+                    }
+                }
+                out = Some((buf, end));
+            }
+        }
+        let (mut buf, end) = match out {
+            Some(o) => o,
+            None => {
+                let size = self.engine().node(node).map_err(|e| errno(&e))?.size;
+                let end = size.min(offset.saturating_add(u64::from(len)));
+                (vec![0u8; end.saturating_sub(offset) as usize], end)
+            }
+        };
+        if end <= offset {
+            return Ok(Vec::new());
+        }
+        let first = offset / bs;
+        let last = (end - 1) / bs;
+        if (last - first + 1) as usize > covered.len() {
+            let stored = self.engine().file_blocks(node, first, last - first + 1).map_err(|e| errno(&e))?;
+            refs.extend(stored.into_iter().filter(|(i, _)| covered.binary_search(i).is_err()));
+        }
+        for (i, b) in refs {
+            let data = self.shared.load(&b)?;
+            copy_block(&mut buf, offset, i * bs, &data);
+        }
+        Ok(buf)
+    }
+}
+
+impl Drop for WriteBack {
+    fn drop(&mut self) {
+        self.tx = None;
+        for h in self.workers.drain(..) {
+            if h.join().is_err() {
+                tracing::error!("a hashing worker panicked");
+            }
+        }
+    }
+}
+
+/// Copies the part of a block (starting at file offset `start`) that falls
+/// in `buf` (starting at file offset `offset`).
+fn copy_block(buf: &mut [u8], offset: u64, start: u64, data: &[u8]) {
+    let buf_end = offset + buf.len() as u64;
+    let data_end = start + data.len() as u64;
+    let from = offset.max(start);
+    let to = buf_end.min(data_end);
+    if from >= to {
+        return;
+    }
+    let n = (to - from) as usize;
+    let dst = (from - offset) as usize;
+    let src = (from - start) as usize;
+    buf[dst..dst + n].copy_from_slice(&data[src..src + n]);
+}
+
+fn is_zero(data: &[u8]) -> bool {
+    let mut chunks = data.chunks_exact(64);
+    let body = chunks.by_ref().all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0);
+    body && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+fn worker(shared: Arc<Shared>, rx: Receiver<Job>) {
+    for job in rx {
+        let result = if is_zero(&job.data) { Ok(None) } else { shared.engine.put_block(&job.data).map(Some) };
+        let mut st = job.file.st.lock();
+        st.in_flight = st.in_flight.saturating_sub(1);
+        let current = matches!(st.slots.get(&job.index), Some(Slot::Hashing { seq, .. }) if *seq == job.seq);
+        match result {
+            Ok(block) => {
+                if current {
+                    st.slots.insert(job.index, Slot::Ready { block, seq: job.seq });
+                }
+            }
+            Err(e) => {
+                tracing::error!(node = %job.file.node, block = job.index, error = %e, "storing a block failed");
+                st.error = Some(errno(&e));
+                if current {
+                    let data = job.data.as_ref().clone();
+                    shared.add_mem(data.capacity() as i64);
+                    st.slots.insert(job.index, Slot::Buf { data, seq: job.seq });
+                }
+            }
+        }
+        drop(st);
+        job.file.cond.notify_all();
+        let cap = job.data.capacity() as i64;
+        drop(job);
+        shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        shared.add_mem(-cap);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_block_clips_both_sides() {
+        let mut buf = vec![0u8; 10];
+        copy_block(&mut buf, 100, 95, &[1; 10]);
+        assert_eq!(buf, [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]);
+        let mut buf = vec![0u8; 4];
+        copy_block(&mut buf, 0, 2, &[7; 1]);
+        assert_eq!(buf, [0, 0, 7, 0]);
+        let mut buf = vec![0u8; 4];
+        copy_block(&mut buf, 10, 0, &[7; 5]);
+        assert_eq!(buf, [0; 4]);
+    }
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0; 1000]));
+        let mut v = vec![0u8; 1000];
+        v[999] = 1;
+        assert!(!is_zero(&v));
+        v[999] = 0;
+        v[3] = 1;
+        assert!(!is_zero(&v));
+    }
+}
