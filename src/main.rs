@@ -128,7 +128,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let bs = engine::config::parse_size(&block_size)
                 .map_err(|e| anyhow::anyhow!("--block-size {block_size:?}: {e}"))?;
             config.block_size = bs;
-            config.small_block = config.small_block.min(u64::from(config.block_size));
+            config.small_block = config.small_block.min(config.block_size);
             config.hash_size = hash_size;
             config.compression_level = compression_level;
             config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -16,7 +16,7 @@ pub fn print(dir: &Path) -> Result<()> {
     println!("format:       {}", version.to_line().trim());
     println!("machine:      {}", config.machine);
     println!("remote:       {}", config.remote.as_deref().unwrap_or("(none)"));
-    println!("block size:   {}", human(u64::from(config.block_size)));
+    println!("block size:   {}", human(config.block_size));
     println!("hash size:    {} bytes", config.hash_size);
     println!("cache limit:  {}", human(config.cache_size));
     match engine::Engine::open(dir) {

@@ -123,7 +123,11 @@ fn main() {
         let t = Instant::now();
         let mut ids = Vec::with_capacity(n as usize);
         for i in 0..n {
-            ids.push(e.create(d.id, format!("IMG_{i:07}.jpg").as_bytes(), NodeKind::File, Attrs::default(), b"").expect("create").id);
+            ids.push(
+                e.create(d.id, format!("IMG_{i:07}.jpg").as_bytes(), NodeKind::File, Attrs::default(), b"")
+                    .expect("create")
+                    .id,
+            );
         }
         let build = t.elapsed();
         let t = Instant::now();

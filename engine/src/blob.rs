@@ -117,9 +117,7 @@ pub enum BlobError {
     #[error("bad magic {0:02x?} (not a syncer blob)")]
     BadMagic([u8; 6]),
     /// Written by a newer syncer.
-    #[error(
-        "blob format version {0} is newer than this syncer supports ({VERSION}); upgrade syncer"
-    )]
+    #[error("blob format version {0} is newer than this syncer supports ({VERSION}); upgrade syncer")]
     NewerVersion(u8),
     /// A version that no syncer ever wrote.
     #[error("unknown blob format version {0}")]
@@ -178,11 +176,7 @@ pub fn decode_header(stored: &[u8]) -> Result<BlobHeader, BlobError> {
     if raw_len > MAX_RAW_LEN {
         return Err(BlobError::TooLarge(raw_len));
     }
-    Ok(BlobHeader {
-        version,
-        codec,
-        raw_len,
-    })
+    Ok(BlobHeader { version, codec, raw_len })
 }
 
 fn header(codec: Codec, raw_len: u32) -> [u8; HEADER_LEN] {
@@ -265,18 +259,13 @@ fn decompress(payload: &[u8], raw_len: u32) -> Result<Vec<u8>, BlobError> {
             *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
         }
         match slot.as_mut() {
-            Some(d) => d
-                .decompress_to_buffer(payload, &mut out)
-                .map_err(|e| e.to_string()),
+            Some(d) => d.decompress_to_buffer(payload, &mut out).map_err(|e| e.to_string()),
             None => Err("no zstd decompressor".to_string()),
         }
     });
     match res {
         Ok(n) if n == cap => Ok(out),
-        Ok(n) => Err(BlobError::LengthMismatch {
-            declared: raw_len,
-            actual: n as u64,
-        }),
+        Ok(n) => Err(BlobError::LengthMismatch { declared: raw_len, actual: n as u64 }),
         Err(e) => Err(BlobError::Decompress(e)),
     }
 }
@@ -290,10 +279,7 @@ pub fn decode_blob(stored: &[u8], expected: &BlockHash) -> Result<Vec<u8>, BlobE
     let data = match h.codec {
         Codec::Raw => {
             if payload.len() as u64 != u64::from(h.raw_len) {
-                return Err(BlobError::LengthMismatch {
-                    declared: h.raw_len,
-                    actual: payload.len() as u64,
-                });
+                return Err(BlobError::LengthMismatch { declared: h.raw_len, actual: payload.len() as u64 });
             }
             payload.to_vec()
         }
@@ -344,13 +330,7 @@ impl Known {
                 s.durable |= durable;
             }
             None => {
-                self.map.insert(
-                    h,
-                    KnownState {
-                        stored_len,
-                        durable,
-                    },
-                );
+                self.map.insert(h, KnownState { stored_len, durable });
                 self.order.push_back(h);
                 while self.order.len() > KNOWN_CAPACITY {
                     if let Some(old) = self.order.pop_front() {
@@ -421,13 +401,9 @@ impl BlobStore {
             )));
         }
         if !storage.exists(&dir) {
-            storage
-                .create_dir_all(&dir)
-                .map_err(|e| Error::io("create", &dir, e))?;
+            storage.create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                storage
-                    .sync_dir(parent)
-                    .map_err(|e| Error::io("sync", parent, e))?;
+                storage.sync_dir(parent).map_err(|e| Error::io("sync", parent, e))?;
             }
         }
         Ok(BlobStore {
@@ -464,11 +440,7 @@ impl BlobStore {
     }
 
     fn corrupt(&self, hash: &BlockHash, reason: impl fmt::Display) -> Error {
-        Error::CorruptBlob {
-            hash: *hash,
-            path: self.path_of(hash),
-            reason: reason.to_string(),
-        }
+        Error::CorruptBlob { hash: *hash, path: self.path_of(hash), reason: reason.to_string() }
     }
 
     /// Refuses a hash of another size than the store's.
@@ -490,53 +462,28 @@ impl BlobStore {
         let len = u32::try_from(data.len())
             .ok()
             .filter(|l| *l <= MAX_RAW_LEN)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "block of {} bytes is larger than {MAX_RAW_LEN}",
-                    data.len()
-                ))
-            })?;
+            .ok_or_else(|| Error::Invalid(format!("block of {} bytes is larger than {MAX_RAW_LEN}", data.len())))?;
         let hash = BlockHash::of(data, self.hash_size);
         let block = BlockRef { hash, len };
         if let Some(stored_len) = self.existing(&hash)? {
-            return Ok(PutOutcome {
-                block,
-                stored_len,
-                new: false,
-            });
+            return Ok(PutOutcome { block, stored_len, new: false });
         }
         let stored = encode_blob(data, self.level);
         self.write(&hash, &stored)?;
-        Ok(PutOutcome {
-            block,
-            stored_len: stored.len() as u64,
-            new: true,
-        })
+        Ok(PutOutcome { block, stored_len: stored.len() as u64, new: true })
     }
 
     /// Stores a blob file fetched from elsewhere (a remote) as is, after
     /// checking that it decodes to `hash`. Not synced, like [`BlobStore::put`].
     pub fn put_raw_verified(&self, hash: &BlockHash, stored: &[u8]) -> Result<PutOutcome> {
         self.check_hash(hash)?;
-        let data = decode_blob(stored, hash)
-            .map_err(|e| self.corrupt(hash, format!("fetched copy: {e}")))?;
-        let block = BlockRef {
-            hash: *hash,
-            len: data.len() as u32,
-        };
+        let data = decode_blob(stored, hash).map_err(|e| self.corrupt(hash, format!("fetched copy: {e}")))?;
+        let block = BlockRef { hash: *hash, len: data.len() as u32 };
         if let Some(stored_len) = self.existing(hash)? {
-            return Ok(PutOutcome {
-                block,
-                stored_len,
-                new: false,
-            });
+            return Ok(PutOutcome { block, stored_len, new: false });
         }
         self.write(hash, stored)?;
-        Ok(PutOutcome {
-            block,
-            stored_len: stored.len() as u64,
-            new: true,
-        })
+        Ok(PutOutcome { block, stored_len: stored.len() as u64, new: true })
     }
 
     /// On a dedupe hit, the stored length of the valid existing blob (and
@@ -579,9 +526,7 @@ impl BlobStore {
         let first = usize::from(hash.as_bytes()[0]);
         if !self.dirs_ok[first].load(Ordering::Acquire) {
             if !self.storage.exists(&fanout) {
-                self.storage
-                    .create_dir_all(&fanout)
-                    .map_err(|e| Error::io("create", &fanout, e))?;
+                self.storage.create_dir_all(&fanout).map_err(|e| Error::io("create", &fanout, e))?;
                 lock(&self.pending).new_dirs = true;
             }
             self.dirs_ok[first].store(true, Ordering::Release);
@@ -589,9 +534,7 @@ impl BlobStore {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = fanout.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
         let path = self.path_of(hash);
-        self.storage
-            .write_file(&tmp, stored)
-            .map_err(|e| Error::io("write", &tmp, e))?;
+        self.storage.write_file(&tmp, stored).map_err(|e| Error::io("write", &tmp, e))?;
         if let Err(e) = self.storage.rename(&tmp, &path) {
             let _ = self.storage.remove_file(&tmp);
             return Err(Error::io("rename", &tmp, e));
@@ -610,10 +553,7 @@ impl BlobStore {
         let _sync = lock(&self.sync_lock);
         let (blobs, new_dirs) = {
             let mut p = lock(&self.pending);
-            (
-                std::mem::take(&mut p.blobs),
-                std::mem::take(&mut p.new_dirs),
-            )
+            (std::mem::take(&mut p.blobs), std::mem::take(&mut p.new_dirs))
         };
         if blobs.is_empty() && !new_dirs {
             return Ok(());
@@ -638,9 +578,7 @@ impl BlobStore {
         let files: Vec<PathBuf> = blobs.iter().map(|h| self.path_of(h)).collect();
         let sync_files = |chunk: &[PathBuf]| -> Result<()> {
             for p in chunk {
-                self.storage
-                    .sync_file(p)
-                    .map_err(|e| Error::io("sync", p, e))?;
+                self.storage.sync_file(p).map_err(|e| Error::io("sync", p, e))?;
             }
             Ok(())
         };
@@ -650,13 +588,9 @@ impl BlobStore {
             let threads = files.len().div_ceil(PER_THREAD).min(8);
             let chunk = files.len().div_ceil(threads);
             std::thread::scope(|s| {
-                let handles: Vec<_> = files
-                    .chunks(chunk)
-                    .map(|c| s.spawn(move || sync_files(c)))
-                    .collect();
+                let handles: Vec<_> = files.chunks(chunk).map(|c| s.spawn(move || sync_files(c))).collect();
                 handles.into_iter().try_for_each(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::Invalid("blob sync thread panicked".into())))
+                    h.join().unwrap_or_else(|_| Err(Error::Invalid("blob sync thread panicked".into())))
                 })
             })?;
         } else {
@@ -664,14 +598,10 @@ impl BlobStore {
         }
         let dirs: HashSet<PathBuf> = blobs.iter().map(|h| self.fanout_of(h)).collect();
         for d in &dirs {
-            self.storage
-                .sync_dir(d)
-                .map_err(|e| Error::io("sync", d, e))?;
+            self.storage.sync_dir(d).map_err(|e| Error::io("sync", d, e))?;
         }
         if new_dirs {
-            self.storage
-                .sync_dir(&self.dir)
-                .map_err(|e| Error::io("sync", &self.dir, e))?;
+            self.storage.sync_dir(&self.dir).map_err(|e| Error::io("sync", &self.dir, e))?;
         }
         Ok(())
     }
@@ -785,16 +715,9 @@ impl BlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(Error::io("list", &self.dir, e)),
         };
-        for fan in top
-            .iter()
-            .filter_map(|f| f.to_str())
-            .filter(|f| is_fanout_name(f))
-        {
+        for fan in top.iter().filter_map(|f| f.to_str()).filter(|f| is_fanout_name(f)) {
             let fan_dir = self.dir.join(fan);
-            let names = self
-                .storage
-                .list_dir(&fan_dir)
-                .map_err(|e| Error::io("list", &fan_dir, e))?;
+            let names = self.storage.list_dir(&fan_dir).map_err(|e| Error::io("list", &fan_dir, e))?;
             for name in names.iter().filter(|n| is_temp(n)) {
                 let p = fan_dir.join(name);
                 match self.storage.remove_file(&p) {
@@ -852,12 +775,6 @@ mod tests {
         b[8..12].copy_from_slice(&1000u32.to_le_bytes());
         let h = BlockHash::of(&zeros, 32);
         let err = decode_blob(&b, &h).expect_err("a bomb must not decode");
-        assert!(
-            matches!(
-                err,
-                BlobError::Decompress(_) | BlobError::LengthMismatch { .. }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, BlobError::Decompress(_) | BlobError::LengthMismatch { .. }), "{err:?}");
     }
 }

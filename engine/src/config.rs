@@ -185,51 +185,31 @@ impl Config {
     /// Parses and validates the text of a `config.toml` (no file involved:
     /// also the fuzz entry point). The error names the key.
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        let table: toml::Table =
-            toml::from_str(text).map_err(|e| format!("not valid TOML: {}", e.message()))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| format!("not valid TOML: {}", e.message()))?;
         for key in table.keys() {
             if !KEYS.contains(&key.as_str()) {
-                return Err(format!(
-                    "unknown key `{key}` (known keys: {})",
-                    KEYS.join(", ")
-                ));
+                return Err(format!("unknown key `{key}` (known keys: {})", KEYS.join(", ")));
             }
         }
         let machine = match table.get("machine") {
             None => return Err("missing field `machine`".to_string()),
-            Some(toml::Value::String(s)) => s
-                .parse::<MachineId>()
-                .map_err(|e| format!("field `machine`: {e}"))?,
-            Some(v) => {
-                return Err(format!(
-                    "field `machine`: expected a string, found {}",
-                    v.type_str()
-                ))
-            }
+            Some(toml::Value::String(s)) => s.parse::<MachineId>().map_err(|e| format!("field `machine`: {e}"))?,
+            Some(v) => return Err(format!("field `machine`: expected a string, found {}", v.type_str())),
         };
         let remote = match table.get("remote") {
             None => None,
             Some(toml::Value::String(s)) => Some(s.clone()),
-            Some(v) => {
-                return Err(format!(
-                    "field `remote`: expected a string, found {}",
-                    v.type_str()
-                ))
-            }
+            Some(v) => return Err(format!("field `remote`: expected a string, found {}", v.type_str())),
         };
         let fixed = |key: &str| -> Result<&toml::Value, String> {
             table.get(key).ok_or_else(|| {
                 format!("missing field `{key}` (fixed when the data dir was made; a default could not be trusted)")
             })
         };
-        let block_size =
-            size_value(fixed("block_size")?).map_err(|e| format!("field `block_size`: {e}"))?;
+        let block_size = size_value(fixed("block_size")?).map_err(|e| format!("field `block_size`: {e}"))?;
         let hash_size = int_value(fixed("hash_size")?, "hash_size")?;
-        let hash_size = usize::try_from(hash_size).map_err(|_| {
-            format!(
-                "field `hash_size`: {hash_size} is not within {MIN_HASH_SIZE}..={MAX_HASH_SIZE}"
-            )
-        })?;
+        let hash_size = usize::try_from(hash_size)
+            .map_err(|_| format!("field `hash_size`: {hash_size} is not within {MIN_HASH_SIZE}..={MAX_HASH_SIZE}"))?;
         let compression_level = match table.get("compression_level") {
             None => DEFAULT_COMPRESSION_LEVEL,
             Some(v) => {
@@ -265,77 +245,38 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let mut s = String::from("# syncer data dir settings; see `syncer help config`.\n");
         let q = |v: &str| toml::Value::String(v.to_string()).to_string();
-        let _ = writeln!(
-            s,
-            "# This machine's id (random at init/clone).\nmachine = {}",
-            q(&self.machine.to_string())
-        );
+        let _ = writeln!(s, "# This machine's id (random at init/clone).\nmachine = {}", q(&self.machine.to_string()));
         match &self.remote {
             Some(r) => {
-                let _ = writeln!(
-                    s,
-                    "# rsync destination of the shared remote.\nremote = {}",
-                    q(r)
-                );
+                let _ = writeln!(s, "# rsync destination of the shared remote.\nremote = {}", q(r));
             }
-            None => s.push_str(
-                "# rsync destination of the shared remote (none yet).\n# remote = \"host:/path\"\n",
-            ),
+            None => s.push_str("# rsync destination of the shared remote (none yet).\n# remote = \"host:/path\"\n"),
         }
-        let _ = writeln!(
-            s,
-            "# Bound of the local block cache.\ncache_size = {}",
-            q(&format_size(self.cache_size))
-        );
-        let _ = writeln!(
-            s,
-            "# Fixed at init: never change it.\nblock_size = {}",
-            q(&format_size(self.block_size))
-        );
-        let _ = writeln!(
-            s,
-            "# Fixed at init: never change it.\nhash_size = {}",
-            self.hash_size
-        );
-        let _ = writeln!(
-            s,
-            "# zstd level for blocks (0 = off).\ncompression_level = {}",
-            self.compression_level
-        );
+        let _ = writeln!(s, "# Bound of the local block cache.\ncache_size = {}", q(&format_size(self.cache_size)));
+        let _ = writeln!(s, "# Fixed at init: never change it.\nblock_size = {}", q(&format_size(self.block_size)));
+        let _ = writeln!(s, "# Fixed at init: never change it.\nhash_size = {}", self.hash_size);
+        let _ = writeln!(s, "# zstd level for blocks (0 = off).\ncompression_level = {}", self.compression_level);
         let _ = writeln!(
             s,
             "# Log segments are sealed at this size.\nsegment_size = {}",
             q(&format_size(self.segment_size))
         );
-        let _ = writeln!(
-            s,
-            "# Most memory held by unwritten data.\ndirty_limit = {}",
-            q(&format_size(self.dirty_limit))
-        );
-        let _ = writeln!(
-            s,
-            "# Blocks this small are never evicted.\nsmall_block = {}",
-            q(&format_size(self.small_block))
-        );
+        let _ =
+            writeln!(s, "# Most memory held by unwritten data.\ndirty_limit = {}", q(&format_size(self.dirty_limit)));
+        let _ =
+            writeln!(s, "# Blocks this small are never evicted.\nsmall_block = {}", q(&format_size(self.small_block)));
         s
     }
 
     /// Reads and validates `path`; errors are [`Error::BadConfig`] naming the
     /// file and the key.
     pub fn load(storage: &dyn Storage, path: &Path) -> Result<Config> {
-        let bad = |reason: String| Error::BadConfig {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let bad = |reason: String| Error::BadConfig { path: path.to_path_buf(), reason };
         match storage.file_len(path) {
-            Ok(n) if n > MAX_FILE_LEN => {
-                return Err(bad(format!("{n} bytes is too large for a config file")))
-            }
+            Ok(n) if n > MAX_FILE_LEN => return Err(bad(format!("{n} bytes is too large for a config file"))),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(bad(
-                    "missing (not a syncer data dir, or not initialized)".to_string()
-                ))
+                return Err(bad("missing (not a syncer data dir, or not initialized)".to_string()))
             }
             Err(e) => return Err(Error::io("stat", path, e)),
         }
@@ -346,10 +287,7 @@ impl Config {
 
     /// Validates and writes the config to `path`, atomically and durably.
     pub fn save(&self, storage: &dyn Storage, path: &Path) -> Result<()> {
-        self.validate().map_err(|reason| Error::BadConfig {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+        self.validate().map_err(|reason| Error::BadConfig { path: path.to_path_buf(), reason })?;
         write_file_atomic(storage, path, self.to_toml().as_bytes())
     }
 }
@@ -362,9 +300,7 @@ fn check_remote(r: &str) -> Result<(), String> {
         return Err(format!("{r:?} holds a control character"));
     }
     if r.starts_with('-') {
-        return Err(format!(
-            "{r:?} starts with `-` (rsync would read it as an option)"
-        ));
+        return Err(format!("{r:?} starts with `-` (rsync would read it as an option)"));
     }
     Ok(())
 }
@@ -372,10 +308,7 @@ fn check_remote(r: &str) -> Result<(), String> {
 fn int_value(v: &toml::Value, key: &str) -> Result<i64, String> {
     match v {
         toml::Value::Integer(i) => Ok(*i),
-        v => Err(format!(
-            "field `{key}`: expected an integer, found {}",
-            v.type_str()
-        )),
+        v => Err(format!("field `{key}`: expected an integer, found {}", v.type_str())),
     }
 }
 
@@ -383,10 +316,7 @@ fn size_value(v: &toml::Value) -> Result<u64, String> {
     match v {
         toml::Value::Integer(i) => u64::try_from(*i).map_err(|_| format!("{i} is negative")),
         toml::Value::String(s) => parse_size(s),
-        v => Err(format!(
-            "expected a size (bytes, or a string like \"512MiB\"), found {}",
-            v.type_str()
-        )),
+        v => Err(format!("expected a size (bytes, or a string like \"512MiB\"), found {}", v.type_str())),
     }
 }
 
@@ -410,15 +340,11 @@ const UNITS: [(&str, u64); 9] = [
 /// bytes that fits in a u64. A bare `K`/`M`/`G`/`T` is refused as ambiguous.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let unit = unit.trim_start();
     if num.is_empty() {
-        return Err(format!(
-            "{s:?} is not a size (expected e.g. 4096, \"512MiB\", \"1.5GB\")"
-        ));
+        return Err(format!("{s:?} is not a size (expected e.g. 4096, \"512MiB\", \"1.5GB\")"));
     }
     let mult = if unit.is_empty() {
         1
@@ -428,15 +354,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             Some((_, m)) => *m,
             None if matches!(lower.as_str(), "k" | "m" | "g" | "t") => {
                 let u = unit.to_ascii_uppercase();
-                return Err(format!(
-                    "{s:?}: unit `{unit}` is ambiguous; write {u}iB (binary) or {u}B (decimal)"
-                ));
+                return Err(format!("{s:?}: unit `{unit}` is ambiguous; write {u}iB (binary) or {u}B (decimal)"));
             }
-            None => {
-                return Err(format!(
-                    "{s:?}: unknown unit `{unit}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-                ))
-            }
+            None => return Err(format!("{s:?}: unknown unit `{unit}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
         }
     };
     let (int, frac) = match num.split_once('.') {
@@ -451,11 +371,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
     let too_big = || format!("{s:?} is larger than {} bytes", u64::MAX);
     let int: u128 = int.parse().map_err(|_| too_big())?;
-    let frac_num: u128 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse().map_err(|_| format!("{s:?}: bad decimals"))?
-    };
+    let frac_num: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| format!("{s:?}: bad decimals"))? };
     let frac_den: u128 = 10u128.pow(frac.len() as u32);
     let mult = u128::from(mult);
     let whole = int.checked_mul(mult).ok_or_else(too_big)?;
@@ -471,12 +387,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// (`"1MiB"`, `"1536MiB"`, `"4097"`), so [`parse_size`] gives it back. For a
 /// rounded display form see [`format_size_human`].
 pub fn format_size(n: u64) -> String {
-    for (unit, m) in [
-        ("TiB", 1u64 << 40),
-        ("GiB", GIB),
-        ("MiB", MIB),
-        ("KiB", KIB),
-    ] {
+    for (unit, m) in [("TiB", 1u64 << 40), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
         if n >= m && n.is_multiple_of(m) {
             return format!("{}{unit}", n / m);
         }
@@ -488,12 +399,7 @@ pub fn format_size(n: u64) -> String {
 /// binary unit below it (`"3.2 GiB"`, `"512 B"`). Not exact: for config files
 /// use [`format_size`].
 pub fn format_size_human(n: u64) -> String {
-    let units = [
-        ("TiB", 1u64 << 40),
-        ("GiB", GIB),
-        ("MiB", MIB),
-        ("KiB", KIB),
-    ];
+    let units = [("TiB", 1u64 << 40), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)];
     for (unit, m) in units {
         if n >= m {
             let tenths = (u128::from(n) * 10 + u128::from(m) / 2) / u128::from(m);

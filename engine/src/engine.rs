@@ -23,12 +23,12 @@ use crate::blob::BlobStore;
 use crate::config::Config;
 use crate::error::{Error, FsError, Result};
 use crate::event::{AttrChange, Attrs, BlockChange, BlockRef, Change, Event, NodeKind};
+use crate::format;
 use crate::ids::{LogPos, MachineId, NodeId, Timestamp};
 use crate::index::{Counts, DirEntry, Index, IndexReader, IndexWriter};
 use crate::log::{self, LogWriter};
 use crate::storage::{FsStorage, Storage};
 use crate::tree::{self, NodeRecord};
-use crate::format;
 
 /// Longest name in a directory, as on most Unix filesystems.
 pub const NAME_MAX: usize = 255;
@@ -63,6 +63,11 @@ impl Layout {
     /// `lock`: held (flock) by the one process that writes.
     pub fn lock(&self) -> PathBuf {
         self.dir.join("lock")
+    }
+    /// `dirty`: exists while a writer has the data dir open; found at open,
+    /// it means the last writer did not close cleanly.
+    pub fn dirty(&self) -> PathBuf {
+        self.dir.join("dirty")
     }
 }
 
@@ -113,6 +118,9 @@ impl NodeState {
         }
     }
 }
+
+/// One node of [`Engine::dump_tree`]: its path, state and stored blocks.
+pub type TreeEntry = (Vec<u8>, NodeState, Vec<(u64, BlockRef)>);
 
 /// Rename flags (renameat2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -165,6 +173,11 @@ pub struct OpenReport {
     pub index_rebuilt: bool,
     /// Events applied to the index while catching up.
     pub caught_up: u64,
+    /// The last writer did not close cleanly.
+    pub unclean: bool,
+    /// Unacknowledged events cut from our log because their blocks were
+    /// lost in the crash.
+    pub cut_unacknowledged: Option<String>,
 }
 
 struct Writer {
@@ -184,6 +197,8 @@ pub struct Engine {
     writer: Option<Mutex<Writer>>,
     at: Option<Timestamp>,
     report: OpenReport,
+    /// Set by [`Engine::abandon`]: drop without syncing.
+    abandoned: bool,
     _lock: Option<File>,
 }
 
@@ -206,20 +221,25 @@ fn validate_name(parent: NodeId, name: &[u8]) -> Result<()> {
 impl Engine {
     /// Creates a new data dir at `dir` (which must be missing or empty).
     pub fn init(dir: &Path, config: Config) -> Result<()> {
-        let storage = FsStorage;
         if dir.exists() {
             let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io("read", dir, e))?;
             if entries.next().is_some() {
                 return Err(Error::Invalid(format!("{}: not empty; refusing to init over it", dir.display())));
             }
         }
+        Self::init_with(&FsStorage, dir, config)
+    }
+
+    /// [`Engine::init`] through another storage backend (crash tests).
+    pub fn init_with(storage: &dyn Storage, dir: &Path, config: Config) -> Result<()> {
+        config.validate().map_err(|reason| Error::BadConfig { path: dir.join("config.toml"), reason })?;
         storage.create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
         let layout = Layout { dir: dir.to_path_buf() };
-        config.save(&storage, &layout.config())?;
+        config.save(storage, &layout.config())?;
         for sub in [layout.log(), layout.blobs()] {
             storage.create_dir_all(&sub).map_err(|e| Error::io("create", &sub, e))?;
         }
-        format::write_new(&storage, dir)?;
+        format::write_new(storage, dir)?;
         storage.sync_dir(dir).map_err(|e| Error::io("sync", dir, e))?;
         Ok(())
     }
@@ -237,6 +257,13 @@ impl Engine {
         Self::open_inner(dir, Arc::new(FsStorage), Some(at))
     }
 
+    /// [`Engine::open`] with the log, blobs, FORMAT and config going through
+    /// `storage` (crash tests); the index and the lock file stay on the real
+    /// filesystem under `dir`, which must exist.
+    pub fn open_with(storage: Arc<dyn Storage>, dir: &Path) -> Result<Engine> {
+        Self::open_inner(dir, storage, None)
+    }
+
     fn open_inner(dir: &Path, storage: Arc<dyn Storage>, at: Option<Timestamp>) -> Result<Engine> {
         let layout = Layout { dir: dir.to_path_buf() };
         let mut report = OpenReport::default();
@@ -246,12 +273,7 @@ impl Engine {
         }
         let config = Config::load(storage.as_ref(), &layout.config())?;
         let lock = if at.is_none() { Some(take_lock(&layout.lock())?) } else { None };
-        let blobs = BlobStore::open(
-            storage.clone(),
-            layout.blobs(),
-            config.hash_size,
-            config.compression_level,
-        )?;
+        let blobs = BlobStore::open(storage.clone(), layout.blobs(), config.hash_size, config.compression_level)?;
         let writer = match at {
             Some(_) => None,
             None => {
@@ -271,10 +293,42 @@ impl Engine {
                 Some(Mutex::new(Writer { log, next_counter: 1, last_time, last_durable_index: Instant::now() }))
             }
         };
-        let (index, rebuilt) = Index::open(&layout.index())?;
+        if at.is_none() {
+            report.unclean = storage.exists(&layout.dirty());
+            storage.write_file(&layout.dirty(), b"").map_err(|e| Error::io("write", layout.dirty(), e))?;
+            storage.sync_dir(dir).map_err(|e| Error::io("sync", dir, e))?;
+        }
+        let (index, mut rebuilt) = Index::open(&layout.index())?;
+        if let Some(w) = &writer {
+            // The index must never be ahead of our log (a crash can cut the
+            // log's unsynced tail); if it is, it is rebuilt from the log.
+            let log_seq = lock_writer(w).log.last_seq();
+            let index_seq = index.read()?.applied(config.machine)?.map_or(0, |a| a.2);
+            if index_seq > log_seq {
+                tracing::warn!(
+                    "{}: index has our events up to {index_seq} but the log only to {log_seq}; rebuilding it",
+                    dir.display()
+                );
+                index.clear()?;
+                rebuilt = true;
+            }
+        }
         report.index_rebuilt = rebuilt;
-        let mut engine = Engine { layout, config, storage, blobs, index, writer, at, report, _lock: lock };
+        let mut engine =
+            Engine { layout, config, storage, blobs, index, writer, at, report, abandoned: false, _lock: lock };
         engine.report.caught_up = engine.catch_up()?;
+        if engine.report.cut_unacknowledged.is_some() {
+            // Reopen our log past the cut.
+            if let Some(w) = &engine.writer {
+                let (log, _) = LogWriter::open(
+                    engine.storage.clone(),
+                    &engine.layout.log(),
+                    engine.config.machine,
+                    engine.config.segment_size,
+                )?;
+                lock_writer(w).log = log;
+            }
+        }
         if let Some(w) = &engine.writer {
             let next = engine.index.read()?.max_counter(engine.config.machine)? + 1;
             lock_writer(w).next_counter = next;
@@ -284,11 +338,21 @@ impl Engine {
 
     /// Applies to the index every record of every machine's log that it
     /// has not seen yet. Returns how many events were applied.
-    fn catch_up(&self) -> Result<u64> {
+    ///
+    /// After an unclean shutdown, each of our own events being caught up
+    /// must find its blocks intact. The index is made durable only after the
+    /// log and blobs are synced, so these events include every one that was
+    /// never acknowledged; such an event can reach the disk while its blocks
+    /// did not. The first event whose blocks are missing or torn was never
+    /// acknowledged (a sync would have made them durable first), so it and
+    /// everything after it are cut, like a torn tail.
+    fn catch_up(&mut self) -> Result<u64> {
         let log_root = self.layout.log();
         let machines = log::list_machines(self.storage.as_ref(), &log_root)?;
         let bs = self.block_size();
+        let check_blocks = self.report.unclean && self.writer.is_some();
         let mut applied = 0u64;
+        let mut cut: Option<(LogPos, String)> = None;
         for m in machines {
             let from = self.index.read()?.applied(m)?;
             let (start, done_seq) = match from {
@@ -297,18 +361,39 @@ impl Engine {
             };
             let mut w = self.index.write()?;
             let mut pending = 0u32;
-            log::for_each_event(self.storage.as_ref(), &log_root, m, start, |pos, _end, ev| {
-                if ev.seq <= done_seq {
+            let ours = m == self.config.machine;
+            let blobs = &self.blobs;
+            let walk = log::for_each_event(self.storage.as_ref(), &log_root, m, start, |pos, _end, ev| {
+                if ev.seq <= done_seq || cut.is_some() {
                     return Ok(());
+                }
+                if check_blocks && ours {
+                    for b in ev.change.blocks() {
+                        match blobs.get(&b.hash) {
+                            Ok(data) if data.len() == b.len as usize => {}
+                            Ok(_) => cut = Some((pos, format!("block {} has the wrong length", b.hash))),
+                            Err(e) => cut = Some((pos, e.to_string())),
+                        }
+                    }
+                    if cut.is_some() {
+                        return Ok(());
+                    }
                 }
                 w.apply(pos, ev, bs)?;
                 applied += 1;
                 pending += 1;
                 Ok(())
-            })?;
+            });
+            walk?;
             if pending > 0 {
                 w.commit(true)?;
             }
+        }
+        if let Some((pos, why)) = cut {
+            let dropped = log::cut_at(self.storage.as_ref(), &log_root, pos)?;
+            let what = format!("cut {dropped} bytes of unacknowledged events from our log at {pos}: {why}");
+            tracing::warn!("{}: {what}", self.layout.dir.display());
+            self.report.cut_unacknowledged = Some(what);
         }
         Ok(applied)
     }
@@ -340,7 +425,7 @@ impl Engine {
 
     /// Block size in bytes.
     pub fn block_size(&self) -> u64 {
-        u64::from(self.config.block_size)
+        self.config.block_size
     }
 
     /// The time a read-only view shows, if this is one.
@@ -412,7 +497,8 @@ impl Engine {
                 Ok(NodeState::from_record(child, r))
             }
             Some(at) => {
-                let (child, _) = self.index.read()?.lookup_at(dir, name, at)?.ok_or(Error::fs(dir, FsError::NotFound))?;
+                let (child, _) =
+                    self.index.read()?.lookup_at(dir, name, at)?.ok_or(Error::fs(dir, FsError::NotFound))?;
                 self.node(child)
             }
         }
@@ -512,6 +598,11 @@ impl Engine {
             ix.apply(pos, &event, bs)?;
         }
         let durable = w.last_durable_index.elapsed() >= INDEX_DURABLE_EVERY;
+        if durable {
+            // A durable index must not get ahead of the durable log.
+            self.blobs.sync_pending()?;
+            w.log.sync()?;
+        }
         ix.commit(durable)?;
         if durable {
             w.last_durable_index = Instant::now();
@@ -526,6 +617,12 @@ impl Engine {
         }
     }
 
+    /// A node that exists, removed or not: unlinked nodes stay usable
+    /// through open handles (fchmod, ftruncate, fsetxattr).
+    fn existing_node(ix: &IndexWriter, id: NodeId) -> Result<NodeRecord> {
+        ix.node(id)?.ok_or(Error::fs(id, FsError::NotFound))
+    }
+
     fn child(ix: &IndexWriter, dir: NodeId, name: &[u8]) -> Result<Option<(NodeId, NodeRecord)>> {
         let dir_node = Self::live_node(ix, dir)?;
         if dir_node.kind != NodeKind::Dir {
@@ -538,7 +635,14 @@ impl Engine {
     }
 
     /// Creates `name` in `parent`.
-    pub fn create(&self, parent: NodeId, name: &[u8], kind: NodeKind, attrs: Attrs, target: &[u8]) -> Result<NodeState> {
+    pub fn create(
+        &self,
+        parent: NodeId,
+        name: &[u8],
+        kind: NodeKind,
+        attrs: Attrs,
+        target: &[u8],
+    ) -> Result<NodeState> {
         validate_name(parent, name)?;
         let id = self.mutate(parent, |w, ix| {
             if Self::child(ix, parent, name)?.is_some() {
@@ -563,7 +667,7 @@ impl Engine {
     /// Changes attributes (ctime follows).
     pub fn set_attrs(&self, node: NodeId, change: AttrChange) -> Result<NodeState> {
         self.mutate(node, |_, ix| {
-            Self::live_node(ix, node)?;
+            Self::existing_node(ix, node)?;
             Ok((vec![(node, Change::SetAttrs(change))], ()))
         })?;
         self.node(node)
@@ -594,7 +698,7 @@ impl Engine {
         let bs = self.block_size();
         // The block that `size` cuts through keeps only its bytes before the
         // cut, so that a later extension reads zeros there.
-        let tail = if size < current.size && size % bs != 0 {
+        let tail = if size < current.size && !size.is_multiple_of(bs) {
             let index = size / bs;
             let keep = (size % bs) as usize;
             match self.file_blocks(node, index, 1)?.first() {
@@ -610,14 +714,21 @@ impl Engine {
             None
         };
         self.mutate(node, |_, ix| {
-            Self::live_node(ix, node)?;
+            Self::existing_node(ix, node)?;
             Ok((vec![(node, Change::Truncate { size, tail })], ()))
         })?;
         self.node(node)
     }
 
     /// Renames `parent/name` to `new_parent/new_name`.
-    pub fn rename(&self, parent: NodeId, name: &[u8], new_parent: NodeId, new_name: &[u8], flags: RenameFlags) -> Result<()> {
+    pub fn rename(
+        &self,
+        parent: NodeId,
+        name: &[u8],
+        new_parent: NodeId,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
         validate_name(new_parent, new_name)?;
         if name.is_empty() || name.len() > NAME_MAX {
             return Err(Error::fs(parent, FsError::NotFound));
@@ -706,7 +817,7 @@ impl Engine {
             return Err(Error::fs(node, FsError::Invalid));
         }
         self.mutate(node, |_, ix| {
-            let n = Self::live_node(ix, node)?;
+            let n = Self::existing_node(ix, node)?;
             match (mode, n.xattr(name).is_some()) {
                 (XattrMode::Create, true) => return Err(Error::fs(node, FsError::Exists)),
                 (XattrMode::Replace, false) => return Err(Error::fs(node, FsError::NoAttr)),
@@ -719,7 +830,7 @@ impl Engine {
     /// Removes extended attribute `name`.
     pub fn remove_xattr(&self, node: NodeId, name: &[u8]) -> Result<()> {
         self.mutate(node, |_, ix| {
-            if Self::live_node(ix, node)?.xattr(name).is_none() {
+            if Self::existing_node(ix, node)?.xattr(name).is_none() {
                 return Err(Error::fs(node, FsError::NoAttr));
             }
             Ok((vec![(node, Change::RemoveXattr { name: name.to_vec() })], ()))
@@ -748,13 +859,19 @@ impl Engine {
         w.log.sync()
     }
 
-    /// Syncs and makes the index durable too (at unmount and exit).
+    /// Syncs and makes the index durable too (at unmount and exit), then
+    /// marks the shutdown clean.
     pub fn close(&self) -> Result<()> {
         self.sync()?;
         if let Some(w) = &self.writer {
             let mut w = lock_writer(w);
             self.index.write()?.commit(true)?;
             w.last_durable_index = Instant::now();
+            let dirty = self.layout.dirty();
+            if self.storage.exists(&dirty) {
+                self.storage.remove_file(&dirty).map_err(|e| Error::io("remove", &dirty, e))?;
+                self.storage.sync_dir(&self.layout.dir).map_err(|e| Error::io("sync", &self.layout.dir, e))?;
+            }
         }
         Ok(())
     }
@@ -766,7 +883,7 @@ impl Engine {
 
     /// The whole tree as `(path, state, stored blocks)` in path order: for
     /// comparing trees (rebuild equivalence, replica convergence).
-    pub fn dump_tree(&self) -> Result<Vec<(Vec<u8>, NodeState, Vec<(u64, BlockRef)>)>> {
+    pub fn dump_tree(&self) -> Result<Vec<TreeEntry>> {
         let mut out = Vec::new();
         let mut stack = vec![(Vec::new(), NodeId::ROOT)];
         while let Some((path, id)) = stack.pop() {
@@ -791,9 +908,18 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Drops the engine without syncing anything, as a crash would (crash
+    /// tests; with [`crate::storage::CrashStorage`] the unsynced writes can
+    /// then be thrown away).
+    pub fn abandon(mut self) {
+        self.abandoned = true;
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
-        if self.writer.is_some() {
+        if self.writer.is_some() && !self.abandoned {
             if let Err(e) = self.close() {
                 tracing::error!("{}: closing: {e}", self.layout.dir.display());
             }

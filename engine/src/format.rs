@@ -54,18 +54,10 @@ pub struct FormatVersion {
 }
 
 /// The version this build writes, and the newest it fully understands.
-pub const CURRENT: FormatVersion = FormatVersion {
-    major: 1,
-    minor: 1,
-    patch: 0,
-};
+pub const CURRENT: FormatVersion = FormatVersion { major: 1, minor: 1, patch: 0 };
 
 /// The oldest version this build reads (and upgrades).
-pub const OLDEST_SUPPORTED: FormatVersion = FormatVersion {
-    major: 1,
-    minor: 0,
-    patch: 0,
-};
+pub const OLDEST_SUPPORTED: FormatVersion = FormatVersion { major: 1, minor: 0, patch: 0 };
 
 impl FormatVersion {
     /// The `FORMAT` file content for this version.
@@ -95,10 +87,7 @@ pub enum Upgrade {
 /// Parses a `FORMAT` file's bytes; the error says what is wrong.
 pub fn parse(bytes: &[u8]) -> Result<FormatVersion, String> {
     if bytes.len() > MAX_LEN {
-        return Err(format!(
-            "{} bytes is too long for a FORMAT file (at most {MAX_LEN})",
-            bytes.len()
-        ));
+        return Err(format!("{} bytes is too long for a FORMAT file (at most {MAX_LEN})", bytes.len()));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
     let line = text.strip_suffix('\n').unwrap_or(text);
@@ -106,36 +95,23 @@ pub fn parse(bytes: &[u8]) -> Result<FormatVersion, String> {
         return Err("more than one line".to_string());
     }
     let Some((name, version)) = line.split_once(' ') else {
-        return Err(format!(
-            "expected \"{FORMAT_NAME} <major>.<minor>.<patch>\", found {line:?}"
-        ));
+        return Err(format!("expected \"{FORMAT_NAME} <major>.<minor>.<patch>\", found {line:?}"));
     };
     if name != FORMAT_NAME {
         return Err(format!("format name is {name:?}, expected {FORMAT_NAME:?}"));
     }
     let parts: Vec<&str> = version.split('.').collect();
     let [major, minor, patch] = parts.as_slice() else {
-        return Err(format!(
-            "version {version:?} is not <major>.<minor>.<patch>"
-        ));
+        return Err(format!("version {version:?} is not <major>.<minor>.<patch>"));
     };
     let num = |s: &str, what: &str| -> Result<u32, String> {
-        let ok = !s.is_empty()
-            && s.bytes().all(|b| b.is_ascii_digit())
-            && (s == "0" || !s.starts_with('0'));
+        let ok = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
         if !ok {
-            return Err(format!(
-                "version {version:?}: {what} {s:?} is not a decimal number"
-            ));
+            return Err(format!("version {version:?}: {what} {s:?} is not a decimal number"));
         }
-        s.parse()
-            .map_err(|_| format!("version {version:?}: {what} {s:?} is too large"))
+        s.parse().map_err(|_| format!("version {version:?}: {what} {s:?} is too large"))
     };
-    Ok(FormatVersion {
-        major: num(major, "major")?,
-        minor: num(minor, "minor")?,
-        patch: num(patch, "patch")?,
-    })
+    Ok(FormatVersion { major: num(major, "major")?, minor: num(minor, "minor")?, patch: num(patch, "patch")? })
 }
 
 /// Path of the `FORMAT` file in data dir `dir`.
@@ -146,15 +122,10 @@ pub fn path_in(dir: &Path) -> PathBuf {
 /// Reads and parses `<dir>/FORMAT`.
 pub fn read(storage: &dyn Storage, dir: &Path) -> Result<FormatVersion> {
     let path = path_in(dir);
-    let bad = |reason: String| Error::BadFormatFile {
-        path: path.clone(),
-        reason,
-    };
+    let bad = |reason: String| Error::BadFormatFile { path: path.clone(), reason };
     match storage.file_len(&path) {
         Ok(n) if n > MAX_LEN as u64 => {
-            return Err(bad(format!(
-                "{n} bytes is too long for a FORMAT file (at most {MAX_LEN})"
-            )));
+            return Err(bad(format!("{n} bytes is too long for a FORMAT file (at most {MAX_LEN})")));
         }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -178,18 +149,12 @@ pub fn check_and_upgrade(storage: &dyn Storage, dir: &Path) -> Result<Upgrade> {
     let found = read(storage, dir)?;
     let path = path_in(dir);
     if found.major > CURRENT.major {
-        return Err(Error::NewerFormat {
-            path,
-            found: found.to_string(),
-            supported: CURRENT.to_string(),
-        });
+        return Err(Error::NewerFormat { path, found: found.to_string(), supported: CURRENT.to_string() });
     }
     if found < OLDEST_SUPPORTED {
         return Err(Error::BadFormatFile {
             path,
-            reason: format!(
-                "format {found} was never written by syncer (oldest known is {OLDEST_SUPPORTED})"
-            ),
+            reason: format!("format {found} was never written by syncer (oldest known is {OLDEST_SUPPORTED})"),
         });
     }
     if found == CURRENT {
@@ -209,10 +174,7 @@ pub fn check_and_upgrade(storage: &dyn Storage, dir: &Path) -> Result<Upgrade> {
 pub fn write_new(storage: &dyn Storage, dir: &Path) -> Result<()> {
     let path = path_in(dir);
     if storage.exists(&path) {
-        return Err(Error::BadFormatFile {
-            path,
-            reason: "already a syncer data dir (FORMAT exists)".to_string(),
-        });
+        return Err(Error::BadFormatFile { path, reason: "already a syncer data dir (FORMAT exists)".to_string() });
     }
     write_file_atomic(storage, &path, CURRENT.to_line().as_bytes())
 }
@@ -221,27 +183,13 @@ pub fn write_new(storage: &dyn Storage, dir: &Path) -> Result<()> {
 /// new content, and the new content is durable on return: writes
 /// `<path>.tmp`, syncs it, renames it over `path`, syncs the folder.
 pub fn write_file_atomic(storage: &dyn Storage, path: &Path, data: &[u8]) -> Result<()> {
-    let mut tmp_name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    storage
-        .write_file(&tmp, data)
-        .map_err(|e| Error::io("write", &tmp, e))?;
-    storage
-        .sync_file(&tmp)
-        .map_err(|e| Error::io("sync", &tmp, e))?;
-    storage
-        .rename(&tmp, path)
-        .map_err(|e| Error::io("rename", &tmp, e))?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    storage
-        .sync_dir(dir)
-        .map_err(|e| Error::io("sync", dir, e))?;
+    storage.write_file(&tmp, data).map_err(|e| Error::io("write", &tmp, e))?;
+    storage.sync_file(&tmp).map_err(|e| Error::io("sync", &tmp, e))?;
+    storage.rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    storage.sync_dir(dir).map_err(|e| Error::io("sync", dir, e))?;
     Ok(())
 }

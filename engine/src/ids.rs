@@ -14,9 +14,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A machine: random at `init`/`clone`, never zero (zero is the root's creator).
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug, PartialEq, Eq, PartialOrd, Ord))]
 pub struct MachineId(pub u64);
 
@@ -54,9 +52,7 @@ impl FromStr for MachineId {
 }
 
 /// A node (file, directory, symlink, ...). See the module docs for its layout.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug, PartialEq, Eq, PartialOrd, Ord))]
 pub struct NodeId(pub u128);
 
@@ -96,14 +92,12 @@ impl fmt::Debug for NodeId {
 impl FromStr for NodeId {
     type Err = ParseIdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (counter, machine) = s
-            .split_once('.')
-            .ok_or_else(|| ParseIdError(format!("node id {s:?} is not <counter>.<machine>")))?;
+        let (counter, machine) =
+            s.split_once('.').ok_or_else(|| ParseIdError(format!("node id {s:?} is not <counter>.<machine>")))?;
         if counter.is_empty() || counter.len() > 16 || !counter.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ParseIdError(format!("node id {s:?}: bad counter")));
         }
-        let counter = u64::from_str_radix(counter, 16)
-            .map_err(|e| ParseIdError(format!("node id {s:?}: {e}")))?;
+        let counter = u64::from_str_radix(counter, 16).map_err(|e| ParseIdError(format!("node id {s:?}: {e}")))?;
         Ok(NodeId::new(counter, machine.parse()?))
     }
 }
@@ -126,9 +120,7 @@ pub const MIN_HASH_SIZE: usize = 16;
 pub const MAX_HASH_SIZE: usize = 32;
 
 /// The address of a block's content: truncated blake3 of its uncompressed bytes.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 pub struct BlockHash {
     len: u8,
@@ -189,7 +181,7 @@ impl fmt::Debug for BlockHash {
 impl FromStr for BlockHash {
     type Err = ParseIdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() % 2 != 0 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if !s.len().is_multiple_of(2) || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(ParseIdError(format!("block hash {s:?} is not lowercase hex")));
         }
         let bytes: Vec<u8> = (0..s.len() / 2)

@@ -43,8 +43,9 @@ const NODES: TableDefinition<NodeKey, &[u8]> = TableDefinition::new("nodes");
 const DIRENTS: TableDefinition<(NodeKey, &[u8]), (NodeKey, u8)> = TableDefinition::new("dirents");
 const BLOCKS: TableDefinition<(NodeKey, u64), &[u8]> = TableDefinition::new("blocks");
 const HISTORY: TableDefinition<(NodeKey, i64, u64, u64), (u64, u64)> = TableDefinition::new("history");
-const DIRENT_HISTORY: TableDefinition<(NodeKey, &[u8], i64, u64, u64), Option<(NodeKey, u8)>> =
-    TableDefinition::new("dirent_history");
+/// `(dir, name, time, machine, seq)`.
+type DirentHistoryKey<'a> = (NodeKey, &'a [u8], i64, u64, u64);
+const DIRENT_HISTORY: TableDefinition<DirentHistoryKey, Option<(NodeKey, u8)>> = TableDefinition::new("dirent_history");
 const BLOCK_HISTORY: TableDefinition<(NodeKey, u64, i64, u64, u64), &[u8]> = TableDefinition::new("block_history");
 const EVENTS: TableDefinition<(u64, u64), (u64, u64, i64, NodeKey)> = TableDefinition::new("events");
 const BLOBS: TableDefinition<&[u8], (u32, i64)> = TableDefinition::new("blobs");

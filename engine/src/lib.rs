@@ -9,12 +9,10 @@
 //! - every on-disk format carries magic bytes with its version inside, and is
 //!   documented beside its code.
 
-
-
 pub mod blob;
 pub mod clock;
-pub mod engine;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod event;
 pub mod format;
@@ -26,6 +24,6 @@ pub mod storage;
 pub mod tree;
 pub mod verify;
 
-pub use error::{Error, FsError, Result};
 pub use engine::{Engine, NodeState, RenameFlags, Stats, XattrMode};
+pub use error::{Error, FsError, Result};
 pub use index::DirEntry;

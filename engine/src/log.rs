@@ -808,3 +808,25 @@ impl LogWriter {
         self.write(&segment_header(self.machine, next))
     }
 }
+
+/// Cuts our own log at `pos`: the segment is truncated there and every later
+/// segment removed. Only for records that recovery proved were never
+/// acknowledged (see `Engine::open`); returns how many bytes were dropped.
+pub fn cut_at(storage: &dyn Storage, log_root: &Path, pos: LogPos) -> Result<u64> {
+    let segments = list_segments(storage, log_root, pos.machine)?;
+    let mut dropped = 0;
+    for &n in segments.iter().rev().take_while(|&&n| n > pos.segment) {
+        let path = segment_path(log_root, pos.machine, n);
+        dropped += storage.file_len(&path).map_err(io("stat", &path))?;
+        storage.remove_file(&path).map_err(io("remove", &path))?;
+    }
+    let path = segment_path(log_root, pos.machine, pos.segment);
+    let len = storage.file_len(&path).map_err(io("stat", &path))?;
+    if pos.offset < len {
+        storage.truncate(&path, pos.offset).map_err(io("truncate", &path))?;
+        dropped += len - pos.offset;
+    }
+    let dir = machine_dir(log_root, pos.machine);
+    storage.sync_dir(&dir).map_err(io("sync", &dir))?;
+    Ok(dropped)
+}

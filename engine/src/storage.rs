@@ -207,10 +207,7 @@ impl CrashStorage {
     /// Bytes not yet synced, summed over all files (to know a crash can bite).
     pub fn unsynced_bytes(&self) -> usize {
         let st = self.state();
-        st.files
-            .iter()
-            .map(|(p, d)| d.len().saturating_sub(st.synced.get(p).map_or(0, Vec::len)))
-            .sum()
+        st.files.iter().map(|(p, d)| d.len().saturating_sub(st.synced.get(p).map_or(0, Vec::len))).sum()
     }
 
     fn not_found(path: &Path) -> io::Error {

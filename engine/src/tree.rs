@@ -65,10 +65,7 @@ impl NodeRecord {
 
     /// The value of extended attribute `name`.
     pub fn xattr(&self, name: &[u8]) -> Option<&[u8]> {
-        self.xattrs
-            .binary_search_by(|(k, _)| k.as_slice().cmp(name))
-            .ok()
-            .map(|i| self.xattrs[i].1.as_slice())
+        self.xattrs.binary_search_by(|(k, _)| k.as_slice().cmp(name)).ok().map(|i| self.xattrs[i].1.as_slice())
     }
 }
 
@@ -159,8 +156,10 @@ pub fn apply(prev: Option<&NodeRecord>, event: &Event, block_size: u64) -> Effec
         }
         (_, None) => return ignore("change to a node that was never created"),
         (change, Some(prev)) => {
-            if prev.removed && !matches!(change, Change::SetPinned { .. }) {
-                return ignore("change to a removed node");
+            // An unlinked node stays writable through open handles; only
+            // changes to its place in the tree are meaningless once removed.
+            if prev.removed && matches!(change, Change::Move { .. } | Change::Remove) {
+                return ignore("move or remove of a removed node");
             }
             let mut node = prev.clone();
             let mut dirents = Vec::new();
@@ -323,9 +322,16 @@ mod tests {
         );
         let fx3 = apply(Some(&fx2.node), &ev(n, 3, Change::Remove), 4096);
         assert!(fx3.node.removed);
-        let fx4 = apply(Some(&fx3.node), &ev(n, 4, Change::SetAttrs(AttrChange::default())), 4096);
-        assert_eq!(fx4.ignored, Some("change to a removed node"));
+        let fx4 = apply(Some(&fx3.node), &ev(n, 4, Change::Move { parent: d, name: b"c".to_vec() }), 4096);
+        assert_eq!(fx4.ignored, Some("move or remove of a removed node"));
         assert_eq!(fx4.node, fx3.node);
+        let fx5 = apply(
+            Some(&fx3.node),
+            &ev(n, 5, Change::SetAttrs(AttrChange { mode: Some(0o600), ..AttrChange::default() })),
+            4096,
+        );
+        assert_eq!(fx5.node.attrs.mode, 0o600);
+        assert!(fx5.node.removed);
     }
 
     #[test]

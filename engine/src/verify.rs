@@ -92,7 +92,8 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             }
         }
     }
-    let store = BlobStore::open(std::sync::Arc::new(storage), layout.blobs(), config.hash_size, config.compression_level)?;
+    let store =
+        BlobStore::open(std::sync::Arc::new(storage), layout.blobs(), config.hash_size, config.compression_level)?;
     report.blocks = blocks.len();
     for (hash, block) in blocks {
         match store.get(&hash) {

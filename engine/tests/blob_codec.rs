@@ -1,18 +1,13 @@
 //! The blob file codec: round trips, and damaged input gives errors, never panics.
 
-use engine::blob::{
-    decode_blob, decode_header, encode_blob, BlobError, Codec, HEADER_LEN, MAX_RAW_LEN,
-};
+use engine::blob::{decode_blob, decode_header, encode_blob, BlobError, Codec, HEADER_LEN, MAX_RAW_LEN};
 use engine::ids::BlockHash;
 use proptest::prelude::*;
 
 fn compressible() -> impl Strategy<Value = Vec<u8>> {
     // Runs of a few repeated bytes and short words: compresses well.
-    prop::collection::vec((any::<u8>(), 1usize..300), 0..200).prop_map(|runs| {
-        runs.into_iter()
-            .flat_map(|(b, n)| std::iter::repeat_n(b % 4, n))
-            .collect()
-    })
+    prop::collection::vec((any::<u8>(), 1usize..300), 0..200)
+        .prop_map(|runs| runs.into_iter().flat_map(|(b, n)| std::iter::repeat_n(b % 4, n)).collect())
 }
 
 proptest! {
@@ -109,16 +104,10 @@ fn header_errors_are_specific() {
 
     let mut b = good.clone();
     b.push(0);
-    assert!(matches!(
-        decode_blob(&b, &h),
-        Err(BlobError::LengthMismatch { .. })
-    ));
+    assert!(matches!(decode_blob(&b, &h), Err(BlobError::LengthMismatch { .. })));
 
     let other = BlockHash::of(b"other", 32);
-    assert!(matches!(
-        decode_blob(&good, &other),
-        Err(BlobError::HashMismatch { .. })
-    ));
+    assert!(matches!(decode_blob(&good, &other), Err(BlobError::HashMismatch { .. })));
 }
 
 #[test]
@@ -130,10 +119,7 @@ fn zstd_payload_declaring_a_short_length_is_refused() {
     b[8..12].copy_from_slice(&50_000u32.to_le_bytes());
     assert!(decode_blob(&b, &h).is_err());
     b[8..12].copy_from_slice(&200_000u32.to_le_bytes());
-    assert!(matches!(
-        decode_blob(&b, &h),
-        Err(BlobError::LengthMismatch { .. })
-    ));
+    assert!(matches!(decode_blob(&b, &h), Err(BlobError::LengthMismatch { .. })));
 }
 
 #[test]

@@ -24,8 +24,8 @@ fn random(n: usize) -> Vec<u8> {
 /// Text-like data: words from a small vocabulary, compresses ~3-4x.
 fn compressible(n: usize, seed: u64) -> Vec<u8> {
     const WORDS: [&str; 16] = [
-        "the ", "blob ", "store ", "keeps ", "every ", "block ", "once, ", "by ", "its ", "hash. ",
-        "log ", "event ", "machine ", "\n", "syncer ", "replica ",
+        "the ", "blob ", "store ", "keeps ", "every ", "block ", "once, ", "by ", "its ", "hash. ", "log ", "event ",
+        "machine ", "\n", "syncer ", "replica ",
     ];
     let mut out = Vec::with_capacity(n + 16);
     let mut x = seed | 1;
@@ -51,11 +51,7 @@ fn put_get_round_trip_and_dedupe() {
     assert!(a.new);
     assert_eq!(a.block.len, 300_000);
     assert_eq!(a.block.hash, BlockHash::of(&data, 32));
-    assert!(
-        a.stored_len < 200_000,
-        "text should compress: {}",
-        a.stored_len
-    );
+    assert!(a.stored_len < 200_000, "text should compress: {}", a.stored_len);
     assert_eq!(st.stored_len(&a.block.hash).expect("len"), a.stored_len);
     st.sync_pending().expect("sync");
     assert_eq!(s.unsynced_bytes(), 0);
@@ -102,8 +98,7 @@ fn crash_at_every_keep_length_is_detected() {
         let s = CrashStorage::new();
         let st = store(&s);
         let path = st.path_of(&h);
-        s.create_dir_all(path.parent().expect("parent"))
-            .expect("mkdir");
+        s.create_dir_all(path.parent().expect("parent")).expect("mkdir");
         s.write_file(&path, &stored[..cut]).expect("write torn");
         let err = st.get(&h).expect_err("torn blob must not read");
         match err {
@@ -166,24 +161,14 @@ fn put_raw_verified_checks_the_fetched_bytes() {
     let mut stored = encode_blob(&data, 1);
     let last = stored.len() - 1;
     stored[last] ^= 1;
-    assert!(matches!(
-        st.put_raw_verified(&h, &stored),
-        Err(Error::CorruptBlob { .. })
-    ));
+    assert!(matches!(st.put_raw_verified(&h, &stored), Err(Error::CorruptBlob { .. })));
     assert!(!st.contains(&h));
     stored[last] ^= 1;
     let out = st.put_raw_verified(&h, &stored).expect("good copy");
     assert!(out.new);
     assert_eq!(out.block.len, 20_000);
-    assert_eq!(
-        s.read(&st.path_of(&h)).expect("read"),
-        stored,
-        "stored as fetched"
-    );
-    assert!(matches!(
-        st.put_raw_verified(&BlockHash::of(&data, 16), &stored),
-        Err(Error::Invalid(_))
-    ));
+    assert_eq!(s.read(&st.path_of(&h)).expect("read"), stored, "stored as fetched");
+    assert!(matches!(st.put_raw_verified(&BlockHash::of(&data, 16), &stored), Err(Error::Invalid(_))));
 }
 
 #[test]
@@ -196,10 +181,8 @@ fn remove_and_list() {
     let fan = st.path_of(&a).parent().expect("fan").to_path_buf();
     s.write_file(&fan.join("not-a-hash"), b"x").expect("junk");
     s.write_file(&fan.join(".tmp-1-2"), b"x").expect("temp");
-    s.write_file(&Path::new(BLOBS).join("README"), b"x")
-        .expect("junk");
-    s.write_file(&fan.join(BlockHash::of(b"x", 16).to_hex()), b"x")
-        .expect("wrong size");
+    s.write_file(&Path::new(BLOBS).join("README"), b"x").expect("junk");
+    s.write_file(&fan.join(BlockHash::of(b"x", 16).to_hex()), b"x").expect("wrong size");
     let mut listed = st.list().expect("list");
     listed.sort();
     let mut want = vec![a, b];
@@ -220,9 +203,7 @@ fn remove_and_list() {
 fn many_threads_put_and_sync() {
     let s = CrashStorage::new();
     let st = Arc::new(store(&s));
-    let blocks: Vec<Vec<u8>> = (0..64)
-        .map(|i| compressible(8000 + i * 10, i as u64 + 1))
-        .collect();
+    let blocks: Vec<Vec<u8>> = (0..64).map(|i| compressible(8000 + i * 10, i as u64 + 1)).collect();
     let blocks = Arc::new(blocks);
     std::thread::scope(|sc| {
         for t in 0..8 {
@@ -259,10 +240,7 @@ fn real_filesystem_round_trip() {
     assert_eq!(out.block.hash.as_bytes().len(), 20);
     assert_eq!(st.get(&out.block.hash).expect("get"), data);
     assert_eq!(st.list().expect("list"), vec![out.block.hash]);
-    assert!(
-        st.put(&vec![0u8; (64 << 20) + 1]).is_err(),
-        "oversized block refused"
-    );
+    assert!(st.put(&vec![0u8; (64 << 20) + 1]).is_err(), "oversized block refused");
 }
 
 /// Throughput of put(); run with
@@ -277,14 +255,8 @@ fn put_throughput() {
     let st = BlobStore::open(storage, dir.path().join("blobs"), 32, 1).expect("open");
     let n = TOTAL / BLOCK;
     for (name, make) in [
-        (
-            "random",
-            Box::new(|_| random(BLOCK)) as Box<dyn Fn(usize) -> Vec<u8>>,
-        ),
-        (
-            "compressible",
-            Box::new(|i| compressible(BLOCK, i as u64 + 1)),
-        ),
+        ("random", Box::new(|_| random(BLOCK)) as Box<dyn Fn(usize) -> Vec<u8>>),
+        ("compressible", Box::new(|i| compressible(BLOCK, i as u64 + 1))),
     ] {
         let blocks: Vec<Vec<u8>> = (0..n).map(&make).collect();
         let t = Instant::now();
@@ -316,10 +288,7 @@ fn put_throughput() {
             std::hint::black_box(encode_blob(b, 1));
         }
         let cpu = t.elapsed();
-        println!(
-            "{name:>12}: hash+encode alone {:.0} MB/s",
-            mb / cpu.as_secs_f64()
-        );
+        println!("{name:>12}: hash+encode alone {:.0} MB/s", mb / cpu.as_secs_f64());
         println!(
             "{name:>12}: put {:.0} MB/s, then sync_pending {:.2}s; stored/raw {:.3}; baseline blake3+write+rename {:.0} MB/s",
             mb / put.as_secs_f64(),

@@ -22,22 +22,20 @@ fn config_strategy() -> impl Strategy<Value = Config> {
         any::<u64>(),
         any::<u64>(),
     )
-        .prop_map(
-            |(m, remote, bs_log, hash_size, level, segment_size, c, d, sb)| {
-                let block_size = 1u64 << bs_log;
-                Config {
-                    machine: MachineId(m),
-                    remote,
-                    cache_size: block_size + c % (1 << 50),
-                    block_size,
-                    hash_size,
-                    compression_level: level,
-                    segment_size,
-                    dirty_limit: block_size + d % (1 << 40),
-                    small_block: sb % (block_size + 1),
-                }
-            },
-        )
+        .prop_map(|(m, remote, bs_log, hash_size, level, segment_size, c, d, sb)| {
+            let block_size = 1u64 << bs_log;
+            Config {
+                machine: MachineId(m),
+                remote,
+                cache_size: block_size + c % (1 << 50),
+                block_size,
+                hash_size,
+                compression_level: level,
+                segment_size,
+                dirty_limit: block_size + d % (1 << 40),
+                small_block: sb % (block_size + 1),
+            }
+        })
 }
 
 proptest! {
@@ -114,110 +112,53 @@ const BASE: &str = "machine = \"0123456789abcdef\"\nblock_size = \"1MiB\"\nhash_
 
 #[test]
 fn bad_configs_are_refused_with_clear_messages() {
-    let without = |key: &str| {
-        BASE.lines()
-            .filter(|l| !l.starts_with(key))
-            .map(|l| format!("{l}\n"))
-            .collect()
-    };
+    let without = |key: &str| BASE.lines().filter(|l| !l.starts_with(key)).map(|l| format!("{l}\n")).collect();
     let with = |extra: &str| format!("{BASE}{extra}\n");
     let replace = |key: &str, line: &str| format!("{}{line}\n", without(key));
     let cases: Vec<(String, &str)> = vec![
         (with("colour = \"blue\""), "unknown key `colour`"),
         (with("block-size = 4096"), "unknown key `block-size`"),
-        (
-            with("[remote]\nhost = \"x\""),
-            "field `remote`: expected a string",
-        ),
+        (with("[remote]\nhost = \"x\""), "field `remote`: expected a string"),
         ("machine = ".to_string(), "not valid TOML"),
         (without("machine"), "missing field `machine`"),
         (without("block_size"), "missing field `block_size`"),
         (without("hash_size"), "missing field `hash_size`"),
-        (
-            replace("machine", "machine = \"0000000000000000\""),
-            "field `machine`: must not be zero",
-        ),
-        (
-            replace("machine", "machine = \"0123456789ABCDEF\""),
-            "field `machine`",
-        ),
-        (
-            replace("machine", "machine = \"../../etc/passwd\""),
-            "field `machine`",
-        ),
-        (
-            replace("machine", "machine = 12"),
-            "field `machine`: expected a string",
-        ),
+        (replace("machine", "machine = \"0000000000000000\""), "field `machine`: must not be zero"),
+        (replace("machine", "machine = \"0123456789ABCDEF\""), "field `machine`"),
+        (replace("machine", "machine = \"../../etc/passwd\""), "field `machine`"),
+        (replace("machine", "machine = 12"), "field `machine`: expected a string"),
         (with("remote = \"\""), "field `remote`: must not be empty"),
         (with("remote = \"--rsh=evil\""), "field `remote`"),
         (with("remote = \"host:/a\\nb\""), "control character"),
-        (
-            replace("block_size", "block_size = 3000"),
-            "field `block_size`: 3000 is not a power of two",
-        ),
-        (
-            replace("block_size", "block_size = \"2KiB\""),
-            "field `block_size`",
-        ),
-        (
-            replace("block_size", "block_size = \"32MiB\""),
-            "field `block_size`",
-        ),
-        (
-            replace("block_size", "block_size = 1.5"),
-            "field `block_size`: expected a size",
-        ),
+        (replace("block_size", "block_size = 3000"), "field `block_size`: 3000 is not a power of two"),
+        (replace("block_size", "block_size = \"2KiB\""), "field `block_size`"),
+        (replace("block_size", "block_size = \"32MiB\""), "field `block_size`"),
+        (replace("block_size", "block_size = 1.5"), "field `block_size`: expected a size"),
         (replace("block_size", "block_size = \"1M\""), "ambiguous"),
-        (
-            replace("hash_size", "hash_size = 8"),
-            "field `hash_size`: 8 is not within 16..=32",
-        ),
+        (replace("hash_size", "hash_size = 8"), "field `hash_size`: 8 is not within 16..=32"),
         (replace("hash_size", "hash_size = 33"), "field `hash_size`"),
         (replace("hash_size", "hash_size = -1"), "field `hash_size`"),
-        (
-            replace("hash_size", "hash_size = \"32\""),
-            "field `hash_size`: expected an integer",
-        ),
-        (
-            with("compression_level = 20"),
-            "field `compression_level`: 20",
-        ),
+        (replace("hash_size", "hash_size = \"32\""), "field `hash_size`: expected an integer"),
+        (with("compression_level = 20"), "field `compression_level`: 20"),
         (with("compression_level = -1"), "field `compression_level`"),
-        (
-            with("compression_level = 99999999999"),
-            "field `compression_level`",
-        ),
+        (with("compression_level = 99999999999"), "field `compression_level`"),
         (with("segment_size = \"512KiB\""), "field `segment_size`"),
         (with("segment_size = \"2GiB\""), "field `segment_size`"),
-        (
-            with("cache_size = -5"),
-            "field `cache_size`: -5 is negative",
-        ),
+        (with("cache_size = -5"), "field `cache_size`: -5 is negative"),
         (with("cache_size = \"lots\""), "field `cache_size`"),
         (with("cache_size = \"10 parsecs\""), "unknown unit"),
-        (
-            with("cache_size = 100"),
-            "field `cache_size`: 100 is smaller than one block",
-        ),
+        (with("cache_size = 100"), "field `cache_size`: 100 is smaller than one block"),
         (with("dirty_limit = \"4KiB\""), "field `dirty_limit`"),
         (with("small_block = \"2MiB\""), "field `small_block`"),
-        (
-            with("cache_size = \"1GiB\"\ncache_size = \"2GiB\""),
-            "not valid TOML",
-        ),
+        (with("cache_size = \"1GiB\"\ncache_size = \"2GiB\""), "not valid TOML"),
     ];
     for (text, want) in cases {
         let err = Config::from_toml(&text).expect_err(&format!("accepted:\n{text}"));
-        assert!(
-            err.contains(want),
-            "config:\n{text}\nerror {err:?} lacks {want:?}"
-        );
+        assert!(err.contains(want), "config:\n{text}\nerror {err:?} lacks {want:?}");
         // Through load, the error names the file too.
         let s = CrashStorage::new();
         s.create_dir_all(Path::new("/data")).expect("mkdir");
-        s.write_file(Path::new(PATH), text.as_bytes())
-            .expect("write");
+        s.write_file(Path::new(PATH), text.as_bytes()).expect("write");
         let e = Config::load(&s, Path::new(PATH)).expect_err("load must refuse");
         assert!(matches!(e, Error::BadConfig { .. }), "{e}");
         let msg = e.to_string();
@@ -231,12 +172,10 @@ fn unreadable_files_are_refused() {
     s.create_dir_all(Path::new("/data")).expect("mkdir");
     let e = Config::load(&s, Path::new(PATH)).expect_err("missing");
     assert!(e.to_string().contains("missing"), "{e}");
-    s.write_file(Path::new(PATH), b"machine = \"\xff\"")
-        .expect("write");
+    s.write_file(Path::new(PATH), b"machine = \"\xff\"").expect("write");
     let e = Config::load(&s, Path::new(PATH)).expect_err("not utf-8");
     assert!(e.to_string().contains("UTF-8"), "{e}");
-    s.write_file(Path::new(PATH), &vec![b'#'; 100_000])
-        .expect("write");
+    s.write_file(Path::new(PATH), &vec![b'#'; 100_000]).expect("write");
     let e = Config::load(&s, Path::new(PATH)).expect_err("huge");
     assert!(e.to_string().contains("too large"), "{e}");
 }
@@ -247,9 +186,6 @@ fn save_refuses_an_invalid_config() {
     s.create_dir_all(Path::new("/data")).expect("mkdir");
     let mut c = Config::new_default(MachineId(1));
     c.block_size = 1000;
-    assert!(matches!(
-        c.save(&s, Path::new(PATH)),
-        Err(Error::BadConfig { .. })
-    ));
+    assert!(matches!(c.save(&s, Path::new(PATH)), Err(Error::BadConfig { .. })));
     assert!(!s.exists(Path::new(PATH)));
 }

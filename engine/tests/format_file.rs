@@ -12,22 +12,14 @@ const DIR: &str = "/data";
 fn with_format(content: &[u8]) -> CrashStorage {
     let s = CrashStorage::new();
     s.create_dir_all(Path::new(DIR)).expect("mkdir");
-    s.write_file(&Path::new(DIR).join("FORMAT"), content)
-        .expect("write");
+    s.write_file(&Path::new(DIR).join("FORMAT"), content).expect("write");
     s
 }
 
 #[test]
 fn parses_the_current_line() {
     assert_eq!(parse(b"syncer-data 1.1.0\n"), Ok(CURRENT));
-    assert_eq!(
-        parse(b"syncer-data 1.0.3"),
-        Ok(FormatVersion {
-            major: 1,
-            minor: 0,
-            patch: 3
-        })
-    );
+    assert_eq!(parse(b"syncer-data 1.0.3"), Ok(FormatVersion { major: 1, minor: 0, patch: 3 }));
     assert_eq!(CURRENT.to_line(), "syncer-data 1.1.0\n");
 }
 
@@ -55,11 +47,7 @@ fn garbled_files_are_refused_with_a_reason() {
     ];
     for (input, want) in cases {
         let err = parse(input).expect_err(&format!("{:?} parsed", String::from_utf8_lossy(input)));
-        assert!(
-            err.contains(want),
-            "{:?}: {err:?} lacks {want:?}",
-            String::from_utf8_lossy(input)
-        );
+        assert!(err.contains(want), "{:?}: {err:?} lacks {want:?}", String::from_utf8_lossy(input));
         // Through the file too: BadFormatFile naming the file.
         let s = with_format(input);
         match check_and_upgrade(&s, Path::new(DIR)) {
@@ -79,11 +67,7 @@ fn missing_file_is_not_a_data_dir() {
     s.create_dir_all(Path::new(DIR)).expect("mkdir");
     let e = check_and_upgrade(&s, Path::new(DIR)).expect_err("no FORMAT");
     assert!(matches!(e, Error::BadFormatFile { .. }));
-    assert!(
-        e.to_string()
-            .contains("not a syncer data dir (no FORMAT file)"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("not a syncer data dir (no FORMAT file)"), "{e}");
 }
 
 #[test]
@@ -93,19 +77,13 @@ fn newer_major_is_refused_and_left_alone() {
     let msg = e.to_string();
     assert!(matches!(e, Error::NewerFormat { .. }), "{msg}");
     assert!(msg.contains("2.0.0") && msg.contains("1.1.0"), "{msg}");
-    assert_eq!(
-        s.read(&Path::new(DIR).join("FORMAT")).expect("read"),
-        b"syncer-data 2.0.0\n"
-    );
+    assert_eq!(s.read(&Path::new(DIR).join("FORMAT")).expect("read"), b"syncer-data 2.0.0\n");
 }
 
 #[test]
 fn never_written_versions_are_refused() {
     let s = with_format(b"syncer-data 0.9.0\n");
-    assert!(matches!(
-        check_and_upgrade(&s, Path::new(DIR)),
-        Err(Error::BadFormatFile { .. })
-    ));
+    assert!(matches!(check_and_upgrade(&s, Path::new(DIR)), Err(Error::BadFormatFile { .. })));
 }
 
 #[test]
@@ -114,25 +92,15 @@ fn newer_minor_is_readable_and_kept() {
         let line = format!("syncer-data {v}\n");
         let s = with_format(line.as_bytes());
         let got = check_and_upgrade(&s, Path::new(DIR)).expect("readable");
-        assert_eq!(
-            got,
-            Upgrade::NewerMinor(parse(line.as_bytes()).expect("parse"))
-        );
-        assert_eq!(
-            s.read(&Path::new(DIR).join("FORMAT")).expect("read"),
-            line.as_bytes(),
-            "never downgraded"
-        );
+        assert_eq!(got, Upgrade::NewerMinor(parse(line.as_bytes()).expect("parse")));
+        assert_eq!(s.read(&Path::new(DIR).join("FORMAT")).expect("read"), line.as_bytes(), "never downgraded");
     }
 }
 
 #[test]
 fn current_needs_nothing() {
     let s = with_format(b"syncer-data 1.1.0\n");
-    assert_eq!(
-        check_and_upgrade(&s, Path::new(DIR)).expect("ok"),
-        Upgrade::None
-    );
+    assert_eq!(check_and_upgrade(&s, Path::new(DIR)).expect("ok"), Upgrade::None);
 }
 
 #[test]
@@ -141,21 +109,11 @@ fn older_version_is_upgraded_in_place_durably() {
     s.sync_file(&Path::new(DIR).join("FORMAT")).expect("sync");
     s.sync_dir(Path::new(DIR)).expect("sync dir");
     let got = check_and_upgrade(&s, Path::new(DIR)).expect("upgrade");
-    assert_eq!(
-        got,
-        Upgrade::UpgradedFrom(FormatVersion {
-            major: 1,
-            minor: 0,
-            patch: 2
-        })
-    );
+    assert_eq!(got, Upgrade::UpgradedFrom(FormatVersion { major: 1, minor: 0, patch: 2 }));
     // Durable on return: a crash right after keeps the new version.
     s.crash(|_, synced, _| synced);
     assert_eq!(format::read(&s, Path::new(DIR)).expect("read"), CURRENT);
-    assert_eq!(
-        check_and_upgrade(&s, Path::new(DIR)).expect("again"),
-        Upgrade::None
-    );
+    assert_eq!(check_and_upgrade(&s, Path::new(DIR)).expect("again"), Upgrade::None);
     assert!(!s.exists(&Path::new(DIR).join("FORMAT.tmp")));
 }
 
@@ -165,14 +123,8 @@ fn write_new_is_durable_and_refuses_an_existing_dir() {
     s.create_dir_all(Path::new(DIR)).expect("mkdir");
     write_new(&s, Path::new(DIR)).expect("write");
     s.crash(|_, _, _| 0);
-    assert_eq!(
-        check_and_upgrade(&s, Path::new(DIR)).expect("check"),
-        Upgrade::None
-    );
-    assert!(matches!(
-        write_new(&s, Path::new(DIR)),
-        Err(Error::BadFormatFile { .. })
-    ));
+    assert_eq!(check_and_upgrade(&s, Path::new(DIR)).expect("check"), Upgrade::None);
+    assert!(matches!(write_new(&s, Path::new(DIR)), Err(Error::BadFormatFile { .. })));
 }
 
 proptest! {

@@ -58,12 +58,7 @@ impl Inodes {
         if ino == 1 {
             return Ok(NodeId::ROOT);
         }
-        self.inner
-            .lock()
-            .by_ino
-            .get(&ino)
-            .map(|e| e.node)
-            .ok_or_else(|| Errno::from_i32(libc::ESTALE))
+        self.inner.lock().by_ino.get(&ino).map(|e| e.node).ok_or_else(|| Errno::from_i32(libc::ESTALE))
     }
 
     /// The inode of `node`, adding one kernel lookup (allocating if new).

@@ -145,10 +145,9 @@ fn fuse_config(engine: &Engine, opts: &MountOptions) -> Config {
         if read_only { MountOption::RO } else { MountOption::RW },
     ];
     for o in opts.extra.iter().map(|s| parse_option(s)) {
-        let conflicts = matches!(
-            (&o, read_only),
-            (MountOption::RW, true) | (MountOption::RO, false) | (MountOption::Atime, _)
-        ) || matches!(o, MountOption::FSName(_) | MountOption::Subtype(_));
+        let conflicts =
+            matches!((&o, read_only), (MountOption::RW, true) | (MountOption::RO, false) | (MountOption::Atime, _))
+                || matches!(o, MountOption::FSName(_) | MountOption::Subtype(_));
         if conflicts {
             tracing::warn!("ignoring mount option {o:?}: it conflicts with syncer's own");
         } else if !mount_options.contains(&o) {
@@ -175,8 +174,7 @@ fn build(engine: Arc<Engine>, opts: &MountOptions) -> Result<(SyncerFs, Arc<Core
 }
 
 fn final_flush(core: &Core, mountpoint: &Path) -> Result<(), FsMountError> {
-    core.shutdown_flush()
-        .map_err(|e| FsMountError::Flush { mountpoint: mountpoint.to_path_buf(), errno: e.code() })
+    core.shutdown_flush().map_err(|e| FsMountError::Flush { mountpoint: mountpoint.to_path_buf(), errno: e.code() })
 }
 
 /// Mounts `engine` on `mountpoint` and serves it until it is unmounted
@@ -197,9 +195,8 @@ pub fn spawn(engine: Arc<Engine>, mountpoint: &Path, opts: MountOptions) -> Resu
     let (fs, core, config) = build(engine, &opts)?;
     let session = fuser::Session::new(fs, mountpoint, &config)
         .map_err(|source| FsMountError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
-    let bg = session
-        .spawn()
-        .map_err(|source| FsMountError::Session { mountpoint: mountpoint.to_path_buf(), source })?;
+    let bg =
+        session.spawn().map_err(|source| FsMountError::Session { mountpoint: mountpoint.to_path_buf(), source })?;
     Ok(MountHandle { bg: Some(bg), core, mountpoint: mountpoint.to_path_buf() })
 }
 

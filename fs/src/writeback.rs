@@ -189,11 +189,8 @@ impl WriteBack {
         for i in 0..workers {
             let rx = rx.clone();
             let shared = shared.clone();
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("syncer-hash-{i}"))
-                    .spawn(move || worker(shared, rx))?,
-            );
+            handles
+                .push(std::thread::Builder::new().name(format!("syncer-hash-{i}")).spawn(move || worker(shared, rx))?);
         }
         Ok(WriteBack { shared, tx: Some(tx), workers: handles, files: Mutex::new(HashMap::new()) })
     }
@@ -473,14 +470,9 @@ impl WriteBack {
     fn commit_locked(&self, file: &Arc<FileState>) -> Result<(), Errno> {
         self.spill(file)?;
         let mut st = file.st.lock();
-        let waiting: Vec<(u64, u64)> = st
-            .slots
-            .iter()
-            .filter(|(_, s)| matches!(s, Slot::Hashing { .. }))
-            .map(|(i, s)| (*i, s.seq()))
-            .collect();
-        while waiting.iter().any(|(i, seq)| matches!(st.slots.get(i), Some(Slot::Hashing { seq: s, .. }) if s == seq))
-        {
+        let waiting: Vec<(u64, u64)> =
+            st.slots.iter().filter(|(_, s)| matches!(s, Slot::Hashing { .. })).map(|(i, s)| (*i, s.seq())).collect();
+        while waiting.iter().any(|(i, seq)| matches!(st.slots.get(i), Some(Slot::Hashing { seq: s, .. }) if s == seq)) {
             file.cond.wait(&mut st);
         }
         if let Some(e) = st.error.take() {

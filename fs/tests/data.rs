@@ -158,3 +158,45 @@ fn two_handles_share_buffered_data() {
     assert_eq!(&buf, b"0123456789");
     assert_eq!(r.metadata().unwrap().len(), 100_010);
 }
+
+/// Manual probe: `cargo test -p syncer-fs --test data -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_probe() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new();
+    let total = 1usize << 30;
+    let chunk = pattern(3, 1 << 20);
+    let t = std::time::Instant::now();
+    let mut f = fs::File::create(m.p("big")).unwrap();
+    let mut peak = 0;
+    for i in 0..total / chunk.len() {
+        let mut c = chunk.clone();
+        c[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        f.write_all(&c).unwrap();
+        peak = peak.max(m.handle().dirty_bytes());
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let w = t.elapsed();
+    let t = std::time::Instant::now();
+    let mut r = fs::File::open(m.p("big")).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0;
+    loop {
+        let k = r.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    assert_eq!(n, total);
+    eprintln!(
+        "write {:.0} MiB/s (dirty peak {} MiB), read {:.0} MiB/s",
+        1024.0 / w.as_secs_f64(),
+        peak >> 20,
+        1024.0 / t.elapsed().as_secs_f64()
+    );
+}

@@ -79,10 +79,7 @@ fn special_nodes_and_attributes() {
     assert_eq!((md.uid(), md.gid()), (1234, 5678));
 
     let f = cstr(&m.p("f"));
-    let times = [
-        libc::timespec { tv_sec: 1_000_000, tv_nsec: 5 },
-        libc::timespec { tv_sec: 2_000_000, tv_nsec: 7 },
-    ];
+    let times = [libc::timespec { tv_sec: 1_000_000, tv_nsec: 5 }, libc::timespec { tv_sec: 2_000_000, tv_nsec: 7 }];
     // SAFETY: valid path and two timespecs.
     assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, f.as_ptr(), times.as_ptr(), 0) }, 0);
     let md = fs::metadata(m.p("f")).unwrap();
@@ -309,7 +306,8 @@ fn readdir_is_stable_while_entries_come_and_go() {
         }
     }
     // A fresh listing sees the new state exactly.
-    let now: BTreeSet<String> = fs::read_dir(m.p("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let now: BTreeSet<String> =
+        fs::read_dir(m.p("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(now.len(), n - n.div_ceil(3) + 200);
     assert!(now.contains("g0199") && !now.contains("f0000"));
 
@@ -335,10 +333,7 @@ fn statfs_and_mount_table() {
     assert!(v.f_files >= 2, "files counts nodes");
     assert!((v.f_blocks - v.f_bfree) * v.f_frsize >= 100_000, "used covers logical bytes");
     let mounts = fs::read_to_string("/proc/mounts").unwrap();
-    let line = mounts
-        .lines()
-        .find(|l| l.split(' ').nth(1) == Some(m.mnt.to_str().unwrap()))
-        .expect("mount listed");
+    let line = mounts.lines().find(|l| l.split(' ').nth(1) == Some(m.mnt.to_str().unwrap())).expect("mount listed");
     let fields: Vec<&str> = line.split(' ').collect();
     assert_eq!(fields[0], m.data.to_str().unwrap());
     assert_eq!(fields[2], "fuse.syncer");
