@@ -29,7 +29,7 @@ fn fresh(dir: &Path) -> Engine {
 /// Half random (incompressible) blocks, half text-like ones (compressible).
 fn mixed_block(rng: &mut rand::rngs::StdRng, i: u64, size: usize) -> Vec<u8> {
     let mut b = vec![0u8; size];
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         rng.fill_bytes(&mut b);
     } else {
         const WORDS: &[&str] = &["photo", "IMG_", "2026", "raw", "exif", "lens", "f/2.8", "iso", "800", "\n"];
