@@ -330,8 +330,13 @@ impl Engine {
             }
         }
         if let Some(w) = &engine.writer {
-            let next = engine.index.read()?.max_counter(engine.config.machine)? + 1;
-            lock_writer(w).next_counter = next;
+            let ix = engine.index.read()?;
+            let mut w = lock_writer(w);
+            w.next_counter = ix.max_counter(engine.config.machine)? + 1;
+            // Event times form a hybrid logical clock: never below any event
+            // seen from any machine, so (time, machine, seq) orders every
+            // event after everything it could have depended on.
+            w.last_time = w.last_time.max(ix.max_event_time()?);
         }
         Ok(engine)
     }

@@ -6,7 +6,10 @@
 //!   +1 per event, across all its segments. `(machine, seq)` names an event
 //!   uniquely in every replica.
 //! - `time` never goes backwards within one machine's log (the writer takes
-//!   `max(now, previous + 1ns)`), so one machine's log is in time order.
+//!   `max(now, previous + 1ns)`), so one machine's log is in time order, and
+//!   it is above the time of every event the writer had seen from any
+//!   machine (a hybrid logical clock): ordering events by `(time, machine,
+//!   seq)` puts every event after everything it could have depended on.
 //! - `clock` is the node's vector clock *after* this change: the writer ticks
 //!   its own entry on top of the clock of the node state it changed.
 //! - A content change lists only the blocks it changed: a 4 KiB write into a

@@ -64,6 +64,8 @@ const META_BLOCK_BYTES: &str = "block_bytes";
 const META_BLOCKS: &str = "block_count";
 const META_EVENTS: &str = "events";
 const META_IGNORED: &str = "ignored_events";
+/// Latest event time seen from any machine (as `u64` bits of the `i64`).
+const META_MAX_TIME: &str = "max_event_time";
 
 /// Counters kept by the index.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -345,6 +347,11 @@ macro_rules! queries {
             })
         }
 
+        /// The latest event time of any machine (zero before any event).
+        pub fn max_event_time(&self) -> Result<Timestamp> {
+            Ok(Timestamp(self.meta(META_MAX_TIME)? as i64))
+        }
+
         /// The highest node counter that machine `m` has used.
         pub fn max_counter(&self, m: MachineId) -> Result<u64> {
             self.meta(&counter_key(m))
@@ -506,6 +513,9 @@ impl IndexWriter {
             t.insert(m, (pos.segment, pos.offset, seq)).map_err(|e| self.err(e))?;
         }
         self.add_meta(META_EVENTS, 1)?;
+        if event.time > self.max_event_time()? {
+            self.set_meta(META_MAX_TIME, event.time.0 as u64)?;
+        }
         if event.node.machine() == event.machine && event.node.counter() > self.max_counter(event.machine)? {
             self.set_meta(&counter_key(event.machine), event.node.counter())?;
         }

@@ -19,6 +19,7 @@ pub mod format;
 pub mod ids;
 pub mod index;
 pub mod log;
+pub mod merge;
 pub mod record;
 pub mod storage;
 pub mod tree;
