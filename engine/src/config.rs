@@ -243,7 +243,7 @@ impl Config {
     /// The `config.toml` text for this config: every key, sizes in exact
     /// human units, with a comment per key.
     pub fn to_toml(&self) -> String {
-        let mut s = String::from("# syncer data dir settings; see `syncer help config`.\n");
+        let mut s = String::from("# syncer data dir settings; see README.md.\n");
         let q = |v: &str| toml::Value::String(v.to_string()).to_string();
         let _ = writeln!(s, "# This machine's id (random at init/clone).\nmachine = {}", q(&self.machine.to_string()));
         match &self.remote {

@@ -12,9 +12,7 @@ use common::*;
 
 #[test]
 fn large_sequential_write_round_trips_under_the_memory_bound() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let limit = 8u64 << 20;
     let mut m = Mounted::with(|_| {}, |o| o.dirty_limit = limit);
     let total = 64usize << 20;
@@ -40,9 +38,7 @@ fn large_sequential_write_round_trips_under_the_memory_bound() {
 
 #[test]
 fn sparse_files_read_zeros_and_seek_finds_holes() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let m = Mounted::small_blocks();
     let bs = 64u64 << 10;
     let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.p("sparse")).unwrap();
@@ -82,9 +78,7 @@ fn sparse_files_read_zeros_and_seek_finds_holes() {
 
 #[test]
 fn random_overwrites_match_a_model_before_and_after_remount() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let mut m = Mounted::small_blocks();
     let size = 1usize << 20;
     let mut model = pattern(7, size);
@@ -117,9 +111,7 @@ fn random_overwrites_match_a_model_before_and_after_remount() {
 
 #[test]
 fn concurrent_writers_on_different_files() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let mut m = Mounted::small_blocks();
     let threads = 8;
     let size = 3 << 20;
@@ -146,9 +138,7 @@ fn concurrent_writers_on_different_files() {
 
 #[test]
 fn two_handles_share_buffered_data() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let m = Mounted::small_blocks();
     let w = OpenOptions::new().write(true).create(true).truncate(true).open(m.p("f")).unwrap();
     let r = OpenOptions::new().read(true).open(m.p("f")).unwrap();
@@ -163,9 +153,7 @@ fn two_handles_share_buffered_data() {
 #[test]
 #[ignore]
 fn throughput_probe() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let m = Mounted::new();
     let total = 1usize << 30;
     let chunk = pattern(3, 1 << 20);

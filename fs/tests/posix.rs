@@ -12,9 +12,7 @@ use common::*;
 
 #[test]
 fn files_directories_and_their_errors() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let m = Mounted::new();
     fs::write(m.p("a.txt"), b"hello").unwrap();
     assert_eq!(fs::read(m.p("a.txt")).unwrap(), b"hello");
@@ -53,9 +51,7 @@ fn files_directories_and_their_errors() {
 
 #[test]
 fn special_nodes_and_attributes() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let m = Mounted::new();
     let fifo = cstr(&m.p("fifo"));
     let dev = cstr(&m.p("dev"));
@@ -134,9 +130,7 @@ fn renameat2(from: &std::path::Path, to: &std::path::Path, flags: u32) -> i32 {
 
 #[test]
 fn renames_with_flags_and_errors() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let m = Mounted::new();
     fs::write(m.p("a"), b"A").unwrap();
     fs::write(m.p("b"), b"B").unwrap();
@@ -210,9 +204,7 @@ fn listxattr(p: &std::path::Path, size: usize) -> Result<(usize, Vec<u8>), i32> 
 
 #[test]
 fn xattrs_with_flags_and_size_protocol() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let m = Mounted::new();
     let f = m.p("f");
     fs::write(&f, b"").unwrap();
@@ -267,9 +259,7 @@ fn raw_listing(dir: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn readdir_is_stable_while_entries_come_and_go() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let m = Mounted::new();
     fs::create_dir(m.p("d")).unwrap();
     let n = 600;
@@ -320,9 +310,7 @@ fn readdir_is_stable_while_entries_come_and_go() {
 
 #[test]
 fn statfs_and_mount_table() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let m = Mounted::new();
     fs::write(m.p("f"), vec![7u8; 100_000]).unwrap();
     let c = cstr(&m.mnt);
@@ -342,9 +330,7 @@ fn statfs_and_mount_table() {
 
 #[test]
 fn metadata_survives_remount() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let mut m = Mounted::new();
     fs::create_dir_all(m.p("a/b")).unwrap();
     fs::write(m.p("a/b/f"), b"persist me").unwrap();
@@ -360,9 +346,7 @@ fn metadata_survives_remount() {
 
 #[test]
 fn read_only_mount_refuses_changes() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let mut m = Mounted::new();
     fs::write(m.p("f"), b"x").unwrap();
     m.unmount();
@@ -376,9 +360,7 @@ fn read_only_mount_refuses_changes() {
 
 #[test]
 fn open_unlinked_file_stays_readable() {
-    if !can_mount() {
-        return;
-    }
+    require_fuse();
     let m = Mounted::new();
     let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.p("tmp")).unwrap();
     f.write_all(b"before").unwrap();

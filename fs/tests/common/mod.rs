@@ -20,15 +20,15 @@ pub struct Mounted {
     handle: Option<MountHandle>,
 }
 
-/// Whether FUSE mounts can run here (root and /dev/fuse).
-pub fn can_mount() -> bool {
+/// FUSE tests mount for real: they need root and /dev/fuse, and fail
+/// (never skip) without them.
+pub fn require_fuse() {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let ok = root && Path::new("/dev/fuse").exists();
-    if !ok {
-        eprintln!("skipping: needs root and /dev/fuse");
-    }
-    ok
+    assert!(
+        root && Path::new("/dev/fuse").exists(),
+        "FUSE tests need root and /dev/fuse (install fuse3: scripts/deps.sh)"
+    );
 }
 
 impl Mounted {
