@@ -79,7 +79,7 @@ impl Replica {
         let seen = self.known.values().map(|e| e.time.0).max().unwrap_or(0);
         let time = Timestamp(self.wall.max(seen + 1));
         self.wall = time.0;
-        let mut clock = state.node(node).map(|n| n.record.clock.clone()).unwrap_or_else(VectorClock::new);
+        let mut clock = state.node(node).map(|n| n.record.clock.clone()).unwrap_or_default();
         clock.tick(self.machine);
         self.seq += 1;
         let e = Event { node, machine: self.machine, seq: self.seq, time, clock, change };
