@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 
-use engine::clock::VectorClock;
 use engine::event::{AttrChange, Attrs, BlockChange, BlockRef, Change, Event, NodeKind};
 use engine::ids::{BlockHash, MachineId, NodeId, Timestamp};
 use engine::merge::{merge, Merged};
