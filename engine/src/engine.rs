@@ -23,12 +23,12 @@ use crate::blob::BlobStore;
 use crate::config::Config;
 use crate::error::{Error, FsError, Result};
 use crate::event::{AttrChange, Attrs, BlockChange, BlockRef, Change, Event, NodeKind};
-use crate::format;
 use crate::ids::{LogPos, MachineId, NodeId, Timestamp};
 use crate::index::{Counts, DirEntry, Index, IndexReader, IndexWriter};
 use crate::log::{self, LogWriter};
 use crate::storage::{FsStorage, Storage};
 use crate::tree::{self, NodeRecord};
+use crate::{format, merge};
 
 /// Longest name in a directory, as on most Unix filesystems.
 pub const NAME_MAX: usize = 255;
@@ -175,6 +175,9 @@ pub struct OpenReport {
     pub caught_up: u64,
     /// The last writer did not close cleanly.
     pub unclean: bool,
+    /// Older events arrived after newer ones were applied, so the index was
+    /// replayed in merge order.
+    pub replayed: bool,
     /// Unacknowledged events cut from our log because their blocks were
     /// lost in the crash.
     pub cut_unacknowledged: Option<String>,
@@ -342,7 +345,14 @@ impl Engine {
     }
 
     /// Applies to the index every record of every machine's log that it
-    /// has not seen yet. Returns how many events were applied.
+    /// has not seen yet, in merge order (see `merge`). Returns how many
+    /// events were applied.
+    ///
+    /// If a new event sorts before the last one applied (a peer's older
+    /// events arriving late), the index is replayed from the start so that
+    /// the tree depends only on the set of events. Local events always sort
+    /// last (event times are a hybrid logical clock), so this only happens
+    /// when peers' logs bring older events.
     ///
     /// After an unclean shutdown, each of our own events being caught up
     /// must find its blocks intact. The index is made durable only after the
@@ -352,55 +362,80 @@ impl Engine {
     /// acknowledged (a sync would have made them durable first), so it and
     /// everything after it are cut, like a torn tail.
     fn catch_up(&mut self) -> Result<u64> {
-        let log_root = self.layout.log();
-        let machines = log::list_machines(self.storage.as_ref(), &log_root)?;
-        let bs = self.block_size();
-        let check_blocks = self.report.unclean && self.writer.is_some();
-        let mut applied = 0u64;
-        let mut cut: Option<(LogPos, String)> = None;
-        for m in machines {
-            let from = self.index.read()?.applied(m)?;
-            let (start, done_seq) = match from {
-                Some((segment, offset, seq)) => ((segment, offset), seq),
-                None => ((0, 0), 0),
-            };
-            let mut w = self.index.write()?;
-            let mut pending = 0u32;
-            let ours = m == self.config.machine;
-            let blobs = &self.blobs;
-            let walk = log::for_each_event(self.storage.as_ref(), &log_root, m, start, |pos, _end, ev| {
-                if ev.seq <= done_seq || cut.is_some() {
-                    return Ok(());
-                }
-                if check_blocks && ours {
-                    for b in ev.change.blocks() {
-                        match blobs.get(&b.hash) {
-                            Ok(data) if data.len() == b.len as usize => {}
-                            Ok(_) => cut = Some((pos, format!("block {} has the wrong length", b.hash))),
-                            Err(e) => cut = Some((pos, e.to_string())),
-                        }
-                    }
-                    if cut.is_some() {
-                        return Ok(());
-                    }
-                }
-                w.apply(pos, ev, bs)?;
-                applied += 1;
-                pending += 1;
-                Ok(())
-            });
-            walk?;
-            if pending > 0 {
-                w.commit(true)?;
-            }
-        }
+        let (mut events, cut) = self.gather(false)?;
         if let Some((pos, why)) = cut {
-            let dropped = log::cut_at(self.storage.as_ref(), &log_root, pos)?;
+            let dropped = log::cut_at(self.storage.as_ref(), &self.layout.log(), pos)?;
             let what = format!("cut {dropped} bytes of unacknowledged events from our log at {pos}: {why}");
             tracing::warn!("{}: {what}", self.layout.dir.display());
             self.report.cut_unacknowledged = Some(what);
         }
-        Ok(applied)
+        if events.is_empty() {
+            return Ok(0);
+        }
+        events.sort_by_key(|(_, e)| merge::order_key(e));
+        let frontier = self.index.read()?.frontier()?;
+        if frontier.is_some_and(|f| merge::order_key(&events[0].1) <= f) {
+            tracing::info!("{}: events arrived out of order; replaying the index", self.layout.dir.display());
+            self.index.clear()?;
+            self.report.replayed = true;
+            events = self.gather(true)?.0;
+            events.sort_by_key(|(_, e)| merge::order_key(e));
+        }
+        let bs = self.block_size();
+        let mut w = self.index.write()?;
+        for (pos, e) in &events {
+            w.apply(*pos, e, bs)?;
+        }
+        w.commit(true)?;
+        Ok(events.len() as u64)
+    }
+
+    /// Every event of every machine's log not yet in the index (all of
+    /// them with `from_start`), and where our log must be cut, if anywhere
+    /// (see `catch_up`).
+    #[allow(clippy::type_complexity)]
+    fn gather(&self, from_start: bool) -> Result<(Vec<(LogPos, Event)>, Option<(LogPos, String)>)> {
+        let log_root = self.layout.log();
+        let check_blocks = self.report.unclean && self.writer.is_some();
+        let mut out = Vec::new();
+        let mut cut: Option<(LogPos, String)> = None;
+        let ix = self.index.read()?;
+        for m in log::list_machines(self.storage.as_ref(), &log_root)? {
+            let applied = if from_start { None } else { ix.applied(m)? };
+            let (start, done_seq) = match applied {
+                Some((segment, offset, seq)) => ((segment, offset), seq),
+                None => ((0, 0), 0),
+            };
+            let ours = m == self.config.machine;
+            let mut stop = false;
+            log::for_each_event(self.storage.as_ref(), &log_root, m, start, |pos, _end, ev| {
+                if ev.seq <= done_seq || stop {
+                    return Ok(());
+                }
+                if check_blocks && ours {
+                    if let Some(why) = self.missing_block(ev) {
+                        cut = Some((pos, why));
+                        stop = true;
+                        return Ok(());
+                    }
+                }
+                out.push((pos, ev.clone()));
+                Ok(())
+            })?;
+        }
+        Ok((out, cut))
+    }
+
+    /// Why `ev`'s blocks cannot be read back intact, if they cannot.
+    fn missing_block(&self, ev: &Event) -> Option<String> {
+        for b in ev.change.blocks() {
+            match self.blobs.get(&b.hash) {
+                Ok(data) if data.len() == b.len as usize => {}
+                Ok(_) => return Some(format!("block {} has the wrong length", b.hash)),
+                Err(e) => return Some(e.to_string()),
+            }
+        }
+        None
     }
 
     /// What `open` found and fixed.
@@ -475,7 +510,7 @@ impl Engine {
         let mut state = (id == NodeId::ROOT).then(NodeRecord::root);
         for (pos, _) in history {
             let ev = log::read_record_at(self.storage.as_ref(), &self.layout.log(), pos)?.event;
-            state = Some(tree::apply(state.as_ref(), &ev, self.block_size()).node);
+            state = Some(tree::apply(state.as_ref(), &ev).node);
         }
         // A directory's times follow its listing, which the fold of its own
         // events does not see; the live index keeps them, history does not.
@@ -768,7 +803,7 @@ impl Engine {
                 if moves_into_self(dst, dst_node.kind, parent)? {
                     return Err(Error::fs(dst, FsError::MoveIntoSelf));
                 }
-                return Ok((vec![mv(src, new_parent, new_name), mv(dst, parent, name)], ()));
+                return Ok((vec![(src, Change::Exchange { with: dst })], ()));
             }
             let mut changes = Vec::new();
             if let Some((dst, dst_node)) = dst {

@@ -182,6 +182,12 @@ pub enum Change {
         /// Pinned or not.
         pinned: bool,
     },
+    /// The node and `with` swap places (renameat2 `RENAME_EXCHANGE`): one
+    /// event, because two moves would each land on a name the other holds.
+    Exchange {
+        /// The other node.
+        with: NodeId,
+    },
 }
 
 impl Change {
@@ -199,6 +205,7 @@ impl Change {
             Change::SetTarget { .. } => "symlink",
             Change::SetVolname { .. } => "volname",
             Change::SetPinned { .. } => "pin",
+            Change::Exchange { .. } => "exchange",
         }
     }
 

@@ -17,6 +17,7 @@
 //! | `blobs`          | hash bytes                            | (uncompressed len, first use time)     |
 //! | `applied`        | machine                               | (segment, offset, seq) of the last applied record |
 //! | `meta`           | name                                  | u64 counters (see `META_*`)            |
+//! | `conflicts`      | (time, machine, seq, node)            | a name collision (see `encode_conflict`) |
 //!
 //! Always true after a commit: `applied[m]` names the last record of machine
 //! `m`'s log whose event (and every one before it) is reflected in every
@@ -36,7 +37,8 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTabl
 use crate::error::{Error, Result};
 use crate::event::{BlockRef, Event, NodeKind};
 use crate::ids::{LogPos, MachineId, NodeId, Timestamp};
-use crate::tree::{self, BlockOp, DirentOp, NodeRecord};
+use crate::merge::{self, Conflict, TreeStore};
+use crate::tree::{self, NodeRecord};
 
 type NodeKey = u128;
 const NODES: TableDefinition<NodeKey, &[u8]> = TableDefinition::new("nodes");
@@ -51,10 +53,11 @@ const EVENTS: TableDefinition<(u64, u64), (u64, u64, i64, NodeKey)> = TableDefin
 const BLOBS: TableDefinition<&[u8], (u32, i64)> = TableDefinition::new("blobs");
 const APPLIED: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("applied");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const CONFLICTS: TableDefinition<(i64, u64, u64, NodeKey), &[u8]> = TableDefinition::new("conflicts");
 
 /// Version of the index layout above. An index of another version is
 /// deleted and rebuilt from the log on open (it is derived data).
-pub const INDEX_VERSION: u64 = 1;
+pub const INDEX_VERSION: u64 = 2;
 const META_VERSION: &str = "index_version";
 const META_NODES: &str = "nodes";
 const META_FILES: &str = "files";
@@ -66,6 +69,10 @@ const META_EVENTS: &str = "events";
 const META_IGNORED: &str = "ignored_events";
 /// Latest event time seen from any machine (as `u64` bits of the `i64`).
 const META_MAX_TIME: &str = "max_event_time";
+/// The merge-order key of the last applied event: (time, machine, seq).
+const META_FRONTIER_TIME: &str = "frontier_time";
+const META_FRONTIER_MACHINE: &str = "frontier_machine";
+const META_FRONTIER_SEQ: &str = "frontier_seq";
 
 /// Counters kept by the index.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -188,6 +195,7 @@ impl Index {
             "blobs",
             "applied",
             "meta",
+            "conflicts",
         ] {
             let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(name);
             txn.delete_table(def).map_err(|e| self.err(e))?;
@@ -347,6 +355,32 @@ macro_rules! queries {
             })
         }
 
+        /// The merge-order key of the last applied event, if any.
+        pub fn frontier(&self) -> Result<Option<(Timestamp, MachineId, u64)>> {
+            if self.meta(META_EVENTS)? == 0 {
+                return Ok(None);
+            }
+            Ok(Some((
+                Timestamp(self.meta(META_FRONTIER_TIME)? as i64),
+                MachineId(self.meta(META_FRONTIER_MACHINE)?),
+                self.meta(META_FRONTIER_SEQ)?,
+            )))
+        }
+
+        /// Every name collision resolved so far, in merge order.
+        pub fn conflicts(&self) -> Result<Vec<Conflict>> {
+            let t = self.txn.open_table(CONFLICTS).map_err(|e| ix_err(&self.path, e))?;
+            let mut out = Vec::new();
+            for item in t.iter().map_err(|e| ix_err(&self.path, e))? {
+                let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+                let (time, machine, seq, node) = k.value();
+                let c = decode_conflict(v.value(), Timestamp(time), (MachineId(machine), seq), NodeId(node))
+                    .map_err(|reason| Error::Index { path: self.path.clone(), reason })?;
+                out.push(c);
+            }
+            Ok(out)
+        }
+
         /// The latest event time of any machine (zero before any event).
         pub fn max_event_time(&self) -> Result<Timestamp> {
             Ok(Timestamp(self.meta(META_MAX_TIME)? as i64))
@@ -484,6 +518,7 @@ impl IndexWriter {
         self.txn.open_table(BLOBS).map_err(|e| self.err(e))?;
         self.txn.open_table(APPLIED).map_err(|e| self.err(e))?;
         self.txn.open_table(META).map_err(|e| self.err(e))?;
+        self.txn.open_table(CONFLICTS).map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -498,15 +533,18 @@ impl IndexWriter {
         self.set_meta(key, u64::try_from(v.max(0)).unwrap_or(u64::MAX))
     }
 
-    /// Applies one event found at `pos`. Events of one machine must come
-    /// in log order.
+    /// Applies one event found at `pos`. Events must come in merge order
+    /// (`merge::order_key`): the caller sorts them, and replays everything
+    /// when an event arrives that sorts before the frontier.
     pub fn apply(&mut self, pos: LogPos, event: &Event, block_size: u64) -> Result<()> {
-        let prev = self.node(event.node)?;
-        let fx = tree::apply(prev.as_ref(), event, block_size);
         let (m, seq, time) = (event.machine.0, event.seq, event.time.0);
         {
             let mut t = self.txn.open_table(HISTORY).map_err(|e| self.err(e))?;
             t.insert((event.node.0, time, m, seq), (pos.segment, pos.offset)).map_err(|e| self.err(e))?;
+            // An exchange changes two nodes: it is in both histories.
+            if let crate::event::Change::Exchange { with } = &event.change {
+                t.insert((with.0, time, m, seq), (pos.segment, pos.offset)).map_err(|e| self.err(e))?;
+            }
             let mut t = self.txn.open_table(EVENTS).map_err(|e| self.err(e))?;
             t.insert((m, seq), (pos.segment, pos.offset, time, event.node.0)).map_err(|e| self.err(e))?;
             let mut t = self.txn.open_table(APPLIED).map_err(|e| self.err(e))?;
@@ -516,23 +554,16 @@ impl IndexWriter {
         if event.time > self.max_event_time()? {
             self.set_meta(META_MAX_TIME, event.time.0 as u64)?;
         }
+        let key = merge::order_key(event);
+        if Some(key) > self.frontier()? {
+            self.set_meta(META_FRONTIER_TIME, key.0 .0 as u64)?;
+            self.set_meta(META_FRONTIER_MACHINE, key.1 .0)?;
+            self.set_meta(META_FRONTIER_SEQ, key.2)?;
+        }
         if event.node.machine() == event.machine && event.node.counter() > self.max_counter(event.machine)? {
             self.set_meta(&counter_key(event.machine), event.node.counter())?;
         }
-        if let Some(reason) = fx.ignored {
-            tracing::warn!(node = %event.node, machine = %event.machine, seq, "event ignored: {reason}");
-            return self.add_meta(META_IGNORED, 1);
-        }
-        self.update_counts(prev.as_ref(), &fx.node)?;
-        for op in &fx.blocks {
-            self.apply_block_op(event, op)?;
-        }
-        for op in &fx.dirents {
-            self.apply_dirent_op(event, op)?;
-        }
-        let mut t = self.txn.open_table(NODES).map_err(|e| self.err(e))?;
-        t.insert(event.node.0, encode_node(&fx.node).as_slice()).map_err(|e| self.err(e))?;
-        Ok(())
+        merge::step(self, event, block_size)
     }
 
     fn update_counts(&mut self, prev: Option<&NodeRecord>, next: &NodeRecord) -> Result<()> {
@@ -547,9 +578,7 @@ impl IndexWriter {
                 _ => [0; 4],
             }
         };
-        // The root exists before its first event: count it once, up front.
-        let before = if prev.is_none() { [0; 4] } else { weight(prev) };
-        let after = weight(Some(next));
+        let (before, after) = (weight(prev), weight(Some(next)));
         for (key, (a, b)) in [META_NODES, META_FILES, META_DIRS, META_BYTES].iter().zip(after.iter().zip(before)) {
             if *a != b {
                 self.add_meta(key, a - b)?;
@@ -558,104 +587,134 @@ impl IndexWriter {
         Ok(())
     }
 
-    fn apply_block_op(&mut self, event: &Event, op: &BlockOp) -> Result<()> {
-        let node = event.node.0;
-        let hist_key = |index: u64| (node, index, event.time.0, event.machine.0, event.seq);
-        match op {
-            BlockOp::Set(change) => {
-                let bytes = tree::encode_block_ref(change.block.as_ref());
-                {
-                    let mut t = self.txn.open_table(BLOCKS).map_err(|e| self.err(e))?;
-                    if change.block.is_some() {
-                        t.insert((node, change.index), bytes.as_slice()).map_err(|e| self.err(e))?;
-                    } else {
-                        t.remove((node, change.index)).map_err(|e| self.err(e))?;
-                    }
-                    let mut h = self.txn.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
-                    h.insert(hist_key(change.index), bytes.as_slice()).map_err(|e| self.err(e))?;
-                }
-                if let Some(b) = &change.block {
-                    let new = {
-                        let mut t = self.txn.open_table(BLOBS).map_err(|e| self.err(e))?;
-                        let seen = t.get(b.hash.as_bytes()).map_err(|e| self.err(e))?.is_some();
-                        if !seen {
-                            t.insert(b.hash.as_bytes(), (b.len, event.time.0)).map_err(|e| self.err(e))?;
-                        }
-                        !seen
-                    };
-                    if new {
-                        self.add_meta(META_BLOCKS, 1)?;
-                        self.add_meta(META_BLOCK_BYTES, i128::from(b.len))?;
-                    }
-                }
-            }
-            BlockOp::ClearFrom { from } => {
-                let gone: Vec<u64> = {
-                    let mut t = self.txn.open_table(BLOCKS).map_err(|e| self.err(e))?;
-                    let mut gone = Vec::new();
-                    t.retain_in((node, *from)..=(node, u64::MAX), |k, _| {
-                        gone.push(k.1);
-                        false
-                    })
-                    .map_err(|e| self.err(e))?;
-                    gone
-                };
-                let mut h = self.txn.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
-                for index in gone {
-                    h.insert(hist_key(index), &[][..]).map_err(|e| self.err(e))?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn apply_dirent_op(&mut self, event: &Event, op: &DirentOp) -> Result<()> {
-        let (parent, name, value) = {
-            let mut t = self.txn.open_table(DIRENTS).map_err(|e| self.err(e))?;
-            match op {
-                DirentOp::Insert { parent, name, child } => {
-                    let kind = match self.node_kind_for_insert(event, *child)? {
-                        Some(k) => k,
-                        None => return Ok(()),
-                    };
-                    t.insert((parent.0, name.as_slice()), (child.0, kind_code(kind))).map_err(|e| self.err(e))?;
-                    (*parent, name, Some((child.0, kind_code(kind))))
-                }
-                DirentOp::Delete { parent, name, child } => {
-                    let current = t.get((parent.0, name.as_slice())).map_err(|e| self.err(e))?.map(|v| v.value().0);
-                    if current != Some(child.0) {
-                        return Ok(());
-                    }
-                    t.remove((parent.0, name.as_slice())).map_err(|e| self.err(e))?;
-                    (*parent, name, None)
-                }
-            }
-        };
-        {
-            let mut h = self.txn.open_table(DIRENT_HISTORY).map_err(|e| self.err(e))?;
-            h.insert((parent.0, name.as_slice(), event.time.0, event.machine.0, event.seq), value)
-                .map_err(|e| self.err(e))?;
-        }
-        // A directory's mtime and ctime follow changes to its listing.
-        if let Some(mut dir) = self.node(parent)? {
-            tree::touch_dir(&mut dir, event.time);
-            let mut t = self.txn.open_table(NODES).map_err(|e| self.err(e))?;
-            t.insert(parent.0, encode_node(&dir).as_slice()).map_err(|e| self.err(e))?;
-        }
-        Ok(())
-    }
-
-    fn node_kind_for_insert(&self, event: &Event, child: NodeId) -> Result<Option<NodeKind>> {
-        if let crate::event::Change::Create { kind, .. } = &event.change {
-            return Ok(Some(*kind));
-        }
-        Ok(self.node(child)?.map(|n| n.kind))
-    }
-
     /// Commits; `durable` makes it survive a crash (slow: one fsync).
     pub fn commit(mut self, durable: bool) -> Result<()> {
         let d = if durable { Durability::Immediate } else { Durability::None };
         self.txn.set_durability(d).map_err(|e| Error::Index { path: self.path.clone(), reason: e.to_string() })?;
         self.txn.commit().map_err(|e| ix_err(&self.path, e))
+    }
+}
+
+/// `conflicts` values: parent u128 LE, winner u128 LE, wanted length u16 LE,
+/// wanted bytes, then the given name to the end.
+fn encode_conflict(c: &Conflict) -> Vec<u8> {
+    let mut v = Vec::with_capacity(34 + c.wanted.len() + c.given.len());
+    v.extend_from_slice(&c.parent.0.to_le_bytes());
+    v.extend_from_slice(&c.winner.0.to_le_bytes());
+    v.extend_from_slice(&(c.wanted.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
+    v.extend_from_slice(&c.wanted[..c.wanted.len().min(usize::from(u16::MAX))]);
+    v.extend_from_slice(&c.given);
+    v
+}
+
+fn decode_conflict(v: &[u8], time: Timestamp, event: (MachineId, u64), node: NodeId) -> Result<Conflict, String> {
+    let u128_at = |i: usize| -> Result<u128, String> {
+        let b: [u8; 16] = v.get(i..i + 16).and_then(|b| b.try_into().ok()).ok_or("conflict record too short")?;
+        Ok(u128::from_le_bytes(b))
+    };
+    let (parent, winner) = (u128_at(0)?, u128_at(16)?);
+    let len: [u8; 2] = v.get(32..34).and_then(|b| b.try_into().ok()).ok_or("conflict record too short")?;
+    let end = 34 + usize::from(u16::from_le_bytes(len));
+    let wanted = v.get(34..end).ok_or("conflict record: name runs past the end")?.to_vec();
+    let given = v[end..].to_vec();
+    Ok(Conflict { node, parent: NodeId(parent), wanted, given, winner: NodeId(winner), event, time })
+}
+
+/// The index is where the live tree is merged: the same rules as the
+/// in-memory reference model, written to redb with their history.
+impl TreeStore for IndexWriter {
+    type Error = Error;
+
+    fn node(&self, id: NodeId) -> Result<Option<NodeRecord>> {
+        IndexWriter::node(self, id)
+    }
+
+    fn set_node(&mut self, id: NodeId, record: &NodeRecord, _: &Event) -> Result<()> {
+        let prev = IndexWriter::node(self, id)?;
+        self.update_counts(prev.as_ref(), record)?;
+        let mut t = self.txn.open_table(NODES).map_err(|e| self.err(e))?;
+        t.insert(id.0, encode_node(record).as_slice()).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn entry(&self, dir: NodeId, name: &[u8]) -> Result<Option<NodeId>> {
+        Ok(self.lookup(dir, name)?.map(|(c, _)| c))
+    }
+
+    fn has_entries(&self, dir: NodeId) -> Result<bool> {
+        IndexWriter::has_entries(self, dir)
+    }
+
+    fn set_entry(&mut self, dir: NodeId, name: &[u8], child: Option<(NodeId, NodeKind)>, e: &Event) -> Result<()> {
+        let value = child.map(|(c, k)| (c.0, kind_code(k)));
+        {
+            let mut t = self.txn.open_table(DIRENTS).map_err(|e| self.err(e))?;
+            match value {
+                Some(v) => t.insert((dir.0, name), v).map_err(|e| self.err(e))?,
+                None => t.remove((dir.0, name)).map_err(|e| self.err(e))?,
+            };
+        }
+        let mut h = self.txn.open_table(DIRENT_HISTORY).map_err(|e| self.err(e))?;
+        h.insert((dir.0, name, e.time.0, e.machine.0, e.seq), value).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn set_block(&mut self, node: NodeId, index: u64, block: Option<BlockRef>, e: &Event) -> Result<()> {
+        let bytes = tree::encode_block_ref(block.as_ref());
+        {
+            let mut t = self.txn.open_table(BLOCKS).map_err(|e| self.err(e))?;
+            if block.is_some() {
+                t.insert((node.0, index), bytes.as_slice()).map_err(|e| self.err(e))?;
+            } else {
+                t.remove((node.0, index)).map_err(|e| self.err(e))?;
+            }
+            let mut h = self.txn.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
+            h.insert((node.0, index, e.time.0, e.machine.0, e.seq), bytes.as_slice()).map_err(|e| self.err(e))?;
+        }
+        if let Some(b) = block {
+            let new = {
+                let mut t = self.txn.open_table(BLOBS).map_err(|e| self.err(e))?;
+                let seen = t.get(b.hash.as_bytes()).map_err(|e| self.err(e))?.is_some();
+                if !seen {
+                    t.insert(b.hash.as_bytes(), (b.len, e.time.0)).map_err(|e| self.err(e))?;
+                }
+                !seen
+            };
+            if new {
+                self.add_meta(META_BLOCKS, 1)?;
+                self.add_meta(META_BLOCK_BYTES, i128::from(b.len))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn clear_blocks_from(&mut self, node: NodeId, from: u64, e: &Event) -> Result<()> {
+        let mut gone = Vec::new();
+        {
+            let mut t = self.txn.open_table(BLOCKS).map_err(|e| self.err(e))?;
+            t.retain_in((node.0, from)..=(node.0, u64::MAX), |k, _| {
+                gone.push(k.1);
+                false
+            })
+            .map_err(|e| self.err(e))?;
+        }
+        let mut h = self.txn.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
+        for index in gone {
+            h.insert((node.0, index, e.time.0, e.machine.0, e.seq), &[][..]).map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    fn conflict(&mut self, c: Conflict) -> Result<()> {
+        tracing::info!(node = %c.node, "name conflict in {}: {:?} kept as {:?}", c.parent, String::from_utf8_lossy(&c.wanted), String::from_utf8_lossy(&c.given));
+        let mut t = self.txn.open_table(CONFLICTS).map_err(|e| self.err(e))?;
+        let key = (c.time.0, c.event.0 .0, c.event.1, c.node.0);
+        t.insert(key, encode_conflict(&c).as_slice()).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn ignored(&mut self, e: &Event, reason: &'static str) -> Result<()> {
+        tracing::warn!(node = %e.node, machine = %e.machine, seq = e.seq, "event ignored: {reason}");
+        self.add_meta(META_IGNORED, 1)
     }
 }

@@ -1,7 +1,9 @@
 //! The merge: the tree that a set of events from any number of machines
-//! describes, as a pure function of that set. This is the reference model
-//! of convergence; property tests drive it with random replicas, delivery
-//! orders and duplicates.
+//! describes, as a function of that set alone. The rules live in [`step`],
+//! written once against the small [`TreeStore`] trait: the in-memory
+//! [`Merged`] (the reference model that property tests drive with random
+//! replicas, delivery orders and duplicates) and the redb index both
+//! implement it, so the mounted tree follows exactly the tested rules.
 //!
 //! How it works. Event times are a hybrid logical clock (see `event`), so
 //! sorting events by `(time, machine, seq)` gives one total order that
@@ -36,21 +38,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::clock::{Causality, VectorClock};
+use crate::clock::Causality;
 use crate::event::{BlockRef, Change, Event, NodeKind};
 use crate::ids::{MachineId, NodeId, Timestamp};
 use crate::tree::{self, NodeRecord};
 
-/// A node of the merged tree.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MergedNode {
-    /// Its state (parent and name are where it is, or was when removed).
-    pub record: NodeRecord,
-    /// Stored blocks by index (holes absent).
-    pub blocks: BTreeMap<u64, BlockRef>,
-    /// The clock of the remove that took it out of the tree, if it is out.
-    removed_by: Option<VectorClock>,
-}
+/// Deepest tree walked when looking for ancestors. Trees are acyclic (this
+/// module keeps them so); the bound only guards against a damaged index.
+const MAX_DEPTH: usize = 1 << 20;
 
 /// A name collision and how it was resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,9 +62,50 @@ pub struct Conflict {
     pub winner: NodeId,
     /// The event that placed it: `(machine, seq)`.
     pub event: (MachineId, u64),
+    /// That event's time.
+    pub time: Timestamp,
 }
 
-/// The merged tree.
+/// Where the merged tree lives. Reads see every earlier write.
+pub trait TreeStore {
+    /// The store's error.
+    type Error;
+    /// A node's state (the root exists before any event).
+    fn node(&self, id: NodeId) -> Result<Option<NodeRecord>, Self::Error>;
+    /// Replaces a node's state.
+    fn set_node(&mut self, id: NodeId, record: &NodeRecord, e: &Event) -> Result<(), Self::Error>;
+    /// The live node named `name` in `dir`.
+    fn entry(&self, dir: NodeId, name: &[u8]) -> Result<Option<NodeId>, Self::Error>;
+    /// Whether `dir` has a live entry.
+    fn has_entries(&self, dir: NodeId) -> Result<bool, Self::Error>;
+    /// Sets (`Some`) or deletes (`None`) the entry `dir/name`, because of `e`.
+    fn set_entry(
+        &mut self,
+        dir: NodeId,
+        name: &[u8],
+        child: Option<(NodeId, NodeKind)>,
+        e: &Event,
+    ) -> Result<(), Self::Error>;
+    /// Block `index` of `node` now holds `block` (`None`: a hole), because of `e`.
+    fn set_block(&mut self, node: NodeId, index: u64, block: Option<BlockRef>, e: &Event) -> Result<(), Self::Error>;
+    /// Every block of `node` from `from` on is gone, because of `e`.
+    fn clear_blocks_from(&mut self, node: NodeId, from: u64, e: &Event) -> Result<(), Self::Error>;
+    /// A name collision was resolved.
+    fn conflict(&mut self, c: Conflict) -> Result<(), Self::Error>;
+    /// `e` changed nothing, for `reason`.
+    fn ignored(&mut self, e: &Event, reason: &'static str) -> Result<(), Self::Error>;
+}
+
+/// A node of the in-memory merged tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergedNode {
+    /// Its state (parent and name are where it is, or was when removed).
+    pub record: NodeRecord,
+    /// Stored blocks by index (holes absent).
+    pub blocks: BTreeMap<u64, BlockRef>,
+}
+
+/// The in-memory merged tree: the reference model.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Merged {
     /// Every node ever created (removed ones included), by id.
@@ -90,12 +126,67 @@ impl Merged {
 
     /// Whether `id` is in the tree (not removed).
     pub fn is_live(&self, id: NodeId) -> bool {
-        id == NodeId::ROOT || self.nodes.get(&id).is_some_and(|n| !n.record.removed)
+        self.nodes.get(&id).is_some_and(|n| !n.record.removed)
     }
 
-    /// The state of `id` (the root always exists).
+    /// The state of `id`.
     pub fn node(&self, id: NodeId) -> Option<&MergedNode> {
         self.nodes.get(&id)
+    }
+}
+
+impl TreeStore for Merged {
+    type Error = std::convert::Infallible;
+
+    fn node(&self, id: NodeId) -> Result<Option<NodeRecord>, Self::Error> {
+        Ok(self.nodes.get(&id).map(|n| n.record.clone()))
+    }
+    fn set_node(&mut self, id: NodeId, record: &NodeRecord, _: &Event) -> Result<(), Self::Error> {
+        let n = self.nodes.entry(id).or_insert_with(|| MergedNode { record: record.clone(), blocks: BTreeMap::new() });
+        n.record = record.clone();
+        Ok(())
+    }
+    fn entry(&self, dir: NodeId, name: &[u8]) -> Result<Option<NodeId>, Self::Error> {
+        Ok(self.lookup(dir, name))
+    }
+    fn has_entries(&self, dir: NodeId) -> Result<bool, Self::Error> {
+        Ok(self.dirents.range((dir, Vec::new())..).next().is_some_and(|((d, _), _)| *d == dir))
+    }
+    fn set_entry(
+        &mut self,
+        dir: NodeId,
+        name: &[u8],
+        child: Option<(NodeId, NodeKind)>,
+        _: &Event,
+    ) -> Result<(), Self::Error> {
+        match child {
+            Some((c, _)) => self.dirents.insert((dir, name.to_vec()), c),
+            None => self.dirents.remove(&(dir, name.to_vec())),
+        };
+        Ok(())
+    }
+    fn set_block(&mut self, node: NodeId, index: u64, block: Option<BlockRef>, _: &Event) -> Result<(), Self::Error> {
+        if let Some(n) = self.nodes.get_mut(&node) {
+            match block {
+                Some(b) => n.blocks.insert(index, b),
+                None => n.blocks.remove(&index),
+            };
+        }
+        Ok(())
+    }
+    fn clear_blocks_from(&mut self, node: NodeId, from: u64, _: &Event) -> Result<(), Self::Error> {
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.blocks.retain(|&i, _| i < from);
+        }
+        Ok(())
+    }
+    fn conflict(&mut self, c: Conflict) -> Result<(), Self::Error> {
+        self.conflicts.push(c);
+        Ok(())
+    }
+    fn ignored(&mut self, e: &Event, reason: &'static str) -> Result<(), Self::Error> {
+        self.ignored.push(((e.machine, e.seq), reason));
+        Ok(())
     }
 }
 
@@ -104,7 +195,7 @@ pub fn order_key(e: &Event) -> (Timestamp, MachineId, u64) {
     (e.time, e.machine, e.seq)
 }
 
-/// Merges a set of events (any order, duplicates allowed).
+/// Merges a set of events (any order, duplicates allowed) in memory.
 pub fn merge<'a>(events: impl IntoIterator<Item = &'a Event>, block_size: u64) -> Merged {
     // One event per (machine, seq). Two different events under one name can
     // only come from damage or a hostile peer; the smaller one wins so that
@@ -121,10 +212,11 @@ pub fn merge<'a>(events: impl IntoIterator<Item = &'a Event>, block_size: u64) -
     let mut sorted: Vec<&Event> = unique.into_values().collect();
     sorted.sort_by_key(|e| order_key(e));
     let mut m = Merged::default();
-    m.nodes.insert(NodeId::ROOT, MergedNode { record: NodeRecord::root(), blocks: BTreeMap::new(), removed_by: None });
+    m.nodes.insert(NodeId::ROOT, MergedNode { record: NodeRecord::root(), blocks: BTreeMap::new() });
     for e in sorted {
-        if let Err(reason) = step(&mut m, e, block_size) {
-            m.ignored.push(((e.machine, e.seq), reason));
+        match step(&mut m, e, block_size) {
+            Ok(()) => {}
+            Err(never) => match never {},
         }
     }
     m
@@ -134,258 +226,264 @@ fn tie_rank(e: &Event) -> (Timestamp, String) {
     (e.time, format!("{e:?}"))
 }
 
-/// Applies one event in merge order.
-fn step(m: &mut Merged, e: &Event, block_size: u64) -> Result<(), &'static str> {
-    if e.node == NodeId::ROOT && matches!(e.change, Change::Create { .. } | Change::Move { .. } | Change::Remove) {
-        return Err("the root cannot be created, moved or removed");
-    }
-    match &e.change {
-        Change::Create { parent, name, kind, attrs, target } => {
-            if m.nodes.contains_key(&e.node) {
-                return Err("create of a node that exists");
-            }
-            let size = if *kind == NodeKind::Symlink { target.len() as u64 } else { 0 };
-            let record = NodeRecord {
-                kind: *kind,
-                parent: *parent,
-                name: name.clone(),
-                attrs: *attrs,
-                size,
-                target: target.clone(),
-                xattrs: Vec::new(),
-                pinned: false,
-                // Not in the tree until `place` puts it there.
-                removed: true,
-                clock: e.clock.clone(),
-                volname: Vec::new(),
-            };
-            m.nodes.insert(e.node, MergedNode { record, blocks: BTreeMap::new(), removed_by: None });
-            let parent = usable_parent(m, *parent, e);
-            place(m, e.node, parent, name, e);
-            Ok(())
-        }
-        Change::Move { parent, name } => {
-            let node = m.nodes.get(&e.node).ok_or("move of a node never created")?;
-            if node.record.removed && !revives(node, e) {
-                return Err("move of a node removed before it");
-            }
-            if !m.nodes.get(parent).is_some_and(|p| p.record.kind == NodeKind::Dir) {
-                return Err("move into a node that is not a directory");
-            }
-            if is_ancestor_or_self(m, e.node, *parent) {
-                return Err("move would make a node its own ancestor");
-            }
-            unplace(m, e.node, e.time);
-            let parent = usable_parent(m, *parent, e);
-            place(m, e.node, parent, name, e);
-            if let Some(n) = m.nodes.get_mut(&e.node) {
-                n.record.attrs.ctime = e.time;
-            }
-            Ok(())
-        }
-        Change::Remove => {
-            let node = m.nodes.get(&e.node).ok_or("remove of a node never created")?;
-            if node.record.removed {
-                return Err("remove of a removed node");
-            }
-            let has_live_children =
-                m.dirents.range((e.node, Vec::new())..).next().is_some_and(|((d, _), _)| *d == e.node);
-            if has_live_children {
-                return Err("remove of a directory that gained entries concurrently");
-            }
-            unplace(m, e.node, e.time);
-            if let Some(n) = m.nodes.get_mut(&e.node) {
-                n.record.removed = true;
-                n.removed_by = Some(e.clock.clone());
-                n.record.attrs.ctime = e.time;
-                n.record.clock = n.record.clock.join(&e.clock);
-            }
-            Ok(())
-        }
-        _ => {
-            let node = m.nodes.get(&e.node).ok_or("change to a node never created")?;
-            if node.record.removed && revives(node, e) {
-                revive(m, e.node, e);
-            }
-            let n = m.nodes.get_mut(&e.node).ok_or("change to a node never created")?;
-            apply_content(n, e, block_size)
-        }
+/// A refusal: the event changes nothing.
+type Refused = &'static str;
+
+/// Applies one event, in merge order, to `s`. An event that does not fit is
+/// reported through [`TreeStore::ignored`] and changes nothing.
+pub fn step<S: TreeStore>(s: &mut S, e: &Event, block_size: u64) -> Result<(), S::Error> {
+    match apply_step(s, e, block_size)? {
+        Ok(()) => Ok(()),
+        Err(reason) => s.ignored(e, reason),
     }
 }
 
+fn node_or_root<S: TreeStore>(s: &S, id: NodeId) -> Result<Option<NodeRecord>, S::Error> {
+    Ok(match s.node(id)? {
+        Some(n) => Some(n),
+        None if id == NodeId::ROOT => Some(NodeRecord::root()),
+        None => None,
+    })
+}
+
+fn apply_step<S: TreeStore>(s: &mut S, e: &Event, block_size: u64) -> Result<Result<(), Refused>, S::Error> {
+    if e.node == NodeId::ROOT
+        && matches!(e.change, Change::Create { .. } | Change::Move { .. } | Change::Remove | Change::Exchange { .. })
+    {
+        return Ok(Err("the root cannot be created, moved or removed"));
+    }
+    match &e.change {
+        Change::Create { parent, name, .. } => {
+            if s.node(e.node)?.is_some() {
+                return Ok(Err("create of a node that exists"));
+            }
+            let mut record = tree::apply(None, e).node;
+            // Not in the tree until `place` puts it there.
+            record.removed = true;
+            s.set_node(e.node, &record, e)?;
+            let parent = usable_parent(s, *parent, e)?;
+            place(s, e.node, parent, name, e)?;
+        }
+        Change::Move { parent, name } => {
+            let Some(node) = s.node(e.node)? else { return Ok(Err("move of a node never created")) };
+            if node.removed && !revives(&node, e) {
+                return Ok(Err("move of a node removed before it"));
+            }
+            if !node_or_root(s, *parent)?.is_some_and(|p| p.kind == NodeKind::Dir) {
+                return Ok(Err("move into a node that is not a directory"));
+            }
+            if is_ancestor_or_self(s, e.node, *parent)? {
+                return Ok(Err("move would make a node its own ancestor"));
+            }
+            unplace(s, e.node, e)?;
+            let parent = usable_parent(s, *parent, e)?;
+            place(s, e.node, parent, name, e)?;
+            if let Some(mut n) = s.node(e.node)? {
+                n.attrs.ctime = e.time;
+                s.set_node(e.node, &n, e)?;
+            }
+        }
+        Change::Exchange { with } => {
+            let (Some(a), Some(b)) = (s.node(e.node)?, s.node(*with)?) else {
+                return Ok(Err("exchange with a node never created"));
+            };
+            if a.removed || b.removed || *with == NodeId::ROOT {
+                return Ok(Err("exchange with a node not in the tree"));
+            }
+            if is_ancestor_or_self(s, e.node, b.parent)? || is_ancestor_or_self(s, *with, a.parent)? {
+                return Ok(Err("exchange would make a node its own ancestor"));
+            }
+            for (id, mut n, parent, name) in
+                [(e.node, a.clone(), b.parent, b.name.clone()), (*with, b, a.parent, a.name)]
+            {
+                s.set_entry(parent, &name, Some((id, n.kind)), e)?;
+                n.parent = parent;
+                n.name = name;
+                n.attrs.ctime = e.time;
+                n.clock = n.clock.join(&e.clock);
+                s.set_node(id, &n, e)?;
+                touch(s, parent, e)?;
+            }
+        }
+        Change::Remove => {
+            let Some(node) = s.node(e.node)? else { return Ok(Err("remove of a node never created")) };
+            if node.removed {
+                return Ok(Err("remove of a removed node"));
+            }
+            if s.has_entries(e.node)? {
+                return Ok(Err("remove of a directory that gained entries concurrently"));
+            }
+            unplace(s, e.node, e)?;
+            let fx = tree::apply(Some(&node), e);
+            s.set_node(e.node, &fx.node, e)?;
+        }
+        _ => {
+            let Some(node) = node_or_root(s, e.node)? else { return Ok(Err("change to a node never created")) };
+            if node.removed && revives(&node, e) {
+                revive(s, e.node, e)?;
+            }
+            let Some(node) = node_or_root(s, e.node)? else { return Ok(Err("change to a node never created")) };
+            let fx = tree::apply(Some(&node), e);
+            if let Some(reason) = fx.ignored {
+                return Ok(Err(reason));
+            }
+            let mut record = fx.node;
+            match &e.change {
+                Change::Content { size, blocks } => {
+                    // Writes never shrink a file; only a truncate does.
+                    record.size = node.size.max(*size);
+                    for b in blocks {
+                        s.set_block(e.node, b.index, b.block, e)?;
+                    }
+                }
+                Change::Truncate { size, tail } => {
+                    if *size < node.size {
+                        s.clear_blocks_from(e.node, tree::block_count(*size, block_size), e)?;
+                    }
+                    if let Some(t) = tail {
+                        s.set_block(e.node, t.index, t.block, e)?;
+                    }
+                }
+                _ => {}
+            }
+            s.set_node(e.node, &record, e)?;
+        }
+    }
+    Ok(Ok(()))
+}
+
 /// Whether `e` did not see the removal of `node` (so it brings it back).
-fn revives(node: &MergedNode, e: &Event) -> bool {
+fn revives(node: &NodeRecord, e: &Event) -> bool {
     match &node.removed_by {
         Some(rc) => !matches!(rc.compare(&e.clock), Causality::Before | Causality::Equal),
         None => false,
     }
 }
 
-/// Field-level changes of one node (not its place in the tree).
-fn apply_content(n: &mut MergedNode, e: &Event, block_size: u64) -> Result<(), &'static str> {
-    let fx = tree::apply(Some(&n.record), e, block_size);
-    if let Some(reason) = fx.ignored {
-        return Err(reason);
-    }
-    let mut record = fx.node;
-    match &e.change {
-        Change::Content { size, blocks } => {
-            record.size = n.record.size.max(*size);
-            for b in blocks {
-                set_block(&mut n.blocks, b.index, b.block);
-            }
-        }
-        Change::Truncate { size, tail } => {
-            let keep = tree::block_count(*size, block_size);
-            n.blocks.retain(|&i, _| i < keep);
-            if let Some(t) = tail {
-                set_block(&mut n.blocks, t.index, t.block);
-            }
-        }
-        _ => {}
-    }
-    n.record = record;
-    Ok(())
-}
-
-fn set_block(blocks: &mut BTreeMap<u64, BlockRef>, index: u64, block: Option<BlockRef>) {
-    match block {
-        Some(b) => {
-            blocks.insert(index, b);
-        }
-        None => {
-            blocks.remove(&index);
-        }
-    }
-}
-
 /// Brings a removed node back at its last place, and its parents with it.
-fn revive(m: &mut Merged, id: NodeId, e: &Event) {
+fn revive<S: TreeStore>(s: &mut S, id: NodeId, e: &Event) -> Result<(), S::Error> {
     let mut chain = Vec::new();
     let mut cur = id;
-    // The chain of removed ancestors, bounded by the number of nodes since
-    // the parent links never form a cycle.
-    for _ in 0..=m.nodes.len() {
-        match m.nodes.get(&cur) {
-            Some(n) if cur != NodeId::ROOT && n.record.removed => {
-                chain.push(cur);
-                cur = n.record.parent;
+    for _ in 0..MAX_DEPTH {
+        match s.node(cur)? {
+            Some(n) if cur != NodeId::ROOT && n.removed => {
+                chain.push((cur, n.parent, n.name));
+                cur = chain.last().map_or(NodeId::ROOT, |c| c.1);
             }
             _ => break,
         }
     }
-    for node in chain.into_iter().rev() {
-        let Some(n) = m.nodes.get_mut(&node) else { continue };
-        n.removed_by = None;
-        let (parent, name) = (n.record.parent, n.record.name.clone());
-        let parent = usable_parent(m, parent, e);
-        place(m, node, parent, &name, e);
+    for (node, parent, name) in chain.into_iter().rev() {
+        let parent = usable_parent(s, parent, e)?;
+        place(s, node, parent, &name, e)?;
     }
+    Ok(())
 }
 
-/// `parent` if it can hold entries now, else the root (a node never gets lost).
-fn usable_parent(m: &mut Merged, parent: NodeId, e: &Event) -> NodeId {
-    match m.nodes.get(&parent) {
-        Some(p) if p.record.kind == NodeKind::Dir => {
-            if p.record.removed {
-                revive(m, parent, e);
+/// `parent` if it can hold entries (brought back if removed), else the
+/// root: a node is never lost.
+fn usable_parent<S: TreeStore>(s: &mut S, parent: NodeId, e: &Event) -> Result<NodeId, S::Error> {
+    match node_or_root(s, parent)? {
+        Some(p) if p.kind == NodeKind::Dir => {
+            if p.removed {
+                revive(s, parent, e)?;
             }
-            parent
+            Ok(parent)
         }
-        _ => NodeId::ROOT,
+        _ => Ok(NodeId::ROOT),
     }
 }
 
 /// Whether `a` is `b` or one of its ancestors.
-fn is_ancestor_or_self(m: &Merged, a: NodeId, b: NodeId) -> bool {
+fn is_ancestor_or_self<S: TreeStore>(s: &S, a: NodeId, b: NodeId) -> Result<bool, S::Error> {
     let mut cur = b;
-    for _ in 0..=m.nodes.len() {
+    for _ in 0..MAX_DEPTH {
         if cur == a {
-            return true;
+            return Ok(true);
         }
         if cur == NodeId::ROOT {
-            return false;
+            return Ok(false);
         }
-        match m.nodes.get(&cur) {
-            Some(n) => cur = n.record.parent,
-            None => return false,
+        match s.node(cur)? {
+            Some(n) => cur = n.parent,
+            None => return Ok(false),
         }
     }
-    false
+    // Deeper than any real tree: refuse the move rather than risk a cycle.
+    Ok(true)
 }
 
 /// Takes `id` out of its directory's listing (if it is there).
-fn unplace(m: &mut Merged, id: NodeId, time: Timestamp) {
-    let Some(n) = m.nodes.get(&id) else { return };
-    if n.record.removed {
-        return;
+fn unplace<S: TreeStore>(s: &mut S, id: NodeId, e: &Event) -> Result<(), S::Error> {
+    let Some(n) = s.node(id)? else { return Ok(()) };
+    if n.removed || s.entry(n.parent, &n.name)? != Some(id) {
+        return Ok(());
     }
-    let key = (n.record.parent, n.record.name.clone());
-    if m.dirents.get(&key) == Some(&id) {
-        m.dirents.remove(&key);
-        touch(m, key.0, time);
-    }
+    s.set_entry(n.parent, &n.name, None, e)?;
+    touch(s, n.parent, e)
 }
 
 /// Puts `id` at `parent/name`, renaming it if a different live node has it.
-fn place(m: &mut Merged, id: NodeId, parent: NodeId, name: &[u8], e: &Event) {
+fn place<S: TreeStore>(s: &mut S, id: NodeId, parent: NodeId, name: &[u8], e: &Event) -> Result<(), S::Error> {
+    let Some(mut n) = s.node(id)? else { return Ok(()) };
     let mut given = name.to_vec();
-    if let Some(&winner) = m.dirents.get(&(parent, given.clone())) {
+    if let Some(winner) = s.entry(parent, name)? {
         if winner != id {
-            given = free_conflict_name(m, parent, name, e);
-            m.conflicts.push(Conflict {
+            given = free_conflict_name(s, parent, name, e)?;
+            s.conflict(Conflict {
                 node: id,
                 parent,
                 wanted: name.to_vec(),
                 given: given.clone(),
                 winner,
                 event: (e.machine, e.seq),
-            });
+                time: e.time,
+            })?;
         }
     }
-    m.dirents.insert((parent, given.clone()), id);
-    if let Some(n) = m.nodes.get_mut(&id) {
-        n.record.parent = parent;
-        n.record.name = given;
-        n.record.removed = false;
-        n.record.clock = n.record.clock.join(&e.clock);
-    }
-    touch(m, parent, e.time);
+    s.set_entry(parent, &given, Some((id, n.kind)), e)?;
+    n.parent = parent;
+    n.name = given;
+    n.removed = false;
+    n.removed_by = None;
+    n.clock = n.clock.join(&e.clock);
+    s.set_node(id, &n, e)?;
+    touch(s, parent, e)
 }
 
 /// A directory's mtime and ctime follow changes to its listing.
-fn touch(m: &mut Merged, dir: NodeId, time: Timestamp) {
-    if let Some(n) = m.nodes.get_mut(&dir) {
-        if n.record.kind == NodeKind::Dir {
-            tree::touch_dir(&mut n.record, time);
+fn touch<S: TreeStore>(s: &mut S, dir: NodeId, e: &Event) -> Result<(), S::Error> {
+    if let Some(mut n) = node_or_root(s, dir)? {
+        if n.kind == NodeKind::Dir {
+            tree::touch_dir(&mut n, e.time);
+            s.set_node(dir, &n, e)?;
         }
     }
+    Ok(())
 }
 
 /// `stem (conflict from <machine> <yyyy-mm-dd>).ext`, with ` 2`, ` 3`, ...
 /// inside the parentheses if that is taken too.
-fn free_conflict_name(m: &Merged, parent: NodeId, name: &[u8], e: &Event) -> Vec<u8> {
+fn free_conflict_name<S: TreeStore>(s: &S, parent: NodeId, name: &[u8], e: &Event) -> Result<Vec<u8>, S::Error> {
     let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, &b""[..]),
     };
     let (y, mo, d) = civil_date(e.time);
-    for n in 1u32.. {
+    let mut n = 1u64;
+    loop {
         let tag = if n == 1 { String::new() } else { format!(" {n}") };
-        let mut out = stem.to_vec();
-        out.extend_from_slice(format!(" (conflict from {} {y:04}-{mo:02}-{d:02}{tag})", e.machine).as_bytes());
-        out.extend_from_slice(ext);
+        let suffix = format!(" (conflict from {} {y:04}-{mo:02}-{d:02}{tag})", e.machine);
         // Names are at most 255 bytes: keep the suffix, shorten the stem.
-        if out.len() > crate::engine::NAME_MAX {
-            let over = out.len() - crate::engine::NAME_MAX;
-            let cut = stem.len().saturating_sub(over);
-            out.drain(cut..stem.len());
+        let room = crate::engine::NAME_MAX.saturating_sub(suffix.len() + ext.len());
+        let mut out = stem[..stem.len().min(room)].to_vec();
+        out.extend_from_slice(suffix.as_bytes());
+        out.extend_from_slice(ext);
+        if s.entry(parent, &out)?.is_none() {
+            return Ok(out);
         }
-        if !m.dirents.contains_key(&(parent, out.clone())) {
-            return out;
-        }
+        n += 1;
     }
-    name.to_vec()
 }
 
 /// The UTC calendar date of a timestamp (Hinnant's days-to-civil).

@@ -348,6 +348,7 @@ pub(crate) mod strategies {
             bytes().prop_map(|target| Change::SetTarget { target }),
             bytes().prop_map(|name| Change::SetVolname { name }),
             any::<bool>().prop_map(|pinned| Change::SetPinned { pinned }),
+            node().prop_map(|with| Change::Exchange { with }),
         ]
     }
 

@@ -9,13 +9,12 @@
 //!   (e.g. a change to a node never created, a second create) is recorded in
 //!   the returned [`Effects::ignored`] with the reason, and changes nothing,
 //!   so the fold is total and deterministic over any sequence of events;
-//! - directory entries are only deleted when they still point at the node
-//!   being moved or removed ([`DirentOp::Delete`] carries the child), which
-//!   makes an exchange of two names (two moves in one commit) come out right
-//!   whatever order the moves are applied in.
+//! - it is about one node's own fields; where a node sits in the tree (its
+//!   directory entry, name collisions, cycles) is the merge's business (see
+//!   `merge`), which calls this for each event.
 
 use crate::clock::VectorClock;
-use crate::event::{Attrs, BlockChange, BlockRef, Change, Event, NodeKind};
+use crate::event::{Attrs, BlockRef, Change, Event, NodeKind};
 use crate::ids::{NodeId, Timestamp};
 
 /// The state of one node as the index stores it.
@@ -39,6 +38,9 @@ pub struct NodeRecord {
     pub pinned: bool,
     /// Removed from the tree (kept for history and for open handles).
     pub removed: bool,
+    /// The clock of the remove that took it out of the tree: a later change
+    /// that did not see it brings the node back (see `merge`).
+    pub removed_by: Option<VectorClock>,
     /// Vector clock after the last event.
     pub clock: VectorClock,
     /// Volume name (root only).
@@ -58,6 +60,7 @@ impl NodeRecord {
             xattrs: Vec::new(),
             pinned: false,
             removed: false,
+            removed_by: None,
             clock: VectorClock::new(),
             volname: Vec::new(),
         }
@@ -69,51 +72,11 @@ impl NodeRecord {
     }
 }
 
-/// A change to a directory listing.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub enum DirentOp {
-    /// `parent/name` now names `child`.
-    Insert {
-        /// The directory.
-        parent: NodeId,
-        /// The entry name.
-        name: Vec<u8>,
-        /// The node it names.
-        child: NodeId,
-    },
-    /// `parent/name` is gone, if it still names `child`.
-    Delete {
-        /// The directory.
-        parent: NodeId,
-        /// The entry name.
-        name: Vec<u8>,
-        /// The node it must still name to be deleted.
-        child: NodeId,
-    },
-}
-
-/// A change to a file's block list.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub enum BlockOp {
-    /// Block `index` now holds `block` (`None`: a hole).
-    Set(BlockChange),
-    /// Every block with index `>= from` is gone (truncate).
-    ClearFrom {
-        /// First block index cleared.
-        from: u64,
-    },
-}
-
-/// What one event does: the node's new state and the listing and block
-/// changes that go with it.
+/// What one event does to its node.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Effects {
     /// The node's state after the event.
     pub node: NodeRecord,
-    /// Directory entry changes, in order.
-    pub dirents: Vec<DirentOp>,
-    /// Block list changes, in order.
-    pub blocks: Vec<BlockOp>,
     /// Why the event changed nothing, if it did not fit.
     pub ignored: Option<&'static str>,
 }
@@ -124,14 +87,10 @@ pub fn block_count(size: u64, block_size: u64) -> u64 {
 }
 
 /// Applies `event` to `prev` (the node's state before it, if any).
-pub fn apply(prev: Option<&NodeRecord>, event: &Event, block_size: u64) -> Effects {
+pub fn apply(prev: Option<&NodeRecord>, event: &Event) -> Effects {
     let time = event.time;
-    let ignore = |reason: &'static str| Effects {
-        node: prev.cloned().unwrap_or_else(NodeRecord::root),
-        dirents: Vec::new(),
-        blocks: Vec::new(),
-        ignored: Some(reason),
-    };
+    let ignore =
+        |reason: &'static str| Effects { node: prev.cloned().unwrap_or_else(NodeRecord::root), ignored: Some(reason) };
     let mut fx = match (&event.change, prev) {
         (Change::Create { parent, name, kind, attrs, target }, None) => {
             let size = if *kind == NodeKind::Symlink { target.len() as u64 } else { 0 };
@@ -146,11 +105,10 @@ pub fn apply(prev: Option<&NodeRecord>, event: &Event, block_size: u64) -> Effec
                     xattrs: Vec::new(),
                     pinned: false,
                     removed: false,
+                    removed_by: None,
                     clock: VectorClock::new(),
                     volname: Vec::new(),
                 },
-                dirents: vec![DirentOp::Insert { parent: *parent, name: name.clone(), child: event.node }],
-                blocks: Vec::new(),
                 ignored: None,
             }
         }
@@ -158,12 +116,10 @@ pub fn apply(prev: Option<&NodeRecord>, event: &Event, block_size: u64) -> Effec
         (change, Some(prev)) => {
             // An unlinked node stays writable through open handles; only
             // changes to its place in the tree are meaningless once removed.
-            if prev.removed && matches!(change, Change::Move { .. } | Change::Remove) {
+            if prev.removed && matches!(change, Change::Move { .. } | Change::Remove | Change::Exchange { .. }) {
                 return ignore("move or remove of a removed node");
             }
             let mut node = prev.clone();
-            let mut dirents = Vec::new();
-            let mut blocks = Vec::new();
             match change {
                 Change::Create { .. } => return ignore("create of a node that exists"),
                 Change::SetAttrs(c) => {
@@ -178,41 +134,31 @@ pub fn apply(prev: Option<&NodeRecord>, event: &Event, block_size: u64) -> Effec
                     a.bkuptime = c.bkuptime.unwrap_or(a.bkuptime);
                     a.ctime = time;
                 }
-                Change::Content { size, blocks: changed } => {
+                Change::Content { size, .. } => {
                     if node.kind != NodeKind::File {
                         return ignore("content change to a non-file");
                     }
-                    node.size = *size;
-                    blocks.extend(changed.iter().copied().map(BlockOp::Set));
+                    // Writes never shrink a file; only a truncate does.
+                    node.size = node.size.max(*size);
                     node.attrs.mtime = time;
                     node.attrs.ctime = time;
                 }
-                Change::Truncate { size, tail } => {
+                Change::Truncate { size, .. } => {
                     if node.kind != NodeKind::File {
                         return ignore("truncate of a non-file");
                     }
-                    if *size < node.size {
-                        blocks.push(BlockOp::ClearFrom { from: block_count(*size, block_size) });
-                    }
-                    blocks.extend(tail.iter().copied().map(BlockOp::Set));
                     node.size = *size;
                     node.attrs.mtime = time;
                     node.attrs.ctime = time;
                 }
                 Change::Move { parent, name } => {
-                    dirents.push(DirentOp::Delete {
-                        parent: node.parent,
-                        name: std::mem::take(&mut node.name),
-                        child: event.node,
-                    });
-                    dirents.push(DirentOp::Insert { parent: *parent, name: name.clone(), child: event.node });
                     node.parent = *parent;
                     node.name = name.clone();
                     node.attrs.ctime = time;
                 }
                 Change::Remove => {
-                    dirents.push(DirentOp::Delete { parent: node.parent, name: node.name.clone(), child: event.node });
                     node.removed = true;
+                    node.removed_by = Some(event.clock.clone());
                     node.attrs.ctime = time;
                 }
                 Change::SetXattr { name, value } => {
@@ -236,10 +182,13 @@ pub fn apply(prev: Option<&NodeRecord>, event: &Event, block_size: u64) -> Effec
                     node.size = target.len() as u64;
                     node.attrs.ctime = time;
                 }
+                // Where the node lands depends on the other node: the merge
+                // places both; here only the status change is recorded.
+                Change::Exchange { .. } => node.attrs.ctime = time,
                 Change::SetVolname { name } => node.volname = name.clone(),
                 Change::SetPinned { pinned } => node.pinned = *pinned,
             }
-            Effects { node, dirents, blocks, ignored: None }
+            Effects { node, ignored: None }
         }
     };
     fx.node.clock = match prev {
@@ -247,13 +196,6 @@ pub fn apply(prev: Option<&NodeRecord>, event: &Event, block_size: u64) -> Effec
         None => event.clock.clone(),
     };
     fx
-}
-
-/// The time a directory listing changed, for the parent's mtime/ctime.
-pub fn touches_parents(fx: &Effects) -> impl Iterator<Item = NodeId> + '_ {
-    fx.dirents.iter().map(|d| match d {
-        DirentOp::Insert { parent, .. } | DirentOp::Delete { parent, .. } => *parent,
-    })
 }
 
 /// Bumps a directory's mtime and ctime to `time` (its listing changed).
@@ -290,7 +232,7 @@ pub fn decode_block_ref(v: &[u8]) -> Result<Option<BlockRef>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::AttrChange;
+    use crate::event::{AttrChange, BlockChange};
     use crate::ids::{BlockHash, MachineId};
 
     fn ev(node: NodeId, seq: u64, change: Change) -> Event {
@@ -307,42 +249,37 @@ mod tests {
     }
 
     #[test]
-    fn create_move_remove_produce_matching_dirent_ops() {
+    fn create_move_remove_update_place_and_removal() {
         let n = NodeId::new(1, MachineId(7));
-        let fx = apply(None, &ev(n, 1, create(NodeId::ROOT, "a", NodeKind::File)), 4096);
-        assert_eq!(fx.dirents, vec![DirentOp::Insert { parent: NodeId::ROOT, name: b"a".to_vec(), child: n }]);
+        let fx = apply(None, &ev(n, 1, create(NodeId::ROOT, "a", NodeKind::File)));
+        assert_eq!((fx.node.parent, fx.node.name.as_slice()), (NodeId::ROOT, &b"a"[..]));
         let d = NodeId::new(2, MachineId(7));
-        let fx2 = apply(Some(&fx.node), &ev(n, 2, Change::Move { parent: d, name: b"b".to_vec() }), 4096);
-        assert_eq!(
-            fx2.dirents,
-            vec![
-                DirentOp::Delete { parent: NodeId::ROOT, name: b"a".to_vec(), child: n },
-                DirentOp::Insert { parent: d, name: b"b".to_vec(), child: n },
-            ]
-        );
-        let fx3 = apply(Some(&fx2.node), &ev(n, 3, Change::Remove), 4096);
+        let fx2 = apply(Some(&fx.node), &ev(n, 2, Change::Move { parent: d, name: b"b".to_vec() }));
+        assert_eq!((fx2.node.parent, fx2.node.name.as_slice()), (d, &b"b"[..]));
+        let fx3 = apply(Some(&fx2.node), &ev(n, 3, Change::Remove));
         assert!(fx3.node.removed);
-        let fx4 = apply(Some(&fx3.node), &ev(n, 4, Change::Move { parent: d, name: b"c".to_vec() }), 4096);
+        let fx4 = apply(Some(&fx3.node), &ev(n, 4, Change::Move { parent: d, name: b"c".to_vec() }));
         assert_eq!(fx4.ignored, Some("move or remove of a removed node"));
         assert_eq!(fx4.node, fx3.node);
         let fx5 = apply(
             Some(&fx3.node),
             &ev(n, 5, Change::SetAttrs(AttrChange { mode: Some(0o600), ..AttrChange::default() })),
-            4096,
         );
         assert_eq!(fx5.node.attrs.mode, 0o600);
         assert!(fx5.node.removed);
     }
 
     #[test]
-    fn truncate_clears_blocks_past_the_new_end() {
+    fn writes_never_shrink_and_truncate_sets_the_size() {
         let n = NodeId::new(1, MachineId(7));
-        let fx = apply(None, &ev(n, 1, create(NodeId::ROOT, "f", NodeKind::File)), 4096);
+        let fx = apply(None, &ev(n, 1, create(NodeId::ROOT, "f", NodeKind::File)));
         let b = BlockRef { hash: BlockHash::of(b"x", 32), len: 4096 };
         let w = Change::Content { size: 3 * 4096, blocks: vec![BlockChange { index: 2, block: Some(b) }] };
-        let fx = apply(Some(&fx.node), &ev(n, 2, w), 4096);
-        let fx = apply(Some(&fx.node), &ev(n, 3, Change::Truncate { size: 5000, tail: None }), 4096);
-        assert_eq!(fx.blocks, vec![BlockOp::ClearFrom { from: 2 }]);
+        let fx = apply(Some(&fx.node), &ev(n, 2, w));
+        let small = Change::Content { size: 10, blocks: vec![BlockChange { index: 0, block: Some(b) }] };
+        let fx = apply(Some(&fx.node), &ev(n, 3, small));
+        assert_eq!(fx.node.size, 3 * 4096);
+        let fx = apply(Some(&fx.node), &ev(n, 4, Change::Truncate { size: 5000, tail: None }));
         assert_eq!(fx.node.size, 5000);
     }
 
@@ -358,7 +295,7 @@ mod tests {
     #[test]
     fn changes_before_create_are_ignored_not_fatal() {
         let n = NodeId::new(9, MachineId(7));
-        let fx = apply(None, &ev(n, 1, Change::Remove), 4096);
+        let fx = apply(None, &ev(n, 1, Change::Remove));
         assert_eq!(fx.ignored, Some("change to a node that was never created"));
     }
 }

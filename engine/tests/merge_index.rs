@@ -1,0 +1,106 @@
+//! The redb index merges exactly like the reference model: random events of
+//! several simulated machines are written into their own logs in a data
+//! dir, in two rounds, and the engine's tree (caught up on open, replayed
+//! when older events arrive late) must equal `merge` of the same events.
+
+mod sim;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use engine::event::{Event, NodeKind};
+use engine::ids::MachineId;
+use engine::log::LogWriter;
+use engine::merge::{merge, Merged};
+use engine::storage::FsStorage;
+use engine::Engine;
+use proptest::prelude::*;
+use sim::*;
+
+/// Appends to each machine's log the events it does not have yet.
+fn write_logs(dir: &std::path::Path, events: &[Event], written: &mut BTreeMap<MachineId, u64>) {
+    let mut by_machine: BTreeMap<MachineId, Vec<&Event>> = BTreeMap::new();
+    for e in events {
+        by_machine.entry(e.machine).or_default().push(e);
+    }
+    for (m, mut evs) in by_machine {
+        evs.sort_by_key(|e| e.seq);
+        let done = written.entry(m).or_insert(0);
+        let new: Vec<Event> = evs.into_iter().filter(|e| e.seq > *done).cloned().collect();
+        if new.is_empty() {
+            continue;
+        }
+        let (mut w, _) = LogWriter::open(Arc::new(FsStorage), &dir.join("log"), m, 1 << 20).expect("log");
+        w.append(&new).expect("append");
+        w.sync().expect("sync");
+        *done = new.last().map_or(*done, |e| e.seq);
+    }
+}
+
+fn assert_same(e: &Engine, model: &Merged) -> Result<(), TestCaseError> {
+    for ((dir, name), child) in &model.dirents {
+        let got = e.lookup(*dir, name).map_err(|err| TestCaseError::fail(format!("lookup {dir}/{name:?}: {err}")))?;
+        prop_assert_eq!(got.id, *child);
+        let want = &model.nodes[child];
+        prop_assert_eq!(&got.attrs, &want.record.attrs);
+        prop_assert_eq!(got.size, want.record.size);
+        prop_assert_eq!(&got.xattrs, &want.record.xattrs.iter().cloned().collect());
+        if got.kind == NodeKind::File {
+            let blocks = e.file_blocks(*child, 0, u64::MAX).expect("blocks");
+            prop_assert_eq!(blocks, want.blocks.iter().map(|(i, b)| (*i, *b)).collect::<Vec<_>>());
+        }
+    }
+    let live: usize = e.dump_tree().expect("dump").len() - 1;
+    prop_assert_eq!(live, model.dirents.len());
+    let conflicts = e.index().expect("index").conflicts().expect("conflicts");
+    prop_assert_eq!(conflicts, model.conflicts.clone());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(32), ..ProptestConfig::default() })]
+
+    #[test]
+    fn index_merges_like_the_model(
+        (replicas, actions) in (2usize..=3).prop_flat_map(|n| (Just(n), proptest::collection::vec(action(n), 1..40))),
+        split in 0usize..40,
+    ) {
+        let mut reps: Vec<Replica> = (0..replicas).map(Replica::new).collect();
+        let split = split.min(actions.len());
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut config = engine::config::Config::new_default(MachineId(0xfeed));
+        config.block_size = BS;
+        config.small_block = 1024;
+        Engine::init(&dir, config).expect("init");
+        let mut written = BTreeMap::new();
+        let all = |reps: &[Replica]| -> Vec<Event> {
+            let mut m = BTreeMap::new();
+            for r in reps {
+                m.extend(r.known.iter().map(|(k, v)| (*k, v.clone())));
+            }
+            m.into_values().collect()
+        };
+        // Round one: what exists at the split point.
+        for a in &actions[..split] {
+            perform(&mut reps, a);
+        }
+        let first = all(&reps);
+        write_logs(&dir, &first, &mut written);
+        {
+            let e = Engine::open(&dir).expect("open");
+            assert_same(&e, &merge(&first, BS))?;
+        }
+        // Round two: the rest, including older events of slow machines.
+        for a in &actions[split..] {
+            perform(&mut reps, a);
+        }
+        let everything = all(&reps);
+        write_logs(&dir, &everything, &mut written);
+        let e = Engine::open(&dir).expect("reopen");
+        if std::env::var("MERGE_STATS").is_ok() {
+            eprintln!("replayed {}", e.open_report().replayed);
+        }
+        assert_same(&e, &merge(&everything, BS))?;
+    }
+}

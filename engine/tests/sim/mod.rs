@@ -1,0 +1,219 @@
+//! A simulator of replicas for merge tests: machines with skewed clocks
+//! doing only what the engine would allow, syncing subsets of events.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use engine::event::{AttrChange, Attrs, BlockChange, BlockRef, Change, Event, NodeKind};
+use engine::ids::{BlockHash, MachineId, NodeId, Timestamp};
+use engine::merge::{merge, Merged};
+use proptest::prelude::*;
+
+pub const BS: u64 = 4096;
+pub const NAMES: [&str; 6] = ["a", "b", "c.txt", "d", "e", "f.jpg"];
+
+#[derive(Clone, Debug)]
+pub enum Action {
+    Create { r: usize, dir: u8, name: u8, is_dir: bool },
+    Write { r: usize, node: u8, index: u8, byte: u8 },
+    Truncate { r: usize, node: u8, size: u16 },
+    Chmod { r: usize, node: u8, mode: u16 },
+    Xattr { r: usize, node: u8, key: u8, value: Option<u8> },
+    Move { r: usize, node: u8, dir: u8, name: u8 },
+    Remove { r: usize, node: u8 },
+    Exchange { r: usize, a: u8, b: u8 },
+    Sync { from: usize, to: usize },
+    Skew { r: usize, by: i16 },
+}
+
+pub fn action(replicas: usize) -> impl Strategy<Value = Action> {
+    let r = 0..replicas;
+    prop_oneof![
+        3 => (r.clone(), any::<u8>(), 0..NAMES.len() as u8, any::<bool>())
+            .prop_map(|(r, dir, name, is_dir)| Action::Create { r, dir, name, is_dir }),
+        3 => (r.clone(), any::<u8>(), 0u8..4, any::<u8>()).prop_map(|(r, node, index, byte)| Action::Write { r, node, index, byte }),
+        1 => (r.clone(), any::<u8>(), 0u16..(4 * BS as u16)).prop_map(|(r, node, size)| Action::Truncate { r, node, size }),
+        2 => (r.clone(), any::<u8>(), 0u16..0o777).prop_map(|(r, node, mode)| Action::Chmod { r, node, mode }),
+        2 => (r.clone(), any::<u8>(), 0u8..3, proptest::option::of(any::<u8>()))
+            .prop_map(|(r, node, key, value)| Action::Xattr { r, node, key, value }),
+        2 => (r.clone(), any::<u8>(), any::<u8>(), 0..NAMES.len() as u8)
+            .prop_map(|(r, node, dir, name)| Action::Move { r, node, dir, name }),
+        1 => (r.clone(), any::<u8>()).prop_map(|(r, node)| Action::Remove { r, node }),
+        1 => (r.clone(), any::<u8>(), any::<u8>()).prop_map(|(r, a, b)| Action::Exchange { r, a, b }),
+        3 => (r.clone(), 0..replicas).prop_map(|(from, to)| Action::Sync { from, to }),
+        1 => (r, any::<i16>()).prop_map(|(r, by)| Action::Skew { r, by }),
+    ]
+}
+
+/// A simulated machine: its own clock, counters and the events it knows.
+pub struct Replica {
+    pub machine: MachineId,
+    pub wall: i64,
+    pub seq: u64,
+    pub counter: u64,
+    pub known: BTreeMap<(MachineId, u64), Event>,
+}
+
+impl Replica {
+    pub fn new(i: usize) -> Self {
+        Replica {
+            machine: MachineId(0x1000 + i as u64),
+            wall: 1_000_000 * (i as i64 + 1),
+            seq: 0,
+            counter: 0,
+            known: BTreeMap::new(),
+        }
+    }
+
+    pub fn state(&self) -> Merged {
+        merge(self.known.values(), BS)
+    }
+
+    /// Records a local change of `node` (validated by the caller).
+    pub fn emit(&mut self, state: &Merged, node: NodeId, change: Change) {
+        self.wall += 1000;
+        let seen = self.known.values().map(|e| e.time.0).max().unwrap_or(0);
+        let time = Timestamp(self.wall.max(seen + 1));
+        self.wall = time.0;
+        let mut clock = state.node(node).map(|n| n.record.clock.clone()).unwrap_or_default();
+        clock.tick(self.machine);
+        self.seq += 1;
+        let e = Event { node, machine: self.machine, seq: self.seq, time, clock, change };
+        self.known.insert((e.machine, e.seq), e);
+    }
+}
+
+pub fn live_nodes(m: &Merged, kind: Option<NodeKind>) -> Vec<NodeId> {
+    m.nodes
+        .iter()
+        .filter(|(id, n)| m.is_live(**id) && kind.is_none_or(|k| n.record.kind == k))
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+pub fn pick(v: &[NodeId], sel: u8) -> Option<NodeId> {
+    (!v.is_empty()).then(|| v[sel as usize % v.len()])
+}
+
+pub fn block(byte: u8) -> BlockRef {
+    BlockRef { hash: BlockHash::of(&[byte], 16), len: 1 }
+}
+
+/// Performs `a` on the replicas the way the engine would: only valid operations.
+pub fn perform(reps: &mut [Replica], a: &Action) {
+    match *a {
+        Action::Sync { from, to } => {
+            let events: Vec<Event> = reps[from].known.values().cloned().collect();
+            for e in events {
+                reps[to].known.insert((e.machine, e.seq), e);
+            }
+        }
+        Action::Skew { r, by } => reps[r].wall += i64::from(by) * 1000,
+        Action::Create { r, dir, name, is_dir } => {
+            let s = reps[r].state();
+            let Some(parent) = pick(&live_nodes(&s, Some(NodeKind::Dir)), dir) else { return };
+            let name = NAMES[name as usize].as_bytes();
+            if s.lookup(parent, name).is_some() {
+                return;
+            }
+            reps[r].counter += 1;
+            let id = NodeId::new(reps[r].counter, reps[r].machine);
+            let kind = if is_dir { NodeKind::Dir } else { NodeKind::File };
+            let attrs = Attrs { mode: 0o644, ..Attrs::default() };
+            let change = Change::Create { parent, name: name.to_vec(), kind, attrs, target: Vec::new() };
+            reps[r].emit(&s, id, change);
+        }
+        Action::Write { r, node, index, byte } => {
+            let s = reps[r].state();
+            let Some(n) = pick(&live_nodes(&s, Some(NodeKind::File)), node) else { return };
+            let size = u64::from(index) * BS + 1;
+            let blocks = vec![BlockChange { index: u64::from(index), block: Some(block(byte)) }];
+            reps[r].emit(&s, n, Change::Content { size, blocks });
+        }
+        Action::Truncate { r, node, size } => {
+            let s = reps[r].state();
+            let Some(n) = pick(&live_nodes(&s, Some(NodeKind::File)), node) else { return };
+            reps[r].emit(&s, n, Change::Truncate { size: u64::from(size), tail: None });
+        }
+        Action::Chmod { r, node, mode } => {
+            let s = reps[r].state();
+            let Some(n) = pick(&live_nodes(&s, None), node) else { return };
+            let change = AttrChange { mode: Some(u32::from(mode)), ..AttrChange::default() };
+            reps[r].emit(&s, n, Change::SetAttrs(change));
+        }
+        Action::Xattr { r, node, key, value } => {
+            let s = reps[r].state();
+            let Some(n) = pick(&live_nodes(&s, None), node) else { return };
+            let name = format!("user.k{key}").into_bytes();
+            let change = match value {
+                Some(v) => Change::SetXattr { name, value: vec![v] },
+                None if s.node(n).is_some_and(|x| x.record.xattr(&name).is_some()) => Change::RemoveXattr { name },
+                None => return,
+            };
+            reps[r].emit(&s, n, change);
+        }
+        Action::Move { r, node, dir, name } => {
+            let s = reps[r].state();
+            let movable: Vec<NodeId> = live_nodes(&s, None).into_iter().filter(|n| *n != NodeId::ROOT).collect();
+            let Some(n) = pick(&movable, node) else { return };
+            let Some(parent) = pick(&live_nodes(&s, Some(NodeKind::Dir)), dir) else { return };
+            let name = NAMES[name as usize].as_bytes();
+            if s.lookup(parent, name).is_some() || is_under(&s, n, parent) {
+                return;
+            }
+            reps[r].emit(&s, n, Change::Move { parent, name: name.to_vec() });
+        }
+        Action::Exchange { r, a, b } => {
+            let s = reps[r].state();
+            let movable: Vec<NodeId> = live_nodes(&s, None).into_iter().filter(|n| *n != NodeId::ROOT).collect();
+            let (Some(x), Some(y)) = (pick(&movable, a), pick(&movable, b)) else { return };
+            let (px, py) = (s.nodes[&x].record.parent, s.nodes[&y].record.parent);
+            if x == y || is_under(&s, x, py) || is_under(&s, y, px) {
+                return;
+            }
+            reps[r].emit(&s, x, Change::Exchange { with: y });
+        }
+        Action::Remove { r, node } => {
+            let s = reps[r].state();
+            let removable: Vec<NodeId> = live_nodes(&s, None).into_iter().filter(|n| *n != NodeId::ROOT).collect();
+            let Some(n) = pick(&removable, node) else { return };
+            if s.dirents.keys().any(|(d, _)| *d == n) {
+                return;
+            }
+            reps[r].emit(&s, n, Change::Remove);
+        }
+    }
+}
+
+/// Whether `dir` is `node` or inside it.
+pub fn is_under(m: &Merged, node: NodeId, dir: NodeId) -> bool {
+    let mut cur = dir;
+    for _ in 0..=m.nodes.len() {
+        if cur == node {
+            return true;
+        }
+        if cur == NodeId::ROOT {
+            return false;
+        }
+        cur = m.nodes[&cur].record.parent;
+    }
+    panic!("cycle above {dir}");
+}
+
+/// The tree invariants: reachable, acyclic, listing and records agree, unique names.
+pub fn assert_is_tree(m: &Merged) {
+    for ((dir, name), child) in &m.dirents {
+        let c = &m.nodes[child];
+        assert!(!c.record.removed, "listed node {child} is removed");
+        assert_eq!((c.record.parent, &c.record.name), (*dir, name), "listing and record of {child} disagree");
+        assert!(m.is_live(*dir), "{child} is listed in removed directory {dir}");
+        assert_eq!(m.nodes[dir].record.kind, NodeKind::Dir);
+    }
+    for (id, n) in &m.nodes {
+        if *id == NodeId::ROOT || n.record.removed {
+            continue;
+        }
+        assert_eq!(m.lookup(n.record.parent, &n.record.name), Some(*id), "live node {id} is not listed");
+        assert!(!is_under(m, *id, n.record.parent), "{id} is its own ancestor");
+    }
+}
