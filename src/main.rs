@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod conflicts;
 mod mount;
 mod status;
 
@@ -74,6 +75,11 @@ enum Command {
     Log {
         #[command(subcommand)]
         command: LogCommand,
+    },
+    /// List name conflicts the merge resolved (both sides, how to undo).
+    Conflicts {
+        /// The data dir.
+        data_dir: PathBuf,
     },
     /// The derived redb index.
     Index {
@@ -156,6 +162,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(if r.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(3) })
         }
+        Command::Conflicts { data_dir } => conflicts::print(&data_dir).map(|()| ExitCode::SUCCESS),
         Command::Index { command: IndexCommand::Rebuild { data_dir } } => {
             let index = engine::engine::Layout { dir: data_dir.clone() }.index();
             let e = engine::Engine::open(&data_dir).with_context(|| format!("open {}", data_dir.display()))?;

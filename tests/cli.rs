@@ -30,9 +30,8 @@ fn populate(data: &Path) {
     use engine::ids::NodeId;
     let e = engine::Engine::open(data).expect("open");
     for i in 0..5u8 {
-        let f = e
-            .create(NodeId::ROOT, format!("f{i}").as_bytes(), NodeKind::File, Attrs::default(), b"")
-            .expect("create");
+        let f =
+            e.create(NodeId::ROOT, format!("f{i}").as_bytes(), NodeKind::File, Attrs::default(), b"").expect("create");
         let b = e.put_block(&vec![i + 1; 1000]).expect("put");
         e.write_blocks(f.id, 1000, vec![BlockChange { index: 0, block: Some(b) }]).expect("write");
     }
@@ -134,4 +133,43 @@ fn walk(p: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+#[test]
+fn conflicts_lists_both_sides_of_a_name_collision() {
+    use engine::clock::VectorClock;
+    use engine::event::{Attrs, Change, Event, NodeKind};
+    use engine::ids::{MachineId, NodeId, Timestamp};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = init(tmp.path());
+    let o = run(&["conflicts", data.to_str().expect("utf8")]);
+    assert!(o.status.success() && text(&o).contains("no conflicts"), "{}", text(&o));
+    // Two machines each created notes.txt in the root while offline.
+    for (i, m) in [MachineId(0xa), MachineId(0xb)].into_iter().enumerate() {
+        let ev = Event {
+            node: NodeId::new(1, m),
+            machine: m,
+            seq: 1,
+            time: Timestamp::from_secs_nanos(1_795_600_000 + i as i64, 0),
+            clock: VectorClock::from_entries([(m, 1)]),
+            change: Change::Create {
+                parent: NodeId::ROOT,
+                name: b"notes.txt".to_vec(),
+                kind: NodeKind::File,
+                attrs: Attrs::default(),
+                target: Vec::new(),
+            },
+        };
+        let storage = std::sync::Arc::new(engine::storage::FsStorage);
+        let (mut w, _) = engine::log::LogWriter::open(storage, &data.join("log"), m, 1 << 20).expect("log");
+        w.append(&[ev]).expect("append");
+        w.sync().expect("sync");
+    }
+    let o = run(&["conflicts", data.to_str().expect("utf8")]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("2026-11-25 /notes.txt"), "{out}");
+    assert!(out.contains("kept the name:  node 1.000000000000000a (now at /notes.txt)"), "{out}");
+    assert!(out.contains("-> /notes (conflict from 000000000000000b 2026-11-25).txt"), "{out}");
+    assert!(out.contains("1 conflicts"), "{out}");
 }

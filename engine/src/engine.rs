@@ -162,6 +162,15 @@ pub struct Stats {
     pub events: u64,
 }
 
+/// What [`Engine::import`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Events applied to the index.
+    pub applied: u64,
+    /// Older events arrived after newer ones, so the index was replayed.
+    pub replayed: bool,
+}
+
 /// What `open` found and fixed.
 #[derive(Clone, Debug, Default)]
 pub struct OpenReport {
@@ -362,41 +371,68 @@ impl Engine {
     /// acknowledged (a sync would have made them durable first), so it and
     /// everything after it are cut, like a torn tail.
     fn catch_up(&mut self) -> Result<u64> {
-        let (mut events, cut) = self.gather(false)?;
+        let check_blocks = self.report.unclean && self.writer.is_some();
+        let (applied, replayed, cut) = self.apply_new_events(check_blocks)?;
+        self.report.replayed = replayed;
         if let Some((pos, why)) = cut {
             let dropped = log::cut_at(self.storage.as_ref(), &self.layout.log(), pos)?;
             let what = format!("cut {dropped} bytes of unacknowledged events from our log at {pos}: {why}");
             tracing::warn!("{}: {what}", self.layout.dir.display());
             self.report.cut_unacknowledged = Some(what);
         }
+        Ok(applied)
+    }
+
+    /// Applies every event not yet in the index, in merge order, replaying
+    /// the index when one sorts before the frontier. Returns how many were
+    /// applied, whether the index was replayed, and where our log must be
+    /// cut (only when `check_blocks`).
+    #[allow(clippy::type_complexity)]
+    fn apply_new_events(&self, check_blocks: bool) -> Result<(u64, bool, Option<(LogPos, String)>)> {
+        let (mut events, cut) = self.gather(false, check_blocks)?;
         if events.is_empty() {
-            return Ok(0);
+            return Ok((0, false, cut));
         }
         events.sort_by_key(|(_, e)| merge::order_key(e));
         let frontier = self.index.read()?.frontier()?;
-        if frontier.is_some_and(|f| merge::order_key(&events[0].1) <= f) {
+        let replay = frontier.is_some_and(|f| merge::order_key(&events[0].1) <= f);
+        let mut w = self.index.write()?;
+        if replay {
+            // In one transaction, so readers never see a half-built tree.
             tracing::info!("{}: events arrived out of order; replaying the index", self.layout.dir.display());
-            self.index.clear()?;
-            self.report.replayed = true;
-            events = self.gather(true)?.0;
+            w.clear_all()?;
+            events = self.gather(true, check_blocks)?.0;
             events.sort_by_key(|(_, e)| merge::order_key(e));
         }
         let bs = self.block_size();
-        let mut w = self.index.write()?;
         for (pos, e) in &events {
             w.apply(*pos, e, bs)?;
         }
         w.commit(true)?;
-        Ok(events.len() as u64)
+        Ok((events.len() as u64, replay, cut))
+    }
+
+    /// Imports whatever peers' logs (fetched into `log/<machine>/` by the
+    /// replication layer) hold that the index has not seen: the tree is
+    /// merged again and our clock moves past every imported event. Safe
+    /// while mounted: it serializes with local changes on the writer lock.
+    pub fn import(&self) -> Result<ImportReport> {
+        let Some(w) = &self.writer else {
+            return Err(Error::fs(NodeId::ROOT, FsError::ReadOnly));
+        };
+        let mut w = lock_writer(w);
+        let (applied, replayed, _) = self.apply_new_events(false)?;
+        w.last_time = w.last_time.max(self.index.read()?.max_event_time()?);
+        w.last_durable_index = Instant::now();
+        Ok(ImportReport { applied, replayed })
     }
 
     /// Every event of every machine's log not yet in the index (all of
     /// them with `from_start`), and where our log must be cut, if anywhere
     /// (see `catch_up`).
     #[allow(clippy::type_complexity)]
-    fn gather(&self, from_start: bool) -> Result<(Vec<(LogPos, Event)>, Option<(LogPos, String)>)> {
+    fn gather(&self, from_start: bool, check_blocks: bool) -> Result<(Vec<(LogPos, Event)>, Option<(LogPos, String)>)> {
         let log_root = self.layout.log();
-        let check_blocks = self.report.unclean && self.writer.is_some();
         let mut out = Vec::new();
         let mut cut: Option<(LogPos, String)> = None;
         let ix = self.index.read()?;
@@ -919,6 +955,30 @@ impl Engine {
     /// Where the next record of our log will go.
     pub fn log_position(&self) -> Option<LogPos> {
         self.writer.as_ref().map(|w| lock_writer(w).log.position())
+    }
+
+    /// The path of `id` from the root (`/a/b`), as it is now (or at the
+    /// view's time); a removed node gives the path it had.
+    pub fn path_of(&self, id: NodeId) -> Result<Vec<u8>> {
+        let mut parts = Vec::new();
+        let mut cur = id;
+        while cur != NodeId::ROOT {
+            let n = self.node(cur)?;
+            parts.push(n.name);
+            if parts.len() > 4096 {
+                return Err(Error::Invalid(format!("{id}: path deeper than 4096 levels")));
+            }
+            cur = n.parent;
+        }
+        let mut path = Vec::new();
+        for p in parts.iter().rev() {
+            path.push(b'/');
+            path.extend_from_slice(p);
+        }
+        if path.is_empty() {
+            path.push(b'/');
+        }
+        Ok(path)
     }
 
     /// The whole tree as `(path, state, stored blocks)` in path order: for

@@ -183,26 +183,8 @@ impl Index {
 
     /// Empties every table and stamps the current layout version.
     pub fn clear(&self) -> Result<()> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        for name in [
-            "nodes",
-            "dirents",
-            "blocks",
-            "history",
-            "dirent_history",
-            "block_history",
-            "events",
-            "blobs",
-            "applied",
-            "meta",
-            "conflicts",
-        ] {
-            let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(name);
-            txn.delete_table(def).map_err(|e| self.err(e))?;
-        }
-        let mut w = IndexWriter { txn, path: self.path.clone() };
-        w.set_meta(META_VERSION, INDEX_VERSION)?;
-        w.create_tables()?;
+        let mut w = self.write()?;
+        w.clear_all()?;
         w.commit(true)
     }
 
@@ -505,6 +487,29 @@ impl IndexWriter {
 
     fn err(&self, e: impl Into<redb::Error>) -> Error {
         ix_err(&self.path, e)
+    }
+
+    /// Empties every table and stamps the current layout version, inside
+    /// this transaction (readers keep seeing the old index until commit).
+    pub fn clear_all(&mut self) -> Result<()> {
+        for name in [
+            "nodes",
+            "dirents",
+            "blocks",
+            "history",
+            "dirent_history",
+            "block_history",
+            "events",
+            "blobs",
+            "applied",
+            "meta",
+            "conflicts",
+        ] {
+            let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(name);
+            self.txn.delete_table(def).map_err(|e| self.err(e))?;
+        }
+        self.create_tables()?;
+        self.set_meta(META_VERSION, INDEX_VERSION)
     }
 
     fn create_tables(&mut self) -> Result<()> {
