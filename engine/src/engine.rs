@@ -211,6 +211,9 @@ pub struct Engine {
     report: OpenReport,
     /// Set by [`Engine::abandon`]: drop without syncing.
     abandoned: bool,
+    /// Told about every import that changed the tree (the mount
+    /// invalidates the kernel's caches on it).
+    watchers: Mutex<Vec<std::sync::mpsc::Sender<ImportReport>>>,
     _lock: Option<File>,
 }
 
@@ -326,8 +329,19 @@ impl Engine {
             }
         }
         report.index_rebuilt = rebuilt;
-        let mut engine =
-            Engine { layout, config, storage, blobs, index, writer, at, report, abandoned: false, _lock: lock };
+        let mut engine = Engine {
+            layout,
+            config,
+            storage,
+            blobs,
+            index,
+            writer,
+            at,
+            report,
+            abandoned: false,
+            watchers: Mutex::new(Vec::new()),
+            _lock: lock,
+        };
         engine.report.caught_up = engine.catch_up()?;
         if engine.report.cut_unacknowledged.is_some() {
             // Reopen our log past the cut.
@@ -424,7 +438,20 @@ impl Engine {
         let (applied, replayed, _) = self.apply_new_events(false)?;
         w.last_time = w.last_time.max(self.index.read()?.max_event_time()?);
         w.last_durable_index = Instant::now();
-        Ok(ImportReport { applied, replayed })
+        drop(w);
+        let report = ImportReport { applied, replayed };
+        if applied > 0 {
+            let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+            watchers.retain(|tx| tx.send(report).is_ok());
+        }
+        Ok(report)
+    }
+
+    /// A channel that gets every [`ImportReport`] that changed the tree.
+    pub fn watch_imports(&self) -> std::sync::mpsc::Receiver<ImportReport> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.watchers.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        rx
     }
 
     /// Every event of every machine's log not yet in the index (all of

@@ -146,6 +146,11 @@ impl Inodes {
         }
     }
 
+    /// Every inode in the table (root included).
+    pub(crate) fn all(&self) -> Vec<u64> {
+        self.inner.lock().by_ino.keys().copied().collect()
+    }
+
     /// Number of entries (root included); for tests and stats.
     pub(crate) fn len(&self) -> usize {
         self.inner.lock().by_ino.len()

@@ -173,6 +173,38 @@ fn build(engine: Arc<Engine>, opts: &MountOptions) -> Result<(SyncerFs, Arc<Core
     Ok((SyncerFs { core: core.clone() }, core, config))
 }
 
+/// Keeps the kernel's view live: after each import of peers' changes
+/// (`Engine::import`), the cached attributes and pages of every inode the
+/// kernel knows are dropped, so reads see the merged tree without a
+/// remount. Directory entries follow within the entry TTL. The thread ends
+/// with the session (the notifier fails once the mount is gone) or the engine.
+fn spawn_invalidator(core: &Arc<Core>, notifier: fuser::Notifier) {
+    let imports = core.engine.watch_imports();
+    // Weak, so that the thread never keeps the engine (and its lock) alive
+    // after the mount is gone.
+    let core = Arc::downgrade(core);
+    let spawned = std::thread::Builder::new().name("syncer-inval".into()).spawn(move || loop {
+        match imports.recv_timeout(std::time::Duration::from_millis(500)) {
+            Ok(_) => {
+                let Some(core) = core.upgrade() else { return };
+                for ino in core.inodes.all() {
+                    if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
+                        // ENOENT: the kernel no longer has it; anything else: the mount is gone.
+                        if e.raw_os_error() != Some(libc::ENOENT) {
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if core.strong_count() > 0 => {}
+            Err(_) => return,
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the cache invalidation thread: {e}; peers' changes show after the attribute TTL");
+    }
+}
+
 fn final_flush(core: &Core, mountpoint: &Path) -> Result<(), FsMountError> {
     core.shutdown_flush().map_err(|e| FsMountError::Flush { mountpoint: mountpoint.to_path_buf(), errno: e.code() })
 }
@@ -184,6 +216,7 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: MountOptions) -> Resu
     let (fs, core, config) = build(engine, &opts)?;
     let session = fuser::Session::new(fs, mountpoint, &config)
         .map_err(|source| FsMountError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
+    spawn_invalidator(&core, session.notifier());
     let served = session.run();
     let flushed = final_flush(&core, mountpoint);
     served.map_err(|source| FsMountError::Session { mountpoint: mountpoint.to_path_buf(), source })?;
@@ -195,6 +228,7 @@ pub fn spawn(engine: Arc<Engine>, mountpoint: &Path, opts: MountOptions) -> Resu
     let (fs, core, config) = build(engine, &opts)?;
     let session = fuser::Session::new(fs, mountpoint, &config)
         .map_err(|source| FsMountError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
+    spawn_invalidator(&core, session.notifier());
     let bg =
         session.spawn().map_err(|source| FsMountError::Session { mountpoint: mountpoint.to_path_buf(), source })?;
     Ok(MountHandle { bg: Some(bg), core, mountpoint: mountpoint.to_path_buf() })
