@@ -48,15 +48,16 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
-    /// The root directory as it is before any event: mode 0755, owned by root.
-    pub fn root() -> Self {
+    /// A new node as its create event describes it.
+    pub fn new(kind: NodeKind, parent: NodeId, name: Vec<u8>, attrs: Attrs, target: Vec<u8>) -> Self {
+        let size = if kind == NodeKind::Symlink { target.len() as u64 } else { 0 };
         NodeRecord {
-            kind: NodeKind::Dir,
-            parent: NodeId::ROOT,
-            name: Vec::new(),
-            attrs: Attrs { mode: 0o755, ..Attrs::default() },
-            size: 0,
-            target: Vec::new(),
+            kind,
+            parent,
+            name,
+            attrs,
+            size,
+            target,
             xattrs: Vec::new(),
             pinned: false,
             removed: false,
@@ -64,6 +65,11 @@ impl NodeRecord {
             clock: VectorClock::new(),
             volname: Vec::new(),
         }
+    }
+
+    /// The root directory as it is before any event: mode 0755, owned by root.
+    pub fn root() -> Self {
+        Self::new(NodeKind::Dir, NodeId::ROOT, Vec::new(), Attrs { mode: 0o755, ..Attrs::default() }, Vec::new())
     }
 
     /// The value of extended attribute `name`.
@@ -93,24 +99,7 @@ pub fn apply(prev: Option<&NodeRecord>, event: &Event) -> Effects {
         |reason: &'static str| Effects { node: prev.cloned().unwrap_or_else(NodeRecord::root), ignored: Some(reason) };
     let mut fx = match (&event.change, prev) {
         (Change::Create { parent, name, kind, attrs, target }, None) => {
-            let size = if *kind == NodeKind::Symlink { target.len() as u64 } else { 0 };
-            Effects {
-                node: NodeRecord {
-                    kind: *kind,
-                    parent: *parent,
-                    name: name.clone(),
-                    attrs: *attrs,
-                    size,
-                    target: target.clone(),
-                    xattrs: Vec::new(),
-                    pinned: false,
-                    removed: false,
-                    removed_by: None,
-                    clock: VectorClock::new(),
-                    volname: Vec::new(),
-                },
-                ignored: None,
-            }
+            Effects { node: NodeRecord::new(*kind, *parent, name.clone(), *attrs, target.clone()), ignored: None }
         }
         (_, None) => return ignore("change to a node that was never created"),
         (change, Some(prev)) => {
