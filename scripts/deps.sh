@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs what syncer needs on a Debian machine (idempotent): fuse3 for
 # fusermount3, rsync for the remote, bindfs for the benchmark baseline, and
-# fsx (the File System eXerciser) for the test suite.
+# fsx (the File System eXerciser) for the test suite. As root it also
+# installs the mount(8) helper scripts/mount.fuse.syncer as
+# /sbin/mount.fuse.syncer (replaced when it differs), so that
+# `mount -t fuse.syncer` and fstab lines work.
 set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
 need_apt=()
 command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 command -v rsync >/dev/null || need_apt+=(rsync)
@@ -14,4 +18,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 if [ "${1:-}" = "--with-fsx" ] && ! command -v fsx >/dev/null; then
     cargo install fsx --locked --quiet
+fi
+if [ "$(id -u)" = 0 ] && ! cmp -s "$here/mount.fuse.syncer" /sbin/mount.fuse.syncer; then
+    install -m 755 "$here/mount.fuse.syncer" /sbin/mount.fuse.syncer
 fi

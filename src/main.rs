@@ -11,7 +11,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod conflicts;
+mod history_cmd;
+mod log_cmd;
 mod mount;
+mod remote;
 mod status;
 
 const EXIT_HELP: &str = "Exit codes: 0 success; 1 error (one line on stderr: what failed and where); \
@@ -53,6 +56,35 @@ enum Command {
         /// The data dir.
         data_dir: PathBuf,
     },
+    /// Make a new machine from a remote: log and metadata now, content on demand.
+    Clone {
+        /// The new data dir (missing or empty).
+        data_dir: PathBuf,
+        /// The remote: a local path or [user@]host:path reached by rsync.
+        remote: String,
+        /// Local cache limit, e.g. 10GiB (default: the remote's).
+        #[arg(long)]
+        cache_size: Option<String>,
+    },
+    /// Push to and pull from the remote once, in the foreground.
+    Sync {
+        /// The data dir (not mounted).
+        data_dir: PathBuf,
+    },
+    /// Keep a file or a whole directory local (fetched now, never evicted).
+    Pin {
+        /// The data dir (not mounted).
+        data_dir: PathBuf,
+        /// Path inside the tree, e.g. /photos/thumbs.
+        path: String,
+    },
+    /// Undo `pin` for a path and everything below it.
+    Unpin {
+        /// The data dir (not mounted).
+        data_dir: PathBuf,
+        /// Path inside the tree.
+        path: String,
+    },
     /// Mount the tree (in the background unless --foreground).
     Mount {
         /// The data dir.
@@ -65,6 +97,34 @@ enum Command {
         /// Mount options, comma separated (allow_other, ro, ...), as mount(8) passes them.
         #[arg(short = 'o', value_delimiter = ',')]
         options: Vec<String>,
+        /// Mount the tree as it stood at WHEN, read-only: RFC 3339, "2h ago", "3d", a unix
+        /// timestamp, @<machine>:<segment>:<offset> or <machine>#<seq> (as `log inspect` prints).
+        #[arg(long, value_name = "WHEN")]
+        at: Option<String>,
+    },
+    /// List every version of a file or directory (time, machine, size, kind of change).
+    History {
+        /// The data dir.
+        data_dir: PathBuf,
+        /// Path inside the tree, e.g. /docs/a.txt.
+        path: String,
+        /// Find the node at PATH as of WHEN (default: now).
+        #[arg(long, value_name = "WHEN")]
+        at: Option<String>,
+    },
+    /// Write out a file as it was at WHEN: to DEST, or back into the live tree as new events
+    /// (needs the data dir unmounted; use --to while it is mounted).
+    Restore {
+        /// The data dir.
+        data_dir: PathBuf,
+        /// Path inside the tree.
+        path: String,
+        /// The version to restore (see `mount --at`).
+        #[arg(long, value_name = "WHEN")]
+        at: String,
+        /// Write to this new file instead of into the tree.
+        #[arg(long, value_name = "DEST")]
+        to: Option<PathBuf>,
     },
     /// Unmount a syncer mount (every buffered write is committed first).
     Unmount {
@@ -94,6 +154,44 @@ enum LogCommand {
     Verify {
         /// The data dir.
         data_dir: PathBuf,
+    },
+    /// Show events (damaged records too) as an aligned table or JSON lines.
+    Inspect {
+        /// The data dir.
+        data_dir: PathBuf,
+        /// Only events of this node (<counter>.<machine> as printed, or "root").
+        #[arg(long)]
+        node: Option<String>,
+        /// Only events of the node at this path (now, or --at).
+        #[arg(long)]
+        path: Option<String>,
+        /// Resolve --path as of WHEN.
+        #[arg(long, value_name = "WHEN")]
+        at: Option<String>,
+        /// Only events of this machine (16 hex digits).
+        #[arg(long)]
+        machine: Option<String>,
+        /// Only events at or after WHEN.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only events at or before WHEN.
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
+        /// Only these kinds (create, attrs, write, truncate, move, remove, setxattr, removexattr,
+        /// symlink, volname, pin, exchange); repeat or separate with commas.
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a node's causal history (concurrent events, merge points) as Graphviz DOT.
+    Graph {
+        /// The data dir.
+        data_dir: PathBuf,
+        /// The node.
+        #[arg(long)]
+        node: String,
     },
 }
 
@@ -138,21 +236,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config.hash_size = hash_size;
             config.compression_level = compression_level;
             config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-            engine::Engine::init(&data_dir, config.clone())
-                .with_context(|| format!("init {}", data_dir.display()))?;
+            engine::Engine::init(&data_dir, config.clone()).with_context(|| format!("init {}", data_dir.display()))?;
             println!("initialized {} (machine {})", data_dir.display(), config.machine);
+            if config.remote.is_some() {
+                remote::initial_push(&data_dir)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { data_dir } => status::print(&data_dir).map(|()| ExitCode::SUCCESS),
-        Command::Mount { data_dir, mountpoint, foreground, options } => {
-            mount::mount(&data_dir, &mountpoint, foreground, &options).map(|()| ExitCode::SUCCESS)
+        Command::Clone { data_dir, remote, cache_size } => {
+            remote::clone(&data_dir, &remote, cache_size.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Sync { data_dir } => remote::sync(&data_dir).map(|()| ExitCode::SUCCESS),
+        Command::Pin { data_dir, path } => remote::pin(&data_dir, &path, true).map(|()| ExitCode::SUCCESS),
+        Command::Unpin { data_dir, path } => remote::pin(&data_dir, &path, false).map(|()| ExitCode::SUCCESS),
+        Command::Mount { data_dir, mountpoint, foreground, options, at } => {
+            let at = at.map(|w| history_cmd::resolve(&data_dir, &w)).transpose()?;
+            mount::mount(&data_dir, &mountpoint, foreground, &options, at).map(|()| ExitCode::SUCCESS)
+        }
+        Command::History { data_dir, path, at } => {
+            let at = at.map(|w| history_cmd::resolve(&data_dir, &w)).transpose()?;
+            history_cmd::print_history(&data_dir, &path, at).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Restore { data_dir, path, at, to } => {
+            let at = history_cmd::resolve(&data_dir, &at)?;
+            history_cmd::restore(&data_dir, &path, at, to.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Log {
+            command: LogCommand::Inspect { data_dir, node, path, at, machine, since, until, kinds, json },
+        } => {
+            let args = log_cmd::InspectArgs { node, path, at, machine, since, until, kinds, json };
+            log_cmd::inspect(&data_dir, &args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Log { command: LogCommand::Graph { data_dir, node } } => {
+            log_cmd::graph(&data_dir, &node).map(|()| ExitCode::SUCCESS)
         }
         Command::Unmount { mountpoint } => mount::unmount(&mountpoint).map(|()| ExitCode::SUCCESS),
         Command::Log { command: LogCommand::Verify { data_dir } } => {
             let r = engine::verify::verify(&data_dir).with_context(|| format!("verify {}", data_dir.display()))?;
             println!(
-                "{} machines, {} segments, {} records, {} blocks ({} ok)",
-                r.machines, r.segments, r.records, r.blocks, r.blocks_ok
+                "{} machines, {} segments, {} records, {} blocks ({} ok, {} on the remote only)",
+                r.machines, r.segments, r.records, r.blocks, r.blocks_ok, r.blocks_remote
             );
             for t in &r.torn_tails {
                 println!("note: {t} (cut off on next open)");

@@ -27,8 +27,12 @@ pub fn print(dir: &Path) -> Result<()> {
             println!("logical size: {}", human(s.logical_bytes));
             println!("blocks:       {} referenced", human(s.local_blob_bytes));
             println!("events:       {}", s.events);
+            crate::remote::print_status(dir, Some(&e))?;
         }
-        Err(engine::Error::Locked { .. }) => println!("state:        in use (mounted); counts not shown"),
+        Err(engine::Error::Locked { .. }) => {
+            println!("state:        in use (mounted); counts not shown");
+            crate::remote::print_status(dir, None)?;
+        }
         Err(e) => return Err(e).context("open index"),
     }
     Ok(())

@@ -51,7 +51,7 @@ fn init_status_verify_rebuild() {
     assert!(out.contains("nodes:        6 (5 files, 1 dirs)"), "{out}");
     let o = run(&["log", "verify", d]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("5 blocks (5 ok)"), "{}", text(&o));
+    assert!(text(&o).contains("5 blocks (5 ok, 0 on the remote only)"), "{}", text(&o));
     let o = run(&["index", "rebuild", d]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("10 events, 6 nodes"), "{}", text(&o));

@@ -650,6 +650,9 @@ impl BlobStore {
     /// Deletes the blob `hash` (cache eviction). Returns whether it existed.
     /// Not synced: a crash may bring it back, which is harmless.
     pub fn remove(&self, hash: &BlockHash) -> Result<bool> {
+        // Never while a sync runs: it may have taken this blob off the
+        // pending set and would then find its file gone.
+        let _sync = lock(&self.sync_lock);
         let path = self.path_of(hash);
         {
             let mut known = lock(&self.known);

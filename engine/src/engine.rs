@@ -23,15 +23,30 @@ use crate::blob::BlobStore;
 use crate::config::Config;
 use crate::error::{Error, FsError, Result};
 use crate::event::{AttrChange, Attrs, BlockChange, BlockRef, Change, Event, NodeKind};
-use crate::ids::{LogPos, MachineId, NodeId, Timestamp};
+use crate::ids::{BlockHash, LogPos, MachineId, NodeId, Timestamp};
 use crate::index::{Counts, DirEntry, Index, IndexReader, IndexWriter};
 use crate::log::{self, LogWriter};
 use crate::storage::{FsStorage, Storage};
 use crate::tree::{self, NodeRecord};
 use crate::{format, merge};
 
+/// Blocks of a file asked for ahead of a block that had to be fetched.
+const READ_AHEAD_BLOCKS: u64 = 16;
+
+thread_local! {
+    /// The last `file_blocks` query of this thread: a fetch of one of its
+    /// blocks reads ahead in that file (the FUSE adapter asks for a file's
+    /// blocks, then reads them, on the same thread).
+    static LAST_BLOCKS_QUERY: std::cell::Cell<Option<(NodeId, u64, u64)>> = const { std::cell::Cell::new(None) };
+}
+
 /// Longest name in a directory, as on most Unix filesystems.
 pub const NAME_MAX: usize = 255;
+
+/// Largest extended attribute value, as Linux's `XATTR_SIZE_MAX` (and ext4):
+/// a bigger one is refused, never stored (a FUSE mount never passes one on:
+/// the kernel answers E2BIG first).
+pub const XATTR_VALUE_MAX: usize = 64 << 10;
 
 /// How long non-durable index commits may pile up before one durable commit.
 const INDEX_DURABLE_EVERY: Duration = Duration::from_secs(5);
@@ -59,6 +74,16 @@ impl Layout {
     /// `index.redb`.
     pub fn index(&self) -> PathBuf {
         self.dir.join("index.redb")
+    }
+    /// `history.redb`: the index that point-in-time views read (see
+    /// [`Engine::open_at`]); derived from the log like `index.redb`.
+    pub fn history_index(&self) -> PathBuf {
+        self.dir.join("history.redb")
+    }
+    /// `history.lock`: held shared (flock) by every point-in-time view,
+    /// exclusive by the one bringing `history.redb` up to date.
+    pub fn history_lock(&self) -> PathBuf {
+        self.dir.join("history.lock")
     }
     /// `lock`: held (flock) by the one process that writes.
     pub fn lock(&self) -> PathBuf {
@@ -190,6 +215,9 @@ pub struct OpenReport {
     /// Unacknowledged events cut from our log because their blocks were
     /// lost in the crash.
     pub cut_unacknowledged: Option<String>,
+    /// A point-in-time view could not update `history.redb` (other views
+    /// hold it) and shows the log as of its last update.
+    pub stale_history: Option<String>,
 }
 
 struct Writer {
@@ -214,7 +242,17 @@ pub struct Engine {
     /// Told about every import that changed the tree (the mount
     /// invalidates the kernel's caches on it).
     watchers: Mutex<Vec<std::sync::mpsc::Sender<ImportReport>>>,
+    /// Residency bookkeeping of the bounded block cache.
+    cache: crate::cache::Cache,
+    /// Where blocks missing locally come from (the remote), if anywhere.
+    source: std::sync::RwLock<Option<Arc<dyn crate::cache::BlockSource>>>,
+    /// Told the next blocks of a file after a block of it had to be fetched.
+    prefetchers: Mutex<Vec<std::sync::mpsc::Sender<Vec<BlockHash>>>>,
+    /// Node states of a point-in-time view, folded once each: the view
+    /// never changes, so they never go stale.
+    at_nodes: Mutex<std::collections::HashMap<NodeId, Option<NodeRecord>>>,
     _lock: Option<File>,
+    _history_lock: Option<File>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -268,6 +306,26 @@ impl Engine {
 
     /// Opens `dir` read-only as it stood at `at`. Every mutation fails with
     /// [`FsError::ReadOnly`].
+    ///
+    /// A view never opens `index.redb` (a live writer in another process
+    /// holds it exclusively). It reads `history.redb`, a
+    /// second index derived from the log by the same code: the first view to
+    /// open while no other view is open brings it up to date (applying only
+    /// the events it has not seen, never replaying the whole log unless
+    /// events arrived out of order) and then every view reads it read-only,
+    /// so any number of views and one live writer run at once. A view opened
+    /// while other views hold `history.redb` cannot update it and shows the
+    /// log as of the last update ([`OpenReport::stale_history`] says so).
+    /// A missing `history.redb` is seeded with a copy of `index.redb` when
+    /// no writer has the data dir (taking the writer lock for the copy) and
+    /// the last one closed cleanly; otherwise it is built from the log once.
+    ///
+    /// What a view shows: every name and block as of `at` exactly (from the
+    /// history tables); each node's attributes as its latest checkpoint
+    /// before `at` (the merged record, see `index`) with its own events
+    /// since folded in, in merge order. A directory's times can lag the live
+    /// tree's: entries created, renamed or removed after that checkpoint do
+    /// not move them in the view.
     pub fn open_at(dir: &Path, at: Timestamp) -> Result<Engine> {
         Self::open_inner(dir, Arc::new(FsStorage), Some(at))
     }
@@ -313,7 +371,43 @@ impl Engine {
             storage.write_file(&layout.dirty(), b"").map_err(|e| Error::io("write", layout.dirty(), e))?;
             storage.sync_dir(dir).map_err(|e| Error::io("sync", dir, e))?;
         }
-        let (index, mut rebuilt) = Index::open(&layout.index())?;
+        let mut history_lock = None;
+        let mut refresh_history = false;
+        let (index, mut rebuilt) = match at {
+            None => Index::open(&layout.index())?,
+            Some(_) => {
+                let (lock, exclusive) = lock_history(&layout.history_lock())?;
+                history_lock = Some(lock);
+                // A view that took the lock in the instant another one was
+                // turning its exclusive lock into a shared one (flock does
+                // not convert atomically) finds the file held: it reads it.
+                if exclusive && !layout.history_index().exists() {
+                    seed_history(&layout);
+                }
+                let writable = if exclusive { Index::open(&layout.history_index()).ok() } else { None };
+                refresh_history = writable.is_some();
+                if let Some(opened) = writable {
+                    // A crash can cut a writer's unacknowledged tail after a
+                    // view indexed it: then the view's index is rebuilt.
+                    if index_diverged(storage.as_ref(), &layout.log(), &opened.0)? {
+                        tracing::warn!(
+                            "{}: the log lost events it had indexed; rebuilding it",
+                            layout.history_index().display()
+                        );
+                        opened.0.clear()?;
+                        (opened.0, true)
+                    } else {
+                        opened
+                    }
+                } else {
+                    report.stale_history = Some(format!(
+                        "{}: other point-in-time views hold it, so events logged since they opened are not shown",
+                        layout.history_index().display()
+                    ));
+                    (Index::open_read_only(&layout.history_index())?, false)
+                }
+            }
+        };
         if let Some(w) = &writer {
             // The index must never be ahead of our log (a crash can cut the
             // log's unsynced tail); if it is, it is rebuilt from the log.
@@ -329,6 +423,7 @@ impl Engine {
             }
         }
         report.index_rebuilt = rebuilt;
+        let cache = crate::cache::Cache::open(dir, config.hash_size)?;
         let mut engine = Engine {
             layout,
             config,
@@ -340,9 +435,23 @@ impl Engine {
             report,
             abandoned: false,
             watchers: Mutex::new(Vec::new()),
+            cache,
+            source: std::sync::RwLock::new(None),
+            prefetchers: Mutex::new(Vec::new()),
+            at_nodes: Mutex::new(std::collections::HashMap::new()),
             _lock: lock,
+            _history_lock: None,
         };
-        engine.report.caught_up = engine.catch_up()?;
+        if at.is_none() || refresh_history {
+            engine.report.caught_up = engine.catch_up()?;
+        }
+        if let Some(lock) = history_lock {
+            if refresh_history {
+                engine.index.reopen_read_only()?;
+                lock.lock_shared().map_err(|e| Error::io("lock", engine.layout.history_lock(), e))?;
+            }
+            engine._history_lock = Some(lock);
+        }
         if engine.report.cut_unacknowledged.is_some() {
             // Reopen our log past the cut.
             if let Some(w) = &engine.writer {
@@ -494,6 +603,8 @@ impl Engine {
         for b in ev.change.blocks() {
             match self.blobs.get(&b.hash) {
                 Ok(data) if data.len() == b.len as usize => {}
+                // Evicted from the bounded cache: it is on the remote.
+                Err(Error::MissingBlob(h)) if self.cache.is_pushed(&h) => {}
                 Ok(_) => return Some(format!("block {} has the wrong length", b.hash)),
                 Err(e) => return Some(e.to_string()),
             }
@@ -567,16 +678,36 @@ impl Engine {
         record.map(|r| NodeState::from_record(id, r)).ok_or(Error::fs(id, FsError::NotFound))
     }
 
-    /// Folds `id`'s events up to `at`, read back from the log.
+    /// Folds `id`'s events up to `at`, read back from the log (once per
+    /// node and view).
     fn node_record_at(&self, id: NodeId, at: Timestamp) -> Result<Option<NodeRecord>> {
-        let history = self.index.read()?.history(id, at)?;
-        let mut state = (id == NodeId::ROOT).then(NodeRecord::root);
-        for (pos, _) in history {
+        const CACHE_MAX: usize = 1 << 20;
+        if let Some(r) = self.at_nodes.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            return Ok(r.clone());
+        }
+        let state = self.fold_node_at(id, at)?;
+        let mut cache = self.at_nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(id, state.clone());
+        Ok(state)
+    }
+
+    /// The latest checkpoint (see `index`) then the node's events since.
+    fn fold_node_at(&self, id: NodeId, at: Timestamp) -> Result<Option<NodeRecord>> {
+        let ix = self.index.read()?;
+        let (mut state, after) = match ix.checkpoint_at(id, at)? {
+            Some((key, record)) => (Some(record), Some(key)),
+            None => ((id == NodeId::ROOT).then(NodeRecord::root), None),
+        };
+        for pos in ix.history_after(id, after, at)? {
             let ev = log::read_record_at(self.storage.as_ref(), &self.layout.log(), pos)?.event;
             state = Some(tree::apply(state.as_ref(), &ev).node);
         }
-        // A directory's times follow its listing, which the fold of its own
-        // events does not see; the live index keeps them, history does not.
+        // A directory's times follow its listing: the checkpoint has them as
+        // the merge left them, the fold of the node's own events since does
+        // not move them.
         Ok(state)
     }
 
@@ -624,6 +755,7 @@ impl Engine {
 
     /// Stored blocks of `node` with index in `first..first+count` (holes absent).
     pub fn file_blocks(&self, node: NodeId, first: u64, count: u64) -> Result<Vec<(u64, BlockRef)>> {
+        LAST_BLOCKS_QUERY.set(Some((node, first, count)));
         let ix = self.index.read()?;
         match self.at {
             None => ix.blocks(node, first, count),
@@ -631,9 +763,16 @@ impl Engine {
         }
     }
 
-    /// A block's bytes, verified against its hash.
+    /// A block's bytes, verified against its hash. A block missing locally
+    /// is fetched from the [`BlockSource`](crate::cache::BlockSource), if
+    /// one is set, verified and stored; a fetched copy that does not match
+    /// its hash is refused with [`Error::CorruptBlob`] and never returned.
     pub fn read_block(&self, block: &BlockRef) -> Result<Vec<u8>> {
-        let data = self.blobs.get(&block.hash)?;
+        let data = match self.blobs.get(&block.hash) {
+            Err(Error::MissingBlob(h)) => self.fetch_block(&h)?,
+            other => other?,
+        };
+        self.cache.touch(&block.hash);
         if data.len() != block.len as usize {
             return Err(Error::CorruptBlob {
                 hash: block.hash,
@@ -642,6 +781,79 @@ impl Engine {
             });
         }
         Ok(data)
+    }
+
+    fn fetch_block(&self, hash: &BlockHash) -> Result<Vec<u8>> {
+        let source = self.source.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(source) = source else { return Err(Error::MissingBlob(*hash)) };
+        let context = LAST_BLOCKS_QUERY.get();
+        // The next blocks of the same file come in the same fetch, and the
+        // ones after them are asked for in the background.
+        let mut want = vec![*hash];
+        if let Some((node, first, count)) = context {
+            want.extend(self.missing_blocks(node, first + count.max(1)).into_iter().filter(|h| h != hash));
+        }
+        let mut found = None;
+        for (h, stored) in source.fetch_many(&want)? {
+            if h == *hash {
+                self.blobs.put_raw_verified(hash, &stored)?;
+                // From the fetched bytes, not the store: the evictor may
+                // already have taken the block out again.
+                let data = crate::blob::decode_blob(&stored, hash).map_err(|e| Error::CorruptBlob {
+                    hash: *hash,
+                    path: self.blobs.path_of(hash),
+                    reason: format!("fetched copy: {e}"),
+                })?;
+                found = Some(data);
+            } else if let Err(e) = self.blobs.put_raw_verified(&h, &stored) {
+                tracing::error!("read-ahead refused: {e}");
+            }
+        }
+        let Some(data) = found else { return Err(Error::MissingBlob(*hash)) };
+        if let Some((node, first, count)) = context {
+            self.request_read_ahead(node, first + count.max(1) + READ_AHEAD_BLOCKS);
+        }
+        Ok(data)
+    }
+
+    /// Up to [`READ_AHEAD_BLOCKS`] blocks of `node` from index `from` on
+    /// that are not local.
+    fn missing_blocks(&self, node: NodeId, from: u64) -> Vec<BlockHash> {
+        let saved = LAST_BLOCKS_QUERY.get();
+        let next = self.file_blocks(node, from, READ_AHEAD_BLOCKS).unwrap_or_default();
+        LAST_BLOCKS_QUERY.set(saved);
+        next.iter().map(|(_, b)| b.hash).filter(|h| !self.blobs.contains(h)).collect()
+    }
+
+    /// Asks the prefetchers for the blocks of `node` from index `from` on
+    /// that are not local.
+    fn request_read_ahead(&self, node: NodeId, from: u64) {
+        let mut prefetchers = self.prefetchers.lock().unwrap_or_else(|e| e.into_inner());
+        if prefetchers.is_empty() {
+            return;
+        }
+        let missing = self.missing_blocks(node, from);
+        if !missing.is_empty() {
+            prefetchers.retain(|tx| tx.send(missing.clone()).is_ok());
+        }
+    }
+
+    /// Sets (or clears) where blocks missing locally are fetched from.
+    pub fn set_block_source(&self, source: Option<Arc<dyn crate::cache::BlockSource>>) {
+        *self.source.write().unwrap_or_else(|e| e.into_inner()) = source;
+    }
+
+    /// A channel that gets, after each fetch of a block on demand, the next
+    /// blocks of the same file that are not local (for read-ahead).
+    pub fn prefetch_requests(&self) -> std::sync::mpsc::Receiver<Vec<BlockHash>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.prefetchers.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        rx
+    }
+
+    /// Residency bookkeeping of the bounded block cache.
+    pub fn cache(&self) -> &crate::cache::Cache {
+        &self.cache
     }
 
     /// Counters for `status` and `statfs`.
@@ -914,9 +1126,10 @@ impl Engine {
         })
     }
 
-    /// Sets extended attribute `name`.
+    /// Sets extended attribute `name`. A name over [`NAME_MAX`] bytes or a
+    /// value over [`XATTR_VALUE_MAX`] bytes is [`FsError::Invalid`].
     pub fn set_xattr(&self, node: NodeId, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
-        if name.is_empty() || name.len() > NAME_MAX {
+        if name.is_empty() || name.len() > NAME_MAX || value.len() > XATTR_VALUE_MAX {
             return Err(Error::fs(node, FsError::Invalid));
         }
         self.mutate(node, |_, ix| {
@@ -1058,6 +1271,60 @@ fn lock_writer(w: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
     // A panic while holding the writer leaves the log and the index as they
     // were at the last append, which open() can always recover from.
     w.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Seeds a missing `history.redb` with a copy of `index.redb` when no writer
+/// has the data dir open and the last one closed cleanly: copying is far
+/// faster than replaying a long log, and catching up does the rest. Best
+/// effort: without a seed, the view builds `history.redb` from the log.
+fn seed_history(layout: &Layout) {
+    // Held while copying, so no writer changes the file under the copy.
+    let Ok(_writer) = take_lock(&layout.lock()) else { return };
+    if layout.dirty().exists() || !layout.index().exists() {
+        return;
+    }
+    let tmp = layout.dir.join("history.redb.tmp");
+    if std::fs::copy(layout.index(), &tmp).and_then(|_| std::fs::rename(&tmp, layout.history_index())).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Whether `ix` was applied up to an event that the log no longer has where
+/// it was (a crash cut it and the writer may have logged another event there).
+fn index_diverged(storage: &dyn Storage, log_root: &Path, ix: &Index) -> Result<bool> {
+    let r = ix.read()?;
+    for m in r.machines()? {
+        let Some((segment, offset, seq)) = r.applied(m)? else { continue };
+        let known = r.event_location(m, seq)?;
+        let found = log::read_record_at(storage, log_root, LogPos { machine: m, segment, offset }).ok();
+        let same = match (known, found) {
+            (Some(k), Some(d)) => d.event.seq == seq && d.event.time == k.time && d.event.node == k.node,
+            _ => false,
+        };
+        if !same {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Takes `history.lock`: exclusive when no view holds it (returns true),
+/// else shared, waiting only for a view that is updating `history.redb`.
+fn lock_history(path: &Path) -> Result<(File, bool)> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok((file, true)),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            file.lock_shared().map_err(|e| Error::io("lock", path, e))?;
+            Ok((file, false))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", path, e)),
+    }
 }
 
 fn take_lock(path: &Path) -> Result<File> {

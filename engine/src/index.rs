@@ -18,6 +18,7 @@
 //! | `applied`        | machine                               | (segment, offset, seq) of the last applied record |
 //! | `meta`           | name                                  | u64 counters (see `META_*`)            |
 //! | `conflicts`      | (time, machine, seq, node)            | a name collision (see `encode_conflict`) |
+//! | `checkpoints`    | (node, time, machine, seq)            | rkyv [`NodeRecord`]: the merged state after that event |
 //!
 //! Always true after a commit: `applied[m]` names the last record of machine
 //! `m`'s log whose event (and every one before it) is reflected in every
@@ -27,7 +28,14 @@
 //!
 //! Point-in-time queries (`*_at`) read the history tables up to a time; they
 //! cost a scan of the history of the one node, name or directory asked
-//! about, never a replay of the whole log.
+//! about, never a replay of the whole log. A node's state at a time is its
+//! latest checkpoint before it plus the fold of its few events since:
+//! `checkpoints` holds a node's merged record after every
+//! [`CHECKPOINT_EVERY`]th event of its own history (counted from its last
+//! checkpoint), so a node is never folded over more than that many events.
+//!
+//! Version history ([`INDEX_VERSION`]): 3 added `checkpoints`; an index of
+//! an older version is rebuilt from the log on open.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,10 +62,14 @@ const BLOBS: TableDefinition<&[u8], (u32, i64)> = TableDefinition::new("blobs");
 const APPLIED: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("applied");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONFLICTS: TableDefinition<(i64, u64, u64, NodeKey), &[u8]> = TableDefinition::new("conflicts");
+const CHECKPOINTS: TableDefinition<(NodeKey, i64, u64, u64), &[u8]> = TableDefinition::new("checkpoints");
+
+/// Most events of one node folded on top of a checkpoint.
+pub const CHECKPOINT_EVERY: usize = 32;
 
 /// Version of the index layout above. An index of another version is
 /// deleted and rebuilt from the log on open (it is derived data).
-pub const INDEX_VERSION: u64 = 2;
+pub const INDEX_VERSION: u64 = 3;
 const META_VERSION: &str = "index_version";
 const META_NODES: &str = "nodes";
 const META_FILES: &str = "files";
@@ -120,8 +132,27 @@ pub struct EventLocation {
 /// The redb index file.
 #[derive(Debug)]
 pub struct Index {
-    db: Database,
+    db: Db,
     path: PathBuf,
+}
+
+/// How the file is open: for writing (one process holds it exclusively), or
+/// read-only (shared with other read-only openers; see [`Index::open_read_only`]).
+enum Db {
+    Rw(Database),
+    Ro(redb::ReadOnlyDatabase),
+    /// Between closing one handle and opening the next.
+    Closed,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Db::Rw(_) => "read-write",
+            Db::Ro(_) => "read-only",
+            Db::Closed => "closed",
+        })
+    }
 }
 
 fn kind_code(k: NodeKind) -> u8 {
@@ -163,7 +194,8 @@ impl Index {
         let fresh = !path.exists();
         let db = match Database::create(path) {
             Ok(db) => db,
-            Err(e) if !fresh => {
+            // Held by another process: not damage, and not ours to replace.
+            Err(e) if !fresh && !matches!(e, redb::DatabaseError::DatabaseAlreadyOpen) => {
                 // The index is derived: a damaged one is replaced, and the log
                 // it came from is replayed by the caller.
                 tracing::warn!("index {} unreadable ({e}); rebuilding it from the log", path.display());
@@ -172,7 +204,7 @@ impl Index {
             }
             Err(e) => return Err(ix_err(path, e)),
         };
-        let index = Index { db, path: path.to_path_buf() };
+        let index = Index { db: Db::Rw(db), path: path.to_path_buf() };
         let version = index.read()?.meta(META_VERSION)?;
         let rebuild = fresh || version != INDEX_VERSION;
         if rebuild {
@@ -188,15 +220,39 @@ impl Index {
         w.commit(true)
     }
 
+    /// Opens an existing, cleanly closed index read-only. Any number of
+    /// processes may hold it so at once; none may hold it for writing then.
+    pub fn open_read_only(path: &Path) -> Result<Index> {
+        let db = redb::ReadOnlyDatabase::open(path).map_err(|e| ix_err(path, e))?;
+        Ok(Index { db: Db::Ro(db), path: path.to_path_buf() })
+    }
+
+    /// Closes a writable handle cleanly and reopens the file read-only.
+    pub fn reopen_read_only(&mut self) -> Result<()> {
+        if let Db::Rw(db) = std::mem::replace(&mut self.db, Db::Closed) {
+            db.close().map_err(|e| ix_err(&self.path, e))?;
+        }
+        self.db = Db::Ro(redb::ReadOnlyDatabase::open(&self.path).map_err(|e| ix_err(&self.path, e))?);
+        Ok(())
+    }
+
     /// Starts a write transaction.
     pub fn write(&self) -> Result<IndexWriter> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let Db::Rw(db) = &self.db else {
+            return Err(Error::Index { path: self.path.clone(), reason: "index is open read-only".into() });
+        };
+        let txn = db.begin_write().map_err(|e| self.err(e))?;
         Ok(IndexWriter { txn, path: self.path.clone() })
     }
 
     /// Starts a read transaction (a consistent snapshot).
     pub fn read(&self) -> Result<IndexReader> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = match &self.db {
+            Db::Rw(db) => db.begin_read(),
+            Db::Ro(db) => db.begin_read(),
+            Db::Closed => return Err(Error::Index { path: self.path.clone(), reason: "index is closed".into() }),
+        };
+        let txn = txn.map_err(|e| self.err(e))?;
         Ok(IndexReader { txn, path: self.path.clone() })
     }
 
@@ -389,6 +445,52 @@ macro_rules! queries {
             Ok(out)
         }
 
+        /// The latest checkpoint of `node` at or before `until`: its event's
+        /// merge-order key and the merged record after it.
+        #[allow(clippy::type_complexity)]
+        pub fn checkpoint_at(
+            &self,
+            node: NodeId,
+            until: Timestamp,
+        ) -> Result<Option<((Timestamp, MachineId, u64), NodeRecord)>> {
+            let t = match self.txn.open_table(CHECKPOINTS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(ix_err(&self.path, e)),
+            };
+            let range = t
+                .range((node.0, i64::MIN, 0, 0)..=(node.0, until.0, u64::MAX, u64::MAX))
+                .map_err(|e| ix_err(&self.path, e))?;
+            let Some(item) = range.rev().next() else { return Ok(None) };
+            let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+            let (_, time, machine, seq) = k.value();
+            let record = decode_node(&self.path, node, v.value())?;
+            Ok(Some(((Timestamp(time), MachineId(machine), seq), record)))
+        }
+
+        /// Log positions of `node`'s events after the one with merge-order
+        /// key `after` (all when `None`) up to and including `until`.
+        pub fn history_after(
+            &self,
+            node: NodeId,
+            after: Option<(Timestamp, MachineId, u64)>,
+            until: Timestamp,
+        ) -> Result<Vec<LogPos>> {
+            let t = self.txn.open_table(HISTORY).map_err(|e| ix_err(&self.path, e))?;
+            let lo = after.map_or((node.0, i64::MIN, 0, 0), |(t, m, s)| (node.0, t.0, m.0, s));
+            let mut out = Vec::new();
+            let range = t.range(lo..=(node.0, until.0, u64::MAX, u64::MAX)).map_err(|e| ix_err(&self.path, e))?;
+            for item in range {
+                let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+                if Some(k.value()) == after.map(|(t, m, s)| (node.0, t.0, m.0, s)) {
+                    continue;
+                }
+                let (segment, offset) = v.value();
+                out.push(LogPos { machine: MachineId(k.value().2), segment, offset });
+            }
+            Ok(out)
+        }
+
         /// The node named `name` in `dir` as of `at`.
         pub fn lookup_at(&self, dir: NodeId, name: &[u8], at: Timestamp) -> Result<Option<(NodeId, NodeKind)>> {
             let t = self.txn.open_table(DIRENT_HISTORY).map_err(|e| ix_err(&self.path, e))?;
@@ -504,6 +606,7 @@ impl IndexWriter {
             "applied",
             "meta",
             "conflicts",
+            "checkpoints",
         ] {
             let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(name);
             self.txn.delete_table(def).map_err(|e| self.err(e))?;
@@ -524,6 +627,7 @@ impl IndexWriter {
         self.txn.open_table(APPLIED).map_err(|e| self.err(e))?;
         self.txn.open_table(META).map_err(|e| self.err(e))?;
         self.txn.open_table(CONFLICTS).map_err(|e| self.err(e))?;
+        self.txn.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -592,6 +696,21 @@ impl IndexWriter {
         Ok(())
     }
 
+    /// Whether `node` has [`CHECKPOINT_EVERY`] events in its history since
+    /// its last checkpoint (a bounded scan).
+    fn needs_checkpoint(&self, node: NodeId) -> Result<bool> {
+        let c = self.txn.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+        let all = (node.0, i64::MIN, 0, 0)..=(node.0, i64::MAX, u64::MAX, u64::MAX);
+        let last = match c.range(all.clone()).map_err(|e| self.err(e))?.next_back() {
+            Some(item) => Some(item.map_err(|e| self.err(e))?.0.value()),
+            None => None,
+        };
+        let h = self.txn.open_table(HISTORY).map_err(|e| self.err(e))?;
+        let lo = last.unwrap_or(*all.start());
+        let since = h.range(lo..=*all.end()).map_err(|e| self.err(e))?.take(CHECKPOINT_EVERY + 1).count();
+        Ok(since >= CHECKPOINT_EVERY + usize::from(last.is_some()))
+    }
+
     /// Commits; `durable` makes it survive a crash (slow: one fsync).
     pub fn commit(mut self, durable: bool) -> Result<()> {
         let d = if durable { Durability::Immediate } else { Durability::None };
@@ -634,11 +753,17 @@ impl TreeStore for IndexWriter {
         IndexWriter::node(self, id)
     }
 
-    fn set_node(&mut self, id: NodeId, record: &NodeRecord, _: &Event) -> Result<()> {
+    fn set_node(&mut self, id: NodeId, record: &NodeRecord, e: &Event) -> Result<()> {
         let prev = IndexWriter::node(self, id)?;
         self.update_counts(prev.as_ref(), record)?;
+        let bytes = encode_node(record);
         let mut t = self.txn.open_table(NODES).map_err(|e| self.err(e))?;
-        t.insert(id.0, encode_node(record).as_slice()).map_err(|e| self.err(e))?;
+        t.insert(id.0, bytes.as_slice()).map_err(|e| self.err(e))?;
+        drop(t);
+        if self.needs_checkpoint(id)? {
+            let mut c = self.txn.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+            c.insert((id.0, e.time.0, e.machine.0, e.seq), bytes.as_slice()).map_err(|e| self.err(e))?;
+        }
         Ok(())
     }
 

@@ -10,12 +10,15 @@
 //!   documented beside its code.
 
 pub mod blob;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod event;
 pub mod format;
+pub mod fuzz_bodies;
+pub mod history;
 pub mod ids;
 pub mod index;
 pub mod log;

@@ -318,8 +318,13 @@ fn scan_from(
                     Some(e.to_string())
                 }
                 Err(e @ RecordError::BadChecksum { .. }) => {
-                    let at_eof = record::parse_header(rest).is_ok_and(|h| h.frame_len() == rest.len());
-                    if !at_eof {
+                    let frame_len = record::parse_header(rest).map(|h| h.frame_len()).ok();
+                    let at_eof = frame_len == Some(rest.len());
+                    // A crash may keep the start of an append and leave the
+                    // rest of the file zeros: nothing but zeros after a point
+                    // inside this frame is a torn tail too.
+                    let zeroed = frame_len.is_some_and(|fl| rest.iter().rposition(|&b| b != 0).is_none_or(|i| i < fl));
+                    if !at_eof && !zeroed {
                         return Err(corrupt(path, pos, format!("{e}; more data follows, so it is not a torn tail")));
                     }
                     Some(e.to_string())

@@ -257,6 +257,12 @@ fn apply_step<S: TreeStore>(s: &mut S, e: &Event, block_size: u64) -> Result<Res
             if s.node(e.node)?.is_some() {
                 return Ok(Err("create of a node that exists"));
             }
+            if *parent == e.node {
+                return Ok(Err("create of a node inside itself"));
+            }
+            if !valid_name(name) {
+                return Ok(Err("create with an invalid name"));
+            }
             let mut record = tree::apply(None, e).node;
             // Not in the tree until `place` puts it there.
             record.removed = true;
@@ -266,6 +272,9 @@ fn apply_step<S: TreeStore>(s: &mut S, e: &Event, block_size: u64) -> Result<Res
         }
         Change::Move { parent, name } => {
             let Some(node) = s.node(e.node)? else { return Ok(Err("move of a node never created")) };
+            if !valid_name(name) {
+                return Ok(Err("move to an invalid name"));
+            }
             if node.removed && !revives(&node, e) {
                 return Ok(Err("move of a node removed before it"));
             }
@@ -352,6 +361,17 @@ fn apply_step<S: TreeStore>(s: &mut S, e: &Event, block_size: u64) -> Result<Res
     Ok(Ok(()))
 }
 
+/// Whether `name` can be a directory entry: 1..=255 bytes, no `/` or NUL,
+/// not `.` or `..`. Local operations are refused such names; a peer's event
+/// that carries one is ignored.
+pub fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= crate::engine::NAME_MAX
+        && name != b"."
+        && name != b".."
+        && !name.iter().any(|&b| b == b'/' || b == 0)
+}
+
 /// Whether `e` did not see the removal of `node` (so it brings it back).
 fn revives(node: &NodeRecord, e: &Event) -> bool {
     match &node.removed_by {
@@ -363,10 +383,12 @@ fn revives(node: &NodeRecord, e: &Event) -> bool {
 /// Brings a removed node back at its last place, and its parents with it.
 fn revive<S: TreeStore>(s: &mut S, id: NodeId, e: &Event) -> Result<(), S::Error> {
     let mut chain = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     let mut cur = id;
     for _ in 0..MAX_DEPTH {
         match s.node(cur)? {
-            Some(n) if cur != NodeId::ROOT && n.removed => {
+            // A node met twice would be a cycle of removed nodes: stop there.
+            Some(n) if cur != NodeId::ROOT && n.removed && seen.insert(cur) => {
                 chain.push((cur, n.parent, n.name));
                 cur = chain.last().map_or(NodeId::ROOT, |c| c.1);
             }

@@ -1,5 +1,6 @@
 //! `syncer log verify`: checks every record of every segment and every
-//! block the log references, without the index and without the writer lock
+//! block the log references (a block evicted after it was pushed to the
+//! remote counts as on the remote, not as damage), without the index and without the writer lock
 //! (so it runs on a mounted data dir). It reads and never repairs.
 
 use std::collections::BTreeMap;
@@ -27,6 +28,9 @@ pub struct VerifyReport {
     pub blocks: usize,
     /// Referenced blocks stored locally and matching their hash.
     pub blocks_ok: usize,
+    /// Referenced blocks not stored locally but recorded as pushed to the
+    /// remote (evicted from the cache; fetched on demand).
+    pub blocks_remote: usize,
     /// Every problem, one line each, naming what and where.
     pub problems: Vec<String>,
     /// A torn tail at the end of a log (not damage: cut off on next open).
@@ -95,7 +99,12 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     let store =
         BlobStore::open(std::sync::Arc::new(storage), layout.blobs(), config.hash_size, config.compression_level)?;
     report.blocks = blocks.len();
+    let pushed = crate::cache::PushedSet::load(&dir.join("pushed"), config.hash_size)?;
     for (hash, block) in blocks {
+        if !store.contains(&hash) && pushed.contains(&hash) {
+            report.blocks_remote += 1;
+            continue;
+        }
         match store.get(&hash) {
             Ok(data) if data.len() == block.len as usize => report.blocks_ok += 1,
             Ok(data) => report.problems.push(format!(

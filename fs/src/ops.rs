@@ -772,6 +772,34 @@ mod tests {
     }
 
     #[test]
+    fn sequential_reads_with_read_ahead_see_the_newest_blocks() {
+        let (_t, c) = core(4096);
+        let (a, _fh) = c.do_create(1, &os("f"), 0o644, 0, libc::O_RDWR, 0, 0).unwrap();
+        let ino = a.ino.0;
+        let mut model: Vec<u8> = (0..64 * 4096u32).map(|i| (i / 4096 * 31 + i % 251) as u8).collect();
+        c.do_write(ino, 0, &model, libc::O_RDWR).unwrap();
+        c.do_release(ino).unwrap();
+        let read_all = |c: &Core| {
+            let mut back = Vec::new();
+            loop {
+                let chunk = c.do_read(ino, back.len() as u64, 1024).unwrap();
+                if chunk.is_empty() {
+                    return back;
+                }
+                back.extend_from_slice(&chunk);
+            }
+        };
+        assert_eq!(read_all(&c), model);
+        // Blocks read ahead before this overwrite must not be served after it.
+        c.do_open(ino, libc::O_RDWR).unwrap();
+        c.do_write(ino, 10 * 4096 + 5, b"new", libc::O_RDWR).unwrap();
+        model[10 * 4096 + 5..10 * 4096 + 8].copy_from_slice(b"new");
+        assert_eq!(read_all(&c), model, "buffered");
+        c.do_release(ino).unwrap();
+        assert_eq!(read_all(&c), model, "committed");
+    }
+
+    #[test]
     fn truncate_commits_first_and_zero_fills_on_extension() {
         let (_t, c) = core(4096);
         let (a, _fh) = c.do_create(1, &os("f"), 0o644, 0, libc::O_RDWR, 0, 0).unwrap();

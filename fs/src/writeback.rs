@@ -30,7 +30,7 @@
 //! Nothing here is global except the map and the memory counter, so writers
 //! of different files never wait for each other.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -51,8 +51,17 @@ use crate::errno::errno;
 const COMMIT_EVERY: usize = 256;
 
 /// Bytes of decompressed blocks kept for reads that hit the same block
-/// again (a 1 MiB block read 128 KiB at a time).
+/// again (a 1 MiB block read 128 KiB at a time) or that were read ahead.
 const READ_CACHE_BYTES: usize = 32 << 20;
+
+/// Blocks loaded ahead of a sequential reader, so that reading, verifying
+/// and decompressing the next blocks overlaps with the FUSE transfer of
+/// this one.
+const READ_AHEAD_BLOCKS: u64 = 4;
+
+/// Nodes whose last read block is remembered for read-ahead; the map is
+/// cleared when it grows past this, which only costs one missed read-ahead.
+const READ_AHEAD_NODES: usize = 1024;
 
 /// One block's uncommitted content.
 #[derive(Debug)]
@@ -123,6 +132,10 @@ struct Shared {
     mem_lock: Mutex<()>,
     mem_cond: Condvar,
     cache: Mutex<VecDeque<(BlockHash, Arc<Vec<u8>>)>>,
+    /// Blocks some thread is loading into `cache` right now; others wait
+    /// on `loaded` instead of reading the same blob twice.
+    loading: Mutex<HashSet<BlockHash>>,
+    loaded: Condvar,
 }
 
 impl Shared {
@@ -136,37 +149,87 @@ impl Shared {
         }
     }
 
-    /// A block's bytes, through a small cache of recently read blocks.
-    fn load(&self, block: &BlockRef) -> Result<Arc<Vec<u8>>, Errno> {
-        {
-            let mut c = self.cache.lock();
-            if let Some(pos) = c.iter().position(|(h, _)| *h == block.hash) {
-                if let Some(hit) = c.remove(pos) {
-                    let data = hit.1.clone();
-                    c.push_front(hit);
-                    return Ok(data);
-                }
-            }
-        }
-        let data = Arc::new(self.engine.read_block(block).map_err(|e| errno(&e))?);
+    fn cached(&self, hash: &BlockHash) -> Option<Arc<Vec<u8>>> {
         let mut c = self.cache.lock();
-        c.push_front((block.hash, data.clone()));
+        let pos = c.iter().position(|(h, _)| h == hash)?;
+        let hit = c.remove(pos)?;
+        let data = hit.1.clone();
+        c.push_front(hit);
+        Some(data)
+    }
+
+    /// A block's bytes, through a small cache of recently read blocks. A
+    /// block another thread is loading (a read-ahead) is waited for, not
+    /// read again.
+    fn load(&self, block: &BlockRef) -> Result<Arc<Vec<u8>>, Errno> {
+        loop {
+            if let Some(data) = self.cached(&block.hash) {
+                return Ok(data);
+            }
+            let mut loading = self.loading.lock();
+            if loading.insert(block.hash) {
+                break;
+            }
+            // Bounded wait: a loader that failed removes its entry too.
+            self.loaded.wait_for(&mut loading, Duration::from_millis(100));
+        }
+        let read = self.engine.read_block(block).map_err(|e| errno(&e));
+        let out = read.map(|data| {
+            let data = Arc::new(data);
+            self.insert_cached(block.hash, data.clone());
+            data
+        });
+        self.loading.lock().remove(&block.hash);
+        self.loaded.notify_all();
+        out
+    }
+
+    fn insert_cached(&self, hash: BlockHash, data: Arc<Vec<u8>>) {
+        let mut c = self.cache.lock();
+        if c.iter().any(|(h, _)| *h == hash) {
+            return;
+        }
+        c.push_front((hash, data));
         let mut total: usize = c.iter().map(|(_, d)| d.len()).sum();
         while total > READ_CACHE_BYTES && c.len() > 1 {
             if let Some((_, d)) = c.pop_back() {
                 total -= d.len();
             }
         }
-        Ok(data)
     }
+
+    /// Loads the stored blocks `first..first + count` of `node` into the
+    /// cache (a read-ahead; failures are left for the real read to report).
+    fn read_ahead(&self, node: NodeId, first: u64, count: u64) {
+        let Ok(blocks) = self.engine.file_blocks(node, first, count) else {
+            return;
+        };
+        for (_, b) in blocks {
+            let busy = self.loading.lock().contains(&b.hash);
+            if !busy && self.cached(&b.hash).is_none() {
+                let _ = self.load(&b);
+            }
+        }
+    }
+}
+
+/// A request to read ahead: `count` blocks of `node` from `first`.
+struct Ahead {
+    node: NodeId,
+    first: u64,
+    count: u64,
 }
 
 /// The write-back machinery of one mount. See the module docs.
 pub(crate) struct WriteBack {
     shared: Arc<Shared>,
     tx: Option<Sender<Job>>,
+    ahead_tx: Option<Sender<Ahead>>,
     workers: Vec<JoinHandle<()>>,
     files: Mutex<HashMap<NodeId, Arc<FileState>>>,
+    /// The block after the last one read, per node: a read starting there
+    /// (or in the block just read) is sequential and triggers a read-ahead.
+    next_read: Mutex<HashMap<NodeId, u64>>,
 }
 
 impl WriteBack {
@@ -183,6 +246,8 @@ impl WriteBack {
             mem_lock: Mutex::new(()),
             mem_cond: Condvar::new(),
             cache: Mutex::new(VecDeque::new()),
+            loading: Mutex::new(HashSet::new()),
+            loaded: Condvar::new(),
         });
         let (tx, rx) = crossbeam_channel::bounded::<Job>(workers * 2);
         let mut handles = Vec::with_capacity(workers);
@@ -192,7 +257,26 @@ impl WriteBack {
             handles
                 .push(std::thread::Builder::new().name(format!("syncer-hash-{i}")).spawn(move || worker(shared, rx))?);
         }
-        Ok(WriteBack { shared, tx: Some(tx), workers: handles, files: Mutex::new(HashMap::new()) })
+        // Read-ahead requests are dropped, not queued, when the readers are
+        // busy: the reader then loads the block itself.
+        let (ahead_tx, ahead_rx) = crossbeam_channel::bounded::<Ahead>(workers * 2);
+        for i in 0..workers {
+            let rx = ahead_rx.clone();
+            let shared = shared.clone();
+            handles.push(std::thread::Builder::new().name(format!("syncer-ahead-{i}")).spawn(move || {
+                for a in rx {
+                    shared.read_ahead(a.node, a.first, a.count);
+                }
+            })?);
+        }
+        Ok(WriteBack {
+            shared,
+            tx: Some(tx),
+            ahead_tx: Some(ahead_tx),
+            workers: handles,
+            files: Mutex::new(HashMap::new()),
+            next_read: Mutex::new(HashMap::new()),
+        })
     }
 
     pub(crate) fn block_size(&self) -> u64 {
@@ -568,6 +652,7 @@ impl WriteBack {
         }
         let first = offset / bs;
         let last = (end - 1) / bs;
+        self.maybe_read_ahead(node, first, last);
         if (last - first + 1) as usize > covered.len() {
             let stored = self.engine().file_blocks(node, first, last - first + 1).map_err(|e| errno(&e))?;
             refs.extend(stored.into_iter().filter(|(i, _)| covered.binary_search(i).is_err()));
@@ -580,9 +665,33 @@ impl WriteBack {
     }
 }
 
+impl WriteBack {
+    /// Asks the read-ahead threads for the blocks after `last` when a read
+    /// of `first..=last` continues the previous read of `node`. Only the
+    /// read that enters a new block asks, so each block is asked for once.
+    fn maybe_read_ahead(&self, node: NodeId, first: u64, last: u64) {
+        let sequential = {
+            let mut next = self.next_read.lock();
+            if next.len() >= READ_AHEAD_NODES {
+                next.clear();
+            }
+            let prev = next.insert(node, last + 1);
+            // `prev == first`: entering the block after the last one read;
+            // `first == 0`: a read from the start of the file.
+            (prev == Some(first) || (prev.is_none() && first == 0)) && prev != Some(last + 1)
+        };
+        if sequential {
+            if let Some(tx) = &self.ahead_tx {
+                let _ = tx.try_send(Ahead { node, first: last + 1, count: READ_AHEAD_BLOCKS });
+            }
+        }
+    }
+}
+
 impl Drop for WriteBack {
     fn drop(&mut self) {
         self.tx = None;
+        self.ahead_tx = None;
         for h in self.workers.drain(..) {
             if h.join().is_err() {
                 tracing::error!("a hashing worker panicked");

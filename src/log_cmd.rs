@@ -1,0 +1,256 @@
+//! `syncer log inspect` and `syncer log graph`: the forensic view of the log.
+//!
+//! `inspect` without `--node`/`--path` reads every segment with the tolerant
+//! scanner (`engine::history::scan_tolerant`): damaged records are listed in
+//! place with what is wrong, never fatal. With `--node`/`--path` it reads
+//! only that node's records, found through the history index; if the index
+//! cannot be brought up to date (damage stops the strict reader) it falls
+//! back to the full tolerant scan.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use engine::event::{BlockChange, Change, Event};
+use engine::history::{self, Filter, Inspected};
+use engine::ids::{MachineId, NodeId};
+use engine::storage::FsStorage;
+use serde_json::{json, Value};
+
+/// What `log inspect` was asked for.
+#[derive(Debug, Default)]
+pub struct InspectArgs {
+    /// `--node`.
+    pub node: Option<String>,
+    /// `--path`.
+    pub path: Option<String>,
+    /// `--at` (for `--path`).
+    pub at: Option<String>,
+    /// `--machine`.
+    pub machine: Option<String>,
+    /// `--since`.
+    pub since: Option<String>,
+    /// `--until`.
+    pub until: Option<String>,
+    /// `--kind` (repeatable, or comma separated).
+    pub kinds: Vec<String>,
+    /// `--json`.
+    pub json: bool,
+}
+
+/// Prints `rows` under `header`, every column but the last padded to its
+/// widest cell.
+pub fn print_table<const N: usize>(out: &mut impl Write, header: &[String; N], rows: &[[String; N]]) -> Result<()> {
+    let mut widths = [0usize; N];
+    for r in std::iter::once(header).chain(rows) {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for r in std::iter::once(header).chain(rows) {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(c);
+            } else {
+                line.push_str(c);
+                line.extend(std::iter::repeat_n(' ', widths[i] - c.chars().count() + 2));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+fn parse_node(s: &str) -> Result<NodeId> {
+    if s == "root" || s == "/" {
+        return Ok(NodeId::ROOT);
+    }
+    s.parse::<NodeId>().map_err(|e| anyhow::anyhow!("--node {s:?}: {}", e.0))
+}
+
+/// Builds the filter, resolving paths and WHENs.
+fn filter(data_dir: &Path, a: &InspectArgs) -> Result<Filter> {
+    let mut f = Filter::default();
+    if let Some(n) = &a.node {
+        f.nodes.push(parse_node(n)?);
+    }
+    if let Some(p) = &a.path {
+        let at = a.at.as_deref().map(|w| crate::history_cmd::resolve(data_dir, w)).transpose()?;
+        let view = crate::history_cmd::open_view(data_dir, at)?;
+        let node = history::node_at_path(&view, p.as_bytes()).with_context(|| format!("--path {p}: not found"))?;
+        f.nodes.push(node);
+    }
+    if let Some(m) = &a.machine {
+        f.machine = Some(m.parse::<MachineId>().map_err(|e| anyhow::anyhow!("--machine {m:?}: {}", e.0))?);
+    }
+    f.since = a.since.as_deref().map(|w| crate::history_cmd::resolve(data_dir, w)).transpose()?;
+    f.until = a.until.as_deref().map(|w| crate::history_cmd::resolve(data_dir, w)).transpose()?;
+    for k in a.kinds.iter().flat_map(|k| k.split(',')).map(str::trim).filter(|k| !k.is_empty()) {
+        if !history::KINDS.contains(&k) {
+            bail!("--kind {k:?}: unknown kind (one of {})", history::KINDS.join(", "));
+        }
+        f.kinds.push(k.to_string());
+    }
+    Ok(f)
+}
+
+/// The records of the filter's nodes through the history index, in merge
+/// order; `None` when the index cannot be used.
+fn node_records(data_dir: &Path, nodes: &[NodeId]) -> Option<Vec<Inspected>> {
+    let view = match engine::Engine::open_at(data_dir, crate::history_cmd::LATEST) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("syncer: note: history index unavailable ({e}); scanning the whole log");
+            return None;
+        }
+    };
+    let ix = view.index().ok()?;
+    let mut positions = Vec::new();
+    for n in nodes {
+        positions.extend(ix.history(*n, crate::history_cmd::LATEST).ok()?);
+    }
+    positions.sort_by_key(|(pos, t)| (*t, pos.machine, pos.segment, pos.offset));
+    positions.dedup();
+    let log_root = view.layout().log();
+    Some(
+        positions
+            .into_iter()
+            .map(|(pos, _)| match engine::log::read_record_at(view.storage().as_ref(), &log_root, pos) {
+                Ok(d) => Inspected { pos, event: Some(d.event), damage: None },
+                Err(e) => Inspected { pos, event: None, damage: Some(e.to_string()) },
+            })
+            .collect(),
+    )
+}
+
+/// The records `a` selects, in order.
+pub fn select(data_dir: &Path, a: &InspectArgs) -> Result<Vec<Inspected>> {
+    let f = filter(data_dir, a)?;
+    let by_node = if f.nodes.is_empty() { None } else { node_records(data_dir, &f.nodes) };
+    let all = match by_node {
+        Some(r) => r,
+        None => history::inspect_log(&FsStorage, &engine::engine::Layout { dir: data_dir.to_path_buf() }.log())?,
+    };
+    Ok(all.into_iter().filter(|r| f.matches(r)).collect())
+}
+
+fn block_json(c: &BlockChange) -> Value {
+    match &c.block {
+        Some(b) => json!({"index": c.index, "hash": b.hash.to_hex(), "len": b.len}),
+        None => json!({"index": c.index, "hole": true}),
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The decoded change as JSON.
+fn change_json(c: &Change) -> Value {
+    match c {
+        Change::Create { parent, name, kind, attrs, target } => json!({
+            "parent": parent.to_string(), "name": lossy(name), "node_kind": format!("{kind:?}"),
+            "mode": attrs.mode, "uid": attrs.uid, "gid": attrs.gid, "target": lossy(target),
+        }),
+        Change::SetAttrs(a) => json!({"attrs": format!("{a:?}")}),
+        Change::Content { size, blocks } => {
+            json!({"size": size, "blocks": blocks.iter().map(block_json).collect::<Vec<_>>()})
+        }
+        Change::Truncate { size, tail } => json!({"size": size, "tail": tail.as_ref().map(block_json)}),
+        Change::Move { parent, name } => json!({"parent": parent.to_string(), "name": lossy(name)}),
+        Change::Remove => json!({}),
+        Change::SetXattr { name, value } => json!({"name": lossy(name), "value_len": value.len()}),
+        Change::RemoveXattr { name } => json!({"name": lossy(name)}),
+        Change::SetTarget { target } => json!({"target": lossy(target)}),
+        Change::SetVolname { name } => json!({"name": lossy(name)}),
+        Change::SetPinned { pinned } => json!({"pinned": pinned}),
+        Change::Exchange { with } => json!({"with": with.to_string()}),
+    }
+}
+
+/// One record as a JSON object.
+pub fn record_json(r: &Inspected) -> Value {
+    match &r.event {
+        Some(e) => event_json(r, e),
+        None => json!({
+            "position": r.pos.to_string(), "machine": r.pos.machine.to_string(),
+            "checksum": "damaged", "damage": r.damage,
+        }),
+    }
+}
+
+fn event_json(r: &Inspected, e: &Event) -> Value {
+    let clock: serde_json::Map<String, Value> =
+        e.clock.entries().iter().map(|(m, c)| (m.to_string(), json!(c))).collect();
+    json!({
+        "position": r.pos.to_string(),
+        "event": history::event_name(e),
+        "machine": e.machine.to_string(),
+        "seq": e.seq,
+        "time": history::format_time(e.time),
+        "time_ns": e.time.0,
+        "node": e.node.to_string(),
+        "kind": e.change.kind_name(),
+        "change": change_json(&e.change),
+        "summary": history::describe(&e.change),
+        "clock": clock,
+        "checksum": "ok",
+    })
+}
+
+/// `syncer log inspect`.
+pub fn inspect(data_dir: &Path, a: &InspectArgs) -> Result<()> {
+    let records = select(data_dir, a)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        for r in &records {
+            writeln!(out, "{}", record_json(r))?;
+        }
+        return Ok(());
+    }
+    let rows: Vec<[String; 8]> = records
+        .iter()
+        .map(|r| match &r.event {
+            Some(e) => [
+                r.pos.to_string(),
+                history::event_name(e),
+                history::format_time(e.time),
+                e.node.to_string(),
+                e.change.kind_name().to_string(),
+                "ok".to_string(),
+                history::clock_text(e),
+                history::describe(&e.change),
+            ],
+            None => [
+                r.pos.to_string(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "DAMAGED".into(),
+                "-".into(),
+                r.damage.clone().unwrap_or_default(),
+            ],
+        })
+        .collect();
+    let header = ["POSITION", "EVENT", "TIME", "NODE", "KIND", "CHECKSUM", "CLOCK", "CHANGE"].map(String::from);
+    print_table(&mut out, &header, &rows)?;
+    let damaged = records.iter().filter(|r| r.event.is_none()).count();
+    if damaged > 0 {
+        writeln!(out, "{damaged} damaged record(s) shown in place")?;
+    }
+    Ok(())
+}
+
+/// `syncer log graph --node ID`: Graphviz DOT on stdout.
+pub fn graph(data_dir: &Path, node: &str) -> Result<()> {
+    let id = parse_node(node)?;
+    let a = InspectArgs { node: Some(node.to_string()), ..InspectArgs::default() };
+    let events: Vec<Event> = select(data_dir, &a)?.into_iter().filter_map(|r| r.event).collect();
+    if events.is_empty() {
+        bail!("node {id}: no events in the log of {}", data_dir.display());
+    }
+    print!("{}", history::causal_dot(id, &events));
+    Ok(())
+}

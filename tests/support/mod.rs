@@ -1,0 +1,146 @@
+//! Shared by the reliability tests (hostile, differential, crashloop): a
+//! fresh data dir mounted in-process, and errno helpers for raw syscalls.
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use engine::config::Config;
+use engine::ids::MachineId;
+use engine::Engine;
+use syncer_fs::{MountHandle, MountOptions};
+
+/// FUSE tests mount for real: they need root and /dev/fuse, and fail (never
+/// skip) without them.
+pub fn require_fuse() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(root && Path::new("/dev/fuse").exists(), "FUSE tests need root and /dev/fuse (scripts/deps.sh)");
+}
+
+/// A fresh data dir (64 KiB blocks) mounted on a temp dir. Unmounts on drop.
+pub struct Mounted {
+    pub tmp: tempfile::TempDir,
+    pub data: PathBuf,
+    pub mnt: PathBuf,
+    handle: Option<MountHandle>,
+}
+
+impl Mounted {
+    pub fn new() -> Self {
+        require_fuse();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().join("data");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir mnt");
+        let mut config = Config::new_default(MachineId::random());
+        config.block_size = 64 << 10;
+        config.small_block = 64 << 10;
+        Engine::init(&data, config).expect("init");
+        let mut m = Mounted { tmp, data, mnt, handle: None };
+        m.mount();
+        m
+    }
+
+    pub fn mount(&mut self) {
+        let engine = Arc::new(Engine::open(&self.data).expect("open"));
+        let opts = MountOptions::new(self.data.display().to_string());
+        self.handle = Some(syncer_fs::spawn(engine, &self.mnt, opts).expect("mount"));
+    }
+
+    pub fn unmount(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.unmount().expect("unmount");
+        }
+    }
+
+    pub fn remount(&mut self) {
+        self.unmount();
+        self.mount();
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            if let Err(e) = h.unmount() {
+                eprintln!("unmount at drop: {e}");
+            }
+        }
+    }
+}
+
+pub fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("no NUL in path")
+}
+
+/// `Ok(ret)` or `Err(errno)` of a libc call that returns -1 on failure.
+pub fn check(ret: isize) -> Result<isize, i32> {
+    if ret < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(ret)
+    }
+}
+
+/// The errno of a std I/O result (0 for success).
+pub fn errno_of<T>(r: &std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+pub fn setxattr(p: &Path, name: &[u8], value: &[u8], flags: i32) -> Result<(), i32> {
+    let n = CString::new(name).expect("no NUL in xattr name");
+    // SAFETY: valid C strings and a buffer of the given length.
+    let r = unsafe { libc::lsetxattr(cstr(p).as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) };
+    check(r as isize).map(|_| ())
+}
+
+pub fn getxattr(p: &Path, name: &[u8], cap: usize) -> Result<Vec<u8>, i32> {
+    let n = CString::new(name).expect("no NUL in xattr name");
+    let mut buf = vec![0u8; cap];
+    // SAFETY: valid C strings and a buffer of `cap` bytes.
+    let r = unsafe { libc::lgetxattr(cstr(p).as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), cap) };
+    let len = check(r)?;
+    buf.truncate(len as usize);
+    Ok(buf)
+}
+
+/// Extended attributes as `(name, value)` pairs, sorted by name.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Every xattr of `p` (names sorted) with its value.
+pub fn xattrs(p: &Path) -> Result<Xattrs, i32> {
+    let mut buf = vec![0u8; 1 << 16];
+    // SAFETY: valid C string and a buffer of the given length.
+    let r = unsafe { libc::llistxattr(cstr(p).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let len = check(r)? as usize;
+    let mut out = Vec::new();
+    for name in buf[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        out.push((name.to_vec(), getxattr(p, name, 1 << 16)?));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
