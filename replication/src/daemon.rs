@@ -1,5 +1,5 @@
-//! Background replication while a data dir is mounted: push, evict and
-//! prefetch threads.
+//! Background replication while a data dir is mounted: push (then pull and
+//! import peers' changes), evict and prefetch threads.
 //!
 //! Always true:
 //! - no FUSE call waits on these threads: they share only the engine (whose
@@ -82,9 +82,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// One round with the remote: push our new blocks and segments, then
+    /// pull peers' segments and merge them into the live tree (the mount
+    /// drops its kernel caches for what changed).
     fn push(&self) -> Result<PushReport> {
         let _g = lock(&self.push_lock);
-        let r = push::push(&self.engine, &self.rsync, &mut |_| {});
+        let r = push::push(&self.engine, &self.rsync, &mut |_| {}).and_then(|report| {
+            let log_root = self.engine.layout().log();
+            crate::pull::pull_log(&self.rsync, &log_root, Some(self.engine.machine()))?;
+            let imported = self.engine.import()?;
+            if imported.applied > 0 {
+                tracing::info!("imported {} events from peers", imported.applied);
+            }
+            Ok(report)
+        });
         let mut st = lock(&self.status);
         match &r {
             Ok(_) => {
