@@ -58,14 +58,15 @@ impl Machine {
 
     /// The whole tree as seen through a mount: path -> (kind, mode, size,
     /// content or link target, xattrs).
-    fn snapshot(&self) -> BTreeMap<String, (char, u32, u64, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> {
+    fn snapshot(&self) -> Snapshot {
         let mut out = BTreeMap::new();
         self.edit(|m| walk(m, m, &mut out));
         out
     }
 }
 
-type Snapshot = BTreeMap<String, (char, u32, u64, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>;
+/// path -> (kind, mode, size, content or link target, xattrs).
+type Snapshot = BTreeMap<String, (char, u32, u64, Vec<u8>, support::Xattrs)>;
 
 fn walk(root: &Path, dir: &Path, out: &mut Snapshot) {
     for e in std::fs::read_dir(dir).expect("readdir") {
