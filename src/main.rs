@@ -213,6 +213,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Mount { .. }) {
+        // Printing commands end quietly when their reader goes away
+        // (`syncer log inspect | head`), like other Unix tools. The mount
+        // daemon keeps SIGPIPE ignored: it writes to rsync's pipes.
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
