@@ -168,8 +168,8 @@ fn conflicts_lists_both_sides_of_a_name_collision() {
     let o = run(&["conflicts", data.to_str().expect("utf8")]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
-    assert!(out.contains("2026-11-25 /notes.txt"), "{out}");
+    assert!(out.contains("2026-11-25 name /notes.txt"), "{out}");
     assert!(out.contains("kept the name:  node 1.000000000000000a (now at /notes.txt)"), "{out}");
     assert!(out.contains("-> /notes (conflict from 000000000000000b 2026-11-25).txt"), "{out}");
-    assert!(out.contains("1 conflicts"), "{out}");
+    assert!(out.contains("1 name conflicts, 0 concurrent changes"), "{out}");
 }

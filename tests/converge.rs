@@ -177,5 +177,6 @@ fn three_machines_converge_after_concurrent_offline_edits() {
     assert_eq!(conflict.len(), 1, "{:?}", sa.keys().collect::<Vec<_>>());
     assert_eq!(file(conflict[0]).3, b"from b");
     let listed = syncer(&[p("conflicts"), &a.data]);
-    assert!(listed.contains("/new.txt") && listed.contains("1 conflicts"), "{listed}");
+    assert!(listed.contains("name /new.txt") && listed.contains("1 name conflicts"), "{listed}");
+    assert!(listed.contains("concurrent change /hot.bin"), "{listed}");
 }

@@ -17,7 +17,7 @@
 //! | `blobs`          | hash bytes                            | (uncompressed len, first use time)     |
 //! | `applied`        | machine                               | (segment, offset, seq) of the last applied record |
 //! | `meta`           | name                                  | u64 counters (see `META_*`)            |
-//! | `conflicts`      | (time, machine, seq, node)            | a name collision (see `encode_conflict`) |
+//! | `conflicts`      | (time, machine, seq, node, kind)      | a resolved conflict (see `encode_conflict`) |
 //! | `checkpoints`    | (node, time, machine, seq)            | rkyv [`NodeRecord`]: the merged state after that event |
 //!
 //! Always true after a commit: `applied[m]` names the last record of machine
@@ -45,7 +45,7 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTabl
 use crate::error::{Error, Result};
 use crate::event::{BlockRef, Event, NodeKind};
 use crate::ids::{LogPos, MachineId, NodeId, Timestamp};
-use crate::merge::{self, Conflict, TreeStore};
+use crate::merge::{self, Conflict, ConflictKind, TreeStore};
 use crate::tree::{self, NodeRecord};
 
 type NodeKey = u128;
@@ -61,7 +61,7 @@ const EVENTS: TableDefinition<(u64, u64), (u64, u64, i64, NodeKey)> = TableDefin
 const BLOBS: TableDefinition<&[u8], (u32, i64)> = TableDefinition::new("blobs");
 const APPLIED: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("applied");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const CONFLICTS: TableDefinition<(i64, u64, u64, NodeKey), &[u8]> = TableDefinition::new("conflicts");
+const CONFLICTS: TableDefinition<(i64, u64, u64, NodeKey, u8), &[u8]> = TableDefinition::new("conflicts");
 const CHECKPOINTS: TableDefinition<(NodeKey, i64, u64, u64), &[u8]> = TableDefinition::new("checkpoints");
 
 /// Most events of one node folded on top of a checkpoint.
@@ -69,7 +69,7 @@ pub const CHECKPOINT_EVERY: usize = 32;
 
 /// Version of the index layout above. An index of another version is
 /// deleted and rebuilt from the log on open (it is derived data).
-pub const INDEX_VERSION: u64 = 3;
+pub const INDEX_VERSION: u64 = 4;
 const META_VERSION: &str = "index_version";
 const META_NODES: &str = "nodes";
 const META_FILES: &str = "files";
@@ -405,14 +405,14 @@ macro_rules! queries {
             )))
         }
 
-        /// Every name collision resolved so far, in merge order.
+        /// Every conflict resolved so far, by event (merge order), node and kind.
         pub fn conflicts(&self) -> Result<Vec<Conflict>> {
             let t = self.txn.open_table(CONFLICTS).map_err(|e| ix_err(&self.path, e))?;
             let mut out = Vec::new();
             for item in t.iter().map_err(|e| ix_err(&self.path, e))? {
                 let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
-                let (time, machine, seq, node) = k.value();
-                let c = decode_conflict(v.value(), Timestamp(time), (MachineId(machine), seq), NodeId(node))
+                let (time, machine, seq, node, kind) = k.value();
+                let c = decode_conflict(v.value(), kind, Timestamp(time), (MachineId(machine), seq), NodeId(node))
                     .map_err(|reason| Error::Index { path: self.path.clone(), reason })?;
                 out.push(c);
             }
@@ -719,29 +719,70 @@ impl IndexWriter {
     }
 }
 
-/// `conflicts` values: parent u128 LE, winner u128 LE, wanted length u16 LE,
-/// wanted bytes, then the given name to the end.
+/// `conflicts` values: parent u128 LE, winner u128 LE, wanted length u16
+/// LE and bytes, given length u16 LE and bytes, then for a concurrent
+/// change the other machines, u64 LE each, to the end. The kind is the
+/// last element of the key (0 name, 1 concurrent change).
 fn encode_conflict(c: &Conflict) -> Vec<u8> {
-    let mut v = Vec::with_capacity(34 + c.wanted.len() + c.given.len());
+    let mut v = Vec::with_capacity(40 + c.wanted.len() + c.given.len());
     v.extend_from_slice(&c.parent.0.to_le_bytes());
     v.extend_from_slice(&c.winner.0.to_le_bytes());
-    v.extend_from_slice(&(c.wanted.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
-    v.extend_from_slice(&c.wanted[..c.wanted.len().min(usize::from(u16::MAX))]);
-    v.extend_from_slice(&c.given);
+    for name in [&c.wanted, &c.given] {
+        let n = name.len().min(usize::from(u16::MAX));
+        v.extend_from_slice(&(n as u16).to_le_bytes());
+        v.extend_from_slice(&name[..n]);
+    }
+    if let ConflictKind::Concurrent { others } = &c.kind {
+        for m in others {
+            v.extend_from_slice(&m.0.to_le_bytes());
+        }
+    }
     v
 }
 
-fn decode_conflict(v: &[u8], time: Timestamp, event: (MachineId, u64), node: NodeId) -> Result<Conflict, String> {
+fn conflict_kind_code(k: &ConflictKind) -> u8 {
+    match k {
+        ConflictKind::Name => 0,
+        ConflictKind::Concurrent { .. } => 1,
+    }
+}
+
+fn decode_conflict(
+    v: &[u8],
+    kind: u8,
+    time: Timestamp,
+    event: (MachineId, u64),
+    node: NodeId,
+) -> Result<Conflict, String> {
+    let short = "conflict record too short";
     let u128_at = |i: usize| -> Result<u128, String> {
-        let b: [u8; 16] = v.get(i..i + 16).and_then(|b| b.try_into().ok()).ok_or("conflict record too short")?;
+        let b: [u8; 16] = v.get(i..i + 16).and_then(|b| b.try_into().ok()).ok_or(short)?;
         Ok(u128::from_le_bytes(b))
     };
     let (parent, winner) = (u128_at(0)?, u128_at(16)?);
-    let len: [u8; 2] = v.get(32..34).and_then(|b| b.try_into().ok()).ok_or("conflict record too short")?;
-    let end = 34 + usize::from(u16::from_le_bytes(len));
-    let wanted = v.get(34..end).ok_or("conflict record: name runs past the end")?.to_vec();
-    let given = v[end..].to_vec();
-    Ok(Conflict { node, parent: NodeId(parent), wanted, given, winner: NodeId(winner), event, time })
+    let mut at = 32;
+    let mut name = || -> Result<Vec<u8>, String> {
+        let len: [u8; 2] = v.get(at..at + 2).and_then(|b| b.try_into().ok()).ok_or(short)?;
+        let end = at + 2 + usize::from(u16::from_le_bytes(len));
+        let out = v.get(at + 2..end).ok_or("conflict record: name runs past the end")?.to_vec();
+        at = end;
+        Ok(out)
+    };
+    let (wanted, given) = (name()?, name()?);
+    let kind = match kind {
+        0 => ConflictKind::Name,
+        1 => {
+            let rest = &v[at..];
+            if !rest.len().is_multiple_of(8) {
+                return Err("conflict record: machine list is not whole u64s".into());
+            }
+            let others =
+                rest.chunks_exact(8).map(|c| MachineId(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))).collect();
+            ConflictKind::Concurrent { others }
+        }
+        k => return Err(format!("conflict record of unknown kind {k}")),
+    };
+    Ok(Conflict { kind, node, parent: NodeId(parent), wanted, given, winner: NodeId(winner), event, time })
 }
 
 /// The index is where the live tree is merged: the same rules as the
@@ -836,9 +877,9 @@ impl TreeStore for IndexWriter {
     }
 
     fn conflict(&mut self, c: Conflict) -> Result<()> {
-        tracing::info!(node = %c.node, "name conflict in {}: {:?} kept as {:?}", c.parent, String::from_utf8_lossy(&c.wanted), String::from_utf8_lossy(&c.given));
+        tracing::info!(node = %c.node, kind = ?c.kind, "conflict resolved in {}", c.parent);
         let mut t = self.txn.open_table(CONFLICTS).map_err(|e| self.err(e))?;
-        let key = (c.time.0, c.event.0 .0, c.event.1, c.node.0);
+        let key = (c.time.0, c.event.0 .0, c.event.1, c.node.0, conflict_kind_code(&c.kind));
         t.insert(key, encode_conflict(&c).as_slice()).map_err(|e| self.err(e))?;
         Ok(())
     }

@@ -47,20 +47,37 @@ use crate::tree::{self, NodeRecord};
 /// module keeps them so); the bound only guards against a damaged index.
 const MAX_DEPTH: usize = 1 << 20;
 
-/// A name collision and how it was resolved.
+/// What kind of conflict the merge resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// Two live nodes ended with one name in one directory: `node` got
+    /// `given` instead of `wanted`; `winner` kept the name.
+    Name,
+    /// `event` changed `node` without having seen the changes of `others`
+    /// to it: merged field by field; where both sides changed one field,
+    /// the later in merge order won, and the other value stays in history.
+    Concurrent {
+        /// Machines whose changes the event had not seen.
+        others: Vec<MachineId>,
+    },
+}
+
+/// A conflict and how it was resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conflict {
-    /// The node that was renamed.
+    /// Which kind.
+    pub kind: ConflictKind,
+    /// The node concerned.
     pub node: NodeId,
-    /// The directory.
+    /// Its directory.
     pub parent: NodeId,
-    /// The name it wanted.
+    /// The name it wanted (its name, for a concurrent change).
     pub wanted: Vec<u8>,
-    /// The name it got.
+    /// The name it got (its name, for a concurrent change).
     pub given: Vec<u8>,
-    /// The node that kept the name.
+    /// The node that kept the name (the node itself, for a concurrent change).
     pub winner: NodeId,
-    /// The event that placed it: `(machine, seq)`.
+    /// The event that placed or changed it: `(machine, seq)`.
     pub event: (MachineId, u64),
     /// That event's time.
     pub time: Timestamp,
@@ -284,6 +301,7 @@ fn apply_step<S: TreeStore>(s: &mut S, e: &Event, block_size: u64) -> Result<Res
             if is_ancestor_or_self(s, e.node, *parent)? {
                 return Ok(Err("move would make a node its own ancestor"));
             }
+            record_concurrent(s, e.node, &node, e)?;
             unplace(s, e.node, e)?;
             let parent = usable_parent(s, *parent, e)?;
             place(s, e.node, parent, name, e)?;
@@ -333,6 +351,9 @@ fn apply_step<S: TreeStore>(s: &mut S, e: &Event, block_size: u64) -> Result<Res
             }
             let Some(node) = node_or_root(s, e.node)? else { return Ok(Err("change to a node never created")) };
             let fx = tree::apply(Some(&node), e);
+            if fx.ignored.is_none() {
+                record_concurrent(s, e.node, &node, e)?;
+            }
             if let Some(reason) = fx.ignored {
                 return Ok(Err(reason));
             }
@@ -370,6 +391,25 @@ pub fn valid_name(name: &[u8]) -> bool {
         && name != b"."
         && name != b".."
         && !name.iter().any(|&b| b == b'/' || b == 0)
+}
+
+/// Records that `e` changes `id` without having seen every change to it
+/// (its clock is concurrent with the node's).
+fn record_concurrent<S: TreeStore>(s: &mut S, id: NodeId, node: &NodeRecord, e: &Event) -> Result<(), S::Error> {
+    if node.clock.compare(&e.clock) != Causality::Concurrent {
+        return Ok(());
+    }
+    let others = node.clock.entries().iter().filter(|(m, n)| *n > e.clock.get(*m)).map(|(m, _)| *m).collect();
+    s.conflict(Conflict {
+        kind: ConflictKind::Concurrent { others },
+        node: id,
+        parent: node.parent,
+        wanted: node.name.clone(),
+        given: node.name.clone(),
+        winner: id,
+        event: (e.machine, e.seq),
+        time: e.time,
+    })
 }
 
 /// Whether `e` did not see the removal of `node` (so it brings it back).
@@ -453,6 +493,7 @@ fn place<S: TreeStore>(s: &mut S, id: NodeId, parent: NodeId, name: &[u8], e: &E
         if winner != id {
             given = free_conflict_name(s, parent, name, e)?;
             s.conflict(Conflict {
+                kind: ConflictKind::Name,
                 node: id,
                 parent,
                 wanted: name.to_vec(),

@@ -159,3 +159,24 @@ fn concurrent_edit_brings_a_removed_file_back() {
         assert_eq!(s.node(f).expect("node").blocks.get(&0), Some(&block(42)));
     }
 }
+
+/// Two machines change one file concurrently: the merge records it, naming
+/// the event and the machine whose change it had not seen.
+#[test]
+fn concurrent_changes_are_recorded() {
+    let mut reps = vec![Replica::new(0), Replica::new(1)];
+    perform(&mut reps, &Action::Create { r: 0, dir: 0, name: 0, is_dir: false });
+    perform(&mut reps, &Action::Sync { from: 0, to: 1 });
+    perform(&mut reps, &Action::Chmod { r: 0, node: 1, mode: 0o600 });
+    perform(&mut reps, &Action::Chmod { r: 1, node: 1, mode: 0o640 });
+    perform(&mut reps, &Action::Sync { from: 0, to: 1 });
+    perform(&mut reps, &Action::Sync { from: 1, to: 0 });
+    let s = reps[0].state();
+    assert_eq!(s, reps[1].state());
+    let file = s.lookup(NodeId::ROOT, b"a").expect("file");
+    assert_eq!(s.node(file).expect("node").record.attrs.mode, 0o640, "the later change wins");
+    let recorded: Vec<_> = s.conflicts.iter().filter(|c| c.node == file).collect();
+    assert_eq!(recorded.len(), 1, "{:?}", s.conflicts);
+    assert_eq!(recorded[0].kind, engine::merge::ConflictKind::Concurrent { others: vec![reps[0].machine] });
+    assert_eq!(recorded[0].event, (reps[1].machine, 1));
+}
