@@ -108,6 +108,9 @@ pub fn sync(dir: &Path) -> Result<()> {
     pulled.with_context(|| format!("pulling from {}", rsync.remote()))?;
     let imp = e.import().context("importing peers' events")?;
     println!("imported {} events", imp.applied);
+    for p in e.peer_problems() {
+        println!("DAMAGE in a peer's log (its later events not imported): {p}");
+    }
     let ev = engine::cache::evict(&e)?;
     println!("cache: {} of {} ({} blocks evicted)", human(ev.after), human(ev.limit), ev.evicted);
     e.close()?;

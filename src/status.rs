@@ -27,6 +27,9 @@ pub fn print(dir: &Path) -> Result<()> {
             println!("logical size: {}", human(s.logical_bytes));
             println!("blocks:       {} referenced", human(s.local_blob_bytes));
             println!("events:       {}", s.events);
+            for p in e.peer_problems() {
+                println!("peer damage:  {p}");
+            }
             crate::remote::print_status(dir, Some(&e))?;
         }
         Err(engine::Error::Locked { .. }) => {

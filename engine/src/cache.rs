@@ -27,8 +27,9 @@
 //! ```
 //!
 //! Append-only; a hash is appended only after the rsync that sent it
-//! succeeded. A torn last record (fewer than `hash_size` bytes) is ignored on
-//! load and cut before the next append. Losing the file is harmless: blocks
+//! succeeded, or after the block was fetched from the remote and verified.
+//! A torn last record (fewer than `hash_size` bytes) is ignored on load and
+//! cut before the next append. Losing the file is harmless: blocks
 //! are then pushed again (rsync skips those already there) before any is
 //! evicted. Version history: v1 (current). A newer version is refused.
 

@@ -242,6 +242,8 @@ pub struct Engine {
     /// Told about every import that changed the tree (the mount
     /// invalidates the kernel's caches on it).
     watchers: Mutex<Vec<std::sync::mpsc::Sender<ImportReport>>>,
+    /// Damage found in peers' logs (see [`Engine::peer_problems`]).
+    peer_problems: Mutex<Vec<String>>,
     /// Residency bookkeeping of the bounded block cache.
     cache: crate::cache::Cache,
     /// Where blocks missing locally come from (the remote), if anywhere.
@@ -435,6 +437,7 @@ impl Engine {
             report,
             abandoned: false,
             watchers: Mutex::new(Vec::new()),
+            peer_problems: Mutex::new(Vec::new()),
             cache,
             source: std::sync::RwLock::new(None),
             prefetchers: Mutex::new(Vec::new()),
@@ -572,7 +575,11 @@ impl Engine {
         let mut out = Vec::new();
         let mut cut: Option<(LogPos, String)> = None;
         let ix = self.index.read()?;
-        for m in log::list_machines(self.storage.as_ref(), &log_root)? {
+        let (machines, bad) = log::list_machines_tolerant(self.storage.as_ref(), &log_root)?;
+        for e in bad {
+            self.peer_problem(e.to_string());
+        }
+        for m in machines {
             let applied = if from_start { None } else { ix.applied(m)? };
             let (start, done_seq) = match applied {
                 Some((segment, offset, seq)) => ((segment, offset), seq),
@@ -580,7 +587,7 @@ impl Engine {
             };
             let ours = m == self.config.machine;
             let mut stop = false;
-            log::for_each_event(self.storage.as_ref(), &log_root, m, start, |pos, _end, ev| {
+            let walk = log::for_each_event(self.storage.as_ref(), &log_root, m, start, |pos, _end, ev| {
                 if ev.seq <= done_seq || stop {
                     return Ok(());
                 }
@@ -593,9 +600,34 @@ impl Engine {
                 }
                 out.push((pos, ev.clone()));
                 Ok(())
-            })?;
+            });
+            match walk {
+                Ok(_) => {}
+                // Damage in our own log is fatal: it is the truth we write.
+                Err(e) if ours => return Err(e),
+                // A peer's damaged log: its events before the damage are
+                // imported, the rest is refused (named in the error), and
+                // our data dir keeps working.
+                Err(e) => self.peer_problem(e.to_string()),
+            }
         }
         Ok((out, cut))
+    }
+
+    /// Notes damage in a peer's log (logged, and kept for reports).
+    fn peer_problem(&self, what: String) {
+        tracing::error!("{}: {what}; that peer's later events are not imported", self.layout.dir.display());
+        let mut problems = self.peer_problems.lock().unwrap_or_else(|e| e.into_inner());
+        if !problems.contains(&what) {
+            problems.push(what);
+        }
+    }
+
+    /// Damage found in peers' logs (each names the segment and offset), as
+    /// of the last open or import. Their events from the damage on are not
+    /// imported; nothing of ours depends on them.
+    pub fn peer_problems(&self) -> Vec<String> {
+        self.peer_problems.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Why `ev`'s blocks cannot be read back intact, if they cannot.
@@ -794,9 +826,11 @@ impl Engine {
             want.extend(self.missing_blocks(node, first + count.max(1)).into_iter().filter(|h| h != hash));
         }
         let mut found = None;
+        let mut on_remote = Vec::new();
         for (h, stored) in source.fetch_many(&want)? {
             if h == *hash {
                 self.blobs.put_raw_verified(hash, &stored)?;
+                on_remote.push(h);
                 // From the fetched bytes, not the store: the evictor may
                 // already have taken the block out again.
                 let data = crate::blob::decode_blob(&stored, hash).map_err(|e| Error::CorruptBlob {
@@ -807,7 +841,13 @@ impl Engine {
                 found = Some(data);
             } else if let Err(e) = self.blobs.put_raw_verified(&h, &stored) {
                 tracing::error!("read-ahead refused: {e}");
+            } else {
+                on_remote.push(h);
             }
+        }
+        // Fetched blocks are on the remote, so the evictor may take them.
+        if let Err(e) = self.cache.mark_pushed(&on_remote) {
+            tracing::warn!("recording {} fetched blocks as on the remote: {e}", on_remote.len());
         }
         let Some(data) = found else { return Err(Error::MissingBlob(*hash)) };
         if let Some((node, first, count)) = context {

@@ -318,17 +318,13 @@ fn scan_from(
                     Some(e.to_string())
                 }
                 Err(e @ RecordError::BadChecksum { .. }) => {
-                    let frame_len = record::parse_header(rest).map(|h| h.frame_len()).ok();
-                    let at_eof = frame_len == Some(rest.len());
-                    // A crash may keep the start of an append and leave the
-                    // rest of the file zeros: nothing but zeros after a point
-                    // inside this frame is a torn tail too.
-                    let zeroed = frame_len.is_some_and(|fl| rest.iter().rposition(|&b| b != 0).is_none_or(|i| i < fl));
-                    if !at_eof && !zeroed {
+                    let at_eof = record::parse_header(rest).is_ok_and(|h| h.frame_len() == rest.len());
+                    if !at_eof && !zero_filled(rest) {
                         return Err(corrupt(path, pos, format!("{e}; more data follows, so it is not a torn tail")));
                     }
                     Some(e.to_string())
                 }
+                Err(e) if zero_filled(rest) => Some(format!("{e}, then only zeros")),
                 Err(e) => return Err(corrupt(path, pos, e.to_string())),
             }
         };
@@ -344,6 +340,15 @@ fn scan_from(
         }
     }
     Ok(ScanEnd { valid_len: pos, torn_tail: None, last: prev })
+}
+
+/// Whether `rest` (starting at a record's frame) is what a crash leaves
+/// when it keeps the start of an append and the rest of the file reads as
+/// zeros: nothing but zeros after a point inside this one frame (inside
+/// its header, when the header itself is cut).
+fn zero_filled(rest: &[u8]) -> bool {
+    let frame = record::parse_header(rest).map_or(record::HEADER_LEN, |h| h.frame_len().max(record::HEADER_LEN));
+    rest.iter().rposition(|&b| b != 0).is_none_or(|i| i < frame)
 }
 
 /// The offset in `rest` (after its start) of a complete, checksum-valid
@@ -396,6 +401,24 @@ pub fn list_machines(storage: &dyn Storage, log_root: &Path) -> Result<Vec<Machi
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// Like [`list_machines`], but a folder whose name is not a machine id is
+/// reported (as an error naming it) instead of failing the whole listing,
+/// so that one hostile peer folder cannot stop the others from importing.
+pub fn list_machines_tolerant(storage: &dyn Storage, log_root: &Path) -> Result<(Vec<MachineId>, Vec<Error>)> {
+    if !storage.exists(log_root) {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let (mut out, mut bad) = (Vec::new(), Vec::new());
+    for name in storage.list_dir(log_root).map_err(io("list", log_root))? {
+        match name.to_str().ok_or_else(|| ParseIdError(format!("{name:?} is not UTF-8"))).and_then(str::parse) {
+            Ok(m) => out.push(m),
+            Err(e) => bad.push(bad_segment(&log_root.join(&name), format!("not a machine folder: {e}"))),
+        }
+    }
+    out.sort_unstable();
+    Ok((out, bad))
 }
 
 /// The segment numbers of `machine`'s log, sorted: always `0..n`. A file name

@@ -1,6 +1,6 @@
 //! `syncer log verify`: checks every record of every segment and every
-//! block the log references (a block evicted after it was pushed to the
-//! remote counts as on the remote, not as damage), without the index and without the writer lock
+//! block the log references (a block evicted after it was pushed, or a
+//! peer's block not fetched yet, counts as on the remote, not as damage), without the index and without the writer lock
 //! (so it runs on a mounted data dir). It reads and never repairs.
 
 use std::collections::BTreeMap;
@@ -28,8 +28,8 @@ pub struct VerifyReport {
     pub blocks: usize,
     /// Referenced blocks stored locally and matching their hash.
     pub blocks_ok: usize,
-    /// Referenced blocks not stored locally but recorded as pushed to the
-    /// remote (evicted from the cache; fetched on demand).
+    /// Referenced blocks not stored locally but on the remote: recorded as
+    /// pushed (evicted from the cache), or a peer's not fetched yet.
     pub blocks_remote: usize,
     /// Every problem, one line each, naming what and where.
     pub problems: Vec<String>,
@@ -58,7 +58,8 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     }
     let config = Config::load(&storage, &layout.config())?;
     let mut report = VerifyReport::default();
-    let mut blocks: BTreeMap<BlockHash, BlockRef> = BTreeMap::new();
+    // Each referenced block, and whether a peer's event references it.
+    let mut blocks: BTreeMap<BlockHash, (BlockRef, bool)> = BTreeMap::new();
     let log_root = layout.log();
     for machine in log::list_machines(&storage, &log_root)? {
         report.machines += 1;
@@ -88,7 +89,8 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
                     for r in &scan.records {
                         report.records += 1;
                         for b in r.event.change.blocks() {
-                            blocks.insert(b.hash, *b);
+                            let peer = machine != config.machine;
+                            blocks.entry(b.hash).or_insert((*b, peer)).1 |= peer;
                         }
                     }
                 }
@@ -100,8 +102,10 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         BlobStore::open(std::sync::Arc::new(storage), layout.blobs(), config.hash_size, config.compression_level)?;
     report.blocks = blocks.len();
     let pushed = crate::cache::PushedSet::load(&dir.join("pushed"), config.hash_size)?;
-    for (hash, block) in blocks {
-        if !store.contains(&hash) && pushed.contains(&hash) {
+    for (hash, (block, peer)) in blocks {
+        // Not local but on the remote: evicted after a push, or a peer's
+        // block never fetched (content comes on demand).
+        if !store.contains(&hash) && (pushed.contains(&hash) || (peer && config.remote.is_some())) {
             report.blocks_remote += 1;
             continue;
         }

@@ -170,3 +170,9 @@ fn segment_zero_filled_from_inside_a_record_is_a_torn_tail() {
     assert_eq!(scan.records.len(), 1);
     assert_eq!(scan.torn_tail, Some(ends[0] as u64));
 }
+
+/// Found by `segment_scan` (10-minute run): see docs/RELIABILITY.md.
+#[test]
+fn segment_scan_fuzz_crash_40613ff2() {
+    fb::segment_scan(&[65, 55, 49, 55, 55, 55, 1, 55, 85, 199, 85, 65, 199, 199, 199, 199, 50, 199, 26, 83, 89, 78]);
+}

@@ -153,10 +153,16 @@ impl Shared {
         }
         match self.source.fetch_many(&missing) {
             Ok(got) => {
+                let mut on_remote = Vec::new();
                 for (h, stored) in got {
-                    if let Err(e) = self.engine.blobs().put_raw_verified(&h, &stored) {
-                        tracing::error!("prefetch refused block {h}: {e}");
+                    match self.engine.blobs().put_raw_verified(&h, &stored) {
+                        Ok(_) => on_remote.push(h),
+                        Err(e) => tracing::error!("prefetch refused block {h}: {e}"),
                     }
+                }
+                // Fetched blocks are on the remote, so the evictor may take them.
+                if let Err(e) = self.engine.cache().mark_pushed(&on_remote) {
+                    tracing::warn!("recording {} prefetched blocks as on the remote: {e}", on_remote.len());
                 }
             }
             Err(e) => tracing::warn!("prefetch of {} blocks: {e}", missing.len()),

@@ -44,7 +44,10 @@ pub fn fetch_config(rsync: &Rsync, dest: &Path) -> Result<()> {
 /// blocks come on demand. `cache_size` overrides the remote's limit.
 /// `rsync` is the runner for `remote`.
 pub fn clone_into(dir: &Path, remote: &str, rsync: &Rsync, cache_size: Option<u64>) -> Result<engine::Engine> {
-    let tmp = std::env::temp_dir().join(format!("syncer-clone-config-{}", std::process::id()));
+    // Unique per call: clones running at once in one process must not share it.
+    static CLONES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CLONES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = std::env::temp_dir().join(format!("syncer-clone-config-{}-{n}", std::process::id()));
     fetch_config(rsync, &tmp)?;
     let text = std::fs::read_to_string(&tmp).map_err(RemoteError::io("read", &tmp));
     let _ = std::fs::remove_file(&tmp);
