@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what syncer needs on a Debian machine (idempotent): fuse3 for
-# fusermount3, rsync for the remote, bindfs for the benchmark baseline, and
-# fsx (the File System eXerciser) for the test suite. As root it also
+# fusermount3, rsync for the remote, ssh and sshd for the remote over ssh
+# (the test suite starts its own sshd), bindfs for the benchmark baseline,
+# and fsx (the File System eXerciser) for the test suite. As root it also
 # installs the mount(8) helper scripts/mount.fuse.syncer as
 # /sbin/mount.fuse.syncer (replaced when it differs), so that
 # `mount -t fuse.syncer` and fstab lines work.
@@ -11,11 +12,14 @@ need_apt=()
 command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 command -v rsync >/dev/null || need_apt+=(rsync)
 command -v bindfs >/dev/null || need_apt+=(bindfs)
+command -v ssh >/dev/null || need_apt+=(openssh-client)
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+export PATH="$HOME/.cargo/bin:$PATH"
 if [ "${1:-}" = "--with-fsx" ] && ! command -v fsx >/dev/null; then
     cargo install fsx --locked --quiet
 fi
