@@ -62,14 +62,21 @@ proptest! {
 
     #[test]
     fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
-        let _ = Config::from_toml(&text);
-        let _ = parse_size(&text);
+        // Never a panic; anything accepted prints back to itself.
+        if let Ok(c) = Config::from_toml(&text) {
+            prop_assert_eq!(Config::from_toml(&c.to_toml()), Ok(c));
+        }
+        if let Ok(n) = parse_size(&text) {
+            prop_assert_eq!(parse_size(&format_size(n)), Ok(n));
+        }
     }
 
     #[test]
     fn near_miss_configs_never_panic(key in "[a-z_]{1,18}", value in "[0-9a-zA-Z. \"-]{0,14}") {
         let text = format!("machine = \"00000000000000aa\"\nblock_size = 4096\nhash_size = 16\n{key} = {value}\n");
-        let _ = Config::from_toml(&text);
+        if let Ok(c) = Config::from_toml(&text) {
+            prop_assert_eq!(Config::from_toml(&c.to_toml()), Ok(c));
+        }
     }
 }
 

@@ -136,11 +136,16 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-        let _ = parse(&bytes);
+        // Never a panic; anything accepted prints back to itself.
+        if let Ok(v) = parse(&bytes) {
+            prop_assert_eq!(parse(v.to_line().as_bytes()), Ok(v));
+        }
     }
 
     #[test]
     fn near_miss_text_never_panics(s in "syncer-data [0-9.+-]{0,12}\n?[a-z]{0,3}") {
-        let _ = parse(s.as_bytes());
+        if let Ok(v) = parse(s.as_bytes()) {
+            prop_assert_eq!(v.to_line(), s);
+        }
     }
 }
