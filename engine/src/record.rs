@@ -443,13 +443,22 @@ mod tests {
 
         #[test]
         fn garbage_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = decode(&buf);
+            // Never a panic; an accepted frame is as long as it says.
+            if let Ok(d) = decode(&buf) {
+                prop_assert!(d.frame_len <= buf.len());
+            }
         }
 
         #[test]
         fn garbage_payload_with_good_checksum_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..256), v1 in any::<bool>()) {
             let f = frame(if v1 { V1 } else { CURRENT_VERSION }, &payload).expect("frame");
-            let _ = decode(&f);
+            // Never a panic; an accepted current-version event re-encodes to the same frame.
+            if let Ok(d) = decode(&f) {
+                prop_assert_eq!(d.frame_len, f.len());
+                if !v1 {
+                    prop_assert_eq!(encode(&d.event).expect("encode"), f);
+                }
+            }
         }
     }
 
