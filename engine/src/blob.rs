@@ -476,14 +476,20 @@ impl BlobStore {
     /// Stores a blob file fetched from elsewhere (a remote) as is, after
     /// checking that it decodes to `hash`. Not synced, like [`BlobStore::put`].
     pub fn put_raw_verified(&self, hash: &BlockHash, stored: &[u8]) -> Result<PutOutcome> {
+        self.put_raw_verified_data(hash, stored).map(|(outcome, _)| outcome)
+    }
+
+    /// [`BlobStore::put_raw_verified`], also handing back the decoded bytes
+    /// (a fetch that reads the block decodes it once, not twice).
+    pub fn put_raw_verified_data(&self, hash: &BlockHash, stored: &[u8]) -> Result<(PutOutcome, Vec<u8>)> {
         self.check_hash(hash)?;
         let data = decode_blob(stored, hash).map_err(|e| self.corrupt(hash, format!("fetched copy: {e}")))?;
         let block = BlockRef { hash: *hash, len: data.len() as u32 };
         if let Some(stored_len) = self.existing(hash)? {
-            return Ok(PutOutcome { block, stored_len, new: false });
+            return Ok((PutOutcome { block, stored_len, new: false }, data));
         }
         self.write(hash, stored)?;
-        Ok(PutOutcome { block, stored_len: stored.len() as u64, new: true })
+        Ok((PutOutcome { block, stored_len: stored.len() as u64, new: true }, data))
     }
 
     /// On a dedupe hit, the stored length of the valid existing blob (and

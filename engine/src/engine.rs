@@ -829,15 +829,10 @@ impl Engine {
         let mut on_remote = Vec::new();
         for (h, stored) in source.fetch_many(&want)? {
             if h == *hash {
-                self.blobs.put_raw_verified(hash, &stored)?;
+                // The bytes come from the fetched copy, not the store: the
+                // evictor may already have taken the block out again.
+                let (_, data) = self.blobs.put_raw_verified_data(hash, &stored)?;
                 on_remote.push(h);
-                // From the fetched bytes, not the store: the evictor may
-                // already have taken the block out again.
-                let data = crate::blob::decode_blob(&stored, hash).map_err(|e| Error::CorruptBlob {
-                    hash: *hash,
-                    path: self.blobs.path_of(hash),
-                    reason: format!("fetched copy: {e}"),
-                })?;
                 found = Some(data);
             } else if let Err(e) = self.blobs.put_raw_verified(&h, &stored) {
                 tracing::error!("read-ahead refused: {e}");
