@@ -70,21 +70,6 @@ pub fn print_history(data_dir: &Path, path: &str, at: Option<Timestamp>) -> Resu
     Ok(())
 }
 
-/// The bytes of file `node` in `view`.
-fn file_bytes(view: &Engine, node: engine::ids::NodeId, size: u64) -> Result<Vec<u8>> {
-    let bs = view.block_size();
-    let mut data = vec![0u8; usize::try_from(size).context("file too large for memory")?];
-    for (i, b) in view.file_blocks(node, 0, engine::tree::block_count(size, bs))? {
-        let bytes = view.read_block(&b)?;
-        let start = usize::try_from(i * bs).context("file too large")?;
-        let end = (start + bytes.len()).min(data.len());
-        if start < end {
-            data[start..end].copy_from_slice(&bytes[..end - start]);
-        }
-    }
-    Ok(data)
-}
-
 /// `syncer restore DATA PATH --at WHEN [--to DEST]`.
 pub fn restore(data_dir: &Path, path: &str, at: Timestamp, to: Option<&Path>) -> Result<()> {
     let view = open_view(data_dir, Some(at))?;
@@ -96,7 +81,7 @@ pub fn restore(data_dir: &Path, path: &str, at: Timestamp, to: Option<&Path>) ->
         bail!("{path} was a {:?} at {}; restore handles regular files", old.kind, history::format_time(at));
     }
     if let Some(dest) = to {
-        let data = file_bytes(&view, node, old.size)?;
+        let data = view.read_file(node)?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -891,6 +891,24 @@ impl Engine {
         &self.cache
     }
 
+    /// The whole content of file `node` (holes and the tails of short
+    /// blocks read as zeros), for tools and tests; the mount reads by range.
+    pub fn read_file(&self, node: NodeId) -> Result<Vec<u8>> {
+        let size = self.node(node)?.size;
+        let too_big = || Error::Invalid(format!("{node}: {size} bytes do not fit in memory"));
+        let mut data = vec![0u8; usize::try_from(size).map_err(|_| too_big())?];
+        let bs = self.block_size();
+        for (i, b) in self.file_blocks(node, 0, tree::block_count(size, bs))? {
+            let bytes = self.read_block(&b)?;
+            let start = usize::try_from(i.saturating_mul(bs)).map_err(|_| too_big())?;
+            let end = start.saturating_add(bytes.len()).min(data.len());
+            if start < end {
+                data[start..end].copy_from_slice(&bytes[..end - start]);
+            }
+        }
+        Ok(data)
+    }
+
     /// Counters for `status` and `statfs`.
     pub fn stats(&self) -> Result<Stats> {
         let c: Counts = self.index.read()?.counts()?;

@@ -82,6 +82,14 @@ fn writes_survive_reopen_and_truncate_cuts_the_tail_block() {
     let blocks = e.file_blocks(id, 0, 10).expect("blocks");
     assert_eq!(blocks.len(), 1);
     assert_eq!(e.read_block(&blocks[0].1).expect("read"), vec![7u8; 4000]);
+    assert_eq!(e.read_file(id).expect("read file"), vec![7u8; 4000]);
+    // Extending leaves a hole that reads as zeros.
+    drop(e);
+    let e = Engine::open(&dir).expect("reopen");
+    e.truncate(id, 9000).expect("extend");
+    let mut want = vec![7u8; 4000];
+    want.resize(9000, 0);
+    assert_eq!(e.read_file(id).expect("read file"), want);
     assert!(matches!(Engine::open(&dir), Err(engine::Error::Locked { .. })));
 }
 

@@ -49,14 +49,7 @@ fn write_file(e: &Engine, name: &str, data: &[u8]) -> NodeId {
 }
 
 fn read_file(e: &Engine, name: &str) -> engine::Result<Vec<u8>> {
-    let node = e.lookup(NodeId::ROOT, name.as_bytes())?.id;
-    let size = e.node(node)?.size;
-    let mut out = vec![0u8; size as usize];
-    for (i, b) in e.file_blocks(node, 0, size.div_ceil(BS))? {
-        let data = e.read_block(&b)?;
-        out[(i * BS) as usize..(i * BS) as usize + data.len()].copy_from_slice(&data);
-    }
-    Ok(out)
+    e.read_file(e.lookup(NodeId::ROOT, name.as_bytes())?.id)
 }
 
 fn rsync(remote: &Path) -> Rsync {

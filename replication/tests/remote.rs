@@ -53,13 +53,7 @@ fn write_file(e: &Engine, parent: NodeId, name: &str, data: &[u8]) -> NodeId {
 }
 
 fn read_file(e: &Engine, node: NodeId) -> engine::Result<Vec<u8>> {
-    let size = e.node(node)?.size;
-    let mut out = vec![0u8; size as usize];
-    for (i, b) in e.file_blocks(node, 0, size.div_ceil(BS))? {
-        let data = e.read_block(&b)?;
-        out[(i * BS) as usize..(i * BS) as usize + data.len()].copy_from_slice(&data);
-    }
-    Ok(out)
+    e.read_file(node)
 }
 
 fn rsync(remote: &Path) -> Rsync {
