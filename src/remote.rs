@@ -100,6 +100,9 @@ pub fn sync(dir: &Path) -> Result<()> {
     let rsync = Rsync::new(remote_of(&e)?);
     let r = push_with_bar(&e, &rsync).with_context(|| format!("pushing to {}", rsync.remote()))?;
     println!("pushed {} blocks ({}), {} log bytes", r.blocks, human(r.block_bytes), r.log_bytes);
+    if r.repaired > 0 {
+        println!("repaired {} of our segments on the remote that differed from our log", r.repaired);
+    }
     let sp = ProgressBar::new_spinner();
     sp.set_message("pulling peers' logs");
     sp.enable_steady_tick(Duration::from_millis(100));

@@ -275,8 +275,13 @@ fn push_loop(s: &Shared, stop: &Receiver<()>, evict: &Sender<()>, opts: DaemonOp
         }
         match s.push() {
             Ok(r) => {
-                if r.blocks > 0 || r.log_bytes > 0 {
-                    tracing::info!("pushed {} blocks, {} log bytes", r.blocks, r.log_bytes);
+                if r.blocks > 0 || r.log_bytes > 0 || r.repaired > 0 {
+                    tracing::info!(
+                        "pushed {} blocks, {} log bytes, repaired {} remote segments",
+                        r.blocks,
+                        r.log_bytes,
+                        r.repaired
+                    );
                 }
                 backoff = Duration::from_secs(1);
                 wait = opts.push_interval;

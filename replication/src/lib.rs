@@ -15,8 +15,10 @@
 //! - push order: a log record reaches the remote only after every block it
 //!   references is there (see [`push`]); so no machine ever reads an event
 //!   whose content is missing on the remote;
-//! - segments travel with `rsync --append` (only new bytes move; sealed
-//!   segments never change); blocks many per rsync invocation;
+//! - segments travel with `rsync --append` (pushes use `--append-verify`,
+//!   after checking the remote's lengths of our segments: see [`push`]; only
+//!   new bytes move; sealed segments never change); blocks many per rsync
+//!   invocation;
 //! - every fetched block is verified against its hash by the engine before
 //!   use; a wrong block is an error naming the blob, never data;
 //! - every rsync run has an I/O timeout, and fetches a hard deadline after
@@ -100,6 +102,39 @@ pub enum RemoteError {
     BadState {
         /// The file.
         path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Our own log segment on the remote holds more bytes than we have
+    /// pushed: junk was appended to it, or another machine uses our machine
+    /// id. Nothing of our log was sent; the remote file is left as it is.
+    #[error(
+        "remote {remote}: our log segment {path} is {remote_len} bytes there but only {local_len} bytes here: \
+         junk was appended to it on the remote, or another machine uses our machine id {machine} (a copied or \
+         restored data dir); not pushing our log over it. Remove the extra bytes (or the file) on the remote \
+         if it is junk; give the other data dir a new machine id if it is not"
+    )]
+    RemoteSegmentLonger {
+        /// The remote.
+        remote: String,
+        /// The segment, as rsync names it on the remote.
+        path: String,
+        /// Our machine id.
+        machine: engine::ids::MachineId,
+        /// Its length on the remote.
+        remote_len: u64,
+        /// Its length in our log, up to the point being pushed.
+        local_len: u64,
+    },
+    /// rsync printed something we could not read.
+    #[error("remote {remote}: {what}: cannot read rsync's output line {line:?}: {reason}")]
+    BadOutput {
+        /// The remote.
+        remote: String,
+        /// What was being done.
+        what: String,
+        /// The line.
+        line: String,
         /// Why.
         reason: String,
     },

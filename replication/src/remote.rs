@@ -114,6 +114,9 @@ pub struct Rsync {
 pub struct Outcome {
     /// Exit code (None: killed by a signal).
     pub code: Option<i32>,
+    /// What rsync printed on stdout (all of it: `--list-only` listings and
+    /// `--out-format` lines are read from here).
+    pub stdout: String,
     /// What rsync printed on stderr (the end of it).
     pub stderr: String,
 }
@@ -195,21 +198,17 @@ impl Rsync {
             }
             cmd.arg("-e").arg(ssh);
         }
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // Own process group: a kill at the deadline takes ssh along.
         cmd.process_group(0);
         self.invocations.fetch_add(1, Ordering::Relaxed);
         let mut child = cmd
             .spawn()
             .map_err(|source| RemoteError::Spawn { program: self.program.to_string_lossy().into_owned(), source })?;
-        let mut stderr_pipe = child.stderr.take();
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(p) = stderr_pipe.as_mut() {
-                let _ = p.read_to_string(&mut s);
-            }
-            s
-        });
+        // Both pipes are drained while rsync runs, so a full pipe never
+        // blocks it.
+        let stdout_reader = drain(child.stdout.take());
+        let stderr_reader = drain(child.stderr.take());
         let start = Instant::now();
         let status = loop {
             match child.try_wait().map_err(RemoteError::io("wait for", "rsync"))? {
@@ -225,7 +224,8 @@ impl Rsync {
                 None => std::thread::sleep(Duration::from_millis(5)),
             }
         };
-        let stderr = reader.join().unwrap_or_default();
+        let stdout = stdout_reader.join().unwrap_or_default();
+        let stderr = stderr_reader.join().unwrap_or_default();
         match status {
             None => Err(RemoteError::Timeout {
                 remote: self.remote.to_string(),
@@ -235,16 +235,21 @@ impl Rsync {
             Some(s) => {
                 let tail: String =
                     stderr.trim().chars().rev().take(600).collect::<Vec<_>>().into_iter().rev().collect();
-                Ok(Outcome { code: s.code(), stderr: tail })
+                Ok(Outcome { code: s.code(), stdout, stderr: tail })
             }
         }
     }
 
     /// [`Rsync::run`] that fails unless rsync exits 0.
     pub fn run_ok(&self, what: &str, args: &[OsString], deadline: Option<Duration>) -> Result<()> {
+        self.run_stdout(what, args, deadline).map(drop)
+    }
+
+    /// [`Rsync::run_ok`] that returns what rsync printed on stdout.
+    pub fn run_stdout(&self, what: &str, args: &[OsString], deadline: Option<Duration>) -> Result<String> {
         let out = self.run(what, args, deadline)?;
         if out.code == Some(0) {
-            return Ok(());
+            return Ok(out.stdout);
         }
         Err(self.failed(what, &out))
     }
@@ -272,6 +277,18 @@ impl Rsync {
         let args = vec!["-r".into(), "--mkpath".into(), src, self.remote.spec("")];
         self.run_ok("creating the remote's folders", &args, None)
     }
+}
+
+/// Reads `pipe` to its end in a thread (lossily: rsync prints file names,
+/// which need not be UTF-8).
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
 }
 
 impl Drop for Rsync {

@@ -382,18 +382,146 @@ fn junk_in_a_pulled_peer_segment_keeps_the_data_dir_openable() {
     assert!(read_file(&b, "mine").expect("own data") == mine);
 }
 
-/// Finding (docs/RELIABILITY.md, remote faults): `push` assumes our
-/// segment on the remote is a prefix of our staged copy. With junk on it,
-/// `rsync --append` appends our new bytes after the junk (or skips the
-/// segment when the junk is longer) and the push reports success.
+/// Regression (docs/RELIABILITY.md, remote faults, finding 7): `push`
+/// assumed our segment on the remote was a prefix of our staged copy. With
+/// junk on it, `rsync --append` appended our new bytes after the junk (or
+/// skipped the segment when the junk was longer) and the push reported
+/// success.
 #[test]
-#[ignore = "finding: a push over junk in our own remote segment reports success and leaves it corrupt"]
 fn push_over_junk_in_our_own_remote_segment_is_noticed() {
     let Junk { tmp: _tmp, remote, a, .. } = junk_on_the_remote();
     write_file(&a, "f1", &random(5000));
     let pushed = push_with(&a, &rsync(&remote));
     let remote_log = log::read_events(&FsStorage, &remote.join("log"), log::log_start(a.machine()));
-    assert!(pushed.is_err() || remote_log.is_ok(), "push said {pushed:?}, the remote log reads {remote_log:?}");
+    assert!(
+        matches!(pushed, Err(RemoteError::RemoteSegmentLonger { .. })) || (pushed.is_ok() && remote_log.is_ok()),
+        "push said {pushed:?}, the remote log reads {remote_log:?}"
+    );
+}
+
+/// A's segment 0: (here, on the remote).
+fn segment_bytes(a: &Engine, remote: &Path) -> (Vec<u8>, Vec<u8>) {
+    let here = std::fs::read(log::segment_path(&a.layout().log(), a.machine(), 0)).expect("our segment");
+    (here, std::fs::read(remote_segment(remote, a)).expect("remote segment"))
+}
+
+#[test]
+fn push_over_a_longer_remote_segment_of_ours_is_refused_and_leaves_it_alone() {
+    let Junk { tmp, remote, a, b, b_dir, len, .. } = junk_on_the_remote();
+    // More junk than the log bytes this push has.
+    let seg = remote_segment(&remote, &a);
+    let mut junk = std::fs::read(&seg).expect("read");
+    junk.extend(random(20_000));
+    std::fs::write(&seg, &junk).expect("more junk");
+    let f1 = random(5000);
+    write_file(&a, "f1", &f1);
+    let before = tree(&a);
+    let blocks_before = remote_blobs_all_decode(&remote);
+
+    let err = push_with(&a, &rsync(&remote)).expect_err("a longer remote segment is refused");
+    let (here, there) = segment_bytes(&a, &remote);
+    assert!(here.len() > len as usize && here.len() < junk.len());
+    assert!(
+        matches!(&err, RemoteError::RemoteSegmentLonger { remote_len, local_len, machine, .. }
+            if *remote_len == junk.len() as u64 && *local_len == here.len() as u64 && *machine == a.machine()),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    for part in [seg.display().to_string(), junk.len().to_string(), here.len().to_string(), "machine id".into()] {
+        assert!(msg.contains(&part), "the error names {part}: {msg}");
+    }
+    assert!(there == junk, "the remote segment is left as it was");
+    assert!(remote_blobs_all_decode(&remote) > blocks_before, "f1's blocks went first, as always");
+    assert_eq!(tree(&a), before, "the local tree is untouched");
+    assert!(read_file(&a, "f1").expect("read back") == f1);
+    let again = push_with(&a, &rsync(&remote)).expect_err("still refused");
+    assert!(matches!(again, RemoteError::RemoteSegmentLonger { .. }), "{again:?}");
+
+    // With the junk gone, the next push goes through and B gets f1.
+    std::fs::write(&seg, &junk[..len as usize]).expect("remove the junk");
+    let r = push_with(&a, &rsync(&remote)).expect("push once the junk is gone");
+    assert_eq!((r.blocks, r.repaired), (0, 0), "{r:?}");
+    let (here, there) = segment_bytes(&a, &remote);
+    assert!(here == there, "the remote segment is ours again");
+    assert!(remote_events_all_have_blocks(&remote) >= 4);
+    pull_into(&b, &remote);
+    b.import().expect("import");
+    assert!(b.peer_problems().is_empty(), "{:?}", b.peer_problems());
+    b.set_block_source(Some(source(&b, &remote)));
+    assert!(read_file(&b, "f1").expect("f1 in b") == f1);
+    close_and_verify(b, &b_dir);
+    close_and_verify(a, &tmp.path().join("a"));
+}
+
+#[test]
+fn push_over_shorter_junk_in_our_remote_segment_replaces_it_with_ours() {
+    let Junk { tmp: _tmp, remote, a, b, b_dir, len, .. } = junk_on_the_remote();
+    let files: Vec<Vec<u8>> = (1..4).map(|_| random(300_000)).collect();
+    for (i, data) in files.iter().enumerate() {
+        write_file(&a, &format!("f{}", i + 1), data);
+    }
+    let junk_len = std::fs::metadata(remote_segment(&remote, &a)).expect("stat").len();
+    let r = push_with(&a, &rsync(&remote)).expect("push");
+    let (here, there) = segment_bytes(&a, &remote);
+    assert!(here.len() as u64 > junk_len && junk_len > len, "the junk is shorter than our new bytes");
+    assert_eq!(r.repaired, 1, "{r:?}");
+    assert!(here == there, "the remote segment is ours, without the junk");
+    assert!(remote_events_all_have_blocks(&remote) >= 8);
+    pull_into(&b, &remote);
+    b.import().expect("import");
+    assert!(b.peer_problems().is_empty(), "{:?}", b.peer_problems());
+    assert_eq!(peer_files(&b), peer_files(&a));
+    close_and_verify(b, &b_dir);
+}
+
+/// Overwrites bytes in the middle of `seg`, keeping its length.
+fn scribble(seg: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(seg).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid..mid + 40].copy_from_slice(&[b'#'; 40]);
+    std::fs::write(seg, &bytes).expect("write");
+    bytes
+}
+
+#[test]
+fn same_length_junk_in_our_remote_segment_is_replaced_with_ours() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let remote = tmp.path().join("remote");
+    let dir = init(tmp.path(), "a", &remote);
+    let a = Engine::open(&dir).expect("open a");
+    write_file(&a, "f0", &random(100_000));
+    let r = rsync(&remote);
+    push_with(&a, &r).expect("push");
+    let seg = remote_segment(&remote, &a);
+
+    // Junk over our bytes, then new bytes: appended, verified, re-sent.
+    scribble(&seg);
+    write_file(&a, "f1", &random(5000));
+    let report = push_with(&a, &r).expect("push");
+    assert_eq!((report.repaired, report.runs), (1, 3), "blocks, listing, log: {report:?}");
+    let (here, there) = segment_bytes(&a, &remote);
+    assert!(here == there, "the remote segment is ours again");
+
+    // A push that sent the log but stopped before recording it leaves the
+    // remote segment as long as ours: the next push compares checksums.
+    let pos = std::fs::read(tmp.path().join("a/push.pos")).expect("push.pos");
+    write_file(&a, "f2", &random(5000));
+    let report = push_with(&a, &r).expect("push");
+    assert_eq!(report.repaired, 0, "{report:?}");
+    std::fs::write(tmp.path().join("a/push.pos"), &pos).expect("as if the push stopped before step 6");
+    let scribbled = scribble(&seg);
+    let ours = std::fs::read(log::segment_path(&a.layout().log(), a.machine(), 0)).expect("our segment");
+    assert_eq!(scribbled.len(), ours.len(), "the remote segment is as long as ours");
+    let report = push_with(&a, &r).expect("push");
+    assert_eq!((report.blocks, report.repaired, report.runs), (0, 1, 2), "listing, checksum pass: {report:?}");
+    let (here, there) = segment_bytes(&a, &remote);
+    assert!(here == there, "the remote segment is ours again");
+    assert_ne!(scribbled, there);
+    // Once recorded, nothing more goes out.
+    let report = push_with(&a, &r).expect("push");
+    assert_eq!((report.runs, report.repaired), (0, 0), "{report:?}");
+    assert!(remote_events_all_have_blocks(&remote) >= 6);
+    close_and_verify(a, &dir);
 }
 
 #[test]

@@ -138,11 +138,15 @@ fn clone_sees_the_full_tree_and_fetches_content_on_demand() {
 }
 
 /// A wrapper that runs the real rsync but fails every segment transfer
-/// (`--append`), as if the pusher died between blocks and segments.
+/// (`--append`, `--append-verify`), as if the pusher died between blocks
+/// and segments.
 fn failing_rsync(dir: &Path) -> PathBuf {
     let p = dir.join("rsync-fails-on-append");
-    std::fs::write(&p, "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = --append ] && exit 12; done\nexec rsync \"$@\"\n")
-        .expect("write wrapper");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in --append*) exit 12;; esac; done\nexec rsync \"$@\"\n",
+    )
+    .expect("write wrapper");
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     p
 }
