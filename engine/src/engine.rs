@@ -7,8 +7,14 @@
 //!   truth; on open the index catches up from where it stopped);
 //! - [`Engine::sync`] makes blocks durable before the log records that
 //!   reference them, so a durable event never points at a lost block;
-//! - reads never take the writer mutex: they run on redb read snapshots, so
-//!   readers of different files never serialize behind a writer;
+//! - index changes are committed in groups (at most [`GROUP_WINDOW`] or
+//!   [`GROUP_MAX`] changes apart): one redb commit costs more than applying
+//!   a change, and the log, not the index, is what a crash must not lose;
+//! - every read sees every change made before it: on a redb read snapshot
+//!   without any lock when no group is pending, else on the pending write
+//!   transaction under the writer mutex (a read finding a group older than
+//!   the window commits it, so readers go back to snapshots once writes
+//!   pause);
 //! - mutations serialize on one short mutex (validate, append, index); the
 //!   slow parts of a write (hashing, compression, blob I/O) run in
 //!   [`Engine::put_block`], outside it, on the caller's thread.
@@ -16,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -24,7 +31,7 @@ use crate::config::Config;
 use crate::error::{Error, FsError, Result};
 use crate::event::{AttrChange, Attrs, BlockChange, BlockRef, Change, Event, NodeKind};
 use crate::ids::{BlockHash, LogPos, MachineId, NodeId, Timestamp};
-use crate::index::{Counts, DirEntry, Index, IndexReader, IndexWriter};
+use crate::index::{Counts, DirEntry, Index, IndexReader, IndexView, IndexWriter};
 use crate::log::{self, LogWriter};
 use crate::storage::{FsStorage, Storage};
 use crate::tree::{self, NodeRecord};
@@ -225,7 +232,25 @@ struct Writer {
     next_counter: u64,
     last_time: Timestamp,
     last_durable_index: Instant,
+    /// The index transaction holding changes not yet committed.
+    pending: Option<Pending>,
 }
+
+/// Index changes waiting for their group commit (see [`GROUP_WINDOW`]).
+struct Pending {
+    ix: IndexWriter,
+    since: Instant,
+    changes: u32,
+}
+
+/// Longest time index changes wait for a group commit. A redb commit costs
+/// more than applying one change, so one commit per change would cap
+/// creates far below what the FUSE transport carries; the log, not the
+/// index, is what makes a change durable, so waiting risks nothing.
+const GROUP_WINDOW: Duration = Duration::from_millis(20);
+
+/// Most changes in one group commit.
+const GROUP_MAX: u32 = 2048;
 
 /// An open data dir. `Send + Sync`.
 pub struct Engine {
@@ -235,6 +260,9 @@ pub struct Engine {
     blobs: BlobStore,
     index: Index,
     writer: Option<Mutex<Writer>>,
+    /// Whether `writer` holds index changes not yet committed: reads take
+    /// the writer mutex only then.
+    has_pending: AtomicBool,
     at: Option<Timestamp>,
     report: OpenReport,
     /// Set by [`Engine::abandon`]: drop without syncing.
@@ -365,7 +393,13 @@ impl Engine {
                     report.torn_tail = Some(what);
                 }
                 let last_time = log.last_time();
-                Some(Mutex::new(Writer { log, next_counter: 1, last_time, last_durable_index: Instant::now() }))
+                Some(Mutex::new(Writer {
+                    log,
+                    next_counter: 1,
+                    last_time,
+                    last_durable_index: Instant::now(),
+                    pending: None,
+                }))
             }
         };
         if at.is_none() {
@@ -433,6 +467,7 @@ impl Engine {
             blobs,
             index,
             writer,
+            has_pending: AtomicBool::new(false),
             at,
             report,
             abandoned: false,
@@ -547,6 +582,8 @@ impl Engine {
             return Err(Error::fs(NodeId::ROOT, FsError::ReadOnly));
         };
         let mut w = lock_writer(w);
+        // The import writes the index in a transaction of its own.
+        self.commit_pending(&mut w, false)?;
         let (applied, replayed, _) = self.apply_new_events(false)?;
         w.last_time = w.last_time.max(self.index.read()?.max_event_time()?);
         w.last_durable_index = Instant::now();
@@ -696,6 +733,9 @@ impl Engine {
 
     /// A read snapshot of the index.
     pub fn index(&self) -> Result<IndexReader> {
+        if let Some(w) = &self.writer {
+            self.commit_pending(&mut lock_writer(w), false)?;
+        }
         self.index.read()
     }
 
@@ -704,7 +744,7 @@ impl Engine {
     /// A node's state (removed nodes included, with `removed` set).
     pub fn node(&self, id: NodeId) -> Result<NodeState> {
         let record = match self.at {
-            None => self.index.read()?.node(id)?,
+            None => self.read_live(|ix| ix.node(id))?,
             Some(at) => self.node_record_at(id, at)?,
         };
         record.map(|r| NodeState::from_record(id, r)).ok_or(Error::fs(id, FsError::NotFound))
@@ -743,7 +783,7 @@ impl Engine {
         Ok(state)
     }
 
-    fn live_dir(&self, ix: &IndexReader, dir: NodeId) -> Result<()> {
+    fn live_dir(ix: &IndexView<'_>, dir: NodeId) -> Result<()> {
         match ix.node(dir)? {
             Some(n) if n.removed => Err(Error::fs(dir, FsError::NotFound)),
             Some(n) if n.kind != NodeKind::Dir => Err(Error::fs(dir, FsError::NotDir)),
@@ -755,13 +795,12 @@ impl Engine {
     /// The node named `name` in `dir`.
     pub fn lookup(&self, dir: NodeId, name: &[u8]) -> Result<NodeState> {
         match self.at {
-            None => {
-                let ix = self.index.read()?;
-                self.live_dir(&ix, dir)?;
+            None => self.read_live(|ix| {
+                Self::live_dir(ix, dir)?;
                 let (child, _) = ix.lookup(dir, name)?.ok_or(Error::fs(dir, FsError::NotFound))?;
                 let r = ix.node(child)?.ok_or(Error::fs(child, FsError::NotFound))?;
                 Ok(NodeState::from_record(child, r))
-            }
+            }),
             Some(at) => {
                 let (child, _) =
                     self.index.read()?.lookup_at(dir, name, at)?.ok_or(Error::fs(dir, FsError::NotFound))?;
@@ -772,14 +811,13 @@ impl Engine {
 
     /// Up to `limit` entries of `dir` with names after `after`, sorted by name.
     pub fn read_dir(&self, dir: NodeId, after: Option<&[u8]>, limit: usize) -> Result<Vec<DirEntry>> {
-        let ix = self.index.read()?;
         match self.at {
-            None => {
-                self.live_dir(&ix, dir)?;
+            None => self.read_live(|ix| {
+                Self::live_dir(ix, dir)?;
                 ix.read_dir(dir, after, limit)
-            }
+            }),
             Some(at) => {
-                let all = ix.read_dir_at(dir, at)?;
+                let all = self.index.read()?.read_dir_at(dir, at)?;
                 Ok(all.into_iter().filter(|e| after.is_none_or(|a| e.name.as_slice() > a)).take(limit).collect())
             }
         }
@@ -788,10 +826,9 @@ impl Engine {
     /// Stored blocks of `node` with index in `first..first+count` (holes absent).
     pub fn file_blocks(&self, node: NodeId, first: u64, count: u64) -> Result<Vec<(u64, BlockRef)>> {
         LAST_BLOCKS_QUERY.set(Some((node, first, count)));
-        let ix = self.index.read()?;
         match self.at {
-            None => ix.blocks(node, first, count),
-            Some(at) => ix.blocks_at(node, first, count, at),
+            None => self.read_live(|ix| ix.blocks(node, first, count)),
+            Some(at) => self.index.read()?.blocks_at(node, first, count, at),
         }
     }
 
@@ -911,7 +948,7 @@ impl Engine {
 
     /// Counters for `status` and `statfs`.
     pub fn stats(&self) -> Result<Stats> {
-        let c: Counts = self.index.read()?.counts()?;
+        let c: Counts = self.read_live(|ix| ix.counts())?;
         Ok(Stats {
             nodes: c.nodes + 1,
             files: c.files,
@@ -941,16 +978,48 @@ impl Engine {
         }
     }
 
-    /// Runs `f` with the writer lock and an index transaction; `f` returns
-    /// the changes to record, which are appended and applied in order.
+    /// Runs `f` with the writer lock and the index transaction; `f`
+    /// returns the changes to record, which are appended and applied in
+    /// order. The transaction is committed with the group (see
+    /// [`GROUP_WINDOW`]).
     fn mutate<T>(
         &self,
         node: NodeId,
         f: impl FnOnce(&mut Writer, &IndexWriter) -> Result<(Vec<(NodeId, Change)>, T)>,
     ) -> Result<T> {
         let mut w = self.writer(node)?;
-        let mut ix = self.index.write()?;
-        let (changes, out) = f(&mut w, &ix)?;
+        let mut p = match w.pending.take() {
+            Some(p) => p,
+            None => Pending { ix: self.index.write()?, since: Instant::now(), changes: 0 },
+        };
+        let (changes, out) = match f(&mut w, &p.ix) {
+            Ok(v) => v,
+            Err(e) => {
+                // `f` only reads: the group goes on.
+                w.pending = Some(p);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.record(&mut w, &mut p.ix, changes) {
+            // The transaction may hold part of the change: the group is
+            // dropped, and what of it reached the log is applied again.
+            drop(p);
+            self.has_pending.store(false, Ordering::Release);
+            self.index_fell_behind(&e);
+            return Err(e);
+        }
+        p.changes += 1;
+        self.has_pending.store(true, Ordering::Release);
+        if p.changes >= GROUP_MAX || p.since.elapsed() >= GROUP_WINDOW {
+            self.commit_group(&mut w, p, false)?;
+        } else {
+            w.pending = Some(p);
+        }
+        Ok(out)
+    }
+
+    /// Appends `changes` to our log as events and applies them to `ix`.
+    fn record(&self, w: &mut Writer, ix: &mut IndexWriter, changes: Vec<(NodeId, Change)>) -> Result<()> {
         let machine = self.config.machine;
         let bs = self.block_size();
         for (node, change) in changes {
@@ -965,17 +1034,68 @@ impl Engine {
             w.last_time = time;
             ix.apply(pos, &event, bs)?;
         }
-        let durable = w.last_durable_index.elapsed() >= INDEX_DURABLE_EVERY;
-        if durable {
-            // A durable index must not get ahead of the durable log.
-            self.blobs.sync_pending()?;
-            w.log.sync()?;
+        Ok(())
+    }
+
+    /// Commits the pending group of index changes, if any.
+    fn commit_pending(&self, w: &mut Writer, durable: bool) -> Result<()> {
+        match w.pending.take() {
+            Some(p) => self.commit_group(w, p, durable),
+            None => Ok(()),
         }
-        ix.commit(durable)?;
-        if durable {
-            w.last_durable_index = Instant::now();
+    }
+
+    /// Commits a group of index changes; durably when asked or when the
+    /// last durable commit is [`INDEX_DURABLE_EVERY`] old.
+    fn commit_group(&self, w: &mut Writer, p: Pending, durable: bool) -> Result<()> {
+        let durable = durable || w.last_durable_index.elapsed() >= INDEX_DURABLE_EVERY;
+        // A durable index must not get ahead of the durable log.
+        let synced = if durable { self.blobs.sync_pending().and_then(|()| w.log.sync()) } else { Ok(()) };
+        let committed = synced.and_then(|()| p.ix.commit(durable));
+        self.has_pending.store(false, Ordering::Release);
+        match committed {
+            Ok(()) => {
+                if durable {
+                    w.last_durable_index = Instant::now();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.index_fell_behind(&e);
+                Err(e)
+            }
         }
-        Ok(out)
+    }
+
+    /// After index changes were lost (their commit failed, or a change
+    /// failed half-applied), applies again from the log what the index
+    /// lacks. The log is the truth, so nothing it holds is lost either way.
+    fn index_fell_behind(&self, why: &Error) {
+        tracing::warn!("{}: index changes dropped ({why}); applying them again from the log", self.layout.dir.display());
+        if let Err(e) = self.apply_new_events(false) {
+            tracing::error!(
+                "{}: the index stays behind the log until the data dir is reopened: {e}",
+                self.layout.dir.display()
+            );
+        }
+    }
+
+    /// Runs a read of the live tree on a snapshot or, while the writer
+    /// holds index changes not yet committed, on its transaction (under
+    /// the writer mutex), so a read sees every change made before it. A
+    /// group older than [`GROUP_WINDOW`] is committed first, so readers
+    /// go back to lock-free snapshots once writes pause.
+    fn read_live<T>(&self, f: impl FnOnce(&IndexView<'_>) -> Result<T>) -> Result<T> {
+        if let (true, Some(w)) = (self.has_pending.load(Ordering::Acquire), &self.writer) {
+            let mut w = lock_writer(w);
+            if w.pending.as_ref().is_some_and(|p| p.since.elapsed() >= GROUP_WINDOW) {
+                self.commit_pending(&mut w, false)?;
+            }
+            if let Some(p) = &w.pending {
+                return f(&IndexView::Pending(&p.ix));
+            }
+        }
+        f(&IndexView::Snapshot(self.index.read()?))
     }
 
     fn live_node(ix: &IndexWriter, id: NodeId) -> Result<NodeRecord> {
@@ -1234,7 +1354,10 @@ impl Engine {
         self.sync()?;
         if let Some(w) = &self.writer {
             let mut w = lock_writer(w);
-            self.index.write()?.commit(true)?;
+            match w.pending.take() {
+                Some(p) => self.commit_group(&mut w, p, true)?,
+                None => self.index.write()?.commit(true)?,
+            }
             w.last_durable_index = Instant::now();
             let dirty = self.layout.dirty();
             if self.storage.exists(&dirty) {
@@ -1316,6 +1439,11 @@ impl Drop for Engine {
             if let Err(e) = self.close() {
                 tracing::error!("{}: closing: {e}", self.layout.dir.display());
             }
+        }
+        // An uncommitted group is dropped (as a crash would) before the
+        // database it belongs to.
+        if let Some(w) = &self.writer {
+            lock_writer(w).pending = None;
         }
     }
 }

@@ -23,8 +23,14 @@
 //! Always true after a commit: `applied[m]` names the last record of machine
 //! `m`'s log whose event (and every one before it) is reflected in every
 //! other table; catching up resumes there and skips that record. Commits are
-//! non-durable except every few seconds and at close: after a crash the
-//! index may lag the log, and [`IndexWriter::applied`] says where to resume.
+//! non-durable except every few seconds and at close (and a writer keeps
+//! one transaction open for a group of changes): after a crash the index
+//! may lag the log, and [`IndexWriter::applied`] says where to resume.
+//!
+//! An [`IndexWriter`] caches, for the life of its transaction, the node
+//! records, directory entries and `meta` counters it reads or writes, and
+//! each node's count of events since its last checkpoint; the tables get
+//! every write at once except `meta`, which gets its counters at commit.
 //!
 //! Point-in-time queries (`*_at`) read the history tables up to a time; they
 //! cost a scan of the history of the one node, name or directory asked
@@ -37,7 +43,8 @@
 //! Version history ([`INDEX_VERSION`]): 3 added `checkpoints`; an index of
 //! an older version is rebuilt from the log on open.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -242,7 +249,14 @@ impl Index {
             return Err(Error::Index { path: self.path.clone(), reason: "index is open read-only".into() });
         };
         let txn = db.begin_write().map_err(|e| self.err(e))?;
-        Ok(IndexWriter { txn, path: self.path.clone() })
+        Ok(IndexWriter {
+            txn,
+            path: self.path.clone(),
+            meta_changed: HashMap::new(),
+            nodes: RefCell::new(HashMap::new()),
+            since_checkpoint: HashMap::new(),
+            entries: RefCell::new(HashMap::new()),
+        })
     }
 
     /// Starts a read transaction (a consistent snapshot).
@@ -279,8 +293,8 @@ fn decode_ref(path: &Path, bytes: &[u8]) -> Result<Option<BlockRef>> {
 /// Read queries shared by readers and writers; `$t` is the transaction.
 macro_rules! queries {
     () => {
-        /// A counter from `meta` (0 if unset).
-        pub fn meta(&self, key: &str) -> Result<u64> {
+        /// A counter as stored in the `meta` table (0 if unset).
+        fn stored_meta(&self, key: &str) -> Result<u64> {
             let t = match self.txn.open_table(META) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
@@ -290,9 +304,9 @@ macro_rules! queries {
             Ok(v)
         }
 
-        /// The current state of a node (removed nodes included; the root
-        /// exists before any event).
-        pub fn node(&self, id: NodeId) -> Result<Option<NodeRecord>> {
+        /// A node's state as stored in `nodes` (removed nodes included; the
+        /// root exists before any event).
+        fn stored_node(&self, id: NodeId) -> Result<Option<NodeRecord>> {
             let t = self.txn.open_table(NODES).map_err(|e| ix_err(&self.path, e))?;
             let found = match t.get(id.0).map_err(|e| ix_err(&self.path, e))? {
                 Some(v) => decode_node(&self.path, id, v.value()).map(Some),
@@ -302,8 +316,8 @@ macro_rules! queries {
             found
         }
 
-        /// The node named `name` in `dir` now.
-        pub fn lookup(&self, dir: NodeId, name: &[u8]) -> Result<Option<(NodeId, NodeKind)>> {
+        /// The node named `name` in `dir`, as stored in `dirents`.
+        fn stored_lookup(&self, dir: NodeId, name: &[u8]) -> Result<Option<(NodeId, NodeKind)>> {
             let t = self.txn.open_table(DIRENTS).map_err(|e| ix_err(&self.path, e))?;
             let v = t.get((dir.0, name)).map_err(|e| ix_err(&self.path, e))?;
             Ok(v.and_then(|v| {
@@ -574,6 +588,58 @@ pub struct IndexReader {
 
 impl IndexReader {
     queries!();
+
+    /// A counter from `meta` (0 if unset).
+    pub fn meta(&self, key: &str) -> Result<u64> {
+        self.stored_meta(key)
+    }
+
+    /// The current state of a node (removed nodes included; the root
+    /// exists before any event).
+    pub fn node(&self, id: NodeId) -> Result<Option<NodeRecord>> {
+        self.stored_node(id)
+    }
+
+    /// The node named `name` in `dir` now.
+    pub fn lookup(&self, dir: NodeId, name: &[u8]) -> Result<Option<(NodeId, NodeKind)>> {
+        self.stored_lookup(dir, name)
+    }
+}
+
+/// What a live read goes through: a committed snapshot, or the one write
+/// transaction while it holds changes not yet committed (the engine commits
+/// its changes in groups; a read must still see every change made before
+/// it).
+pub enum IndexView<'a> {
+    /// A committed snapshot.
+    Snapshot(IndexReader),
+    /// The writer's open transaction.
+    Pending(&'a IndexWriter),
+}
+
+/// Gives [`IndexView`] the queries of readers and writers.
+macro_rules! view_queries {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        impl IndexView<'_> {
+            $(
+                #[doc = concat!("As [`IndexReader::", stringify!($name), "`].")]
+                pub fn $name(&self, $($arg: $ty),*) -> Result<$ret> {
+                    match self {
+                        IndexView::Snapshot(r) => r.$name($($arg),*),
+                        IndexView::Pending(w) => w.$name($($arg),*),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+view_queries! {
+    node(id: NodeId) -> Option<NodeRecord>;
+    lookup(dir: NodeId, name: &[u8]) -> Option<(NodeId, NodeKind)>;
+    read_dir(dir: NodeId, after: Option<&[u8]>, limit: usize) -> Vec<DirEntry>;
+    blocks(node: NodeId, first: u64, count: u64) -> Vec<(u64, BlockRef)>;
+    counts() -> Counts;
 }
 
 /// A write transaction on the index. Dropping it without [`commit`] discards it.
@@ -582,10 +648,67 @@ impl IndexReader {
 pub struct IndexWriter {
     txn: WriteTransaction,
     path: PathBuf,
+    /// Counters changed in this transaction, written to `meta` at commit:
+    /// every event changes several, and a table update each would cost
+    /// more than the rest of applying it.
+    meta_changed: HashMap<String, u64>,
+    /// Node states read or written in this transaction: applying one event
+    /// reads a node several times, and decoding costs more than a lookup.
+    nodes: RefCell<HashMap<NodeId, Option<NodeRecord>>>,
+    /// For nodes seen in this transaction: events in their history since
+    /// their last checkpoint, and whether they have one (what
+    /// `needs_checkpoint` would count).
+    since_checkpoint: HashMap<NodeId, (usize, bool)>,
+    /// Directory entries read or written in this transaction.
+    entries: RefCell<HashMap<(NodeId, Vec<u8>), Entry>>,
 }
+
+/// What a directory entry names, if anything.
+type Entry = Option<(NodeId, NodeKind)>;
+
+/// Most entries of the writer's caches; a long replay empties them when full.
+const WRITER_CACHE_MAX: usize = 1 << 16;
 
 impl IndexWriter {
     queries!();
+
+    /// The current state of a node (removed nodes included; the root
+    /// exists before any event), as changed in this transaction.
+    pub fn node(&self, id: NodeId) -> Result<Option<NodeRecord>> {
+        if let Some(n) = self.nodes.borrow().get(&id) {
+            return Ok(n.clone());
+        }
+        let n = self.stored_node(id)?;
+        let mut nodes = self.nodes.borrow_mut();
+        if nodes.len() >= WRITER_CACHE_MAX {
+            nodes.clear();
+        }
+        nodes.insert(id, n.clone());
+        Ok(n)
+    }
+
+    /// The node named `name` in `dir`, as changed in this transaction.
+    pub fn lookup(&self, dir: NodeId, name: &[u8]) -> Result<Option<(NodeId, NodeKind)>> {
+        let key = (dir, name.to_vec());
+        if let Some(e) = self.entries.borrow().get(&key) {
+            return Ok(*e);
+        }
+        let e = self.stored_lookup(dir, name)?;
+        let mut entries = self.entries.borrow_mut();
+        if entries.len() >= WRITER_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(key, e);
+        Ok(e)
+    }
+
+    /// A counter from `meta` (0 if unset), as changed in this transaction.
+    pub fn meta(&self, key: &str) -> Result<u64> {
+        match self.meta_changed.get(key) {
+            Some(v) => Ok(*v),
+            None => self.stored_meta(key),
+        }
+    }
 
     fn err(&self, e: impl Into<redb::Error>) -> Error {
         ix_err(&self.path, e)
@@ -594,6 +717,10 @@ impl IndexWriter {
     /// Empties every table and stamps the current layout version, inside
     /// this transaction (readers keep seeing the old index until commit).
     pub fn clear_all(&mut self) -> Result<()> {
+        self.meta_changed.clear();
+        self.nodes.get_mut().clear();
+        self.since_checkpoint.clear();
+        self.entries.get_mut().clear();
         for name in [
             "nodes",
             "dirents",
@@ -632,8 +759,23 @@ impl IndexWriter {
     }
 
     fn set_meta(&mut self, key: &str, value: u64) -> Result<()> {
-        let mut t = self.txn.open_table(META).map_err(|e| self.err(e))?;
-        t.insert(key, value).map_err(|e| self.err(e))?;
+        match self.meta_changed.get_mut(key) {
+            Some(v) => *v = value,
+            None => {
+                self.meta_changed.insert(key.to_owned(), value);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_meta(&mut self) -> Result<()> {
+        if self.meta_changed.is_empty() {
+            return Ok(());
+        }
+        let mut t = self.txn.open_table(META).map_err(|e| ix_err(&self.path, e))?;
+        for (key, value) in self.meta_changed.drain() {
+            t.insert(key.as_str(), value).map_err(|e| ix_err(&self.path, e))?;
+        }
         Ok(())
     }
 
@@ -653,6 +795,11 @@ impl IndexWriter {
             // An exchange changes two nodes: it is in both histories.
             if let crate::event::Change::Exchange { with } = &event.change {
                 t.insert((with.0, time, m, seq), (pos.segment, pos.offset)).map_err(|e| self.err(e))?;
+            }
+            for n in in_history_of(event) {
+                if let Some((since, _)) = self.since_checkpoint.get_mut(&n) {
+                    *since += 1;
+                }
             }
             let mut t = self.txn.open_table(EVENTS).map_err(|e| self.err(e))?;
             t.insert((m, seq), (pos.segment, pos.offset, time, event.node.0)).map_err(|e| self.err(e))?;
@@ -697,26 +844,62 @@ impl IndexWriter {
     }
 
     /// Whether `node` has [`CHECKPOINT_EVERY`] events in its history since
-    /// its last checkpoint (a bounded scan).
-    fn needs_checkpoint(&self, node: NodeId) -> Result<bool> {
-        let c = self.txn.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+    /// its last checkpoint: counted once per transaction (a bounded scan),
+    /// then kept up to date as events and checkpoints are added.
+    fn needs_checkpoint(&mut self, node: NodeId) -> Result<bool> {
+        let (since, has) = match self.since_checkpoint.get(&node) {
+            Some(v) => *v,
+            None => {
+                let v = self.count_since_checkpoint(node)?;
+                if self.since_checkpoint.len() >= WRITER_CACHE_MAX {
+                    self.since_checkpoint.clear();
+                }
+                self.since_checkpoint.insert(node, v);
+                v
+            }
+        };
+        Ok(since >= CHECKPOINT_EVERY + usize::from(has))
+    }
+
+    /// Events in `node`'s history from its last checkpoint on (that
+    /// checkpoint's own event included, when it is one of the node's), up
+    /// to `CHECKPOINT_EVERY + 1`, and whether it has a checkpoint.
+    fn count_since_checkpoint(&self, node: NodeId) -> Result<(usize, bool)> {
         let all = (node.0, i64::MIN, 0, 0)..=(node.0, i64::MAX, u64::MAX, u64::MAX);
+        let h = self.txn.open_table(HISTORY).map_err(|e| self.err(e))?;
+        let total = h.range(all.clone()).map_err(|e| self.err(e))?.take(CHECKPOINT_EVERY + 1).count();
+        // A checkpoint is only ever taken after that many events, so a
+        // shorter history has none (most nodes: no second table to read).
+        if total < CHECKPOINT_EVERY {
+            return Ok((total, false));
+        }
+        let c = self.txn.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
         let last = match c.range(all.clone()).map_err(|e| self.err(e))?.next_back() {
             Some(item) => Some(item.map_err(|e| self.err(e))?.0.value()),
             None => None,
         };
-        let h = self.txn.open_table(HISTORY).map_err(|e| self.err(e))?;
         let lo = last.unwrap_or(*all.start());
         let since = h.range(lo..=*all.end()).map_err(|e| self.err(e))?.take(CHECKPOINT_EVERY + 1).count();
-        Ok(since >= CHECKPOINT_EVERY + usize::from(last.is_some()))
+        Ok((since, last.is_some()))
     }
 
     /// Commits; `durable` makes it survive a crash (slow: one fsync).
     pub fn commit(mut self, durable: bool) -> Result<()> {
+        self.flush_meta()?;
         let d = if durable { Durability::Immediate } else { Durability::None };
         self.txn.set_durability(d).map_err(|e| Error::Index { path: self.path.clone(), reason: e.to_string() })?;
         self.txn.commit().map_err(|e| ix_err(&self.path, e))
     }
+}
+
+/// The nodes whose history holds `e`: its node, and for an exchange the
+/// other node too.
+fn in_history_of(e: &Event) -> impl Iterator<Item = NodeId> {
+    let other = match &e.change {
+        crate::event::Change::Exchange { with } if *with != e.node => Some(*with),
+        _ => None,
+    };
+    std::iter::once(e.node).chain(other)
 }
 
 /// `conflicts` values: parent u128 LE, winner u128 LE, wanted length u16
@@ -801,9 +984,13 @@ impl TreeStore for IndexWriter {
         let mut t = self.txn.open_table(NODES).map_err(|e| self.err(e))?;
         t.insert(id.0, bytes.as_slice()).map_err(|e| self.err(e))?;
         drop(t);
+        self.nodes.get_mut().insert(id, Some(record.clone()));
         if self.needs_checkpoint(id)? {
             let mut c = self.txn.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
             c.insert((id.0, e.time.0, e.machine.0, e.seq), bytes.as_slice()).map_err(|e| self.err(e))?;
+            // Counted from the checkpoint's own key on, as the scan counts.
+            let own = usize::from(in_history_of(e).any(|n| n == id));
+            self.since_checkpoint.insert(id, (own, true));
         }
         Ok(())
     }
@@ -818,6 +1005,7 @@ impl TreeStore for IndexWriter {
 
     fn set_entry(&mut self, dir: NodeId, name: &[u8], child: Option<(NodeId, NodeKind)>, e: &Event) -> Result<()> {
         let value = child.map(|(c, k)| (c.0, kind_code(k)));
+        self.entries.get_mut().insert((dir, name.to_vec()), child);
         {
             let mut t = self.txn.open_table(DIRENTS).map_err(|e| self.err(e))?;
             match value {

@@ -3,7 +3,7 @@
 
 use engine::config::Config;
 use engine::event::{Attrs, BlockChange, NodeKind};
-use engine::ids::{MachineId, NodeId};
+use engine::ids::{MachineId, NodeId, Timestamp};
 use engine::{Engine, FsError, RenameFlags, XattrMode};
 use std::path::Path;
 
@@ -133,11 +133,42 @@ fn rebuilt_index_gives_the_same_tree_on_10000_events() {
             }
             events = e.stats().expect("stats").events;
         }
-        e.dump_tree().expect("dump")
+        // A hot file and a hot directory: enough events of their own for
+        // several checkpoints each.
+        let hot = files[0];
+        let hot_dir = dirs[1];
+        for i in 0..150u64 {
+            let b = e.put_block(&i.to_le_bytes()).expect("put");
+            e.write_blocks(hot, 8, vec![BlockChange { index: 0, block: Some(b) }]).expect("write");
+            e.set_xattr(hot_dir, b"user.n", &i.to_le_bytes(), XattrMode::Any).expect("setxattr");
+        }
+        let nodes: Vec<NodeId> = [NodeId::ROOT].into_iter().chain(dirs).chain(files).collect();
+        let checkpoints = checkpoints(&e, &nodes);
+        (e.dump_tree().expect("dump"), nodes, checkpoints)
     };
+    let (before, nodes, checkpoints_before) = before;
+    let distinct: std::collections::BTreeSet<_> = checkpoints_before.iter().flatten().collect();
+    assert!(distinct.len() >= 8, "the history has checkpoints to compare: {}", distinct.len());
     std::fs::remove_file(dir.join("index.redb")).expect("delete index");
     let e = Engine::open(&dir).expect("reopen");
     assert!(e.open_report().index_rebuilt);
     assert!(e.open_report().caught_up >= 10_000);
     assert_eq!(e.dump_tree().expect("dump"), before);
+    // Checkpoints decide what a point-in-time view folds: the live index
+    // (changes committed in groups) places them where a rebuild does.
+    assert_eq!(checkpoints(&e, &nodes), checkpoints_before);
+}
+
+/// For each node and each event of its history: the key of the latest
+/// checkpoint at that event's time.
+#[allow(clippy::type_complexity)]
+fn checkpoints(e: &Engine, nodes: &[NodeId]) -> Vec<Option<(Timestamp, MachineId, u64)>> {
+    let ix = e.index().expect("index");
+    let mut out = Vec::new();
+    for &n in nodes {
+        for (_, time) in ix.history(n, Timestamp(i64::MAX)).expect("history") {
+            out.push(ix.checkpoint_at(n, time).expect("checkpoint").map(|(key, _)| key));
+        }
+    }
+    out
 }
