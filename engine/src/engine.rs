@@ -1071,7 +1071,10 @@ impl Engine {
     /// failed half-applied), applies again from the log what the index
     /// lacks. The log is the truth, so nothing it holds is lost either way.
     fn index_fell_behind(&self, why: &Error) {
-        tracing::warn!("{}: index changes dropped ({why}); applying them again from the log", self.layout.dir.display());
+        tracing::warn!(
+            "{}: index changes dropped ({why}); applying them again from the log",
+            self.layout.dir.display()
+        );
         if let Err(e) = self.apply_new_events(false) {
             tracing::error!(
                 "{}: the index stays behind the log until the data dir is reopened: {e}",
