@@ -186,7 +186,10 @@ fn spawn_daemon(
     loop {
         let source = data_dir.display().to_string();
         let ours = |m: &Mount| m.mountpoint == mountpoint && m.fstype == "fuse.syncer" && m.source == source;
-        if mounts()?.iter().any(|m| ours(m) && !before.iter().any(|b| b.id == m.id)) {
+        // No syncer mount was on the mountpoint before (refused above), so
+        // one there now is the daemon's. (Mount ids are no help: the kernel
+        // reuses a freed id at once, for anyone's next mount.)
+        if mounts()?.iter().any(ours) {
             return Ok(());
         }
         if let Some(status) = child.try_wait().context("waiting for the mount daemon")? {
