@@ -16,13 +16,14 @@ use engine::{blob, log, record};
 
 type Body = fn(&[u8]);
 
-const TARGETS: [(&str, Body); 6] = [
+const TARGETS: [(&str, Body); 7] = [
     ("record_decode", fb::record_decode),
     ("segment_scan", fb::segment_scan),
     ("blob_decode", fb::blob_decode),
     ("config_parse", fb::config_parse),
     ("tree_fold", fb::tree_fold),
     ("merge_converge", fb::merge_converge),
+    ("peer_import", fb::peer_import),
 ];
 
 fn event(seq: u64) -> Event {
@@ -49,6 +50,7 @@ fn every_body_takes_empty_and_tiny_inputs() {
             std::panic::catch_unwind(|| body(input)).unwrap_or_else(|_| panic!("{name} panicked on {input:02x?}"));
         }
     }
+    fb::peer_import_cleanup();
 }
 
 #[test]
@@ -122,6 +124,87 @@ fn fold_and_merge_seeds() {
     }
 }
 
+/// Input bytes that make `fuzz_bodies::event` build three events of a peer:
+/// each is node, machine, seq, time (three fields the segment builder
+/// overwrites), an empty clock, the change, then the builder's time step.
+const PEER_EVENTS: [&[u8]; 3] = [
+    // Node 1 of machine 2 (node code 4): create (0) in the root (0), named
+    // "b" (name code 9), a directory (1), mode 0o755, no target.
+    &[4, 0, 0, 0, 0, 0, 0, 0, 9, 1, 0xed, 0x01, 0, 10],
+    // Node 2 of machine 2 (5): create in node 1 of machine 2 (4), named
+    // "c" (10), a file (0), mode 0o644, no target.
+    &[5, 0, 0, 0, 0, 0, 0, 4, 10, 0, 0xa4, 0x01, 0, 10],
+    // Node 2 of machine 2: a write (3) of one block (1) at index 0, present
+    // (1), hash of byte 7, 100 bytes long; an ordinary size (1) of 100.
+    &[5, 0, 0, 0, 0, 0, 3, 1, 0, 1, 7, 100, 0, 1, 100, 0, 10],
+];
+
+/// A `peer_import` input: one peer (machine 2) with one segment of the three
+/// [`PEER_EVENTS`]. `present` 1: the first import sees all of it; 0: only
+/// the first `cut` bytes. `damage` follows the events (a built segment with
+/// mode 0 reads it, mode 1 has none). No hostile entries.
+fn one_peer(present: u8, mode: u8, damage: &[u8], cut: Option<u16>) -> Vec<u8> {
+    let mut input = vec![1, 0, 0, present, 0xf4, 0x01, mode, 3];
+    input.extend(PEER_EVENTS.concat());
+    input.extend_from_slice(damage);
+    input.extend(cut.map(u16::to_le_bytes).unwrap_or_default());
+    input.push(0);
+    input
+}
+
+#[test]
+fn peer_import_seeds() {
+    let nothing = fb::peer_import_outcome(&[]);
+    assert_eq!(nothing, fb::PeerImportOutcome::default());
+
+    // A clean segment, whole at the first import, then again in two parts
+    // (a record cut in half at the first import: a torn tail, no damage).
+    let whole = fb::peer_import_outcome(&one_peer(1, 1, &[], None));
+    assert_eq!((whole.peer_events, whole.problems.len()), (3, 0), "{whole:?}");
+    let in_parts = fb::peer_import_outcome(&one_peer(0, 1, &[], Some(100)));
+    assert_eq!((in_parts.peer_events, in_parts.problems.len()), (3, 0), "{in_parts:?}");
+
+    // Cut short for good (damage: once, at byte 150, truncate): a torn tail
+    // of a log still arriving, so its whole records import and nothing is
+    // reported.
+    let torn = fb::peer_import_outcome(&one_peer(1, 0, &[1, 150, 0, 0], None));
+    assert!(torn.peer_events < 3 && torn.problems.is_empty(), "{torn:?}");
+
+    // A flipped byte inside the first record, with records after it:
+    // damage, reported naming the peer's folder, and nothing imported.
+    let flipped = fb::peer_import_outcome(&one_peer(1, 0, &[1, 40, 0, 2, 0xff], None));
+    assert_eq!(flipped.peer_events, 0, "{flipped:?}");
+    assert!(matches!(&flipped.problems[..], [p] if p.contains("/log/0000000000000002/")), "{flipped:?}");
+
+    // Hostile entries: no peers (0); one entry (1) of kind 0 (a folder whose
+    // name is no machine id, named by the next byte) or kind 2 (a folder
+    // named as a segment); each is reported by name.
+    for (name_code, name) in [(0u8, "0000000000000002x"), (6, "00000000000000\\xFF\\xFE"), (7, "+000000000000002")] {
+        let hostile = fb::peer_import_outcome(&[0, 1, 0, name_code]);
+        assert!(matches!(&hostile.problems[..], [p] if p.contains(name)), "{name}: {hostile:?}");
+    }
+    let dir_as_segment = fb::peer_import_outcome(&[0, 1, 2]);
+    assert!(
+        matches!(&dir_as_segment.problems[..], [p] if p.contains("0000000000000010/0000000000000000.seg")),
+        "{dir_as_segment:?}"
+    );
+
+    // Random inputs, to reach the rest (replays, conflicts, hostile events).
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..40 {
+        let bytes: Vec<u8> = (0..400)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fb::peer_import(&bytes);
+    }
+    fb::peer_import_cleanup();
+}
+
 #[test]
 #[ignore = "opt-in: replays the local fuzz corpora (fuzz/corpus, fuzz/artifacts)"]
 fn replay_local_fuzz_corpora() {
@@ -139,6 +222,7 @@ fn replay_local_fuzz_corpora() {
             }
         }
     }
+    fb::peer_import_cleanup();
     println!("replayed {replayed} inputs");
 }
 
