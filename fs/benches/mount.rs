@@ -400,6 +400,12 @@ fn mount_target(name: &'static str, root: &Path) -> Target {
         "null" => {
             let mnt = mkdir(&base.join("mnt"));
             let s = fuser::Session::new(NullFs::new(), &mnt, &null_config()).expect("mount null fs");
+            // The same kernel read-ahead as syncer's mounts: the null is the
+            // transport's ceiling with the same settings.
+            let kib = syncer_fs::MountOptions::new("x").read_ahead_kib;
+            if let Err(e) = syncer_fs::set_read_ahead(&mnt, kib) {
+                println!("  (null: read-ahead left at the kernel's default: {e})");
+            }
             Target { name, dir: mnt, mounted: Mounted::Null(s.spawn().expect("spawn null fs")) }
         }
         "bindfs" => {
