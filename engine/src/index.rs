@@ -30,7 +30,8 @@
 //! An [`IndexWriter`] caches, for the life of its transaction, the node
 //! records, directory entries and `meta` counters it reads or writes, and
 //! each node's count of events since its last checkpoint; the tables get
-//! every write at once except `meta`, which gets its counters at commit.
+//! every write at once except `nodes` and `meta`, which get theirs at
+//! commit (so reads in the transaction go through the caches).
 //!
 //! Point-in-time queries (`*_at`) read the history tables up to a time; they
 //! cost a scan of the history of the one node, name or directory asked
@@ -654,13 +655,23 @@ pub struct IndexWriter {
     meta_changed: HashMap<String, u64>,
     /// Node states read or written in this transaction: applying one event
     /// reads a node several times, and decoding costs more than a lookup.
-    nodes: RefCell<HashMap<NodeId, Option<NodeRecord>>>,
+    /// Written states reach `nodes` at commit (a directory's state changes
+    /// with every entry made in it: one write per transaction, not per
+    /// entry); every read of `nodes` in the transaction goes through here.
+    nodes: RefCell<HashMap<NodeId, CachedNode>>,
     /// For nodes seen in this transaction: events in their history since
     /// their last checkpoint, and whether they have one (what
     /// `needs_checkpoint` would count).
     since_checkpoint: HashMap<NodeId, (usize, bool)>,
     /// Directory entries read or written in this transaction.
     entries: RefCell<HashMap<(NodeId, Vec<u8>), Entry>>,
+}
+
+/// A node state in the writer's cache.
+struct CachedNode {
+    record: Option<NodeRecord>,
+    /// Set by the transaction and not yet in the `nodes` table.
+    dirty: bool,
 }
 
 /// What a directory entry names, if anything.
@@ -676,15 +687,31 @@ impl IndexWriter {
     /// exists before any event), as changed in this transaction.
     pub fn node(&self, id: NodeId) -> Result<Option<NodeRecord>> {
         if let Some(n) = self.nodes.borrow().get(&id) {
-            return Ok(n.clone());
+            return Ok(n.record.clone());
         }
         let n = self.stored_node(id)?;
-        let mut nodes = self.nodes.borrow_mut();
-        if nodes.len() >= WRITER_CACHE_MAX {
-            nodes.clear();
+        if self.nodes.borrow().len() >= WRITER_CACHE_MAX {
+            self.flush_nodes()?;
+            self.nodes.borrow_mut().clear();
         }
-        nodes.insert(id, n.clone());
+        self.nodes.borrow_mut().insert(id, CachedNode { record: n.clone(), dirty: false });
         Ok(n)
+    }
+
+    /// Writes the node states changed in this transaction to `nodes`.
+    fn flush_nodes(&self) -> Result<()> {
+        let mut nodes = self.nodes.borrow_mut();
+        if !nodes.values().any(|n| n.dirty) {
+            return Ok(());
+        }
+        let mut t = self.txn.open_table(NODES).map_err(|e| ix_err(&self.path, e))?;
+        for (id, n) in nodes.iter_mut().filter(|(_, n)| n.dirty) {
+            if let Some(record) = &n.record {
+                t.insert(id.0, encode_node(record).as_slice()).map_err(|e| ix_err(&self.path, e))?;
+            }
+            n.dirty = false;
+        }
+        Ok(())
     }
 
     /// The node named `name` in `dir`, as changed in this transaction.
@@ -885,6 +912,7 @@ impl IndexWriter {
 
     /// Commits; `durable` makes it survive a crash (slow: one fsync).
     pub fn commit(mut self, durable: bool) -> Result<()> {
+        self.flush_nodes()?;
         self.flush_meta()?;
         let d = if durable { Durability::Immediate } else { Durability::None };
         self.txn.set_durability(d).map_err(|e| Error::Index { path: self.path.clone(), reason: e.to_string() })?;
@@ -980,13 +1008,10 @@ impl TreeStore for IndexWriter {
     fn set_node(&mut self, id: NodeId, record: &NodeRecord, e: &Event) -> Result<()> {
         let prev = IndexWriter::node(self, id)?;
         self.update_counts(prev.as_ref(), record)?;
-        let bytes = encode_node(record);
-        let mut t = self.txn.open_table(NODES).map_err(|e| self.err(e))?;
-        t.insert(id.0, bytes.as_slice()).map_err(|e| self.err(e))?;
-        drop(t);
-        self.nodes.get_mut().insert(id, Some(record.clone()));
+        self.nodes.get_mut().insert(id, CachedNode { record: Some(record.clone()), dirty: true });
         if self.needs_checkpoint(id)? {
             let mut c = self.txn.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+            let bytes = encode_node(record);
             c.insert((id.0, e.time.0, e.machine.0, e.seq), bytes.as_slice()).map_err(|e| self.err(e))?;
             // Counted from the checkpoint's own key on, as the scan counts.
             let own = usize::from(in_history_of(e).any(|n| n == id));
