@@ -234,6 +234,11 @@ struct Writer {
     last_durable_index: Instant,
     /// The index transaction holding changes not yet committed.
     pending: Option<Pending>,
+    /// The index may lack events of our log: a group was lost (a failed
+    /// commit or apply, or a panic while it was out of the writer). Set
+    /// while a mutation has the group out; no change is made until the
+    /// index has caught up from the log again (see `recover_index`).
+    index_behind: bool,
 }
 
 /// Index changes waiting for their group commit (see [`GROUP_WINDOW`]).
@@ -399,6 +404,7 @@ impl Engine {
                     last_time,
                     last_durable_index: Instant::now(),
                     pending: None,
+                    index_behind: false,
                 }))
             }
         };
@@ -569,7 +575,9 @@ impl Engine {
         for (pos, e) in &events {
             w.apply(*pos, e, bs)?;
         }
-        w.commit(true)?;
+        // Not durable: a durable index must not get ahead of the durable log
+        // and blocks, which the writer's group commits and `close` see to.
+        w.commit(false)?;
         Ok((events.len() as u64, replay, cut))
     }
 
@@ -584,10 +592,17 @@ impl Engine {
         let mut w = lock_writer(w);
         // The import writes the index in a transaction of its own.
         self.commit_pending(&mut w, false)?;
+        let report = self.import_locked(&mut w)?;
+        w.index_behind = false;
+        Ok(report)
+    }
+
+    /// Applies every event of every log that the index lacks (our own
+    /// included), moves our clock past them, and tells the watchers. No
+    /// group may be pending.
+    fn import_locked(&self, w: &mut Writer) -> Result<ImportReport> {
         let (applied, replayed, _) = self.apply_new_events(false)?;
         w.last_time = w.last_time.max(self.index.read()?.max_event_time()?);
-        w.last_durable_index = Instant::now();
-        drop(w);
         let report = ImportReport { applied, replayed };
         if applied > 0 {
             let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
@@ -982,39 +997,57 @@ impl Engine {
     /// returns the changes to record, which are appended and applied in
     /// order. The transaction is committed with the group (see
     /// [`GROUP_WINDOW`]).
+    ///
+    /// Once a change is in the log it is the truth: a later index failure
+    /// loses only index work, which is redone from the log at once
+    /// (`recover_index`); the operation fails only if that fails too, and
+    /// no further change is made until it succeeds.
     fn mutate<T>(
         &self,
         node: NodeId,
         f: impl FnOnce(&mut Writer, &IndexWriter) -> Result<(Vec<(NodeId, Change)>, T)>,
     ) -> Result<T> {
         let mut w = self.writer(node)?;
+        if w.index_behind {
+            self.recover_index(&mut w, "an earlier change lost its index work")?;
+        }
         let mut p = match w.pending.take() {
             Some(p) => p,
             None => Pending { ix: self.index.write()?, since: Instant::now(), changes: 0 },
         };
+        // Until the group is back in `w` or committed: a panic here leaves
+        // the flag set, and the next change catches the index up first.
+        w.index_behind = true;
         let (changes, out) = match f(&mut w, &p.ix) {
             Ok(v) => v,
             Err(e) => {
-                // `f` only reads: the group goes on.
-                w.pending = Some(p);
+                // `f` only reads: the group goes on (an empty one is closed,
+                // so no idle write transaction blocks another).
+                w.index_behind = false;
+                if p.changes > 0 {
+                    w.pending = Some(p);
+                }
                 return Err(e);
             }
         };
+        let before = w.log.last_seq();
         if let Err(e) = self.record(&mut w, &mut p.ix, changes) {
             // The transaction may hold part of the change: the group is
-            // dropped, and what of it reached the log is applied again.
+            // dropped and what of it reached the log is applied again.
             drop(p);
-            self.has_pending.store(false, Ordering::Release);
-            self.index_fell_behind(&e);
-            return Err(e);
+            let logged = w.log.last_seq() != before;
+            self.recover_index(&mut w, &format!("{e}"))?;
+            return if logged { Ok(out) } else { Err(e) };
         }
         p.changes += 1;
         self.has_pending.store(true, Ordering::Release);
         if p.changes >= GROUP_MAX || p.since.elapsed() >= GROUP_WINDOW {
-            self.commit_group(&mut w, p, false)?;
+            w.pending = Some(p);
+            self.commit_pending(&mut w, false)?;
         } else {
             w.pending = Some(p);
         }
+        w.index_behind = false;
         Ok(out)
     }
 
@@ -1037,49 +1070,57 @@ impl Engine {
         Ok(())
     }
 
-    /// Commits the pending group of index changes, if any.
+    /// Commits the pending group of index changes, if any; if the commit
+    /// fails, the index catches up from the log instead.
     fn commit_pending(&self, w: &mut Writer, durable: bool) -> Result<()> {
-        match w.pending.take() {
-            Some(p) => self.commit_group(w, p, durable),
-            None => Ok(()),
-        }
-    }
-
-    /// Commits a group of index changes; durably when asked or when the
-    /// last durable commit is [`INDEX_DURABLE_EVERY`] old.
-    fn commit_group(&self, w: &mut Writer, p: Pending, durable: bool) -> Result<()> {
+        let Some(p) = w.pending.take() else { return Ok(()) };
         let durable = durable || w.last_durable_index.elapsed() >= INDEX_DURABLE_EVERY;
         // A durable index must not get ahead of the durable log.
         let synced = if durable { self.blobs.sync_pending().and_then(|()| w.log.sync()) } else { Ok(()) };
-        let committed = synced.and_then(|()| p.ix.commit(durable));
-        self.has_pending.store(false, Ordering::Release);
-        match committed {
+        match synced.and_then(|()| p.ix.commit(durable)) {
             Ok(()) => {
+                self.has_pending.store(false, Ordering::Release);
                 if durable {
                     w.last_durable_index = Instant::now();
                 }
                 Ok(())
             }
             Err(e) => {
-                self.index_fell_behind(&e);
-                Err(e)
+                self.recover_index(w, &format!("{e}"))?;
+                // Caught up, but not durably: the caller asked for that.
+                if durable {
+                    return Err(e);
+                }
+                Ok(())
             }
         }
     }
 
-    /// After index changes were lost (their commit failed, or a change
-    /// failed half-applied), applies again from the log what the index
-    /// lacks. The log is the truth, so nothing it holds is lost either way.
-    fn index_fell_behind(&self, why: &Error) {
-        tracing::warn!(
-            "{}: index changes dropped ({why}); applying them again from the log",
-            self.layout.dir.display()
-        );
-        if let Err(e) = self.apply_new_events(false) {
-            tracing::error!(
-                "{}: the index stays behind the log until the data dir is reopened: {e}",
-                self.layout.dir.display()
-            );
+    /// After index work was lost (`why`): applies again from the logs what
+    /// the index lacks, as an import does. Called with the writer held and
+    /// no group pending. Until it returns, readers wait on the writer
+    /// rather than read a snapshot that lacks acknowledged changes; if it
+    /// fails, changes are refused until a later call succeeds.
+    fn recover_index(&self, w: &mut Writer, why: &str) -> Result<()> {
+        w.index_behind = true;
+        tracing::warn!("{}: index changes lost ({why}); applying them again from the log", self.layout.dir.display());
+        let caught_up = self.import_locked(w);
+        self.has_pending.store(false, Ordering::Release);
+        match caught_up {
+            Ok(_) => {
+                w.index_behind = false;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    "{}: the index is behind the log and changes are refused until it catches up: {e}",
+                    self.layout.dir.display()
+                );
+                Err(Error::Index {
+                    path: self.layout.index(),
+                    reason: format!("behind the log after {why}, and catching up failed: {e}"),
+                })
+            }
         }
     }
 
@@ -1091,6 +1132,10 @@ impl Engine {
     fn read_live<T>(&self, f: impl FnOnce(&IndexView<'_>) -> Result<T>) -> Result<T> {
         if let (true, Some(w)) = (self.has_pending.load(Ordering::Acquire), &self.writer) {
             let mut w = lock_writer(w);
+            if w.index_behind && w.pending.is_none() {
+                // A group was lost (a panic while it was out of the writer).
+                self.recover_index(&mut w, "a change was interrupted")?;
+            }
             if w.pending.as_ref().is_some_and(|p| p.since.elapsed() >= GROUP_WINDOW) {
                 self.commit_pending(&mut w, false)?;
             }
@@ -1357,9 +1402,10 @@ impl Engine {
         self.sync()?;
         if let Some(w) = &self.writer {
             let mut w = lock_writer(w);
-            match w.pending.take() {
-                Some(p) => self.commit_group(&mut w, p, true)?,
-                None => self.index.write()?.commit(true)?,
+            if w.pending.is_some() {
+                self.commit_pending(&mut w, true)?;
+            } else {
+                self.index.write()?.commit(true)?;
             }
             w.last_durable_index = Instant::now();
             let dirty = self.layout.dirty();

@@ -384,7 +384,7 @@ impl Core {
         Ok((attr, self.fresh_fh()))
     }
 
-    pub(crate) fn do_read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    pub(crate) fn do_read(&self, ino: u64, offset: u64, size: u32) -> Result<crate::writeback::ReadBuf, Errno> {
         let node = self.node_of(ino)?;
         self.wb.read(node, offset, size)
     }

@@ -614,8 +614,11 @@ impl WriteBack {
 
     /// Reads `len` bytes at `offset`, buffered writes overlaid on stored
     /// blocks; holes and short blocks read as zeros.
-    pub(crate) fn read(&self, node: NodeId, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
+    pub(crate) fn read(&self, node: NodeId, offset: u64, len: u32) -> Result<ReadBuf, Errno> {
         let bs = self.shared.block_size;
+        if let Some(whole) = self.read_in_one_block(node, offset, len)? {
+            return Ok(whole);
+        }
         let mut covered: Vec<u64> = Vec::new();
         let mut refs: Vec<(u64, BlockRef)> = Vec::new();
         let mut out: Option<(Vec<u8>, u64)> = None;
@@ -639,6 +642,49 @@ impl WriteBack {
                 out = Some((buf, end));
             }
         }
+        self.read_copied(node, offset, len, covered, refs, out).map(ReadBuf::Owned)
+    }
+
+    /// A read that lies in one stored block, of a file with no buffered
+    /// writes: a range of the cached block, without a copy (the common
+    /// case of a sequential reader, whose requests are block-aligned once
+    /// the kernel's read-ahead is as large as a block). `None` otherwise.
+    fn read_in_one_block(&self, node: NodeId, offset: u64, len: u32) -> Result<Option<ReadBuf>, Errno> {
+        let bs = self.shared.block_size;
+        if len == 0 || self.existing(node).is_some() {
+            return Ok(None);
+        }
+        let index = offset / bs;
+        let size = self.engine().node(node).map_err(|e| errno(&e))?.size;
+        let end = size.min(offset.saturating_add(u64::from(len)));
+        if end <= offset || (end - 1) / bs != index {
+            return Ok(None);
+        }
+        self.maybe_read_ahead(node, index, index);
+        let stored = self.engine().file_blocks(node, index, 1).map_err(|e| errno(&e))?;
+        let Some((_, block)) = stored.first() else { return Ok(None) };
+        let data = self.shared.load(block)?;
+        let (from, to) = ((offset - index * bs) as usize, (end - index * bs) as usize);
+        // A block shorter than the range (its tail reads as zeros) takes the
+        // copying path.
+        if to > data.len() {
+            return Ok(None);
+        }
+        Ok(Some(ReadBuf::Block(data, from..to)))
+    }
+
+    /// A read assembled in its own buffer from buffered slots and stored
+    /// blocks (holes and short blocks read as zeros).
+    fn read_copied(
+        &self,
+        node: NodeId,
+        offset: u64,
+        len: u32,
+        covered: Vec<u64>,
+        mut refs: Vec<(u64, BlockRef)>,
+        out: Option<(Vec<u8>, u64)>,
+    ) -> Result<Vec<u8>, Errno> {
+        let bs = self.shared.block_size;
         let (mut buf, end) = match out {
             Some(o) => o,
             None => {
@@ -697,6 +743,37 @@ impl Drop for WriteBack {
                 tracing::error!("a hashing worker panicked");
             }
         }
+    }
+}
+
+/// What a read returns: a buffer of its own, or a range of a cached block.
+pub(crate) enum ReadBuf {
+    /// Assembled for this read.
+    Owned(Vec<u8>),
+    /// Part of a cached block, shared.
+    Block(Arc<Vec<u8>>, std::ops::Range<usize>),
+}
+
+impl std::ops::Deref for ReadBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadBuf::Owned(v) => v,
+            ReadBuf::Block(b, r) => &b[r.clone()],
+        }
+    }
+}
+
+impl std::fmt::Debug for ReadBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReadBuf({} bytes)", self.len())
+    }
+}
+
+impl PartialEq<Vec<u8>> for ReadBuf {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        **self == other[..]
     }
 }
 

@@ -1,0 +1,125 @@
+//! Index work lost to a failure (a group commit whose sync fails, then a
+//! catch-up that cannot list the logs) is redone from the log: no change
+//! that reached the log goes missing from the live tree, a reopen or a
+//! rebuild, and no change is made on top of an index that lags the log.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+
+use engine::config::Config;
+use engine::event::{Attrs, NodeKind};
+use engine::ids::{MachineId, NodeId};
+use engine::storage::{AppendFile, FsStorage, Storage};
+use engine::Engine;
+
+/// The real disk, with two faults to switch on: syncing blobs fails, and
+/// listing `log/` fails.
+#[derive(Debug, Default)]
+struct Faulty {
+    fail_blob_sync: AtomicBool,
+    fail_log_listing: AtomicBool,
+}
+
+fn injected() -> io::Error {
+    io::Error::other("injected fault")
+}
+
+impl Storage for Faulty {
+    fn open_append(&self, p: &Path) -> io::Result<Box<dyn AppendFile>> {
+        FsStorage.open_append(p)
+    }
+    fn read(&self, p: &Path) -> io::Result<Vec<u8>> {
+        FsStorage.read(p)
+    }
+    fn read_at(&self, p: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        FsStorage.read_at(p, offset, len)
+    }
+    fn file_len(&self, p: &Path) -> io::Result<u64> {
+        FsStorage.file_len(p)
+    }
+    fn exists(&self, p: &Path) -> bool {
+        FsStorage.exists(p)
+    }
+    fn list_dir(&self, p: &Path) -> io::Result<Vec<OsString>> {
+        if self.fail_log_listing.load(SeqCst) && p.ends_with("log") {
+            return Err(injected());
+        }
+        FsStorage.list_dir(p)
+    }
+    fn create_dir_all(&self, p: &Path) -> io::Result<()> {
+        FsStorage.create_dir_all(p)
+    }
+    fn write_file(&self, p: &Path, data: &[u8]) -> io::Result<()> {
+        FsStorage.write_file(p, data)
+    }
+    fn sync_file(&self, p: &Path) -> io::Result<()> {
+        if self.fail_blob_sync.load(SeqCst) && p.components().any(|c| c.as_os_str() == "blobs") {
+            return Err(injected());
+        }
+        FsStorage.sync_file(p)
+    }
+    fn sync_dir(&self, p: &Path) -> io::Result<()> {
+        if self.fail_blob_sync.load(SeqCst) && p.components().any(|c| c.as_os_str() == "blobs") {
+            return Err(injected());
+        }
+        FsStorage.sync_dir(p)
+    }
+    fn truncate(&self, p: &Path, len: u64) -> io::Result<()> {
+        FsStorage.truncate(p, len)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        FsStorage.rename(from, to)
+    }
+    fn remove_file(&self, p: &Path) -> io::Result<()> {
+        FsStorage.remove_file(p)
+    }
+}
+
+fn create(e: &Engine, name: &[u8]) -> engine::Result<engine::NodeState> {
+    e.create(NodeId::ROOT, name, NodeKind::File, Attrs { mode: 0o644, ..Attrs::default() }, b"")
+}
+
+fn names(e: &Engine) -> Vec<Vec<u8>> {
+    e.read_dir(NodeId::ROOT, None, 100).expect("read_dir").into_iter().map(|d| d.name).collect()
+}
+
+#[test]
+fn a_lost_group_is_applied_again_from_the_log() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    Engine::init(&dir, Config::new_default(MachineId::random())).expect("init");
+    let faults = Arc::new(Faulty::default());
+    let e = Engine::open_with(faults.clone(), &dir).expect("open");
+    e.put_block(b"a block waiting for its sync").expect("put");
+    create(&e, b"a").expect("create a");
+    // The next group commit is a durable one, which syncs blobs first.
+    std::thread::sleep(std::time::Duration::from_millis(5200));
+    faults.fail_blob_sync.store(true, SeqCst);
+    faults.fail_log_listing.store(true, SeqCst);
+    let err = create(&e, b"b").expect_err("the group commit and the catch-up both fail");
+    assert!(matches!(err, engine::Error::Index { .. }), "{err:?}");
+    assert!(err.to_string().contains("behind the log"), "{err}");
+    // Still failing: a change on top of the lagging index is refused.
+    let refused = create(&e, b"x").expect_err("no change while the index lags");
+    assert!(matches!(refused, engine::Error::Index { .. }), "{refused:?}");
+
+    faults.fail_blob_sync.store(false, SeqCst);
+    faults.fail_log_listing.store(false, SeqCst);
+    create(&e, b"c").expect("create c, after catching up");
+    // `b` reached the log before its group was lost: it is in the tree.
+    assert_eq!(names(&e), [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    let live = e.dump_tree().expect("dump");
+    e.close().expect("close");
+    drop(e);
+
+    let e = Engine::open(&dir).expect("reopen");
+    assert_eq!(e.dump_tree().expect("dump"), live, "reopen");
+    drop(e);
+    std::fs::remove_file(dir.join("index.redb")).expect("delete index");
+    let e = Engine::open(&dir).expect("rebuild");
+    assert!(e.open_report().index_rebuilt);
+    assert_eq!(e.dump_tree().expect("dump"), live, "rebuild");
+}
