@@ -556,6 +556,9 @@ impl Engine {
     /// cut (only when `check_blocks`).
     #[allow(clippy::type_complexity)]
     fn apply_new_events(&self, check_blocks: bool) -> Result<(u64, bool, Option<(LogPos, String)>)> {
+        // Problems are those of the logs as they are now: a peer's log that
+        // became readable again is no longer reported.
+        self.peer_problems.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let (mut events, cut) = self.gather(false, check_blocks)?;
         if events.is_empty() {
             return Ok((0, false, cut));

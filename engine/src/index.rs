@@ -97,7 +97,7 @@ const META_FRONTIER_SEQ: &str = "frontier_seq";
 /// Counters kept by the index.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Live nodes (root included).
+    /// Live nodes, the root not included (`Engine::stats` counts it).
     pub nodes: u64,
     /// Live regular files.
     pub files: u64,

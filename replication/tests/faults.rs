@@ -371,7 +371,7 @@ fn peer_segment_extended_with_junk_on_the_remote_is_refused_naming_segment_and_o
 /// data dir opens.
 #[test]
 fn junk_in_a_pulled_peer_segment_keeps_the_data_dir_openable() {
-    let Junk { tmp: _tmp, remote, b, b_dir, mine, .. } = junk_on_the_remote();
+    let Junk { tmp: _tmp, remote, a, b, b_dir, mine, len } = junk_on_the_remote();
     pull_into(&b, &remote);
     b.import().expect("import");
     assert_eq!(b.peer_problems().len(), 1);
@@ -380,6 +380,12 @@ fn junk_in_a_pulled_peer_segment_keeps_the_data_dir_openable() {
     let b = Engine::open(&b_dir).expect("a peer's damaged log must not keep our own data dir from opening");
     assert_eq!(b.peer_problems().len(), 1, "the damage is still reported");
     assert!(read_file(&b, "mine").expect("own data") == mine);
+    // Once the local copy is clean again, the next import reports nothing.
+    let local_seg = log::segment_path(&b.layout().log(), a.machine(), 0);
+    let clean = std::fs::read(remote_segment(&remote, &a)).expect("read")[..len as usize].to_vec();
+    std::fs::write(&local_seg, clean).expect("cut the junk");
+    b.import().expect("import");
+    assert!(b.peer_problems().is_empty(), "{:?}", b.peer_problems());
 }
 
 /// Regression (docs/RELIABILITY.md, remote faults, finding 7): `push`
