@@ -109,16 +109,9 @@ fn config_seeds() {
 
 #[test]
 fn fold_and_merge_seeds() {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     for _ in 0..200 {
-        let bytes: Vec<u8> = (0..300)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let bytes = rng.bytes(300);
         fb::tree_fold(&bytes);
         fb::merge_converge(&bytes);
     }
@@ -190,17 +183,9 @@ fn peer_import_seeds() {
     );
 
     // Random inputs, to reach the rest (replays, conflicts, hostile events).
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     for _ in 0..40 {
-        let bytes: Vec<u8> = (0..400)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        fb::peer_import(&bytes);
+        fb::peer_import(&rng.bytes(400));
     }
     fb::peer_import_cleanup();
 }
@@ -259,4 +244,20 @@ fn segment_zero_filled_from_inside_a_record_is_a_torn_tail() {
 #[test]
 fn segment_scan_fuzz_crash_40613ff2() {
     fb::segment_scan(&[65, 55, 49, 55, 55, 55, 1, 55, 85, 199, 85, 65, 199, 199, 199, 199, 50, 199, 26, 83, 89, 78]);
+}
+
+/// A small deterministic generator of seed inputs (xorshift64).
+struct XorShift(u64);
+
+impl XorShift {
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                self.0 as u8
+            })
+            .collect()
+    }
 }
