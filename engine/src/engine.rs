@@ -1033,12 +1033,13 @@ impl Engine {
                 return Err(e);
             }
         };
-        let before = w.log.last_seq();
+        let (before, n) = (w.log.last_seq(), changes.len() as u64);
         if let Err(e) = self.record(&mut w, &mut p.ix, changes) {
             // The transaction may hold part of the change: the group is
-            // dropped and what of it reached the log is applied again.
+            // dropped and what of it reached the log is applied again. The
+            // operation succeeded if all of it is in the log.
             drop(p);
-            let logged = w.log.last_seq() != before;
+            let logged = w.log.last_seq().saturating_sub(before) == n;
             self.recover_index(&mut w, &format!("{e}"))?;
             return if logged { Ok(out) } else { Err(e) };
         }
