@@ -10,6 +10,9 @@
 //! - index changes are committed in groups (at most [`GROUP_WINDOW`] or
 //!   [`GROUP_MAX`] changes apart): one redb commit costs more than applying
 //!   a change, and the log, not the index, is what a crash must not lose;
+//!   group commits are not durable; every [`INDEX_DURABLE_EVERY`] (and at
+//!   close) the blocks, then the log, then the index are made durable, with
+//!   no group pending;
 //! - every read sees every change made before it: on a redb read snapshot
 //!   without any lock when no group is pending, else on the pending write
 //!   transaction under the writer mutex (a read finding a group older than
@@ -594,7 +597,7 @@ impl Engine {
         };
         let mut w = lock_writer(w);
         // The import writes the index in a transaction of its own.
-        self.commit_pending(&mut w, false)?;
+        self.commit_pending(&mut w)?;
         let report = self.import_locked(&mut w)?;
         w.index_behind = false;
         Ok(report)
@@ -752,7 +755,7 @@ impl Engine {
     /// A read snapshot of the index.
     pub fn index(&self) -> Result<IndexReader> {
         if let Some(w) = &self.writer {
-            self.commit_pending(&mut lock_writer(w), false)?;
+            self.commit_pending(&mut lock_writer(w))?;
         }
         self.index.read()
     }
@@ -1045,13 +1048,20 @@ impl Engine {
         }
         p.changes += 1;
         self.has_pending.store(true, Ordering::Release);
-        if p.changes >= GROUP_MAX || p.since.elapsed() >= GROUP_WINDOW {
-            w.pending = Some(p);
-            self.commit_pending(&mut w, false)?;
-        } else {
-            w.pending = Some(p);
-        }
+        let due = p.changes >= GROUP_MAX || p.since.elapsed() >= GROUP_WINDOW;
+        w.pending = Some(p);
         w.index_behind = false;
+        if due {
+            self.commit_pending(&mut w)?;
+            if w.last_durable_index.elapsed() >= INDEX_DURABLE_EVERY {
+                // The change itself is done (in the log and the index);
+                // a durable index only spares a catch-up after a crash, so
+                // a failure here is retried at the next interval.
+                if let Err(e) = self.make_index_durable(&mut w) {
+                    tracing::warn!("{}: making the index durable: {e}", self.layout.dir.display());
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -1074,30 +1084,29 @@ impl Engine {
         Ok(())
     }
 
-    /// Commits the pending group of index changes, if any; if the commit
-    /// fails, the index catches up from the log instead.
-    fn commit_pending(&self, w: &mut Writer, durable: bool) -> Result<()> {
+    /// Commits the pending group of index changes, if any (not durably:
+    /// that is quick, and readers go back to lock-free snapshots at once);
+    /// if the commit fails, the index catches up from the log instead.
+    fn commit_pending(&self, w: &mut Writer) -> Result<()> {
         let Some(p) = w.pending.take() else { return Ok(()) };
-        let durable = durable || w.last_durable_index.elapsed() >= INDEX_DURABLE_EVERY;
-        // A durable index must not get ahead of the durable log.
-        let synced = if durable { self.blobs.sync_pending().and_then(|()| w.log.sync()) } else { Ok(()) };
-        match synced.and_then(|()| p.ix.commit(durable)) {
+        match p.ix.commit(false) {
             Ok(()) => {
                 self.has_pending.store(false, Ordering::Release);
-                if durable {
-                    w.last_durable_index = Instant::now();
-                }
                 Ok(())
             }
-            Err(e) => {
-                self.recover_index(w, &format!("{e}"))?;
-                // Caught up, but not durably: the caller asked for that.
-                if durable {
-                    return Err(e);
-                }
-                Ok(())
-            }
+            Err(e) => self.recover_index(w, &format!("{e}")),
         }
+    }
+
+    /// Makes every index commit so far durable, after the blocks and the
+    /// log they index (a durable index must not get ahead of the durable
+    /// log). No group may be pending: redb has one write transaction at a
+    /// time.
+    fn make_index_durable(&self, w: &mut Writer) -> Result<()> {
+        w.last_durable_index = Instant::now();
+        self.blobs.sync_pending()?;
+        w.log.sync()?;
+        self.index.write()?.commit(true)
     }
 
     /// After index work was lost (`why`): applies again from the logs what
@@ -1141,7 +1150,7 @@ impl Engine {
                 self.recover_index(&mut w, "a change was interrupted")?;
             }
             if w.pending.as_ref().is_some_and(|p| p.since.elapsed() >= GROUP_WINDOW) {
-                self.commit_pending(&mut w, false)?;
+                self.commit_pending(&mut w)?;
             }
             if let Some(p) = &w.pending {
                 return f(&IndexView::Pending(&p.ix));
@@ -1406,12 +1415,8 @@ impl Engine {
         self.sync()?;
         if let Some(w) = &self.writer {
             let mut w = lock_writer(w);
-            if w.pending.is_some() {
-                self.commit_pending(&mut w, true)?;
-            } else {
-                self.index.write()?.commit(true)?;
-            }
-            w.last_durable_index = Instant::now();
+            self.commit_pending(&mut w)?;
+            self.make_index_durable(&mut w)?;
             let dirty = self.layout.dirty();
             if self.storage.exists(&dirty) {
                 self.storage.remove_file(&dirty).map_err(|e| Error::io("remove", &dirty, e))?;
