@@ -7,10 +7,10 @@
 //!   truth; on open the index catches up from where it stopped);
 //! - [`Engine::sync`] makes blocks durable before the log records that
 //!   reference them, so a durable event never points at a lost block;
-//! - index changes are committed in groups (at most [`GROUP_WINDOW`] or
-//!   [`GROUP_MAX`] changes apart): one redb commit costs more than applying
+//! - index changes are committed in groups (at most `GROUP_WINDOW` or
+//!   `GROUP_MAX` changes apart): one redb commit costs more than applying
 //!   a change, and the log, not the index, is what a crash must not lose;
-//!   group commits are not durable; every [`INDEX_DURABLE_EVERY`] (and at
+//!   group commits are not durable; every `INDEX_DURABLE_EVERY` (and at
 //!   close) the blocks, then the log, then the index are made durable, with
 //!   no group pending;
 //! - every read sees every change made before it: on a redb read snapshot

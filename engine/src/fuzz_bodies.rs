@@ -1093,7 +1093,7 @@ pub fn peer_import_outcome(data: &[u8]) -> PeerImportOutcome {
 }
 
 /// Removes this thread's [`peer_import`] data dir (tests call it when done;
-/// a fuzz run's dir is removed by the next run, see [`PEER_DIR_PREFIX`]).
+/// a fuzz run's dir is removed by the next run, see `PEER_DIR_PREFIX`).
 pub fn peer_import_cleanup() {
     PEER_HARNESS.with(|h| {
         if let Some(h) = h.borrow_mut().take() {
