@@ -109,13 +109,20 @@ fn names(e: &Engine) -> Vec<Vec<u8>> {
     e.read_dir(NodeId::ROOT, None, 100).expect("read_dir").into_iter().map(|d| d.name).collect()
 }
 
-#[test]
-fn a_lost_group_is_applied_again_from_the_log() {
+/// A new data dir in a temp dir, opened through [`Faulty`].
+fn open_faulty() -> (tempfile::TempDir, Arc<Faulty>, Engine) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
     Engine::init(&dir, Config::new_default(MachineId::random())).expect("init");
     let faults = Arc::new(Faulty::default());
     let e = Engine::open_with(faults.clone(), &dir).expect("open");
+    (tmp, faults, e)
+}
+
+#[test]
+fn a_lost_group_is_applied_again_from_the_log() {
+    let (tmp, faults, e) = open_faulty();
+    let dir = tmp.path().join("data");
     // `a` is acknowledged, its index work pending in the group.
     create(&e, b"a").expect("create a");
     faults.fail_append.store(true, SeqCst);
@@ -153,11 +160,8 @@ fn a_lost_group_is_applied_again_from_the_log() {
 
 #[test]
 fn a_failed_durable_commit_loses_nothing() {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let (tmp, faults, e) = open_faulty();
     let dir = tmp.path().join("data");
-    Engine::init(&dir, Config::new_default(MachineId::random())).expect("init");
-    let faults = Arc::new(Faulty::default());
-    let e = Engine::open_with(faults.clone(), &dir).expect("open");
     faults.fail_blob_sync.store(true, SeqCst);
     let f = create(&e, b"f").expect("create f").id;
     let b = e.put_block(b"a block that cannot be synced yet").expect("put");
