@@ -616,8 +616,20 @@ impl BlobStore {
     /// here; [`Error::CorruptBlob`] naming the file if it does not decode to
     /// its address.
     pub fn get(&self, hash: &BlockHash) -> Result<Vec<u8>> {
+        self.get_with(hash, false)
+    }
+
+    /// [`BlobStore::get`] for a block streamed once (read ahead of a
+    /// sequential reader): read past the OS's cache where it can be (see
+    /// [`Storage::read_streaming`]).
+    pub fn get_streaming(&self, hash: &BlockHash) -> Result<Vec<u8>> {
+        self.get_with(hash, true)
+    }
+
+    fn get_with(&self, hash: &BlockHash, streaming: bool) -> Result<Vec<u8>> {
         let path = self.path_of(hash);
-        let stored = match self.storage.read(&path) {
+        let read = if streaming { self.storage.read_streaming(&path) } else { self.storage.read(&path) };
+        let stored = match read {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::MissingBlob(*hash)),
             Err(e) => return Err(Error::io("read", path, e)),

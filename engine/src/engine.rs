@@ -858,7 +858,18 @@ impl Engine {
     /// one is set, verified and stored; a fetched copy that does not match
     /// its hash is refused with [`Error::CorruptBlob`] and never returned.
     pub fn read_block(&self, block: &BlockRef) -> Result<Vec<u8>> {
-        let data = match self.blobs.get(&block.hash) {
+        self.read_block_with(block, false)
+    }
+
+    /// [`Engine::read_block`] for a block read ahead of a sequential
+    /// reader: read once, so read past the OS's cache where possible.
+    pub fn read_block_streaming(&self, block: &BlockRef) -> Result<Vec<u8>> {
+        self.read_block_with(block, true)
+    }
+
+    fn read_block_with(&self, block: &BlockRef, streaming: bool) -> Result<Vec<u8>> {
+        let local = if streaming { self.blobs.get_streaming(&block.hash) } else { self.blobs.get(&block.hash) };
+        let data = match local {
             Err(Error::MissingBlob(h)) => self.fetch_block(&h)?,
             other => other?,
         };

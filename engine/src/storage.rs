@@ -41,6 +41,12 @@ pub trait Storage: Send + Sync + Debug {
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>>;
     /// Reads the whole file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Reads the whole file, as [`Storage::read`], but for data streamed
+    /// once (a sequential reader's next blocks): a backend may bypass its
+    /// cache. The bytes are the same either way.
+    fn read_streaming(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.read(path)
+    }
     /// Reads up to `len` bytes at `offset` (fewer at end of file).
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// Length of the file.
@@ -89,6 +95,41 @@ impl AppendFile for FsAppendFile {
     }
 }
 
+/// Alignment of `O_DIRECT` buffers, offsets and lengths: 4 KiB satisfies
+/// every logical block size Linux filesystems use.
+#[cfg(target_os = "linux")]
+const DIRECT_ALIGN: usize = 4096;
+
+/// Reads a whole file with `O_DIRECT`. `EINVAL` means the filesystem does
+/// not support it (the caller falls back).
+#[cfg(target_os = "linux")]
+fn read_direct(path: &Path) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path)?;
+    let len = usize::try_from(file.metadata()?.len()).map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+    let cap = len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    // An aligned window into a buffer one alignment unit longer.
+    let mut buf = vec![0u8; cap + DIRECT_ALIGN];
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+    let mut done = 0;
+    while done < cap {
+        let n = file.read_at(&mut buf[start + done..start + cap], done as u64)?;
+        done += n;
+        // A short read that is not a whole unit is the end of the file.
+        if n == 0 || !n.is_multiple_of(DIRECT_ALIGN) {
+            break;
+        }
+    }
+    buf.truncate(start + done.min(len));
+    buf.drain(..start);
+    Ok(buf)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_direct(path: &Path) -> io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
 impl Storage for FsStorage {
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
         let mut file = OpenOptions::new().create(true).append(true).open(path)?;
@@ -97,6 +138,18 @@ impl Storage for FsStorage {
     }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
+    }
+    /// With `O_DIRECT` where the filesystem allows it (Linux; not tmpfs):
+    /// a streamed block is read once, and filling the page cache with it
+    /// costs several times the CPU of the read itself (measured: 0.27 s
+    /// against 0.07 s of CPU for 1,000 cold 1 MiB files). The kernel writes
+    /// back dirty pages of the range before a direct read, so a file just
+    /// written reads the same.
+    fn read_streaming(&self, path: &Path) -> io::Result<Vec<u8>> {
+        match read_direct(path) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => std::fs::read(path),
+            other => other,
+        }
     }
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let file = File::open(path)?;
@@ -337,6 +390,28 @@ impl Storage for CrashStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Streaming reads give the bytes a plain read gives, at every length
+    /// around the direct-I/O unit, on a disk (O_DIRECT) and on tmpfs (which
+    /// refuses O_DIRECT: the plain read takes over), also for a file whose
+    /// pages are still dirty.
+    #[test]
+    fn streaming_reads_match_plain_reads() {
+        let disk = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("tempdir");
+        let shm = tempfile::tempdir_in("/dev/shm").ok();
+        let dirs = [Some(disk.path()), shm.as_ref().map(|d| d.path())];
+        for dir in dirs.into_iter().flatten() {
+            for len in [0usize, 1, 4095, 4096, 4097, 8192, (1 << 20) + 32] {
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+                let path = dir.join(format!("f{len}"));
+                std::fs::write(&path, &data).expect("write");
+                let got = FsStorage.read_streaming(&path).expect("read");
+                assert!(got == data, "{} bytes in {}", len, dir.display());
+            }
+        }
+        let missing = FsStorage.read_streaming(&disk.path().join("missing")).expect_err("missing");
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn crash_keeps_synced_and_drops_unsynced() {

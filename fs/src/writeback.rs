@@ -57,7 +57,12 @@ const READ_CACHE_BYTES: usize = 32 << 20;
 /// Blocks loaded ahead of a sequential reader, so that reading, verifying
 /// and decompressing the next blocks overlaps with the FUSE transfer of
 /// this one.
-const READ_AHEAD_BLOCKS: u64 = 4;
+const READ_AHEAD_BLOCKS: u64 = 8;
+
+/// Threads loading blocks ahead of sequential readers. They mostly wait on
+/// the disk (the loads bypass the page cache, so nothing else reads ahead
+/// for them), so more of them than cores keeps the disk busy.
+const AHEAD_THREADS: usize = 4;
 
 /// Nodes whose last read block is remembered for read-ahead; the map is
 /// cleared when it grows past this, which only costs one missed read-ahead.
@@ -162,6 +167,13 @@ impl Shared {
     /// block another thread is loading (a read-ahead) is waited for, not
     /// read again.
     fn load(&self, block: &BlockRef) -> Result<Arc<Vec<u8>>, Errno> {
+        self.load_with(block, false)
+    }
+
+    /// [`Shared::load`]; `ahead`: for a read-ahead, which reads past the
+    /// OS's cache (the kernel caches what the reader gets from the mount,
+    /// so a second copy of the blob in the page cache would only cost).
+    fn load_with(&self, block: &BlockRef, ahead: bool) -> Result<Arc<Vec<u8>>, Errno> {
         loop {
             if let Some(data) = self.cached(&block.hash) {
                 return Ok(data);
@@ -173,7 +185,8 @@ impl Shared {
             // Bounded wait: a loader that failed removes its entry too.
             self.loaded.wait_for(&mut loading, Duration::from_millis(100));
         }
-        let read = self.engine.read_block(block).map_err(|e| errno(&e));
+        let read = if ahead { self.engine.read_block_streaming(block) } else { self.engine.read_block(block) };
+        let read = read.map_err(|e| errno(&e));
         let out = read.map(|data| {
             let data = Arc::new(data);
             self.insert_cached(block.hash, data.clone());
@@ -207,7 +220,7 @@ impl Shared {
         for (_, b) in blocks {
             let busy = self.loading.lock().contains(&b.hash);
             if !busy && self.cached(&b.hash).is_none() {
-                let _ = self.load(&b);
+                let _ = self.load_with(&b, true);
             }
         }
     }
@@ -259,8 +272,8 @@ impl WriteBack {
         }
         // Read-ahead requests are dropped, not queued, when the readers are
         // busy: the reader then loads the block itself.
-        let (ahead_tx, ahead_rx) = crossbeam_channel::bounded::<Ahead>(workers * 2);
-        for i in 0..workers {
+        let (ahead_tx, ahead_rx) = crossbeam_channel::bounded::<Ahead>(AHEAD_THREADS * 2);
+        for i in 0..AHEAD_THREADS {
             let rx = ahead_rx.clone();
             let shared = shared.clone();
             handles.push(std::thread::Builder::new().name(format!("syncer-ahead-{i}")).spawn(move || {
