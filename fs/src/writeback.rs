@@ -835,11 +835,14 @@ fn worker(shared: Arc<Shared>, rx: Receiver<Job>) {
             }
         }
         drop(st);
-        job.file.cond.notify_all();
+        // The memory is accounted for before the waiters wake, so a commit
+        // that returns has no block of its file still counted.
         let cap = job.data.capacity() as i64;
+        let file = job.file.clone();
         drop(job);
         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
         shared.add_mem(-cap);
+        file.cond.notify_all();
     }
 }
 
