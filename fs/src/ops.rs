@@ -10,8 +10,11 @@
 //! - the write-back locks (see `writeback`), per file.
 //!
 //! The engine serializes mutations on its own short writer mutex; reads are
-//! lock-free snapshots. So two FUSE threads working on different files only
-//! meet in hash-map look-ups and in that writer mutex.
+//! lock-free snapshots, except within a group commit's window (at most
+//! 20 ms after a change) when they read through the writer's transaction
+//! under that mutex. So two FUSE threads working on different files only
+//! meet in hash-map look-ups and in that writer mutex, never across an
+//! fsync or a disk read.
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
