@@ -581,10 +581,21 @@ impl BlobStore {
     }
 
     fn sync_batch(&self, blobs: &HashSet<BlockHash>, new_dirs: bool) -> Result<()> {
-        let files: Vec<PathBuf> = blobs.iter().map(|h| self.path_of(h)).collect();
-        let sync_files = |chunk: &[PathBuf]| -> Result<()> {
-            for p in chunk {
-                self.storage.sync_file(p).map_err(|e| Error::io("sync", p, e))?;
+        let files: Vec<(BlockHash, PathBuf)> = blobs.iter().map(|h| (*h, self.path_of(h))).collect();
+        let sync_files = |chunk: &[(BlockHash, PathBuf)]| -> Result<()> {
+            for (h, p) in chunk {
+                match self.storage.sync_file(p) {
+                    Ok(()) => {}
+                    // Evicted (so on the remote) after it was queued, by a
+                    // read that raced the eviction: nothing left to sync,
+                    // and retrying would fail every later sync. Forgotten,
+                    // so the next put of it writes it again.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        tracing::warn!(path = %p.display(), "a blob queued for sync is gone (evicted)");
+                        lock(&self.known).map.remove(h);
+                    }
+                    Err(e) => return Err(Error::io("sync", p, e)),
+                }
             }
             Ok(())
         };

@@ -10,9 +10,10 @@
 //! - index changes are committed in groups (at most `GROUP_WINDOW` or
 //!   `GROUP_MAX` changes apart): one redb commit costs more than applying
 //!   a change, and the log, not the index, is what a crash must not lose;
-//!   group commits are not durable; every `INDEX_DURABLE_EVERY` (and at
-//!   close) the blocks, then the log, then the index are made durable, with
-//!   no group pending;
+//!   group commits are not durable; at the first change's group commit
+//!   `INDEX_DURABLE_EVERY` after the last durable one (and at close), the
+//!   blocks, then the log, then the index are made durable, with no group
+//!   pending;
 //! - every read sees every change made before it: on a redb read snapshot
 //!   without any lock when no group is pending, else on the pending write
 //!   transaction under the writer mutex (a read finding a group older than

@@ -298,3 +298,21 @@ fn put_throughput() {
         );
     }
 }
+
+/// A blob whose file is gone by the time it is synced (an eviction that
+/// raced a read which queued it again) does not fail that sync or every
+/// later one, and the next put of the same bytes writes it again.
+#[test]
+fn a_queued_blob_evicted_before_its_sync_does_not_fail_syncs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(Arc::new(FsStorage), &tmp.path().join("blobs"), 32, 1).expect("open");
+    let data = random(10_000);
+    let put = store.put(&data).expect("put");
+    std::fs::remove_file(store.path_of(&put.block.hash)).expect("remove behind the store's back");
+    store.sync_pending().expect("a gone blob is nothing to sync");
+    store.sync_pending().expect("and stays so");
+    let again = store.put(&data).expect("put again");
+    assert!(again.new, "written again, not deduplicated against a missing file");
+    store.sync_pending().expect("sync");
+    assert_eq!(store.get(&put.block.hash).expect("read back"), data);
+}
