@@ -305,7 +305,7 @@ fn put_throughput() {
 #[test]
 fn a_queued_blob_evicted_before_its_sync_does_not_fail_syncs() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let store = BlobStore::open(Arc::new(FsStorage), &tmp.path().join("blobs"), 32, 1).expect("open");
+    let store = BlobStore::open(Arc::new(FsStorage), tmp.path().join("blobs"), 32, 1).expect("open");
     let data = random(10_000);
     let put = store.put(&data).expect("put");
     std::fs::remove_file(store.path_of(&put.block.hash)).expect("remove behind the store's back");
