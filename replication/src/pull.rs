@@ -3,7 +3,9 @@
 //! Segments come with `rsync --append` (which writes in place), so rsync
 //! never leaves temp files in a local `log/<machine>/` folder, and only the
 //! bytes past what we already have travel. Our own folder is never pulled:
-//! our log is written here only.
+//! our log is written here only. A pull ends with every pulled segment and
+//! folder synced: an import may make the index durable right after, and a
+//! durable index must never hold events whose log bytes a power cut takes.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -28,7 +30,35 @@ pub fn pull_log(rsync: &Rsync, log_root: &Path, ours: Option<MachineId>) -> Resu
     let mut dest = log_root.as_os_str().to_owned();
     dest.push("/");
     args.push(dest);
-    rsync.run_ok("pulling log segments", &args, None)
+    rsync.run_ok("pulling log segments", &args, None)?;
+    sync_pulled(log_root, ours)
+}
+
+/// Syncs every peer segment under `log_root`, each peer's folder, and
+/// `log_root` itself. A segment with nothing unsynced costs one cheap
+/// fsync, so all are synced rather than tracking which rsync touched.
+fn sync_pulled(log_root: &Path, ours: Option<MachineId>) -> Result<()> {
+    let entries = std::fs::read_dir(log_root).map_err(RemoteError::io("list", log_root))?;
+    for entry in entries {
+        let folder = entry.map_err(RemoteError::io("list", log_root))?.path();
+        let name = folder.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if !folder.is_dir() || ours.is_some_and(|m| m.to_string() == name) {
+            continue;
+        }
+        for seg in std::fs::read_dir(&folder).map_err(RemoteError::io("list", &folder))? {
+            let seg = seg.map_err(RemoteError::io("list", &folder))?.path();
+            if seg.extension().is_some_and(|e| e == "seg") {
+                sync_path(&seg)?;
+            }
+        }
+        sync_path(&folder)?;
+    }
+    sync_path(log_root)
+}
+
+/// fsync of a file or folder.
+fn sync_path(path: &Path) -> Result<()> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(RemoteError::io("sync", path))
 }
 
 /// Fetches the remote's `config.toml` (the first machine's settings) into
