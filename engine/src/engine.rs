@@ -1559,15 +1559,20 @@ fn index_diverged(storage: &dyn Storage, log_root: &Path, ix: &Index) -> Result<
     Ok(false)
 }
 
-/// Takes `history.lock`: exclusive when no view holds it (returns true),
-/// else shared, waiting only for a view that is updating `history.redb`.
-fn lock_history(path: &Path) -> Result<(File, bool)> {
-    let file = std::fs::OpenOptions::new()
+/// Opens (creating it, never emptying it) a file that is only ever locked.
+fn open_lock_file(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .map_err(|e| Error::io("open", path, e))?;
+        .map_err(|e| Error::io("open", path, e))
+}
+
+/// Takes `history.lock`: exclusive when no view holds it (returns true),
+/// else shared, waiting only for a view that is updating `history.redb`.
+fn lock_history(path: &Path) -> Result<(File, bool)> {
+    let file = open_lock_file(path)?;
     match file.try_lock() {
         Ok(()) => Ok((file, true)),
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -1579,12 +1584,7 @@ fn lock_history(path: &Path) -> Result<(File, bool)> {
 }
 
 fn take_lock(path: &Path) -> Result<File> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io("open", path, e))?;
+    let file = open_lock_file(path)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => {
