@@ -7,7 +7,7 @@
 //! fails half way, so a failing test never leaves a stale mount behind.
 
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -15,16 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_syncer");
+mod support;
 
-fn require_fuse() {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    assert!(
-        root && Path::new("/dev/fuse").exists(),
-        "mount tests need root and /dev/fuse (install fuse3: scripts/deps.sh)"
-    );
-}
+use support::{pattern, require_fuse, setxattr, xattrs};
+
+const BIN: &str = env!("CARGO_BIN_EXE_syncer");
 
 fn syncer<I, S>(args: I) -> Output
 where
@@ -115,38 +110,6 @@ fn verify_and_rebuild(data: &Path) {
     ok(syncer([OsStr::new("index"), OsStr::new("rebuild"), data.as_os_str()]), "index rebuild");
 }
 
-fn cstr(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).expect("no NUL in path")
-}
-
-fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let (p, n) = (cstr(p), CString::new(name).expect("name"));
-    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    let r = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    assert_eq!(r, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
-}
-
-/// Every xattr of `p` (not following a symlink), sorted.
-fn xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let cp = cstr(p);
-    let mut names = vec![0u8; 64 << 10];
-    // SAFETY: the buffer is valid for its length.
-    let n = unsafe { libc::llistxattr(cp.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    assert!(n >= 0, "llistxattr {}: {}", p.display(), std::io::Error::last_os_error());
-    names.truncate(usize::try_from(n).expect("non-negative"));
-    let mut out = BTreeMap::new();
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let cn = CString::new(name).expect("name");
-        let mut v = vec![0u8; 64 << 10];
-        // SAFETY: as above.
-        let len = unsafe { libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
-        assert!(len >= 0, "lgetxattr {}: {}", p.display(), std::io::Error::last_os_error());
-        v.truncate(usize::try_from(len).expect("non-negative"));
-        out.insert(name.to_vec(), v);
-    }
-    out
-}
-
 #[derive(Debug, PartialEq, Eq)]
 struct Entry {
     mode: u32,
@@ -156,7 +119,7 @@ struct Entry {
     mtime: (i64, i64),
     /// File content, or a symlink's target.
     content: Vec<u8>,
-    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    xattrs: support::Xattrs,
 }
 
 /// The whole tree under `root`: content and metadata of every entry.
@@ -179,7 +142,7 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
                 size: if m.is_dir() { 0 } else { m.size() },
                 mtime: (m.mtime(), m.mtime_nsec()),
                 content,
-                xattrs: xattrs(&p),
+                xattrs: xattrs(&p).unwrap_or_else(|e| panic!("xattrs of {}: errno {e}", p.display())),
             };
             out.insert(p.strip_prefix(root).expect("under root").to_path_buf(), entry);
             if m.is_dir() {
@@ -189,20 +152,6 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
     }
     let mut out = BTreeMap::new();
     walk(root, root, &mut out);
-    out
-}
-
-/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
     out
 }
 
@@ -230,9 +179,9 @@ fn populate(mnt: &Path) {
     std::os::unix::fs::symlink("small.txt", mnt.join("link")).expect("symlink");
     std::os::unix::fs::symlink("../../multi.bin", mnt.join("docs/deep/up")).expect("symlink");
     std::os::unix::fs::symlink("/nowhere/at/all", mnt.join("dangling")).expect("symlink");
-    set_xattr(&mnt.join("small.txt"), "user.color", b"blue");
-    set_xattr(&mnt.join("small.txt"), "user.empty", b"");
-    set_xattr(&mnt.join("docs"), "user.dir", &pattern(3, 300));
+    setxattr(&mnt.join("small.txt"), b"user.color", b"blue", 0).expect("setxattr");
+    setxattr(&mnt.join("small.txt"), b"user.empty", b"", 0).expect("setxattr");
+    setxattr(&mnt.join("docs"), b"user.dir", &pattern(3, 300), 0).expect("setxattr");
     std::fs::set_permissions(mnt.join("docs/multi.bin"), std::fs::Permissions::from_mode(0o640)).expect("chmod");
     std::fs::set_permissions(mnt.join("docs/deep"), std::fs::Permissions::from_mode(0o700)).expect("chmod");
     std::os::unix::fs::chown(mnt.join("empty"), Some(1234), Some(5678)).expect("chown");
