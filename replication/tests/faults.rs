@@ -8,52 +8,26 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use engine::config::Config;
-use engine::event::{Attrs, BlockChange, NodeKind};
-use engine::ids::{MachineId, NodeId};
+use engine::ids::NodeId;
 use engine::storage::FsStorage;
 use engine::{log, Engine};
 use syncer_replication::push::{self, Progress};
-use syncer_replication::status::Health;
 use syncer_replication::{pull, Remote, RemoteError, RemoteSource, Rsync};
 
-const BS: u64 = 64 << 10;
+mod common;
+
+use common::{random, rsync, BS};
 
 fn init(root: &Path, name: &str, remote: &Path) -> PathBuf {
-    let mut c = Config::new_default(MachineId::random());
-    c.remote = Some(remote.display().to_string());
-    c.block_size = BS;
-    c.small_block = 4 << 10;
-    c.compression_level = 0;
-    let dir = root.join(name);
-    Engine::init(&dir, c).expect("init");
-    dir
-}
-
-fn random(len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rand::fill(&mut v[..]);
-    v
+    common::init(root, name, remote, common::CACHE)
 }
 
 fn write_file(e: &Engine, name: &str, data: &[u8]) -> NodeId {
-    let n = e.create(NodeId::ROOT, name.as_bytes(), NodeKind::File, Attrs::default(), b"").expect("create").id;
-    let blocks = data
-        .chunks(BS as usize)
-        .enumerate()
-        .map(|(i, c)| BlockChange { index: i as u64, block: Some(e.put_block(c).expect("put")) })
-        .collect();
-    e.write_blocks(n, data.len() as u64, blocks).expect("write");
-    e.sync().expect("sync");
-    n
+    common::write_file(e, NodeId::ROOT, name, data)
 }
 
 fn read_file(e: &Engine, name: &str) -> engine::Result<Vec<u8>> {
     e.read_file(e.lookup(NodeId::ROOT, name.as_bytes())?.id)
-}
-
-fn rsync(remote: &Path) -> Rsync {
-    Rsync::with_program(Remote::Local(remote.to_path_buf()), "rsync", "ssh")
 }
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -84,28 +58,8 @@ fn close_and_verify(e: Engine, dir: &Path) {
     assert!(v.is_clean(), "{:?}", v.problems);
 }
 
-/// Every event in the remote's logs has every block it references on the
-/// remote, decoding to its hash. Returns how many events.
 fn remote_events_all_have_blocks(remote: &Path) -> usize {
-    let log_root = remote.join("log");
-    let mut n = 0;
-    for m in log::list_machines(&FsStorage, &log_root).expect("machines") {
-        if log::list_segments(&FsStorage, &log_root, m).expect("segments").is_empty() {
-            continue;
-        }
-        let (events, end) = log::read_events(&FsStorage, &log_root, log::log_start(m)).expect("remote log reads");
-        assert_eq!(end.torn_tail, None, "the remote log never ends torn after a finished push");
-        for (pos, ev) in events {
-            for b in ev.change.blocks() {
-                let hex = b.hash.to_hex();
-                let stored = std::fs::read(remote.join("blobs").join(&hex[..2]).join(&hex))
-                    .unwrap_or_else(|_| panic!("event at {pos} needs {hex}, missing on the remote"));
-                engine::blob::decode_blob(&stored, &b.hash).expect("remote block decodes to its hash");
-            }
-            n += 1;
-        }
-    }
-    n
+    common::remote_events_all_have_blocks(remote, None)
 }
 
 /// Every file under the remote's `blobs/` with a blob's name decodes to
@@ -129,7 +83,7 @@ fn remote_blobs_all_decode(remote: &Path) -> usize {
 }
 
 fn source(e: &Engine, remote: &Path) -> Arc<RemoteSource> {
-    Arc::new(RemoteSource::new(Arc::new(rsync(remote)), push::staging_dir(e), Arc::new(Health::default())))
+    common::source(e, rsync(remote))
 }
 
 #[test]

@@ -7,57 +7,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::config::Config;
-use engine::event::{Attrs, BlockChange, NodeKind};
-use engine::ids::{MachineId, NodeId};
-use engine::storage::FsStorage;
-use engine::{log, Engine};
+use engine::event::{Attrs, NodeKind};
+use engine::ids::NodeId;
+use engine::Engine;
 use syncer_replication::push::{self, Progress};
-use syncer_replication::status::Health;
-use syncer_replication::{Daemon, DaemonOptions, Remote, RemoteSource, Rsync};
+use syncer_replication::{Daemon, DaemonOptions, Remote, Rsync};
 
-const BS: u64 = 64 << 10;
+mod common;
 
-fn config(remote: &Path, cache: u64) -> Config {
-    let mut c = Config::new_default(MachineId::random());
-    c.remote = Some(remote.display().to_string());
-    c.cache_size = cache;
-    c.block_size = BS;
-    c.small_block = 4 << 10;
-    c.compression_level = 0;
-    c
-}
-
-fn init(root: &Path, name: &str, remote: &Path, cache: u64) -> PathBuf {
-    let dir = root.join(name);
-    Engine::init(&dir, config(remote, cache)).expect("init");
-    dir
-}
-
-fn random(len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rand::fill(&mut v[..]);
-    v
-}
-
-fn write_file(e: &Engine, parent: NodeId, name: &str, data: &[u8]) -> NodeId {
-    let n = e.create(parent, name.as_bytes(), NodeKind::File, Attrs::default(), b"").expect("create").id;
-    let blocks = data
-        .chunks(BS as usize)
-        .enumerate()
-        .map(|(i, c)| BlockChange { index: i as u64, block: Some(e.put_block(c).expect("put")) })
-        .collect();
-    e.write_blocks(n, data.len() as u64, blocks).expect("write");
-    e.sync().expect("sync");
-    n
-}
+use common::{init, random, remote_events_all_have_blocks, rsync, source, write_file, BS};
 
 fn read_file(e: &Engine, node: NodeId) -> engine::Result<Vec<u8>> {
     e.read_file(node)
-}
-
-fn rsync(remote: &Path) -> Rsync {
-    Rsync::with_program(Remote::Local(remote.to_path_buf()), "rsync", "ssh")
 }
 
 fn no_progress() -> impl FnMut(Progress) {
@@ -66,38 +27,6 @@ fn no_progress() -> impl FnMut(Progress) {
 
 fn store_bytes(e: &Engine) -> u64 {
     engine::cache::entries(e).expect("entries").iter().map(|c| c.stored_len).sum()
-}
-
-/// Every event in the remote's logs, checked: each block it references is
-/// on the remote and decodes to its hash. Returns how many events.
-fn remote_events_all_have_blocks(remote: &Path, hash_size: usize) -> usize {
-    let log_root = remote.join("log");
-    let mut n = 0;
-    let machines =
-        if log_root.exists() { log::list_machines(&FsStorage, &log_root).expect("machines") } else { vec![] };
-    for m in machines {
-        if log::list_segments(&FsStorage, &log_root, m).expect("segments").is_empty() {
-            continue;
-        }
-        let (events, end) = log::read_events(&FsStorage, &log_root, log::log_start(m)).expect("remote log reads");
-        assert_eq!(end.torn_tail, None, "the remote log never ends torn after a finished push");
-        for (pos, ev) in events {
-            for b in ev.change.blocks() {
-                let hex = b.hash.to_hex();
-                let p = remote.join("blobs").join(&hex[..2]).join(&hex);
-                let stored =
-                    std::fs::read(&p).unwrap_or_else(|_| panic!("event at {pos} needs {hex}, missing on the remote"));
-                assert_eq!(b.hash.as_bytes().len(), hash_size);
-                engine::blob::decode_blob(&stored, &b.hash).expect("remote block decodes to its hash");
-            }
-            n += 1;
-        }
-    }
-    n
-}
-
-fn source(e: &Engine, rsync: Rsync) -> Arc<RemoteSource> {
-    Arc::new(RemoteSource::new(Arc::new(rsync), push::staging_dir(e), Arc::new(Health::default())))
 }
 
 #[test]
@@ -159,7 +88,7 @@ fn push_order_never_leaves_an_event_without_its_blocks() {
     let e = Engine::open(&dir).expect("open");
     write_file(&e, NodeId::ROOT, "one", &random(200_000));
     push::push(&e, &rsync(&remote), &mut no_progress()).expect("push");
-    let first = remote_events_all_have_blocks(&remote, 32);
+    let first = remote_events_all_have_blocks(&remote, Some(32));
     assert!(first >= 2, "create and content events are on the remote");
 
     let two = random(300_000);
@@ -168,14 +97,14 @@ fn push_order_never_leaves_an_event_without_its_blocks() {
     let err = push::push(&e, &bad, &mut no_progress()).expect_err("segment step fails");
     assert!(err.to_string().contains("log segments"), "{err}");
     // The blocks went, the events did not.
-    assert_eq!(remote_events_all_have_blocks(&remote, 32), first);
+    assert_eq!(remote_events_all_have_blocks(&remote, Some(32)), first);
     let hex = engine::ids::BlockHash::of(&two[..BS as usize], 32).to_hex();
     assert!(remote.join("blobs").join(&hex[..2]).join(&hex).exists(), "blocks go first");
 
     // Writes made after the cut-off point are not sent either: events
     // appended while a push runs wait for the next push.
     push::push(&e, &rsync(&remote), &mut no_progress()).expect("push again");
-    assert!(remote_events_all_have_blocks(&remote, 32) > first);
+    assert!(remote_events_all_have_blocks(&remote, Some(32)) > first);
     let again = push::push(&e, &rsync(&remote), &mut no_progress()).expect("idle push");
     assert_eq!((again.blocks, again.log_bytes), (0, 0), "nothing new, nothing sent");
 }
@@ -408,7 +337,7 @@ fn push_and_clone_over_real_ssh() {
     let rs = over_ssh();
     let r = push::push(&a, &rs, &mut no_progress()).expect("push over ssh");
     assert_eq!(r.blocks, 3);
-    assert!(remote_events_all_have_blocks(&remote_path, 32) >= 2);
+    assert!(remote_events_all_have_blocks(&remote_path, Some(32)) >= 2);
 
     let b = syncer_replication::pull::clone_into(&tmp.path().join("b"), &remote_str, &over_ssh(), None)
         .expect("clone over ssh");
