@@ -211,8 +211,18 @@ fn peer_files(e: &Engine) -> Vec<(Vec<u8>, u64)> {
         .collect()
 }
 
-#[test]
-fn peer_segment_truncated_on_the_remote_stops_at_the_torn_tail_and_resumes() {
+/// Machines `a` and `b` of one local-directory remote; `b` holds a file of
+/// its own, `mine`.
+struct TwoMachines {
+    tmp: tempfile::TempDir,
+    remote: PathBuf,
+    a: Engine,
+    b: Engine,
+    b_dir: PathBuf,
+    mine: Vec<u8>,
+}
+
+fn two_machines() -> TwoMachines {
     let tmp = tempfile::tempdir().expect("tempdir");
     let remote = tmp.path().join("remote");
     let a = Engine::open(&init(tmp.path(), "a", &remote)).expect("open a");
@@ -220,6 +230,12 @@ fn peer_segment_truncated_on_the_remote_stops_at_the_torn_tail_and_resumes() {
     let b = Engine::open(&b_dir).expect("open b");
     let mine = random(150_000);
     write_file(&b, "mine", &mine);
+    TwoMachines { tmp, remote, a, b, b_dir, mine }
+}
+
+#[test]
+fn peer_segment_truncated_on_the_remote_stops_at_the_torn_tail_and_resumes() {
+    let TwoMachines { tmp: _tmp, remote, a, b, b_dir, mine } = two_machines();
     let files: Vec<Vec<u8>> = (0..3).map(|_| random(100_000)).collect();
     for (i, data) in files.iter().enumerate() {
         write_file(&a, &format!("f{i}"), data);
@@ -273,13 +289,7 @@ struct Junk {
 }
 
 fn junk_on_the_remote() -> Junk {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let remote = tmp.path().join("remote");
-    let a = Engine::open(&init(tmp.path(), "a", &remote)).expect("open a");
-    let b_dir = init(tmp.path(), "b", &remote);
-    let b = Engine::open(&b_dir).expect("open b");
-    let mine = random(150_000);
-    write_file(&b, "mine", &mine);
+    let TwoMachines { tmp, remote, a, b, b_dir, mine } = two_machines();
     write_file(&a, "f0", &random(100_000));
     push_with(&a, &rsync(&remote)).expect("push a");
     pull_into(&b, &remote);
