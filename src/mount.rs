@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use syncer_fs::mountinfo::{self, Mount};
 
 /// How long the parent waits for the daemon's mount to appear.
 const MOUNT_WAIT: Duration = Duration::from_secs(30);
@@ -207,56 +208,9 @@ fn spawn_daemon(
     }
 }
 
-/// One line of `/proc/self/mountinfo`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Mount {
-    id: u64,
-    mountpoint: PathBuf,
-    read_only: bool,
-    fstype: String,
-    source: String,
-}
-
 /// The mount table as this process sees it.
 fn mounts() -> Result<Vec<Mount>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(parse_mountinfo(&text))
-}
-
-/// Parses mountinfo (proc(5)): `id parent maj:min root mountpoint options
-/// [optional fields] - fstype source super-options`. Lines that do not have
-/// that shape are skipped.
-fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|l| {
-            let fields: Vec<&str> = l.split(' ').collect();
-            let sep = fields.iter().position(|f| *f == "-")?;
-            let id = fields.first()?.parse().ok()?;
-            let mountpoint = unescape(fields.get(4)?);
-            let read_only = fields.get(5)?.split(',').any(|o| o == "ro");
-            let fstype = (*fields.get(sep + 1)?).to_string();
-            let source = unescape(fields.get(sep + 2)?).display().to_string();
-            Some(Mount { id, mountpoint, read_only, fstype, source })
-        })
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> PathBuf {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = u32::from(b[i + 1] - b'0') * 64 + u32::from(b[i + 2] - b'0') * 8 + u32::from(b[i + 3] - b'0');
-            out.push(u8::try_from(v).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+    mountinfo::read().context("reading /proc/self/mountinfo")
 }
 
 /// Who holds the writer lock of `data_dir`, if anyone: `None` when the lock
@@ -379,26 +333,6 @@ pub fn unmount(mountpoint: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_lines() {
-        let text = "36 35 98:0 /mnt1 /mnt\\040x rw,noatime master:1 - fuse.syncer /data\\040d rw,user_id=0\n\
-                    37 35 98:0 / /ro ro,nosuid - fuse.syncer /d rw\n\
-                    garbage line\n";
-        let m = parse_mountinfo(text);
-        assert_eq!(m.len(), 2);
-        assert_eq!(
-            m[0],
-            Mount {
-                id: 36,
-                mountpoint: PathBuf::from("/mnt x"),
-                read_only: false,
-                fstype: "fuse.syncer".into(),
-                source: "/data d".into()
-            }
-        );
-        assert!(m[1].read_only);
-    }
 
     #[test]
     fn options_are_checked() {

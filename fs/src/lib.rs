@@ -25,6 +25,7 @@ mod adapter;
 mod attr;
 mod errno;
 mod inodes;
+pub mod mountinfo;
 mod ops;
 mod writeback;
 
@@ -226,39 +227,11 @@ pub fn set_read_ahead(mountpoint: &Path, kib: u32) -> io::Result<()> {
         }
         _ => mountpoint.to_path_buf(),
     };
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let dev = info
-        .lines()
-        .rev()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let (dev, at) = (fields.get(2)?, fields.get(4)?);
-            (Path::new(&unescape_mountinfo(at)) == mountpoint).then(|| dev.to_string())
-        })
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{} is not mounted", mountpoint.display())))?;
+    let dev =
+        mountinfo::read()?.into_iter().rev().find(|m| m.mountpoint == mountpoint).map(|m| m.dev).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("{} is not mounted", mountpoint.display()))
+        })?;
     std::fs::write(format!("/sys/class/bdi/{dev}/read_ahead_kb"), kib.to_string())
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape_mountinfo(s: &str) -> std::ffi::OsString {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    std::ffi::OsString::from_vec(out)
 }
 
 fn tune_read_ahead(mountpoint: &Path, opts: &MountOptions) {
@@ -367,12 +340,5 @@ mod tests {
         assert_eq!(parse_option("noexec"), MountOption::NoExec);
         assert_eq!(parse_option("fsname=x"), MountOption::FSName("x".into()));
         assert_eq!(parse_option("max_read=4096"), MountOption::CUSTOM("max_read=4096".into()));
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(r"/mnt/a\040b\134c\011"), "/mnt/a b\\c\t");
-        assert_eq!(unescape_mountinfo(r"/x\04"), r"/x\04", "a cut escape stays as is");
-        assert_eq!(unescape_mountinfo(r"/x\999"), r"/x\999", "not octal");
     }
 }
