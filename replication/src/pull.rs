@@ -11,6 +11,7 @@ use std::ffi::OsString;
 use std::path::Path;
 
 use engine::ids::MachineId;
+use engine::storage::{FsStorage, Storage};
 
 use crate::remote::Rsync;
 use crate::{RemoteError, Result};
@@ -48,17 +49,12 @@ fn sync_pulled(log_root: &Path, ours: Option<MachineId>) -> Result<()> {
         for seg in std::fs::read_dir(&folder).map_err(RemoteError::io("list", &folder))? {
             let seg = seg.map_err(RemoteError::io("list", &folder))?.path();
             if seg.extension().is_some_and(|e| e == "seg") {
-                sync_path(&seg)?;
+                FsStorage.sync_file(&seg).map_err(RemoteError::io("sync", &seg))?;
             }
         }
-        sync_path(&folder)?;
+        FsStorage.sync_dir(&folder).map_err(RemoteError::io("sync", &folder))?;
     }
-    sync_path(log_root)
-}
-
-/// fsync of a file or folder.
-fn sync_path(path: &Path) -> Result<()> {
-    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(RemoteError::io("sync", path))
+    FsStorage.sync_dir(log_root).map_err(RemoteError::io("sync", log_root))
 }
 
 /// Fetches the remote's `config.toml` (the first machine's settings) into
