@@ -20,4 +20,5 @@ else
     target/release/syncer mount "$data" "$mnt"
     echo "mounted $data on $mnt (unmount: target/release/syncer unmount $mnt)"
 fi
-target/release/syncer status "$data" | head -4
+# sed, not head: head would close the pipe early, and pipefail would fail the script.
+target/release/syncer status "$data" | sed -n 1,4p
