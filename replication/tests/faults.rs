@@ -88,10 +88,7 @@ fn source(e: &Engine, remote: &Path) -> Arc<RemoteSource> {
 
 #[test]
 fn rsync_killed_partway_through_a_push_then_a_good_push_completes() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let remote = tmp.path().join("remote");
-    let dir = init(tmp.path(), "a", &remote);
-    let e = Engine::open(&dir).expect("open");
+    let (tmp, remote, dir, e) = one_machine();
     let one = random(200_000);
     write_file(&e, "one", &one);
     push_with(&e, &rsync(&remote)).expect("first push");
@@ -209,6 +206,16 @@ fn peer_files(e: &Engine) -> Vec<(Vec<u8>, u64)> {
         .filter(|(p, ..)| p.starts_with(b"/f"))
         .map(|(p, n, _)| (p, n.size))
         .collect()
+}
+
+/// Machine `a` of a local-directory remote: the temp dir holding both,
+/// the remote, `a`'s data dir, and `a` open.
+fn one_machine() -> (tempfile::TempDir, PathBuf, PathBuf, Engine) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let remote = tmp.path().join("remote");
+    let dir = init(tmp.path(), "a", &remote);
+    let e = Engine::open(&dir).expect("open a");
+    (tmp, remote, dir, e)
 }
 
 /// Machines `a` and `b` of one local-directory remote; `b` holds a file of
@@ -455,10 +462,7 @@ fn scribble(seg: &Path) -> Vec<u8> {
 
 #[test]
 fn same_length_junk_in_our_remote_segment_is_replaced_with_ours() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let remote = tmp.path().join("remote");
-    let dir = init(tmp.path(), "a", &remote);
-    let a = Engine::open(&dir).expect("open a");
+    let (tmp, remote, dir, a) = one_machine();
     write_file(&a, "f0", &random(100_000));
     let r = rsync(&remote);
     push_with(&a, &r).expect("push");
