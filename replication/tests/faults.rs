@@ -284,34 +284,25 @@ fn peer_segment_truncated_on_the_remote_stops_at_the_torn_tail_and_resumes() {
 
 /// A has pushed, B has imported A's log and has a file of its own (`mine`);
 /// then A's segment on the remote gets junk appended after its first `len`
-/// bytes.
-struct Junk {
-    tmp: tempfile::TempDir,
-    remote: PathBuf,
-    a: Engine,
-    b: Engine,
-    b_dir: PathBuf,
-    mine: Vec<u8>,
-    len: u64,
-}
-
-fn junk_on_the_remote() -> Junk {
-    let TwoMachines { tmp, remote, a, b, b_dir, mine } = two_machines();
-    write_file(&a, "f0", &random(100_000));
-    push_with(&a, &rsync(&remote)).expect("push a");
-    pull_into(&b, &remote);
+/// bytes. Returns the machines and that length.
+fn junk_on_the_remote() -> (TwoMachines, u64) {
+    let m = two_machines();
+    let TwoMachines { remote, a, b, .. } = &m;
+    write_file(a, "f0", &random(100_000));
+    push_with(a, &rsync(remote)).expect("push a");
+    pull_into(b, remote);
     b.import().expect("clean import");
-    let seg = remote_segment(&remote, &a);
+    let seg = remote_segment(remote, a);
     let mut bytes = std::fs::read(&seg).expect("read");
     let len = bytes.len() as u64;
     bytes.extend(std::iter::repeat_n(b"not a syncer record; ".as_slice(), 10).flatten());
     std::fs::write(&seg, bytes).expect("extend with junk");
-    Junk { tmp, remote, a, b, b_dir, mine, len }
+    (m, len)
 }
 
 #[test]
 fn peer_segment_extended_with_junk_on_the_remote_is_refused_naming_segment_and_offset() {
-    let Junk { tmp: _tmp, remote, a, b, b_dir, mine, len } = junk_on_the_remote();
+    let (TwoMachines { tmp: _tmp, remote, a, b, b_dir, mine }, len) = junk_on_the_remote();
     let before = tree(&b);
     pull_into(&b, &remote);
     // The import goes on for everything else; the peer's damage is refused
@@ -342,7 +333,7 @@ fn peer_segment_extended_with_junk_on_the_remote_is_refused_naming_segment_and_o
 /// data dir opens.
 #[test]
 fn junk_in_a_pulled_peer_segment_keeps_the_data_dir_openable() {
-    let Junk { tmp: _tmp, remote, a, b, b_dir, mine, len } = junk_on_the_remote();
+    let (TwoMachines { tmp: _tmp, remote, a, b, b_dir, mine }, len) = junk_on_the_remote();
     pull_into(&b, &remote);
     b.import().expect("import");
     assert_eq!(b.peer_problems().len(), 1);
@@ -366,7 +357,7 @@ fn junk_in_a_pulled_peer_segment_keeps_the_data_dir_openable() {
 /// success.
 #[test]
 fn push_over_junk_in_our_own_remote_segment_is_noticed() {
-    let Junk { tmp: _tmp, remote, a, .. } = junk_on_the_remote();
+    let (TwoMachines { tmp: _tmp, remote, a, .. }, _) = junk_on_the_remote();
     write_file(&a, "f1", &random(5000));
     let pushed = push_with(&a, &rsync(&remote));
     let remote_log = log::read_events(&FsStorage, &remote.join("log"), log::log_start(a.machine()));
@@ -384,7 +375,7 @@ fn segment_bytes(a: &Engine, remote: &Path) -> (Vec<u8>, Vec<u8>) {
 
 #[test]
 fn push_over_a_longer_remote_segment_of_ours_is_refused_and_leaves_it_alone() {
-    let Junk { tmp, remote, a, b, b_dir, len, .. } = junk_on_the_remote();
+    let (TwoMachines { tmp, remote, a, b, b_dir, .. }, len) = junk_on_the_remote();
     // More junk than the log bytes this push has.
     let seg = remote_segment(&remote, &a);
     let mut junk = std::fs::read(&seg).expect("read");
@@ -432,7 +423,7 @@ fn push_over_a_longer_remote_segment_of_ours_is_refused_and_leaves_it_alone() {
 
 #[test]
 fn push_over_shorter_junk_in_our_remote_segment_replaces_it_with_ours() {
-    let Junk { tmp: _tmp, remote, a, b, b_dir, len, .. } = junk_on_the_remote();
+    let (TwoMachines { tmp: _tmp, remote, a, b, b_dir, .. }, len) = junk_on_the_remote();
     let files: Vec<Vec<u8>> = (1..4).map(|_| random(300_000)).collect();
     for (i, data) in files.iter().enumerate() {
         write_file(&a, &format!("f{}", i + 1), data);
