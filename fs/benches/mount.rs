@@ -50,7 +50,9 @@ const CHUNK: usize = 1 << 20;
 /// Distinct chunks in the write pools; each written chunk is a pool chunk
 /// stamped with its index, so no two blocks of a file are equal.
 const POOL_CHUNKS: usize = 16;
-const TTL: Duration = Duration::from_secs(1);
+/// The null filesystem's entry and attribute TTL: syncer's, so that both
+/// get the same help from the kernel's caches.
+const TTL: Duration = syncer_fs::LIVE_TTL;
 
 fn scale() -> f64 {
     std::env::var("SYNCER_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0)

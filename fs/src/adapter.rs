@@ -15,9 +15,18 @@ use fuser::{
 
 use crate::ops::{Core, SetAttr};
 
-/// How long the kernel may cache entries and attributes. Short, because
-/// merged events from other machines change the tree under us.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache entries and attributes of a live mount.
+/// Changes made through the mount update the kernel's caches as they are
+/// made; changes from peers arrive only through an import, after which every
+/// dentry they made stale and every known inode is invalidated
+/// (`crate::spawn_invalidator`). So the TTL only bounds how long a failed
+/// invalidation could show stale state; short TTLs cost a lookup round trip
+/// for every path resolved after they run out.
+pub const LIVE_TTL: Duration = Duration::from_secs(60);
+
+/// How long the kernel may cache a point-in-time mount, whose tree never
+/// changes.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Largest write request we ask the kernel for.
 pub(crate) const MAX_WRITE: u32 = 1 << 20;
@@ -28,19 +37,28 @@ const MAX_READAHEAD: u32 = 1 << 20;
 /// The filesystem handed to fuser.
 pub(crate) struct SyncerFs {
     pub(crate) core: Arc<Core>,
+    /// [`LIVE_TTL`] or [`SNAPSHOT_TTL`].
+    ttl: Duration,
 }
 
-fn attr_reply(reply: ReplyAttr, r: Result<fuser::FileAttr, Errno>) {
-    match r {
-        Ok(a) => reply.attr(&TTL, &a),
-        Err(e) => reply.error(e),
+impl SyncerFs {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
+        let ttl = if core.engine.at().is_some() { SNAPSHOT_TTL } else { LIVE_TTL };
+        SyncerFs { core, ttl }
     }
-}
 
-fn entry_reply(reply: ReplyEntry, r: Result<fuser::FileAttr, Errno>) {
-    match r {
-        Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-        Err(e) => reply.error(e),
+    fn attr_reply(&self, reply: ReplyAttr, r: Result<fuser::FileAttr, Errno>) {
+        match r {
+            Ok(a) => reply.attr(&self.ttl, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn entry_reply(&self, reply: ReplyEntry, r: Result<fuser::FileAttr, Errno>) {
+        match r {
+            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
     }
 }
 
@@ -104,7 +122,7 @@ impl Filesystem for SyncerFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        entry_reply(reply, self.core.do_lookup(parent.0, name));
+        self.entry_reply(reply, self.core.do_lookup(parent.0, name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -115,7 +133,7 @@ impl Filesystem for SyncerFs {
     // `ForgetOne` type is not exported, so it cannot be overridden).
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        attr_reply(reply, self.core.do_getattr(ino.0));
+        self.attr_reply(reply, self.core.do_getattr(ino.0));
     }
 
     fn setattr(
@@ -137,7 +155,7 @@ impl Filesystem for SyncerFs {
         reply: ReplyAttr,
     ) {
         let req = SetAttr { mode, uid, gid, size, atime, mtime, crtime, bkuptime, flags: flags.map(|f| f.bits()) };
-        attr_reply(reply, self.core.do_setattr(ino.0, req));
+        self.attr_reply(reply, self.core.do_setattr(ino.0, req));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -148,11 +166,11 @@ impl Filesystem for SyncerFs {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        entry_reply(reply, self.core.do_mknod(parent.0, name, mode, umask, rdev, req.uid(), req.gid()));
+        self.entry_reply(reply, self.core.do_mknod(parent.0, name, mode, umask, rdev, req.uid(), req.gid()));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        entry_reply(reply, self.core.do_mkdir(parent.0, name, mode, umask, req.uid(), req.gid()));
+        self.entry_reply(reply, self.core.do_mkdir(parent.0, name, mode, umask, req.uid(), req.gid()));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -164,7 +182,7 @@ impl Filesystem for SyncerFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        entry_reply(reply, self.core.do_symlink(parent.0, link_name, target, req.uid(), req.gid()));
+        self.entry_reply(reply, self.core.do_symlink(parent.0, link_name, target, req.uid(), req.gid()));
     }
 
     fn rename(
@@ -181,7 +199,7 @@ impl Filesystem for SyncerFs {
     }
 
     fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
-        entry_reply(reply, self.core.do_link());
+        self.entry_reply(reply, self.core.do_link());
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -274,11 +292,11 @@ impl Filesystem for SyncerFs {
             Err(e) => return reply.error(e),
         };
         for (i, e) in listing.iter().enumerate().skip(start) {
-            let Some((attr, counted)) = self.core.plus_entry(e) else {
+            let Some((attr, counted)) = self.core.plus_entry(ino.0, e) else {
                 continue;
             };
             let name = OsStr::from_bytes(&e.name);
-            if reply.add(attr.ino, (i + 1) as u64, name, &TTL, &attr, Generation(0)) {
+            if reply.add(attr.ino, (i + 1) as u64, name, &self.ttl, &attr, Generation(0)) {
                 if counted {
                     self.core.unplus(attr.ino.0);
                 }
@@ -344,7 +362,7 @@ impl Filesystem for SyncerFs {
         reply: ReplyCreate,
     ) {
         match self.core.do_create(parent.0, name, mode, umask, flags, req.uid(), req.gid()) {
-            Ok((attr, fh)) => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok((attr, fh)) => reply.created(&self.ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }

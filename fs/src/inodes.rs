@@ -10,7 +10,13 @@
 //!   seen;
 //! - numbers at or above [`SYNTHETIC_BASE`] are never in the table: they are
 //!   only reported as `d_ino` by plain `readdir` for entries the kernel has
-//!   not looked up.
+//!   not looked up;
+//! - each entry lists every name (parent inode, name) under which the kernel
+//!   may hold a dentry for it: each reply that hands out an entry adds one, a
+//!   local rename moves one. The list may hold names the kernel has already
+//!   dropped (an unlink, an expired entry), never miss one it holds, so
+//!   checking the list after an import finds every dentry the import made
+//!   stale (`crate::spawn_invalidator`).
 //!
 //! One mutex guards both maps; it is held only for hash-map operations, never
 //! across engine calls.
@@ -24,11 +30,29 @@ use parking_lot::Mutex;
 /// First inode number used for `d_ino` of entries not in the table.
 pub(crate) const SYNTHETIC_BASE: u64 = 1 << 63;
 
+/// A name under which the kernel may hold a dentry: (parent inode, name).
+pub(crate) type Dentry = (u64, Box<[u8]>);
+
 #[derive(Debug)]
 struct Entry {
     node: NodeId,
     lookups: u64,
     opens: u64,
+    /// Short: nodes have one parent, so a second name exists only between
+    /// an import that moved the node and the invalidation that follows.
+    names: Vec<Dentry>,
+}
+
+impl Entry {
+    fn add_name(&mut self, parent: u64, name: &[u8]) {
+        if !self.names.iter().any(|(p, n)| *p == parent && **n == *name) {
+            self.names.push((parent, name.into()));
+        }
+    }
+
+    fn remove_name(&mut self, parent: u64, name: &[u8]) {
+        self.names.retain(|(p, n)| !(*p == parent && **n == *name));
+    }
 }
 
 #[derive(Debug)]
@@ -48,7 +72,7 @@ impl Inodes {
     pub(crate) fn new() -> Self {
         let mut by_ino = HashMap::new();
         let mut by_node = HashMap::new();
-        by_ino.insert(1, Entry { node: NodeId::ROOT, lookups: 1, opens: 0 });
+        by_ino.insert(1, Entry { node: NodeId::ROOT, lookups: 1, opens: 0, names: Vec::new() });
         by_node.insert(NodeId::ROOT, 1);
         Inodes { inner: Mutex::new(Table { by_ino, by_node, next: 2 }) }
     }
@@ -61,20 +85,46 @@ impl Inodes {
         self.inner.lock().by_ino.get(&ino).map(|e| e.node).ok_or_else(|| Errno::from_i32(libc::ESTALE))
     }
 
-    /// The inode of `node`, adding one kernel lookup (allocating if new).
-    pub(crate) fn remember(&self, node: NodeId) -> u64 {
+    /// The inode of `node`, adding one kernel lookup (allocating if new),
+    /// handed to the kernel as `name` in the directory `parent` (an inode).
+    pub(crate) fn remember(&self, node: NodeId, parent: u64, name: &[u8]) -> u64 {
         let mut t = self.inner.lock();
         if let Some(&ino) = t.by_node.get(&node) {
             if let Some(e) = t.by_ino.get_mut(&ino) {
                 e.lookups += 1;
+                e.add_name(parent, name);
             }
             return ino;
         }
         let ino = t.next;
         t.next += 1;
-        t.by_ino.insert(ino, Entry { node, lookups: 1, opens: 0 });
+        t.by_ino.insert(ino, Entry { node, lookups: 1, opens: 0, names: vec![(parent, name.into())] });
         t.by_node.insert(node, ino);
         ino
+    }
+
+    /// A local rename moved the kernel's dentry of `node` from `from` to
+    /// `to` (the kernel moves its own dentry; this keeps the list in step).
+    pub(crate) fn renamed(&self, node: NodeId, from: (u64, &[u8]), to: (u64, &[u8])) {
+        let mut t = self.inner.lock();
+        let Some(&ino) = t.by_node.get(&node) else { return };
+        if let Some(e) = t.by_ino.get_mut(&ino) {
+            e.remove_name(from.0, from.1);
+            e.add_name(to.0, to.1);
+        }
+    }
+
+    /// Every entry's inode, node and names (root excluded, as it has none).
+    pub(crate) fn dentries(&self) -> Vec<(u64, NodeId, Vec<Dentry>)> {
+        let t = self.inner.lock();
+        t.by_ino.iter().filter(|(_, e)| !e.names.is_empty()).map(|(ino, e)| (*ino, e.node, e.names.clone())).collect()
+    }
+
+    /// The kernel was told to drop `name` of `ino`.
+    pub(crate) fn drop_name(&self, ino: u64, name: &Dentry) {
+        if let Some(e) = self.inner.lock().by_ino.get_mut(&ino) {
+            e.remove_name(name.0, &name.1);
+        }
     }
 
     /// The inode of `node` if the table has one (no lookup added).
@@ -165,9 +215,9 @@ mod tests {
     fn lookups_and_forget() {
         let t = Inodes::new();
         let a = NodeId(10 << 64 | 3);
-        let ino = t.remember(a);
+        let ino = t.remember(a, 1, b"a");
         assert_eq!(ino, 2);
-        assert_eq!(t.remember(a), 2);
+        assert_eq!(t.remember(a, 1, b"a"), 2);
         assert_eq!(t.node(2), Ok(a));
         t.forget(2, 1);
         assert_eq!(t.node(2), Ok(a));
@@ -175,14 +225,34 @@ mod tests {
         assert!(t.node(2).is_err());
         assert_eq!(t.len(), 1);
         // A new lookup gets a fresh number, never a reused one.
-        assert_eq!(t.remember(a), 3);
+        assert_eq!(t.remember(a, 1, b"a"), 3);
+    }
+
+    #[test]
+    fn names_follow_lookups_and_renames() {
+        let t = Inodes::new();
+        let a = NodeId(13 << 64 | 3);
+        let ino = t.remember(a, 1, b"x");
+        assert_eq!(t.remember(a, 1, b"x"), ino);
+        let names = |t: &Inodes| t.dentries().into_iter().map(|(_, _, n)| n).collect::<Vec<_>>();
+        assert_eq!(names(&t), vec![vec![(1, b"x".to_vec().into_boxed_slice())]]);
+        t.renamed(a, (1, b"x"), (7, b"y"));
+        assert_eq!(names(&t), vec![vec![(7, b"y".to_vec().into_boxed_slice())]]);
+        // A second name (a lookup after an import moved it) is kept beside the first.
+        t.remember(a, 1, b"z");
+        assert_eq!(names(&t)[0].len(), 2);
+        t.drop_name(ino, &(7, b"y".to_vec().into_boxed_slice()));
+        assert_eq!(names(&t), vec![vec![(1, b"z".to_vec().into_boxed_slice())]]);
+        // A rename of a node the kernel never looked up is a no-op.
+        t.renamed(NodeId(99), (1, b"q"), (1, b"r"));
+        assert_eq!(t.len(), 2);
     }
 
     #[test]
     fn open_handles_keep_entries() {
         let t = Inodes::new();
         let a = NodeId(11 << 64 | 3);
-        let ino = t.remember(a);
+        let ino = t.remember(a, 1, b"a");
         t.open(ino);
         t.forget(ino, 1);
         assert_eq!(t.node(ino), Ok(a));
@@ -197,7 +267,7 @@ mod tests {
         assert_eq!(t.node(1), Ok(NodeId::ROOT));
         let b = NodeId(12 << 64 | 3);
         assert!(t.d_ino(b) >= SYNTHETIC_BASE);
-        let ino = t.remember(b);
+        let ino = t.remember(b, 1, b"b");
         assert_eq!(t.d_ino(b), ino);
     }
 }

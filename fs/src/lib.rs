@@ -30,6 +30,7 @@ mod ops;
 mod writeback;
 
 use adapter::SyncerFs;
+pub use adapter::LIVE_TTL;
 use ops::Core;
 
 /// How to mount.
@@ -176,14 +177,15 @@ fn hash_workers() -> usize {
 fn build(engine: Arc<Engine>, opts: &MountOptions) -> Result<(SyncerFs, Arc<Core>, Config), FsMountError> {
     let config = fuse_config(&engine, opts);
     let core = Arc::new(Core::new(engine, opts.dirty_limit, hash_workers()).map_err(FsMountError::Threads)?);
-    Ok((SyncerFs { core: core.clone() }, core, config))
+    Ok((SyncerFs::new(core.clone()), core, config))
 }
 
 /// Keeps the kernel's view live: after each import of peers' changes
-/// (`Engine::import`), the cached attributes and pages of every inode the
-/// kernel knows are dropped, so reads see the merged tree without a
-/// remount. Directory entries follow within the entry TTL. The thread ends
-/// with the session (the notifier fails once the mount is gone) or the engine.
+/// (`Engine::import`), every dentry the kernel may hold that no longer names
+/// the same node is dropped, then the cached attributes and pages of every
+/// inode the kernel knows, so lookups and reads see the merged tree without
+/// a remount and without waiting for the TTL. The thread ends with the
+/// session (the notifier fails once the mount is gone) or the engine.
 fn spawn_invalidator(core: &Arc<Core>, notifier: fuser::Notifier) {
     let imports = core.engine.watch_imports();
     // Weak, so that the thread never keeps the engine (and its lock) alive
@@ -193,13 +195,8 @@ fn spawn_invalidator(core: &Arc<Core>, notifier: fuser::Notifier) {
         match imports.recv_timeout(std::time::Duration::from_millis(500)) {
             Ok(_) => {
                 let Some(core) = core.upgrade() else { return };
-                for ino in core.inodes.all() {
-                    if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
-                        // ENOENT: the kernel no longer has it; anything else: the mount is gone.
-                        if e.raw_os_error() != Some(libc::ENOENT) {
-                            return;
-                        }
-                    }
+                if invalidate_after_import(&core, &notifier).is_err() {
+                    return;
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) if core.strong_count() > 0 => {}
@@ -207,8 +204,36 @@ fn spawn_invalidator(core: &Arc<Core>, notifier: fuser::Notifier) {
         }
     });
     if let Err(e) = spawned {
-        tracing::error!("cannot start the cache invalidation thread: {e}; peers' changes show after the attribute TTL");
+        tracing::error!("cannot start the cache invalidation thread: {e}; peers' changes show after the TTL");
     }
+}
+
+/// One invalidation pass (see [`spawn_invalidator`]). `Err` once the mount
+/// is gone. ENOENT from the kernel means it no longer holds what we named.
+fn invalidate_after_import(core: &Core, notifier: &fuser::Notifier) -> io::Result<()> {
+    let gone_is_fine = |r: io::Result<()>| match r {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+        _ => Ok(()),
+    };
+    for (ino, node, names) in core.inodes.dentries() {
+        for name in names {
+            let still = core
+                .inodes
+                .node(name.0)
+                .ok()
+                .and_then(|parent| core.engine.lookup(parent, &name.1).ok())
+                .is_some_and(|st| st.id == node);
+            if !still {
+                use std::os::unix::ffi::OsStrExt;
+                gone_is_fine(notifier.inval_entry(fuser::INodeNo(name.0), std::ffi::OsStr::from_bytes(&name.1)))?;
+                core.inodes.drop_name(ino, &name);
+            }
+        }
+    }
+    for ino in core.inodes.all() {
+        gone_is_fine(notifier.inval_inode(fuser::INodeNo(ino), 0, 0))?;
+    }
+    Ok(())
 }
 
 /// Sets the kernel's read-ahead for the FUSE mount on `mountpoint` to `kib`

@@ -127,9 +127,10 @@ impl Core {
         file_attr(ino, state, dirty, self.wb.block_size())
     }
 
-    /// Registers a kernel lookup of `state` and returns its attributes.
-    fn entry(&self, state: &NodeState) -> FileAttr {
-        let ino = self.inodes.remember(state.id);
+    /// Registers a kernel lookup of `state` as `name` in `parent` and
+    /// returns its attributes.
+    fn entry(&self, parent: u64, name: &[u8], state: &NodeState) -> FileAttr {
+        let ino = self.inodes.remember(state.id, parent, name);
         self.attr_of(ino, state)
     }
 
@@ -142,7 +143,7 @@ impl Core {
     pub(crate) fn do_lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let p = self.node_of(parent)?;
         let st = self.engine.lookup(p, name_bytes(name)).map_err(|e| errno(&e))?;
-        Ok(self.entry(&st))
+        Ok(self.entry(parent, name_bytes(name), &st))
     }
 
     pub(crate) fn do_forget(&self, ino: u64, n: u64) {
@@ -243,7 +244,7 @@ impl Core {
         let p = self.node_of(parent)?;
         let attrs = self.new_attrs(p, kind, mode, umask, uid, gid, rdev)?;
         let st = self.engine.create(p, name_bytes(name), kind, attrs, target).map_err(|e| errno(&e))?;
-        Ok(self.entry(&st))
+        Ok(self.entry(parent, name_bytes(name), &st))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -325,9 +326,19 @@ impl Core {
         }
         let p = self.node_of(parent)?;
         let np = self.node_of(new_parent)?;
-        self.engine
-            .rename(p, name_bytes(name), np, name_bytes(new_name), RenameFlags { noreplace, exchange })
-            .map_err(|e| errno(&e))
+        let (name, new_name) = (name_bytes(name), name_bytes(new_name));
+        // The nodes whose kernel dentries the rename moves, for the inode
+        // table's name lists (what the import invalidation checks).
+        let moved = self.engine.lookup(p, name).map(|st| st.id);
+        let swapped = if exchange { self.engine.lookup(np, new_name).map(|st| st.id).ok() } else { None };
+        self.engine.rename(p, name, np, new_name, RenameFlags { noreplace, exchange }).map_err(|e| errno(&e))?;
+        if let Ok(moved) = moved {
+            self.inodes.renamed(moved, (parent, name), (new_parent, new_name));
+        }
+        if let Some(swapped) = swapped {
+            self.inodes.renamed(swapped, (new_parent, new_name), (parent, name));
+        }
+        Ok(())
     }
 
     pub(crate) fn do_link(&self) -> Result<FileAttr, Errno> {
@@ -565,15 +576,14 @@ impl Core {
     /// For readdirplus: the entry's attributes, with a lookup registered
     /// (`.` and `..` get none, as the kernel takes none for them). `None` if
     /// the node disappeared since the snapshot.
-    pub(crate) fn plus_entry(&self, entry: &Listed) -> Option<(FileAttr, bool)> {
+    pub(crate) fn plus_entry(&self, dir: u64, entry: &Listed) -> Option<(FileAttr, bool)> {
         let dots = entry.name == b"." || entry.name == b"..";
         let st = self.engine.node(entry.node).ok()?;
         if dots {
             let ino = self.inodes.d_ino(entry.node);
             return Some((self.attr_of(ino, &st), false));
         }
-        let ino = self.inodes.remember(entry.node);
-        Some((self.attr_of(ino, &st), true))
+        Some((self.entry(dir, &entry.name, &st), true))
     }
 
     /// Undo the lookup of [`Core::plus_entry`] when the entry did not fit.

@@ -1,6 +1,7 @@
 //! A mounted tree picks up peers' changes without a remount: after
-//! `Engine::import`, cached pages and attributes are dropped, so reads
-//! through the mount see the merged tree.
+//! `Engine::import`, stale dentries, cached pages and attributes are dropped,
+//! so lookups and reads through the mount see the merged tree long before
+//! the kernel's caches would run out (`syncer_fs::LIVE_TTL`).
 
 use std::sync::Arc;
 
@@ -9,15 +10,48 @@ use engine::ids::{MachineId, NodeId, Timestamp};
 use engine::Engine;
 use syncer_fs::MountOptions;
 
-#[test]
-fn imported_changes_show_through_an_open_mount() {
+const PEER: MachineId = MachineId(0x00be_ef00);
+
+/// A data dir and a live mount of it.
+fn mounted(tmp: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, Arc<Engine>, syncer_fs::MountHandle) {
     assert!(unsafe { libc::geteuid() } == 0 && std::path::Path::new("/dev/fuse").exists(), "needs root and /dev/fuse");
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (data, mnt) = (tmp.path().join("data"), tmp.path().join("mnt"));
+    let (data, mnt) = (tmp.join("data"), tmp.join("mnt"));
     std::fs::create_dir(&mnt).expect("mkdir");
     Engine::init(&data, engine::config::Config::new_default(MachineId::random())).expect("init");
     let engine = Arc::new(Engine::open(&data).expect("open"));
     let handle = syncer_fs::spawn(engine.clone(), &mnt, MountOptions::new(data.display().to_string())).expect("mount");
+    (data, mnt, engine, handle)
+}
+
+/// One event of [`PEER`] on `node`, after everything in `clock`.
+fn peer_event(node: NodeId, seq: u64, clock: &engine::clock::VectorClock, change: Change) -> Event {
+    let mut clock = clock.clone();
+    clock.tick(PEER);
+    Event { node, machine: PEER, seq, time: Timestamp(Timestamp::now().0 + 1_000_000_000 + seq as i64), clock, change }
+}
+
+/// Writes `events` as [`PEER`]'s log in `data`, as rsync would bring it.
+fn write_peer_log(data: &std::path::Path, events: &[Event]) {
+    let (mut log, _) =
+        engine::log::LogWriter::open(Arc::new(engine::storage::FsStorage), &data.join("log"), PEER, 1 << 20)
+            .expect("peer log");
+    log.append(events).expect("append");
+    log.sync().expect("sync");
+}
+
+/// Polls `check` for up to 600 ms (the invalidation runs on its own thread).
+fn within_600ms(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(600);
+    while !check() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    check()
+}
+
+#[test]
+fn imported_changes_show_through_an_open_mount() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, mnt, engine, handle) = mounted(tmp.path());
 
     std::fs::write(mnt.join("notes.txt"), b"old words").expect("write");
     // Held open across the import: its cached pages must not survive it.
@@ -28,51 +62,75 @@ fn imported_changes_show_through_an_open_mount() {
 
     // A peer rewrote the file; its log arrives (as rsync would bring it).
     let file = engine.lookup(NodeId::ROOT, b"notes.txt").expect("lookup").id;
-    let peer = MachineId(0x00be_ef00);
     let block = engine.put_block(b"new words from the peer").expect("put");
     engine.sync().expect("sync");
-    let mut clock = engine.index().expect("index").node(file).expect("node").expect("exists").clock;
-    clock.tick(peer);
-    let ev = Event {
-        node: file,
-        machine: peer,
-        seq: 1,
-        time: Timestamp(Timestamp::now().0 + 1_000_000_000),
-        clock,
-        change: Change::Truncate { size: 0, tail: None },
-    };
-    let mut clock2 = ev.clock.clone();
-    clock2.tick(peer);
-    let ev2 = Event {
-        seq: 2,
-        time: Timestamp(ev.time.0 + 1),
-        clock: clock2,
-        change: Change::Content { size: 23, blocks: vec![BlockChange { index: 0, block: Some(block) }] },
-        ..ev.clone()
-    };
-    let (mut log, _) =
-        engine::log::LogWriter::open(Arc::new(engine::storage::FsStorage), &data.join("log"), peer, 1 << 20)
-            .expect("peer log");
-    log.append(&[ev, ev2]).expect("append");
-    log.sync().expect("sync");
+    let clock = engine.index().expect("index").node(file).expect("node").expect("exists").clock;
+    let ev = peer_event(file, 1, &clock, Change::Truncate { size: 0, tail: None });
+    let content = Change::Content { size: 23, blocks: vec![BlockChange { index: 0, block: Some(block) }] };
+    let ev2 = peer_event(file, 2, &ev.clock, content);
+    write_peer_log(&data, &[ev, ev2]);
 
-    // Fresh attributes in the kernel's cache, valid for the 1 s TTL: only
-    // the invalidation can make the new size show before that runs out.
+    // Fresh attributes in the kernel's cache, valid for the TTL: only the
+    // invalidation can make the new size show before that runs out.
     assert_eq!(held.metadata().expect("fstat").len(), 9);
     let report = engine.import().expect("import");
     assert_eq!(report.applied, 2);
-    // The invalidation runs on its own thread; it is done once the kernel
-    // answers with the new size.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(600);
-    while held.metadata().expect("fstat").len() != 23 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert_eq!(held.metadata().expect("fstat").len(), 23, "the kernel still shows the old size: no invalidation");
+    assert!(
+        within_600ms(|| held.metadata().expect("fstat").len() == 23),
+        "the kernel still shows the old size: no invalidation"
+    );
     let mut new = [0u8; 23];
     std::os::unix::fs::FileExt::read_exact_at(&held, &mut new, 0).expect("read through the held handle");
     assert_eq!(&new, b"new words from the peer");
     assert_eq!(std::fs::read(mnt.join("notes.txt")).expect("read"), b"new words from the peer");
     drop(held);
+    drop(engine);
+    handle.unmount().expect("unmount");
+}
+
+#[test]
+fn names_a_peer_moved_or_removed_stop_resolving_after_the_import() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, mnt, engine, handle) = mounted(tmp.path());
+    std::fs::create_dir(mnt.join("dir")).expect("mkdir");
+    std::fs::write(mnt.join("dir/moved.txt"), b"moved").expect("write");
+    std::fs::write(mnt.join("removed.txt"), b"removed").expect("write");
+    std::fs::write(mnt.join("kept.txt"), b"kept").expect("write");
+    // The kernel now holds dentries for all four, valid for the TTL.
+    for name in ["dir", "dir/moved.txt", "removed.txt", "kept.txt"] {
+        std::fs::metadata(mnt.join(name)).expect("stat");
+    }
+    // Listed with readdirplus too, which hands out dentries of its own.
+    assert_eq!(std::fs::read_dir(mnt.join("dir")).expect("readdir").count(), 1);
+    // Renamed here: the kernel moves its dentry, and the peer then moves
+    // the file again, from the new name.
+    std::fs::write(mnt.join("local.txt"), b"local").expect("write");
+    std::fs::rename(mnt.join("local.txt"), mnt.join("renamed.txt")).expect("rename");
+    std::fs::metadata(mnt.join("renamed.txt")).expect("stat");
+
+    let index = engine.index().expect("index");
+    let dir = engine.lookup(NodeId::ROOT, b"dir").expect("lookup").id;
+    let moved = engine.lookup(dir, b"moved.txt").expect("lookup").id;
+    let removed = engine.lookup(NodeId::ROOT, b"removed.txt").expect("lookup").id;
+    let clock_of = |n| index.node(n).expect("node").expect("exists").clock;
+    let mv =
+        peer_event(moved, 1, &clock_of(moved), Change::Move { parent: NodeId::ROOT, name: b"arrived.txt".to_vec() });
+    let rm = peer_event(removed, 2, &clock_of(removed).join(&mv.clock), Change::Remove);
+    let renamed = engine.lookup(NodeId::ROOT, b"renamed.txt").expect("lookup").id;
+    let again = Change::Move { parent: dir, name: b"again.txt".to_vec() };
+    let mv2 = peer_event(renamed, 3, &clock_of(renamed).join(&rm.clock), again);
+    write_peer_log(&data, &[mv, rm, mv2]);
+    assert_eq!(engine.import().expect("import").applied, 3);
+
+    let gone = ["dir/moved.txt", "removed.txt", "renamed.txt"];
+    assert!(
+        within_600ms(|| gone.iter().all(|n| !mnt.join(n).exists())),
+        "the kernel still resolves names the peer moved or removed: dentries not invalidated"
+    );
+    assert_eq!(std::fs::read(mnt.join("arrived.txt")).expect("read the moved file"), b"moved");
+    assert_eq!(std::fs::read(mnt.join("dir/again.txt")).expect("read the file moved twice"), b"local");
+    assert_eq!(std::fs::read(mnt.join("kept.txt")).expect("read"), b"kept");
+    assert_eq!(std::fs::read_dir(mnt.join("dir")).expect("readdir").count(), 1);
     drop(engine);
     handle.unmount().expect("unmount");
 }
