@@ -540,7 +540,7 @@ impl BlobStore {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = fanout.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
         let path = self.path_of(hash);
-        self.storage.write_file(&tmp, stored).map_err(|e| Error::io("write", &tmp, e))?;
+        self.storage.write_streaming(&tmp, stored).map_err(|e| Error::io("write", &tmp, e))?;
         if let Err(e) = self.storage.rename(&tmp, &path) {
             let _ = self.storage.remove_file(&tmp);
             return Err(Error::io("rename", &tmp, e));
