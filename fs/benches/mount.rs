@@ -19,7 +19,9 @@
 //! Workloads: sequential write of a random file with a final fsync, the same
 //! with a compressible mixed corpus, cold sequential read (after `sync; echo
 //! 3 > /proc/sys/vm/drop_caches`), cold 4 KiB random reads, and creating,
-//! stat-ing and removing many files. The syncer mount runs in this process,
+//! stat-ing and removing many files. Each workload but the random reads
+//! runs in rounds (`SYNCER_BENCH_ROUNDS`, default 3; see [`measure`]) and
+//! the summary shows each target's median. The syncer mount runs in this process,
 //! so its peak resident memory during the random write is this process's
 //! VmHWM (reset through `/proc/self/clear_refs` just before), less the
 //! resident set at the reset.
@@ -488,13 +490,16 @@ fn mixed_pool(seed: u64) -> Vec<Vec<u8>> {
 }
 
 /// Writes `chunks` MiB to `path` from `pool`, fsyncs and closes. Seconds.
-fn seq_write(path: &Path, pool: &[Vec<u8>], chunks: u64) -> f64 {
+fn seq_write(path: &Path, pool: &[Vec<u8>], chunks: u64, round: usize) -> f64 {
     let mut buf = vec![0u8; CHUNK];
     let t = Instant::now();
     let mut f = File::create(path).expect("create");
     for i in 0..chunks {
         buf.copy_from_slice(&pool[i as usize % pool.len()]);
+        // Stamped with the chunk and the round: no block repeats, within a
+        // file or across rounds (syncer would store a repeat for free).
         buf[..8].copy_from_slice(&i.to_le_bytes());
+        buf[8..16].copy_from_slice(&(round as u64).to_le_bytes());
         f.write_all(&buf).expect("write");
     }
     f.sync_all().expect("fsync");
@@ -577,30 +582,83 @@ const ROWS: &[(&str, &str)] = &[
     ("create+stat+unlink", "ops/s"),
 ];
 
-/// Runs each workload on every target in turn, so that all targets of a
-/// workload see the same machine (the load of a shared machine drifts).
+/// Rounds of each workload (`SYNCER_BENCH_ROUNDS`, default 3). This VM's
+/// disk and memory speed swing several-fold from one minute to the next
+/// (the plain 2 GiB write has measured 360 to 2,230 MiB/s), so a single
+/// round ranks targets by when they ran as much as by what they are.
+fn rounds() -> usize {
+    std::env::var("SYNCER_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).filter(|n| *n > 0).unwrap_or(3)
+}
+
+/// Runs one workload `rounds` times, every target once per round, each
+/// round starting at the next target, so that no target always runs right
+/// after another's heavy I/O. `bindfs` (context only, and some 40× slower
+/// at writing) runs in the first round only. `one(target, round)` returns
+/// the figures of consecutive rows from `first_row`, and a note per figure
+/// to print. Returns each target's per-row medians, in target order.
+fn measure(
+    targets: &[Target],
+    rounds: usize,
+    first_row: usize,
+    mut one: impl FnMut(&Target, usize) -> Vec<(f64, String)>,
+) -> Vec<Vec<f64>> {
+    let mut seen: Vec<Vec<Vec<f64>>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for k in 0..targets.len() {
+            let i = (k + round) % targets.len();
+            let t = &targets[i];
+            if round > 0 && matches!(t.mounted, Mounted::Bindfs(_)) {
+                continue;
+            }
+            let figures = one(t, round);
+            for (col, (v, note)) in figures.iter().enumerate() {
+                let (name, unit) = ROWS[first_row + col];
+                println!("  {:<7} {name:<26} {v:>10.1} {unit}  (round {}, {note})", t.name, round + 1);
+                if seen[i].len() <= col {
+                    seen[i].push(Vec::new());
+                }
+                seen[i][col].push(*v);
+            }
+        }
+    }
+    seen.into_iter().map(|cols| cols.into_iter().map(median).collect()).collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Runs each workload on every target (see [`measure`]) and returns each
+/// target's medians in row order of [`ROWS`].
 fn run(targets: &[Target], file_mib: u64, n_files: u64, n_random: u64, pools: [&[Vec<u8>]; 2]) -> Vec<Figures> {
+    let rounds = rounds();
     let mut out: Vec<Figures> = targets.iter().map(|_| Vec::new()).collect();
-    let say = |t: &Target, row: usize, v: f64, note: String| {
-        println!("  {:<7} {:<26} {:>10.1} {}  ({note})", t.name, ROWS[row].0, v, ROWS[row].1);
+    let append = |out: &mut Vec<Figures>, medians: Vec<Vec<f64>>| {
+        for (o, m) in out.iter_mut().zip(medians) {
+            o.extend(m);
+        }
     };
     if std::env::var("SYNCER_BENCH_META_ONLY").is_ok() {
         // For profiling the metadata path alone.
-        for (t, o) in targets.iter().zip(&mut out) {
-            o.extend(metadata(&t.dir, n_files));
-            println!("  {:<7} create/stat/unlink/all ops/s: {o:.0?}", t.name);
-        }
+        let m = measure(targets, rounds, 4, |t, _| {
+            metadata(&t.dir, n_files).map(|v| (v, format!("{n_files} files"))).into()
+        });
+        append(&mut out, m);
         return out;
     }
     for (row, (pool, file)) in pools.iter().zip(["random.bin", "mixed.bin"]).enumerate() {
-        for (t, o) in targets.iter().zip(&mut out) {
+        let m = measure(targets, rounds, row, |t, round| {
             let mem_before = status_kib("VmRSS:");
             let tracked = row == 0
+                && round == 0
                 && matches!(t.mounted, Mounted::Syncer(_))
                 && std::fs::write("/proc/self/clear_refs", "5").is_ok();
-            let secs = seq_write(&t.dir.join(file), pool, file_mib);
-            o.push(file_mib as f64 / secs);
-            say(t, row, o[row], format!("{secs:.2} s"));
+            let secs = seq_write(&t.dir.join(file), pool, file_mib, round);
             if tracked {
                 let peak = status_kib("VmHWM:");
                 println!(
@@ -611,34 +669,34 @@ fn run(targets: &[Target], file_mib: u64, n_files: u64, n_random: u64, pools: [&
                     mem_before as f64 / 1024.0
                 );
             }
-        }
+            vec![(file_mib as f64 / secs, format!("{secs:.2} s"))]
+        });
+        append(&mut out, m);
     }
     for t in targets {
         std::fs::remove_file(t.dir.join("mixed.bin")).expect("rm mixed");
     }
-    for (t, o) in targets.iter().zip(&mut out) {
-        if !drop_caches() {
-            println!("  (cannot drop caches: not root? reads below are warm)");
-        }
+    if !drop_caches() {
+        println!("  (cannot drop caches: not root? reads below are warm)");
+    }
+    let m = measure(targets, rounds, 2, |t, _| {
+        drop_caches();
         let (secs, bytes) = seq_read(&t.dir.join("random.bin"));
         assert_eq!(bytes, file_mib * MIB, "{}: short read", t.name);
-        o.push(file_mib as f64 / secs);
-        say(t, 2, o[2], format!("{secs:.2} s"));
-    }
-    for (t, o) in targets.iter().zip(&mut out) {
+        vec![(file_mib as f64 / secs, format!("{secs:.2} s"))]
+    });
+    append(&mut out, m);
+    let m = measure(targets, 1, 3, |t, _| {
         drop_caches();
-        let path = t.dir.join("random.bin");
-        o.push(random_reads(&path, file_mib * MIB, n_random));
-        say(t, 3, o[3], format!("{n_random} reads"));
-        std::fs::remove_file(&path).expect("rm random");
+        vec![(random_reads(&t.dir.join("random.bin"), file_mib * MIB, n_random), format!("{n_random} reads"))]
+    });
+    append(&mut out, m);
+    for t in targets {
+        std::fs::remove_file(t.dir.join("random.bin")).expect("rm random");
     }
-    for (t, o) in targets.iter().zip(&mut out) {
-        let m = metadata(&t.dir, n_files);
-        for (k, v) in m.iter().enumerate() {
-            o.push(*v);
-            say(t, 4 + k, *v, format!("{n_files} files"));
-        }
-    }
+    let m =
+        measure(targets, rounds, 4, |t, _| metadata(&t.dir, n_files).map(|v| (v, format!("{n_files} files"))).into());
+    append(&mut out, m);
     out
 }
 
@@ -675,6 +733,7 @@ fn main() {
     let get = |n: &str| results.iter().find(|(m, _)| *m == n).map(|(_, f)| f.clone()).unwrap_or_default();
     let (plain, null, bindfs, syncer) = (get("plain"), get("null"), get("bindfs"), get("syncer"));
     println!();
+    println!("medians of {} rounds (bindfs and the random reads: 1 round)", rounds());
     println!(
         "{:<26} {:>7} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>7}  target",
         "workload", "unit", "plain", "null", "bindfs", "syncer", "/plain", "/null", "/bindfs"
