@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::event::BlockRef;
 use crate::ids::{BlockHash, MAX_HASH_SIZE, MIN_HASH_SIZE};
+use crate::storage::ByteWindow;
 use crate::storage::Storage;
 
 /// First bytes of every blob file.
@@ -270,25 +271,53 @@ fn decompress(payload: &[u8], raw_len: u32) -> Result<Vec<u8>, BlobError> {
     }
 }
 
+/// A blob file's block before the hash check: the raw payload after the
+/// header (its length checked), or the decompressed bytes.
+enum Decoded {
+    Raw,
+    Zstd(Vec<u8>),
+}
+
+fn decode_payload(stored: &[u8]) -> Result<Decoded, BlobError> {
+    let h = decode_header(stored)?;
+    let payload = &stored[HEADER_LEN..];
+    match h.codec {
+        Codec::Raw if payload.len() as u64 != u64::from(h.raw_len) => {
+            Err(BlobError::LengthMismatch { declared: h.raw_len, actual: payload.len() as u64 })
+        }
+        Codec::Raw => Ok(Decoded::Raw),
+        Codec::Zstd => decompress(payload, h.raw_len).map(Decoded::Zstd),
+    }
+}
+
+fn check_hash(data: &[u8], expected: &BlockHash) -> Result<(), BlobError> {
+    let actual = BlockHash::of(data, expected.as_bytes().len());
+    if actual != *expected {
+        return Err(BlobError::HashMismatch { actual });
+    }
+    Ok(())
+}
+
 /// Decodes a blob file and checks that its content hashes to `expected`
 /// (with `expected`'s hash size). Never panics, never allocates more than the
 /// header's `raw_len` (itself at most [`MAX_RAW_LEN`]).
 pub fn decode_blob(stored: &[u8], expected: &BlockHash) -> Result<Vec<u8>, BlobError> {
-    let h = decode_header(stored)?;
-    let payload = &stored[HEADER_LEN..];
-    let data = match h.codec {
-        Codec::Raw => {
-            if payload.len() as u64 != u64::from(h.raw_len) {
-                return Err(BlobError::LengthMismatch { declared: h.raw_len, actual: payload.len() as u64 });
-            }
-            payload.to_vec()
-        }
-        Codec::Zstd => decompress(payload, h.raw_len)?,
+    let data = match decode_payload(stored)? {
+        Decoded::Raw => stored[HEADER_LEN..].to_vec(),
+        Decoded::Zstd(data) => data,
     };
-    let actual = BlockHash::of(&data, expected.as_bytes().len());
-    if actual != *expected {
-        return Err(BlobError::HashMismatch { actual });
-    }
+    check_hash(&data, expected)?;
+    Ok(data)
+}
+
+/// [`decode_blob`] of a blob file held in a window: a raw block is the
+/// window past the header, not a copy.
+pub fn decode_blob_window(stored: ByteWindow, expected: &BlockHash) -> Result<ByteWindow, BlobError> {
+    let data = match decode_payload(&stored)? {
+        Decoded::Raw => stored.skip(HEADER_LEN),
+        Decoded::Zstd(data) => ByteWindow::from(data),
+    };
+    check_hash(&data, expected)?;
     Ok(data)
 }
 
@@ -627,38 +656,38 @@ impl BlobStore {
     /// here; [`Error::CorruptBlob`] naming the file if it does not decode to
     /// its address.
     pub fn get(&self, hash: &BlockHash) -> Result<Vec<u8>> {
-        self.get_with(hash, false)
-    }
-
-    /// [`BlobStore::get`] for a block streamed once (read ahead of a
-    /// sequential reader): read past the OS's cache where it can be (see
-    /// [`Storage::read_streaming`]).
-    pub fn get_streaming(&self, hash: &BlockHash) -> Result<Vec<u8>> {
-        self.get_with(hash, true)
-    }
-
-    fn get_with(&self, hash: &BlockHash, streaming: bool) -> Result<Vec<u8>> {
-        let path = self.path_of(hash);
-        let read = if streaming { self.storage.read_streaming(&path) } else { self.storage.read(&path) };
-        let stored = match read {
-            Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::MissingBlob(*hash)),
-            Err(e) => return Err(Error::io("read", path, e)),
-        };
+        let stored = self.read_file(hash, |p| self.storage.read(p))?;
         let data = decode_blob(&stored, hash).map_err(|e| self.corrupt(hash, e))?;
         lock(&self.known).insert(*hash, stored.len() as u64, false);
         Ok(data)
     }
 
-    /// The blob file's bytes as stored (header included), unverified: for
-    /// shipping to a remote, which verifies on fetch.
-    pub fn get_stored(&self, hash: &BlockHash) -> Result<Vec<u8>> {
+    /// [`BlobStore::get`] for a block streamed once (read ahead of a
+    /// sequential reader): read past the OS's cache where it can be (see
+    /// [`Storage::read_streaming`]).
+    pub fn get_streaming(&self, hash: &BlockHash) -> Result<ByteWindow> {
+        let stored = self.read_file(hash, |p| self.storage.read_streaming(p))?;
+        let stored_len = stored.len() as u64;
+        let data = decode_blob_window(stored, hash).map_err(|e| self.corrupt(hash, e))?;
+        lock(&self.known).insert(*hash, stored_len, false);
+        Ok(data)
+    }
+
+    /// The blob file of `hash` read with `read`; [`Error::MissingBlob`] if
+    /// there is none.
+    fn read_file<T>(&self, hash: &BlockHash, read: impl FnOnce(&Path) -> io::Result<T>) -> Result<T> {
         let path = self.path_of(hash);
-        match self.storage.read(&path) {
+        match read(&path) {
             Ok(s) => Ok(s),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::MissingBlob(*hash)),
             Err(e) => Err(Error::io("read", path, e)),
         }
+    }
+
+    /// The blob file's bytes as stored (header included), unverified: for
+    /// shipping to a remote, which verifies on fetch.
+    pub fn get_stored(&self, hash: &BlockHash) -> Result<Vec<u8>> {
+        self.read_file(hash, |p| self.storage.read(p))
     }
 
     /// Whether a file for `hash` exists (not verified).

@@ -37,7 +37,7 @@ use crate::event::{AttrChange, Attrs, BlockChange, BlockRef, Change, Event, Node
 use crate::ids::{BlockHash, LogPos, MachineId, NodeId, Timestamp};
 use crate::index::{Counts, DirEntry, Index, IndexReader, IndexView, IndexWriter};
 use crate::log::{self, LogWriter};
-use crate::storage::{FsStorage, Storage};
+use crate::storage::{ByteWindow, FsStorage, Storage};
 use crate::tree::{self, NodeRecord};
 use crate::{format, merge};
 
@@ -859,19 +859,24 @@ impl Engine {
     /// one is set, verified and stored; a fetched copy that does not match
     /// its hash is refused with [`Error::CorruptBlob`] and never returned.
     pub fn read_block(&self, block: &BlockRef) -> Result<Vec<u8>> {
-        self.read_block_with(block, false)
+        self.read_block_with(block, false).map(ByteWindow::into_vec)
     }
 
     /// [`Engine::read_block`] for a block read ahead of a sequential
-    /// reader: read once, so read past the OS's cache where possible.
-    pub fn read_block_streaming(&self, block: &BlockRef) -> Result<Vec<u8>> {
+    /// reader: read once, so read past the OS's cache where possible, and
+    /// handed back in the buffer it was read into.
+    pub fn read_block_streaming(&self, block: &BlockRef) -> Result<ByteWindow> {
         self.read_block_with(block, true)
     }
 
-    fn read_block_with(&self, block: &BlockRef, streaming: bool) -> Result<Vec<u8>> {
-        let local = if streaming { self.blobs.get_streaming(&block.hash) } else { self.blobs.get(&block.hash) };
+    fn read_block_with(&self, block: &BlockRef, streaming: bool) -> Result<ByteWindow> {
+        let local = if streaming {
+            self.blobs.get_streaming(&block.hash)
+        } else {
+            self.blobs.get(&block.hash).map(ByteWindow::from)
+        };
         let data = match local {
-            Err(Error::MissingBlob(h)) => self.fetch_block(&h)?,
+            Err(Error::MissingBlob(h)) => ByteWindow::from(self.fetch_block(&h)?),
             other => other?,
         };
         self.cache.touch(&block.hash);

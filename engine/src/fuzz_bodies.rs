@@ -405,7 +405,9 @@ fn damage(u: &mut Unstructured, bytes: &mut Vec<u8>) -> bool {
 /// input.
 ///
 /// Properties: never panics; a decoded blob has the header's length and
-/// hashes to its address; `encode_blob` output always decodes to its input.
+/// hashes to its address; `decode_blob_window` (on the bytes at an offset of
+/// a larger buffer, as a direct read leaves them) gives what `decode_blob`
+/// gives, or the same error; `encode_blob` output always decodes to its input.
 pub fn blob_decode(data: &[u8]) {
     let Some((&mode, stored)) = data.split_first() else { return };
     let header = blob::decode_header(stored);
@@ -422,6 +424,15 @@ pub fn blob_decode(data: &[u8]) {
         }
         Err(BlobError::HashMismatch { .. }) => assert!(header.is_ok()),
         Err(_) => {}
+    }
+    let pad = usize::from(mode % 7);
+    let mut padded = vec![0xA5u8; pad];
+    padded.extend_from_slice(stored);
+    let window = crate::storage::ByteWindow::from(padded).skip(pad);
+    match (blob::decode_blob(stored, &expected), blob::decode_blob_window(window, &expected)) {
+        (Ok(a), Ok(b)) => assert!(a == *b, "decode_blob_window gave other bytes than decode_blob"),
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "the two decoders disagree on the error"),
+        (a, b) => panic!("decode_blob gave {:?}, decode_blob_window {:?}", a.map(|v| v.len()), b.map(|v| v.len())),
     }
     let level = i32::from(mode % 4);
     let encoded = blob::encode_blob(stored, level);

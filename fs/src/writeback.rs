@@ -39,6 +39,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use engine::event::{BlockChange, BlockRef};
 use engine::ids::{BlockHash, NodeId, Timestamp};
+use engine::storage::ByteWindow;
 use engine::Engine;
 use fuser::Errno;
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -136,7 +137,7 @@ struct Shared {
     in_flight: AtomicU64,
     mem_lock: Mutex<()>,
     mem_cond: Condvar,
-    cache: Mutex<VecDeque<(BlockHash, Arc<Vec<u8>>)>>,
+    cache: Mutex<VecDeque<(BlockHash, Arc<ByteWindow>)>>,
     /// Blocks some thread is loading into `cache` right now; others wait
     /// on `loaded` instead of reading the same blob twice.
     loading: Mutex<HashSet<BlockHash>>,
@@ -154,7 +155,7 @@ impl Shared {
         }
     }
 
-    fn cached(&self, hash: &BlockHash) -> Option<Arc<Vec<u8>>> {
+    fn cached(&self, hash: &BlockHash) -> Option<Arc<ByteWindow>> {
         let mut c = self.cache.lock();
         let pos = c.iter().position(|(h, _)| h == hash)?;
         let hit = c.remove(pos)?;
@@ -166,14 +167,14 @@ impl Shared {
     /// A block's bytes, through a small cache of recently read blocks. A
     /// block another thread is loading (a read-ahead) is waited for, not
     /// read again.
-    fn load(&self, block: &BlockRef) -> Result<Arc<Vec<u8>>, Errno> {
+    fn load(&self, block: &BlockRef) -> Result<Arc<ByteWindow>, Errno> {
         self.load_with(block, false)
     }
 
     /// [`Shared::load`]; `ahead`: for a read-ahead, which reads past the
     /// OS's cache (the kernel caches what the reader gets from the mount,
     /// so a second copy of the blob in the page cache would only cost).
-    fn load_with(&self, block: &BlockRef, ahead: bool) -> Result<Arc<Vec<u8>>, Errno> {
+    fn load_with(&self, block: &BlockRef, ahead: bool) -> Result<Arc<ByteWindow>, Errno> {
         loop {
             if let Some(data) = self.cached(&block.hash) {
                 return Ok(data);
@@ -185,7 +186,11 @@ impl Shared {
             // Bounded wait: a loader that failed removes its entry too.
             self.loaded.wait_for(&mut loading, Duration::from_millis(100));
         }
-        let read = if ahead { self.engine.read_block_streaming(block) } else { self.engine.read_block(block) };
+        let read = if ahead {
+            self.engine.read_block_streaming(block)
+        } else {
+            self.engine.read_block(block).map(ByteWindow::from)
+        };
         let read = read.map_err(|e| errno(&e));
         let out = read.map(|data| {
             let data = Arc::new(data);
@@ -197,7 +202,7 @@ impl Shared {
         out
     }
 
-    fn insert_cached(&self, hash: BlockHash, data: Arc<Vec<u8>>) {
+    fn insert_cached(&self, hash: BlockHash, data: Arc<ByteWindow>) {
         let mut c = self.cache.lock();
         if c.iter().any(|(h, _)| *h == hash) {
             return;
@@ -433,7 +438,7 @@ impl WriteBack {
                 Some(v)
             }
             Some(Slot::Ready { block: Some(b), .. }) if !covers => {
-                let v = self.shared.load(b)?.as_ref().clone();
+                let v = self.shared.load(b)?.to_vec();
                 self.shared.add_mem(v.capacity() as i64);
                 Some(v)
             }
@@ -443,8 +448,8 @@ impl WriteBack {
                 let stored = self.engine().file_blocks(file.node, index, 1).map_err(|e| errno(&e))?;
                 match stored.into_iter().find(|(i, _)| *i == index) {
                     Some((_, b)) => {
-                        let mut v = self.shared.load(&b)?.as_ref().clone();
-                        v.truncate(existing);
+                        let loaded = self.shared.load(&b)?;
+                        let v = loaded[..existing.min(loaded.len())].to_vec();
                         self.shared.add_mem(v.capacity() as i64);
                         Some(v)
                     }
@@ -764,7 +769,7 @@ pub(crate) enum ReadBuf {
     /// Assembled for this read.
     Owned(Vec<u8>),
     /// Part of a cached block, shared.
-    Block(Arc<Vec<u8>>, std::ops::Range<usize>),
+    Block(Arc<ByteWindow>, std::ops::Range<usize>),
 }
 
 impl std::ops::Deref for ReadBuf {
