@@ -170,8 +170,11 @@ fn fuse_config(engine: &Engine, opts: &MountOptions) -> Config {
     config
 }
 
+/// Hashing workers: twice the cores (4 to 8), because each also writes its
+/// block past the page cache and waits for the disk (measured with 2 cores:
+/// a 2 GiB write at 748–752 MiB/s with 2 workers, 809–832 MiB/s with 4).
 fn hash_workers() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8)
+    std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(4).clamp(4, 8)
 }
 
 fn build(engine: Arc<Engine>, opts: &MountOptions) -> Result<(SyncerFs, Arc<Core>, Config), FsMountError> {
