@@ -21,12 +21,18 @@ use crate::ops::{Core, SetAttr};
 /// dentry they made stale and every known inode is invalidated
 /// (`crate::spawn_invalidator`). So the TTL only bounds how long a failed
 /// invalidation could show stale state; short TTLs cost a lookup round trip
-/// for every path resolved after they run out.
+/// for every path resolved after they run out. Files with buffered writes
+/// get [`BUFFERED_ATTR_TTL`] for their attributes.
 pub const LIVE_TTL: Duration = Duration::from_secs(60);
 
 /// How long the kernel may cache a point-in-time mount, whose tree never
 /// changes.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How long the kernel may cache the attributes of a file with buffered
+/// writes: its commit sets mtime and ctime to the commit's time, which the
+/// kernel is not told of.
+const BUFFERED_ATTR_TTL: Duration = Duration::from_secs(1);
 
 /// Largest write request we ask the kernel for.
 pub(crate) const MAX_WRITE: u32 = 1 << 20;
@@ -47,16 +53,26 @@ impl SyncerFs {
         SyncerFs { core, ttl }
     }
 
+    /// The TTL for `attr`: [`BUFFERED_ATTR_TTL`] while the file has
+    /// buffered writes, else the mount's.
+    fn attr_ttl(&self, attr: &fuser::FileAttr) -> Duration {
+        if attr.kind == fuser::FileType::RegularFile && self.core.has_buffered_writes(attr.ino.0) {
+            self.ttl.min(BUFFERED_ATTR_TTL)
+        } else {
+            self.ttl
+        }
+    }
+
     fn attr_reply(&self, reply: ReplyAttr, r: Result<fuser::FileAttr, Errno>) {
         match r {
-            Ok(a) => reply.attr(&self.ttl, &a),
+            Ok(a) => reply.attr(&self.attr_ttl(&a), &a),
             Err(e) => reply.error(e),
         }
     }
 
     fn entry_reply(&self, reply: ReplyEntry, r: Result<fuser::FileAttr, Errno>) {
         match r {
-            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Ok(a) => reply.entry_with_ttls(&self.attr_ttl(&a), &self.ttl, &a, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -296,7 +312,8 @@ impl Filesystem for SyncerFs {
                 continue;
             };
             let name = OsStr::from_bytes(&e.name);
-            if reply.add(attr.ino, (i + 1) as u64, name, &self.ttl, &attr, Generation(0)) {
+            // One TTL for the entry and its attributes here.
+            if reply.add(attr.ino, (i + 1) as u64, name, &self.attr_ttl(&attr), &attr, Generation(0)) {
                 if counted {
                     self.core.unplus(attr.ino.0);
                 }
@@ -362,7 +379,9 @@ impl Filesystem for SyncerFs {
         reply: ReplyCreate,
     ) {
         match self.core.do_create(parent.0, name, mode, umask, flags, req.uid(), req.gid()) {
-            Ok((attr, fh)) => reply.created(&self.ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok((attr, fh)) => {
+                reply.created(&self.attr_ttl(&attr), &attr, Generation(0), FileHandle(fh), FopenFlags::empty())
+            }
             Err(e) => reply.error(e),
         }
     }

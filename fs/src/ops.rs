@@ -127,6 +127,12 @@ impl Core {
         file_attr(ino, state, dirty, self.wb.block_size())
     }
 
+    /// Whether `ino` is a file with writes not yet committed (its mtime and
+    /// ctime will change at the commit).
+    pub(crate) fn has_buffered_writes(&self, ino: u64) -> bool {
+        self.inodes.node(ino).is_ok_and(|node| self.wb.dirty_view(node).is_some())
+    }
+
     /// Registers a kernel lookup of `state` as `name` in `parent` and
     /// returns its attributes.
     fn entry(&self, parent: u64, name: &[u8], state: &NodeState) -> FileAttr {

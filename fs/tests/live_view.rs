@@ -134,3 +134,25 @@ fn names_a_peer_moved_or_removed_stop_resolving_after_the_import() {
     drop(engine);
     handle.unmount().expect("unmount");
 }
+
+/// A file's commit sets its mtime to the commit's time, which the kernel is
+/// not told of: attributes read while writes were buffered must not stay
+/// cached for the live TTL.
+#[test]
+fn the_committed_mtime_shows_soon_after_a_close() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_data, mnt, engine, handle) = mounted(tmp.path());
+    let path = mnt.join("written.txt");
+    let mut f = std::fs::File::create(&path).expect("create");
+    std::io::Write::write_all(&mut f, b"buffered").expect("write");
+    let while_buffered = f.metadata().expect("fstat").modified().expect("mtime");
+    drop(f);
+    let node = engine.lookup(NodeId::ROOT, b"written.txt").expect("lookup");
+    let committed = node.attrs.mtime.to_system_time();
+    assert!(committed != while_buffered, "the commit kept the write's mtime: this test checks nothing");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let seen = std::fs::metadata(&path).expect("stat").modified().expect("mtime");
+    assert_eq!(seen, committed, "the kernel still shows the mtime it cached while writes were buffered");
+    drop(engine);
+    handle.unmount().expect("unmount");
+}
