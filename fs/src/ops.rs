@@ -581,13 +581,19 @@ impl Core {
 
     /// For readdirplus: the entry's attributes, with a lookup registered
     /// (`.` and `..` get none, as the kernel takes none for them). `None` if
-    /// the node disappeared since the snapshot.
+    /// the name no longer leads to the node listed in the snapshot (the
+    /// snapshot serves every request of one listing, and the kernel would
+    /// keep a dentry it hands out for the TTL).
     pub(crate) fn plus_entry(&self, dir: u64, entry: &Listed) -> Option<(FileAttr, bool)> {
         let dots = entry.name == b"." || entry.name == b"..";
-        let st = self.engine.node(entry.node).ok()?;
         if dots {
+            let st = self.engine.node(entry.node).ok()?;
             let ino = self.inodes.d_ino(entry.node);
             return Some((self.attr_of(ino, &st), false));
+        }
+        let st = self.engine.lookup(self.node_of(dir).ok()?, &entry.name).ok()?;
+        if st.id != entry.node {
+            return None;
         }
         Some((self.entry(dir, &entry.name, &st), true))
     }
