@@ -228,8 +228,10 @@ fn invalidate_after_import(core: &Core, notifier: &fuser::Notifier) -> io::Resul
                 .is_some_and(|st| st.id == node);
             if !still {
                 use std::os::unix::ffi::OsStrExt;
-                gone_is_fine(notifier.inval_entry(fuser::INodeNo(name.0), std::ffi::OsStr::from_bytes(&name.1)))?;
+                // Dropped first: a lookup that follows the invalidation
+                // records the name again, and must not be undone.
                 core.inodes.drop_name(ino, &name);
+                gone_is_fine(notifier.inval_entry(fuser::INodeNo(name.0), std::ffi::OsStr::from_bytes(&name.1)))?;
             }
         }
     }
