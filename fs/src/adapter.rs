@@ -63,8 +63,13 @@ impl SyncerFs {
         }
     }
 
-    fn attr_reply(&self, reply: ReplyAttr, r: Result<fuser::FileAttr, Errno>) {
+    /// Replies with the attributes `r` of `ino`, got after checking
+    /// whether it had buffered writes (`buffered_before`): a commit between
+    /// that check and the one in [`SyncerFs::attr_ttl`] would otherwise let
+    /// pre-commit times be cached for the live TTL.
+    fn attr_reply(&self, reply: ReplyAttr, buffered_before: bool, r: Result<fuser::FileAttr, Errno>) {
         match r {
+            Ok(a) if buffered_before => reply.attr(&self.ttl.min(BUFFERED_ATTR_TTL), &a),
             Ok(a) => reply.attr(&self.attr_ttl(&a), &a),
             Err(e) => reply.error(e),
         }
@@ -149,7 +154,8 @@ impl Filesystem for SyncerFs {
     // `ForgetOne` type is not exported, so it cannot be overridden).
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.attr_reply(reply, self.core.do_getattr(ino.0));
+        let buffered = self.core.has_buffered_writes(ino.0);
+        self.attr_reply(reply, buffered, self.core.do_getattr(ino.0));
     }
 
     fn setattr(
@@ -171,7 +177,8 @@ impl Filesystem for SyncerFs {
         reply: ReplyAttr,
     ) {
         let req = SetAttr { mode, uid, gid, size, atime, mtime, crtime, bkuptime, flags: flags.map(|f| f.bits()) };
-        self.attr_reply(reply, self.core.do_setattr(ino.0, req));
+        let buffered = self.core.has_buffered_writes(ino.0);
+        self.attr_reply(reply, buffered, self.core.do_setattr(ino.0, req));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
