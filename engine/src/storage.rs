@@ -191,6 +191,11 @@ fn read_direct(path: &Path) -> io::Result<Option<ByteWindow>> {
     std::fs::read(path).map(|b| Some(b.into()))
 }
 
+/// Largest staging buffer a writer thread keeps between writes: a default
+/// 1 MiB block and its header, with room to spare.
+#[cfg(target_os = "linux")]
+const DIRECT_STAGING_KEEP: usize = 4 << 20;
+
 #[cfg(target_os = "linux")]
 thread_local! {
     /// Each writer thread's aligned staging buffer for [`write_direct`],
@@ -235,6 +240,12 @@ fn write_direct(path: &Path, data: &[u8]) -> io::Result<()> {
         }
         Ok(())
     })?;
+    // Kept for the next block, unless an unusually large one grew it.
+    DIRECT_STAGING.with_borrow_mut(|staging| {
+        if staging.len() > DIRECT_STAGING_KEEP {
+            *staging = Vec::new();
+        }
+    });
     drop(file);
     if aligned < data.len() {
         OpenOptions::new().write(true).open(path)?.write_all_at(&data[aligned..], aligned as u64)?;
