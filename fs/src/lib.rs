@@ -214,6 +214,8 @@ fn spawn_invalidator(core: &Arc<Core>, notifier: fuser::Notifier) {
 /// One invalidation pass (see [`spawn_invalidator`]). `Err` once the mount
 /// is gone. ENOENT from the kernel means it no longer holds what we named.
 fn invalidate_after_import(core: &Core, notifier: &fuser::Notifier) -> io::Result<()> {
+    // Before the names are read: see `Core::import_epoch`.
+    core.import_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let gone_is_fine = |r: io::Result<()>| match r {
         Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
         _ => Ok(()),

@@ -89,6 +89,11 @@ pub(crate) struct Core {
     pub(crate) wb: WriteBack,
     dirs: Mutex<HashMap<u64, Arc<Mutex<DirHandle>>>>,
     next_fh: AtomicU64,
+    /// Bumped by the import invalidation (`crate::spawn_invalidator`) as
+    /// each pass begins, before it reads the inode table's names: a lookup
+    /// that read the tree before the bump may record its name after the
+    /// pass read them, so it is redone (see [`Core::remembered`]).
+    pub(crate) import_epoch: AtomicU64,
 }
 
 fn now() -> Timestamp {
@@ -109,7 +114,14 @@ fn name_bytes(name: &OsStr) -> &[u8] {
 impl Core {
     pub(crate) fn new(engine: Arc<Engine>, dirty_limit: u64, workers: usize) -> std::io::Result<Self> {
         let wb = WriteBack::new(engine.clone(), dirty_limit, workers)?;
-        Ok(Core { engine, inodes: Inodes::new(), wb, dirs: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1) })
+        Ok(Core {
+            engine,
+            inodes: Inodes::new(),
+            wb,
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            import_epoch: AtomicU64::new(0),
+        })
     }
 
     fn node_of(&self, ino: u64) -> Result<NodeId, Errno> {
@@ -133,6 +145,28 @@ impl Core {
         self.inodes.node(ino).is_ok_and(|node| self.wb.dirty_view(node).is_some())
     }
 
+    /// Resolves `name` in the directory `parent` with `resolve` and
+    /// registers the kernel's lookup of the result, redoing both if an
+    /// import's invalidation pass began meanwhile (the pass may have read
+    /// the names before this one was recorded, and the result may be from
+    /// before the import).
+    fn remembered(
+        &self,
+        parent: u64,
+        name: &[u8],
+        resolve: impl Fn() -> Result<NodeState, Errno>,
+    ) -> Result<FileAttr, Errno> {
+        loop {
+            let epoch = self.import_epoch.load(Ordering::SeqCst);
+            let st = resolve()?;
+            let attr = self.entry(parent, name, &st);
+            if self.import_epoch.load(Ordering::SeqCst) == epoch {
+                return Ok(attr);
+            }
+            self.inodes.forget(attr.ino.0, 1);
+        }
+    }
+
     /// Registers a kernel lookup of `state` as `name` in `parent` and
     /// returns its attributes.
     fn entry(&self, parent: u64, name: &[u8], state: &NodeState) -> FileAttr {
@@ -148,8 +182,7 @@ impl Core {
 
     pub(crate) fn do_lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let p = self.node_of(parent)?;
-        let st = self.engine.lookup(p, name_bytes(name)).map_err(|e| errno(&e))?;
-        Ok(self.entry(parent, name_bytes(name), &st))
+        self.remembered(parent, name_bytes(name), || self.engine.lookup(p, name_bytes(name)).map_err(|e| errno(&e)))
     }
 
     pub(crate) fn do_forget(&self, ino: u64, n: u64) {
@@ -591,11 +624,12 @@ impl Core {
             let ino = self.inodes.d_ino(entry.node);
             return Some((self.attr_of(ino, &st), false));
         }
-        let st = self.engine.lookup(self.node_of(dir).ok()?, &entry.name).ok()?;
-        if st.id != entry.node {
-            return None;
-        }
-        Some((self.entry(dir, &entry.name, &st), true))
+        let parent = self.node_of(dir).ok()?;
+        let resolve = || match self.engine.lookup(parent, &entry.name) {
+            Ok(st) if st.id == entry.node => Ok(st),
+            _ => Err(Errno::ENOENT),
+        };
+        self.remembered(dir, &entry.name, resolve).ok().map(|attr| (attr, true))
     }
 
     /// Undo the lookup of [`Core::plus_entry`] when the entry did not fit.
