@@ -275,6 +275,21 @@ fn tune_read_ahead(mountpoint: &Path, opts: &MountOptions) {
     }
 }
 
+/// A session's end as the mount sees it: the kernel may answer the FUSE
+/// threads still reading at teardown with `ECONNABORTED` instead of
+/// `ENODEV` (seen after a lazy unmount, when the last open file closed), and
+/// fuser reports any thread's error. The connection is gone either way, and
+/// what follows (committing buffered writes) is the same.
+fn session_end(mountpoint: &Path, r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            tracing::warn!("{}: the kernel aborted the FUSE connection as the session ended", mountpoint.display());
+            Ok(())
+        }
+        r => r,
+    }
+}
+
 fn final_flush(core: &Core, mountpoint: &Path) -> Result<(), FsMountError> {
     core.shutdown_flush().map_err(|e| FsMountError::Flush { mountpoint: mountpoint.to_path_buf(), errno: e.code() })
 }
@@ -288,7 +303,7 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: MountOptions) -> Resu
         .map_err(|source| FsMountError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
     spawn_invalidator(&core, session.notifier());
     tune_read_ahead(mountpoint, &opts);
-    let served = session.run();
+    let served = session_end(mountpoint, session.run());
     let flushed = final_flush(&core, mountpoint);
     served.map_err(|source| FsMountError::Session { mountpoint: mountpoint.to_path_buf(), source })?;
     flushed
@@ -346,8 +361,7 @@ impl MountHandle {
         let Some(bg) = self.bg.take() else {
             return Ok(());
         };
-        let served = bg
-            .umount_and_join()
+        let served = session_end(&self.mountpoint, bg.umount_and_join())
             .map_err(|source| FsMountError::Unmount { mountpoint: self.mountpoint.clone(), source });
         let flushed = final_flush(&self.core, &self.mountpoint);
         served?;
