@@ -31,7 +31,7 @@
 //! of different files never wait for each other.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -52,14 +52,18 @@ use crate::errno::errno;
 const COMMIT_EVERY: usize = 256;
 
 /// Bytes of decompressed blocks kept for reads that hit the same block
-/// again (a 1 MiB block read 128 KiB at a time) or that were read ahead.
-/// Twice the read-ahead window at 1 MiB blocks.
-const READ_CACHE_BYTES: usize = 32 << 20;
+/// again (a 1 MiB block read 128 KiB at a time) or that were read ahead:
+/// the read-ahead windows of a few streams at once.
+const READ_CACHE_BYTES: usize = 64 << 20;
 
-/// Blocks loaded ahead of a sequential reader, so that reading, verifying
+/// Bytes loaded ahead of a sequential reader, so that reading, verifying
 /// and decompressing the next blocks overlaps with the FUSE transfer of
-/// this one.
-const READ_AHEAD_BLOCKS: u64 = 16;
+/// this one. A quarter of the cache, so that what is read ahead is still
+/// there when the reader comes (see [`ahead_window`]).
+const READ_AHEAD_BYTES: u64 = 16 << 20;
+
+/// At most this many blocks ahead, whatever the block size.
+const READ_AHEAD_MAX_BLOCKS: u64 = 16;
 
 /// Threads loading blocks ahead of sequential readers. They mostly wait on
 /// the disk (the loads bypass the page cache, so nothing else reads ahead
@@ -146,6 +150,10 @@ struct Shared {
     /// on `loaded` instead of reading the same blob twice.
     loading: Mutex<HashSet<BlockHash>>,
     loaded: Condvar,
+    /// Held by the read-ahead thread fetching a block from the remote.
+    fetching: Mutex<()>,
+    /// Set as the mount ends: queued read-aheads are dropped, not run.
+    stopping: AtomicBool,
 }
 
 impl Shared {
@@ -190,20 +198,23 @@ impl Shared {
             // Bounded wait: a loader that failed removes its entry too.
             self.loaded.wait_for(&mut loading, Duration::from_millis(100));
         }
+        // Removes the entry however this ends, a panic included, so that
+        // no reader waits for a load nobody is doing.
+        let _loading = Loading { shared: self, hash: block.hash };
         let read = if ahead {
             self.engine.read_block_streaming(block)
         } else {
             self.engine.read_block(block).map(ByteWindow::from)
         };
-        let read = read.map_err(|e| errno(&e));
-        let out = read.map(|data| {
+        read.map_err(|e| errno(&e)).map(|data| {
             let data = Arc::new(data);
             self.insert_cached(block.hash, data.clone());
             data
-        });
-        self.loading.lock().remove(&block.hash);
-        self.loaded.notify_all();
-        out
+        })
+    }
+
+    fn busy_or_cached(&self, hash: &BlockHash) -> bool {
+        self.loading.lock().contains(hash) || self.cached(hash).is_some()
     }
 
     fn insert_cached(&self, hash: BlockHash, data: Arc<ByteWindow>) {
@@ -221,17 +232,44 @@ impl Shared {
     }
 
     /// Loads the stored block `index` of `node` into the cache (a
-    /// read-ahead; failures are left for the real read to report).
+    /// read-ahead; failures are left for the real read to report). A block
+    /// not stored here is fetched by one read-ahead thread at a time: each
+    /// fetch also brings the file's next missing blocks, which the other
+    /// threads then find here instead of fetching them again.
     fn read_ahead(&self, node: NodeId, index: u64) {
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
         let Ok(blocks) = self.engine.file_blocks(node, index, 1) else {
             return;
         };
         for (_, b) in blocks {
-            let busy = self.loading.lock().contains(&b.hash);
-            if !busy && self.cached(&b.hash).is_none() {
+            if self.busy_or_cached(&b.hash) {
+                continue;
+            }
+            if self.engine.blobs().contains(&b.hash) {
+                let _ = self.load_with(&b, true);
+                continue;
+            }
+            let _one_fetch = self.fetching.lock();
+            if !self.busy_or_cached(&b.hash) {
                 let _ = self.load_with(&b, true);
             }
         }
+    }
+}
+
+/// A block being loaded, for [`Shared::load_with`]: dropped, it takes the
+/// block out of `loading` and wakes the threads waiting for it.
+struct Loading<'a> {
+    shared: &'a Shared,
+    hash: BlockHash,
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        self.shared.loading.lock().remove(&self.hash);
+        self.shared.loaded.notify_all();
     }
 }
 
@@ -248,9 +286,9 @@ pub(crate) struct WriteBack {
     ahead_tx: Option<Sender<Ahead>>,
     workers: Vec<JoinHandle<()>>,
     files: Mutex<HashMap<NodeId, Arc<FileState>>>,
-    /// Per node read sequentially, the end (exclusive) of the blocks asked
-    /// for read-ahead (see [`WriteBack::maybe_read_ahead`]).
-    ahead_until: Mutex<HashMap<NodeId, u64>>,
+    /// Per node read lately, where its sequential reading stands (see
+    /// [`ahead_step`]).
+    streams: Mutex<HashMap<NodeId, Stream>>,
 }
 
 impl WriteBack {
@@ -269,6 +307,8 @@ impl WriteBack {
             cache: Mutex::new(VecDeque::new()),
             loading: Mutex::new(HashSet::new()),
             loaded: Condvar::new(),
+            fetching: Mutex::new(()),
+            stopping: AtomicBool::new(false),
         });
         let (tx, rx) = crossbeam_channel::bounded::<Job>(workers * 2);
         let mut handles = Vec::with_capacity(workers);
@@ -280,7 +320,7 @@ impl WriteBack {
         }
         // Read-ahead requests are dropped, not queued, when the readers are
         // busy: the reader then loads the block itself.
-        let (ahead_tx, ahead_rx) = crossbeam_channel::bounded::<Ahead>(AHEAD_THREADS * READ_AHEAD_BLOCKS as usize);
+        let (ahead_tx, ahead_rx) = crossbeam_channel::bounded::<Ahead>(AHEAD_THREADS * READ_AHEAD_MAX_BLOCKS as usize);
         for i in 0..AHEAD_THREADS {
             let rx = ahead_rx.clone();
             let shared = shared.clone();
@@ -296,7 +336,7 @@ impl WriteBack {
             ahead_tx: Some(ahead_tx),
             workers: handles,
             files: Mutex::new(HashMap::new()),
-            ahead_until: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
         })
     }
 
@@ -642,7 +682,7 @@ impl WriteBack {
         }
         let mut covered: Vec<u64> = Vec::new();
         let mut refs: Vec<(u64, BlockRef)> = Vec::new();
-        let mut out: Option<(Vec<u8>, u64)> = None;
+        let mut out: Option<(Vec<u8>, u64, u64)> = None;
         if let Some(file) = self.existing(node) {
             let st = file.st.lock();
             if let Some(size) = st.size {
@@ -660,7 +700,7 @@ impl WriteBack {
                         covered.push(i);
                     }
                 }
-                out = Some((buf, end));
+                out = Some((buf, end, size));
             }
         }
         self.read_copied(node, offset, len, covered, refs, out).map(ReadBuf::Owned)
@@ -681,7 +721,7 @@ impl WriteBack {
         if end <= offset || (end - 1) / bs != index {
             return Ok(None);
         }
-        self.maybe_read_ahead(node, index, index);
+        self.maybe_read_ahead(node, index, index, size.div_ceil(bs));
         let stored = self.engine().file_blocks(node, index, 1).map_err(|e| errno(&e))?;
         let Some((_, block)) = stored.first() else { return Ok(None) };
         let data = self.shared.load(block)?;
@@ -703,15 +743,15 @@ impl WriteBack {
         len: u32,
         covered: Vec<u64>,
         mut refs: Vec<(u64, BlockRef)>,
-        out: Option<(Vec<u8>, u64)>,
+        out: Option<(Vec<u8>, u64, u64)>,
     ) -> Result<Vec<u8>, Errno> {
         let bs = self.shared.block_size;
-        let (mut buf, end) = match out {
+        let (mut buf, end, size) = match out {
             Some(o) => o,
             None => {
                 let size = self.engine().node(node).map_err(|e| errno(&e))?.size;
                 let end = size.min(offset.saturating_add(u64::from(len)));
-                (vec![0u8; end.saturating_sub(offset) as usize], end)
+                (vec![0u8; end.saturating_sub(offset) as usize], end, size)
             }
         };
         if end <= offset {
@@ -719,7 +759,7 @@ impl WriteBack {
         }
         let first = offset / bs;
         let last = (end - 1) / bs;
-        self.maybe_read_ahead(node, first, last);
+        self.maybe_read_ahead(node, first, last, size.div_ceil(bs));
         if (last - first + 1) as usize > covered.len() {
             let stored = self.engine().file_blocks(node, first, last - first + 1).map_err(|e| errno(&e))?;
             refs.extend(stored.into_iter().filter(|(i, _)| covered.binary_search(i).is_err()));
@@ -733,28 +773,26 @@ impl WriteBack {
 }
 
 impl WriteBack {
-    /// Asks the read-ahead threads for the blocks up to
-    /// [`READ_AHEAD_BLOCKS`] past `last` that no earlier read asked for,
-    /// when a read of `first..=last` belongs to a sequential stream: it
-    /// starts at the beginning of the file, or within two windows before
-    /// the end of what was asked for already (the kernel's requests for one
-    /// stream arrive out of order across the FUSE threads). Each block goes
-    /// out as its own request, so the threads load a stream's blocks side by
-    /// side. A read anywhere else only marks where a stream would continue.
-    fn maybe_read_ahead(&self, node: NodeId, first: u64, last: u64) {
-        let blocks = {
-            let mut asked = self.ahead_until.lock();
-            if asked.len() >= READ_AHEAD_NODES {
-                asked.clear();
+    /// Asks the read-ahead threads for the blocks of the read-ahead window
+    /// past `last` (of the file's `blocks`) that no earlier read asked for,
+    /// when a read of `first..=last` continues a sequential stream (see
+    /// [`ahead_step`]). Each block goes out as its own request, so the
+    /// threads load a stream's blocks side by side.
+    fn maybe_read_ahead(&self, node: NodeId, first: u64, last: u64, blocks: u64) {
+        let window = ahead_window(self.shared.block_size);
+        let ask = {
+            let mut streams = self.streams.lock();
+            if streams.len() >= READ_AHEAD_NODES {
+                streams.clear();
             }
-            let (until, blocks) = ahead_step(asked.get(&node).copied(), first, last);
-            asked.insert(node, until);
-            blocks
+            let (stream, ask) = ahead_step(streams.get(&node).copied(), first, last, window);
+            streams.insert(node, stream);
+            ask.start..ask.end.min(blocks)
         };
         if let Some(tx) = &self.ahead_tx {
             // A full queue means the threads are behind: the reader loads
             // the rest itself.
-            for index in blocks {
+            for index in ask {
                 if tx.try_send(Ahead { node, index }).is_err() {
                     break;
                 }
@@ -763,27 +801,52 @@ impl WriteBack {
     }
 }
 
-/// The read-ahead decision of [`WriteBack::maybe_read_ahead`] for a read of
-/// blocks `first..=last`, given the end of what was asked for so far
-/// (`None`: nothing yet): the new end, and the blocks to ask for now. A
-/// read from the start of the file always starts a stream.
-fn ahead_step(asked_until: Option<u64>, first: u64, last: u64) -> (u64, std::ops::Range<u64>) {
-    let wanted = last + 1 + READ_AHEAD_BLOCKS;
-    match asked_until {
-        Some(until) if first <= until && first + 2 * READ_AHEAD_BLOCKS >= until => {
-            if wanted <= until {
-                (until, 0..0)
+/// Blocks read ahead at `block_size`: [`READ_AHEAD_BYTES`] worth, at least
+/// one, at most [`READ_AHEAD_MAX_BLOCKS`].
+fn ahead_window(block_size: u64) -> u64 {
+    (READ_AHEAD_BYTES / block_size.max(1)).clamp(1, READ_AHEAD_MAX_BLOCKS)
+}
+
+/// Where a node's sequential reading stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stream {
+    /// The block after the last one of the latest read.
+    next: u64,
+    /// The end (exclusive) of the blocks asked for read-ahead.
+    asked: u64,
+}
+
+/// The read-ahead decision for a read of blocks `first..=last`, given the
+/// node's stream (`None`: no read yet) and the window in blocks: the new
+/// stream, and the blocks to ask for now.
+///
+/// - A read within the block just read asks for nothing (a block read in
+///   several requests, or random reads that hit one block twice).
+/// - A read from the start of the file, or one that starts at most two
+///   windows before the end of what was asked for (the kernel's requests
+///   for one stream arrive out of order across the FUSE threads), continues
+///   a stream: it asks for what its window adds.
+/// - Any other read only marks where a stream would continue.
+fn ahead_step(stream: Option<Stream>, first: u64, last: u64, window: u64) -> (Stream, std::ops::Range<u64>) {
+    let next = last + 1;
+    let wanted = next + window;
+    match stream {
+        Some(s) if next == s.next && first + 1 >= s.next => (s, 0..0),
+        Some(s) if first <= s.asked && first + 2 * window >= s.asked => {
+            if wanted <= s.asked {
+                (Stream { next, asked: s.asked }, 0..0)
             } else {
-                (wanted, until.max(last + 1)..wanted)
+                (Stream { next, asked: wanted }, s.asked.max(next)..wanted)
             }
         }
-        _ if first == 0 => (wanted, last + 1..wanted),
-        _ => (last + 1, 0..0),
+        _ if first == 0 => (Stream { next, asked: wanted }, next..wanted),
+        _ => (Stream { next, asked: next }, 0..0),
     }
 }
 
 impl Drop for WriteBack {
     fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
         self.tx = None;
         self.ahead_tx = None;
         for h in self.workers.drain(..) {
@@ -887,24 +950,40 @@ mod tests {
 
     #[test]
     fn read_ahead_follows_a_stream_in_any_order_and_ignores_jumps() {
-        const K: u64 = READ_AHEAD_BLOCKS;
+        const K: u64 = 16;
+        let st = |next, asked| Some(Stream { next, asked });
         // A stream from the start asks for the window after its first block.
-        assert_eq!(ahead_step(None, 0, 0), (K + 1, 1..K + 1));
+        assert_eq!(ahead_step(None, 0, 0, K), (Stream { next: 1, asked: K + 1 }, 1..K + 1));
         // Each further block asks for one more.
-        assert_eq!(ahead_step(Some(K + 1), 1, 1), (K + 2, K + 1..K + 2));
+        assert_eq!(ahead_step(st(1, K + 1), 1, 1, K), (Stream { next: 2, asked: K + 2 }, K + 1..K + 2));
         // Requests of one stream out of order: a late one asks for nothing.
-        assert_eq!(ahead_step(Some(K + 5), 3, 3), (K + 5, 0..0));
+        assert_eq!(ahead_step(st(6, K + 5), 3, 3, K), (Stream { next: 4, asked: K + 5 }, 0..0));
+        // A second read within the block just read asks for nothing.
+        assert_eq!(ahead_step(st(501, 501), 500, 500, K), (Stream { next: 501, asked: 501 }, 0..0));
         // A read that is not from the start only marks where a stream would go on...
-        assert_eq!(ahead_step(None, 500, 500), (501, 0..0));
+        assert_eq!(ahead_step(None, 500, 500, K), (Stream { next: 501, asked: 501 }, 0..0));
         // ...and the read that continues it starts one.
-        assert_eq!(ahead_step(Some(501), 501, 501), (502 + K, 502..502 + K));
+        assert_eq!(ahead_step(st(501, 501), 501, 501, K), (Stream { next: 502, asked: 502 + K }, 502..502 + K));
         // A jump far ahead or back is not the stream.
-        assert_eq!(ahead_step(Some(K + 1), 10 * K, 10 * K), (10 * K + 1, 0..0));
-        assert_eq!(ahead_step(Some(10 * K), 5, 5), (6, 0..0));
+        assert_eq!(ahead_step(st(2, K + 1), 10 * K, 10 * K, K), (Stream { next: 10 * K + 1, asked: 10 * K + 1 }, 0..0));
+        assert_eq!(ahead_step(st(10 * K, 10 * K), 5, 5, K), (Stream { next: 6, asked: 6 }, 0..0));
         // A read from the start always starts a stream (a second `cat`).
-        assert_eq!(ahead_step(Some(10 * K), 0, 0), (K + 1, 1..K + 1));
+        assert_eq!(ahead_step(st(10 * K, 10 * K), 0, 0, K), (Stream { next: 1, asked: K + 1 }, 1..K + 1));
         // A read spanning blocks asks past its last one.
-        assert_eq!(ahead_step(Some(4), 4, 6), (7 + K, 7..7 + K));
+        assert_eq!(ahead_step(st(4, 4), 4, 6, K), (Stream { next: 7, asked: 7 + K }, 7..7 + K));
+    }
+
+    #[test]
+    fn the_read_ahead_window_fits_the_cache_at_every_block_size() {
+        assert_eq!(ahead_window(4096), READ_AHEAD_MAX_BLOCKS);
+        assert_eq!(ahead_window(1 << 20), 16);
+        assert_eq!(ahead_window(4 << 20), 4);
+        assert_eq!(ahead_window(16 << 20), 1);
+        assert_eq!(ahead_window(64 << 20), 1);
+        for bs in [4096u64, 1 << 20, 4 << 20, 16 << 20] {
+            // Two streams' windows, plus the block each is reading, fit.
+            assert!(2 * (ahead_window(bs) + 1) * bs <= READ_CACHE_BYTES as u64, "block size {bs}");
+        }
     }
 
     #[test]
