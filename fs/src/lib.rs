@@ -7,6 +7,11 @@
 //! - when [`mount`] returns or [`MountHandle::unmount`] finishes, every
 //!   buffered write is committed and `engine.sync()` has run;
 //! - reads never update atime (the mount behaves as `noatime`);
+//! - the kernel may cache names and attributes for [`LIVE_TTL`] (files
+//!   with buffered writes: 1 s); every name it may hold is in the inode
+//!   table, and after each import of peers' changes every one of them that
+//!   no longer leads to the same node is invalidated, then every known
+//!   inode's attributes and pages;
 //! - hardlinks are refused with `EPERM` (DESIGN.md: one parent per node).
 //!
 //! Layout: `adapter` is the thin `fuser::Filesystem` impl; `ops` holds the
