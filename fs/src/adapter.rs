@@ -22,7 +22,7 @@ use crate::ops::{Core, SetAttr};
 /// (`crate::spawn_invalidator`). So the TTL only bounds how long a failed
 /// invalidation could show stale state; short TTLs cost a lookup round trip
 /// for every path resolved after they run out. Files with buffered writes
-/// get [`BUFFERED_ATTR_TTL`] for their attributes.
+/// get a 1 s TTL for their attributes (`BUFFERED_ATTR_TTL`).
 pub const LIVE_TTL: Duration = Duration::from_secs(60);
 
 /// How long the kernel may cache a point-in-time mount, whose tree never
