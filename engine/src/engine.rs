@@ -167,6 +167,16 @@ pub struct RenameFlags {
     pub exchange: bool,
 }
 
+/// What a rename moved: the node that was at the old name, and for an
+/// exchange the node that was at the new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Renamed {
+    /// Now at the new name.
+    pub moved: NodeId,
+    /// Now at the old name (an exchange only).
+    pub swapped: Option<NodeId>,
+}
+
 /// How `set_xattr` treats an existing attribute.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XattrMode {
@@ -1286,7 +1296,8 @@ impl Engine {
         self.node(node)
     }
 
-    /// Renames `parent/name` to `new_parent/new_name`.
+    /// Renames `parent/name` to `new_parent/new_name`, and says which
+    /// nodes moved.
     pub fn rename(
         &self,
         parent: NodeId,
@@ -1294,7 +1305,7 @@ impl Engine {
         new_parent: NodeId,
         new_name: &[u8],
         flags: RenameFlags,
-    ) -> Result<()> {
+    ) -> Result<Renamed> {
         validate_name(new_parent, new_name)?;
         if name.is_empty() || name.len() > NAME_MAX {
             return Err(Error::fs(parent, FsError::NotFound));
@@ -1324,12 +1335,12 @@ impl Engine {
             if flags.exchange {
                 let (dst, dst_node) = dst.ok_or(Error::fs(new_parent, FsError::NotFound))?;
                 if dst == src {
-                    return Ok((vec![], ()));
+                    return Ok((vec![], Renamed { moved: src, swapped: None }));
                 }
                 if moves_into_self(dst, dst_node.kind, parent)? {
                     return Err(Error::fs(dst, FsError::MoveIntoSelf));
                 }
-                return Ok((vec![(src, Change::Exchange { with: dst })], ()));
+                return Ok((vec![(src, Change::Exchange { with: dst })], Renamed { moved: src, swapped: Some(dst) }));
             }
             let mut changes = Vec::new();
             if let Some((dst, dst_node)) = dst {
@@ -1337,7 +1348,7 @@ impl Engine {
                     return Err(Error::fs(new_parent, FsError::Exists));
                 }
                 if dst == src {
-                    return Ok((vec![], ()));
+                    return Ok((vec![], Renamed { moved: src, swapped: None }));
                 }
                 match (src_node.kind == NodeKind::Dir, dst_node.kind == NodeKind::Dir) {
                     (true, false) => return Err(Error::fs(dst, FsError::NotDir)),
@@ -1348,7 +1359,7 @@ impl Engine {
                 changes.push((dst, Change::Remove));
             }
             changes.push(mv(src, new_parent, new_name));
-            Ok((changes, ()))
+            Ok((changes, Renamed { moved: src, swapped: None }))
         })
     }
 

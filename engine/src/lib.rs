@@ -28,6 +28,6 @@ pub mod storage;
 pub mod tree;
 pub mod verify;
 
-pub use engine::{Engine, NodeState, RenameFlags, Stats, XattrMode};
+pub use engine::{Engine, NodeState, RenameFlags, Renamed, Stats, XattrMode};
 pub use error::{Error, FsError, Result};
 pub use index::DirEntry;

@@ -366,15 +366,12 @@ impl Core {
         let p = self.node_of(parent)?;
         let np = self.node_of(new_parent)?;
         let (name, new_name) = (name_bytes(name), name_bytes(new_name));
-        // The nodes whose kernel dentries the rename moves, for the inode
-        // table's name lists (what the import invalidation checks).
-        let moved = self.engine.lookup(p, name).map(|st| st.id);
-        let swapped = if exchange { self.engine.lookup(np, new_name).map(|st| st.id).ok() } else { None };
-        self.engine.rename(p, name, np, new_name, RenameFlags { noreplace, exchange }).map_err(|e| errno(&e))?;
-        if let Ok(moved) = moved {
-            self.inodes.renamed(moved, (parent, name), (new_parent, new_name));
-        }
-        if let Some(swapped) = swapped {
+        let r = self.engine.rename(p, name, np, new_name, RenameFlags { noreplace, exchange }).map_err(|e| errno(&e))?;
+        // The kernel moves its dentries as the engine moved the nodes; the
+        // inode table's name lists (what the import invalidation checks)
+        // follow.
+        self.inodes.renamed(r.moved, (parent, name), (new_parent, new_name));
+        if let Some(swapped) = r.swapped {
             self.inodes.renamed(swapped, (new_parent, new_name), (parent, name));
         }
         Ok(())
