@@ -64,13 +64,14 @@ impl SyncerFs {
     }
 
     /// Replies with the attributes `r` of `ino`, got after checking
-    /// whether it had buffered writes (`buffered_before`): a commit between
-    /// that check and the one in [`SyncerFs::attr_ttl`] would otherwise let
-    /// pre-commit times be cached for the live TTL.
+    /// whether it had buffered writes (`buffered_before`). Checked before,
+    /// not after: a commit during the call would otherwise let pre-commit
+    /// times be cached for the live TTL, while a write during the call makes
+    /// the kernel drop these attributes itself.
     fn attr_reply(&self, reply: ReplyAttr, buffered_before: bool, r: Result<fuser::FileAttr, Errno>) {
+        let ttl = if buffered_before { self.ttl.min(BUFFERED_ATTR_TTL) } else { self.ttl };
         match r {
-            Ok(a) if buffered_before => reply.attr(&self.ttl.min(BUFFERED_ATTR_TTL), &a),
-            Ok(a) => reply.attr(&self.attr_ttl(&a), &a),
+            Ok(a) => reply.attr(&ttl, &a),
             Err(e) => reply.error(e),
         }
     }
