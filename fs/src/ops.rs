@@ -366,7 +366,8 @@ impl Core {
         let p = self.node_of(parent)?;
         let np = self.node_of(new_parent)?;
         let (name, new_name) = (name_bytes(name), name_bytes(new_name));
-        let r = self.engine.rename(p, name, np, new_name, RenameFlags { noreplace, exchange }).map_err(|e| errno(&e))?;
+        let r =
+            self.engine.rename(p, name, np, new_name, RenameFlags { noreplace, exchange }).map_err(|e| errno(&e))?;
         // The kernel moves its dentries as the engine moved the nodes; the
         // inode table's name lists (what the import invalidation checks)
         // follow.
