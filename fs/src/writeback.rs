@@ -677,12 +677,9 @@ impl WriteBack {
     /// blocks; holes and short blocks read as zeros.
     pub(crate) fn read(&self, node: NodeId, offset: u64, len: u32) -> Result<ReadBuf, Errno> {
         let bs = self.shared.block_size;
-        if let Some(whole) = self.read_in_one_block(node, offset, len)? {
-            return Ok(whole);
-        }
         let mut covered: Vec<u64> = Vec::new();
         let mut refs: Vec<(u64, BlockRef)> = Vec::new();
-        let mut out: Option<(Vec<u8>, u64, u64)> = None;
+        let mut buffered: Option<(Vec<u8>, u64, u64)> = None;
         if let Some(file) = self.existing(node) {
             let st = file.st.lock();
             if let Some(size) = st.size {
@@ -700,24 +697,31 @@ impl WriteBack {
                         covered.push(i);
                     }
                 }
-                out = Some((buf, end, size));
+                buffered = Some((buf, end, size));
             }
         }
-        self.read_copied(node, offset, len, covered, refs, out).map(ReadBuf::Owned)
+        let out = match buffered {
+            Some(out) => out,
+            None => {
+                let size = self.engine().node(node).map_err(|e| errno(&e))?.size;
+                let end = size.min(offset.saturating_add(u64::from(len)));
+                if let Some(whole) = self.read_in_one_block(node, offset, end, size)? {
+                    return Ok(whole);
+                }
+                (vec![0u8; end.saturating_sub(offset) as usize], end, size)
+            }
+        };
+        self.read_copied(node, offset, covered, refs, out).map(ReadBuf::Owned)
     }
 
-    /// A read that lies in one stored block, of a file with no buffered
-    /// writes: a range of the cached block, without a copy (the common
-    /// case of a sequential reader, whose requests are block-aligned once
-    /// the kernel's read-ahead is as large as a block). `None` otherwise.
-    fn read_in_one_block(&self, node: NodeId, offset: u64, len: u32) -> Result<Option<ReadBuf>, Errno> {
+    /// A read of `offset..end` (of a file of `size` bytes, with no buffered
+    /// writes) that lies in one stored block: a range of the cached block,
+    /// without a copy (the common case of a sequential reader, whose
+    /// requests are block-aligned once the kernel's read-ahead is as large
+    /// as a block). `None` otherwise.
+    fn read_in_one_block(&self, node: NodeId, offset: u64, end: u64, size: u64) -> Result<Option<ReadBuf>, Errno> {
         let bs = self.shared.block_size;
-        if len == 0 || self.existing(node).is_some() {
-            return Ok(None);
-        }
         let index = offset / bs;
-        let size = self.engine().node(node).map_err(|e| errno(&e))?.size;
-        let end = size.min(offset.saturating_add(u64::from(len)));
         if end <= offset || (end - 1) / bs != index {
             return Ok(None);
         }
@@ -734,26 +738,19 @@ impl WriteBack {
         Ok(Some(ReadBuf::Block(data, from..to)))
     }
 
-    /// A read assembled in its own buffer from buffered slots and stored
-    /// blocks (holes and short blocks read as zeros).
+    /// A read of `offset..end` assembled in `buf` (of a file of `size`
+    /// bytes) from buffered slots and stored blocks (holes and short blocks
+    /// read as zeros); `covered` blocks are buffered, `refs` are buffered
+    /// blocks already stored.
     fn read_copied(
         &self,
         node: NodeId,
         offset: u64,
-        len: u32,
         covered: Vec<u64>,
         mut refs: Vec<(u64, BlockRef)>,
-        out: Option<(Vec<u8>, u64, u64)>,
+        (mut buf, end, size): (Vec<u8>, u64, u64),
     ) -> Result<Vec<u8>, Errno> {
         let bs = self.shared.block_size;
-        let (mut buf, end, size) = match out {
-            Some(o) => o,
-            None => {
-                let size = self.engine().node(node).map_err(|e| errno(&e))?.size;
-                let end = size.min(offset.saturating_add(u64::from(len)));
-                (vec![0u8; end.saturating_sub(offset) as usize], end, size)
-            }
-        };
         if end <= offset {
             return Ok(Vec::new());
         }
