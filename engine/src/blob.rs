@@ -345,6 +345,9 @@ struct KnownState {
 struct Known {
     map: HashMap<BlockHash, KnownState>,
     order: VecDeque<BlockHash>,
+    /// Bumped by every [`BlobStore::remove`]: a read that began before an
+    /// eviction must not record as present a blob the eviction deleted.
+    evictions: u64,
 }
 
 impl Known {
@@ -586,15 +589,25 @@ impl BlobStore {
     /// log event that references those blobs. On error, the blobs stay queued.
     pub fn sync_pending(&self) -> Result<()> {
         let _sync = lock(&self.sync_lock);
-        let (blobs, new_dirs) = {
+        let (mut blobs, new_dirs) = {
             let mut p = lock(&self.pending);
             (std::mem::take(&mut p.blobs), std::mem::take(&mut p.new_dirs))
         };
         if blobs.is_empty() && !new_dirs {
             return Ok(());
         }
-        let res = self.sync_batch(&blobs, new_dirs);
+        let missing = Mutex::new(Vec::new());
+        let res = self.sync_batch(&blobs, new_dirs, &missing);
+        let missing = missing.into_inner().unwrap_or_else(|e| e.into_inner());
         if res.is_err() {
+            // A missing blob is not queued again (it would fail every later
+            // sync) and is forgotten, so that the next put writes it again.
+            let mut known = lock(&self.known);
+            for h in &missing {
+                blobs.remove(h);
+                known.map.remove(h);
+            }
+            drop(known);
             let mut p = lock(&self.pending);
             p.blobs.extend(blobs);
             p.new_dirs |= new_dirs;
@@ -609,24 +622,24 @@ impl BlobStore {
         res
     }
 
-    fn sync_batch(&self, blobs: &HashSet<BlockHash>, new_dirs: bool) -> Result<()> {
+    /// Syncs `blobs` and their folders. A blob whose file is gone is added
+    /// to `missing` and fails the batch with [`Error::MissingBlob`]: an event
+    /// that refers to it must not become durable.
+    fn sync_batch(&self, blobs: &HashSet<BlockHash>, new_dirs: bool, missing: &Mutex<Vec<BlockHash>>) -> Result<()> {
         let files: Vec<(BlockHash, PathBuf)> = blobs.iter().map(|h| (*h, self.path_of(h))).collect();
         let sync_files = |chunk: &[(BlockHash, PathBuf)]| -> Result<()> {
+            let mut gone = None;
             for (h, p) in chunk {
                 match self.storage.sync_file(p) {
                     Ok(()) => {}
-                    // Evicted (so on the remote) after it was queued, by a
-                    // read that raced the eviction: nothing left to sync,
-                    // and retrying would fail every later sync. Forgotten,
-                    // so the next put of it writes it again.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        tracing::warn!(path = %p.display(), "a blob queued for sync is gone (evicted)");
-                        lock(&self.known).map.remove(h);
+                        lock(missing).push(*h);
+                        gone = Some(*h);
                     }
                     Err(e) => return Err(Error::io("sync", p, e)),
                 }
             }
-            Ok(())
+            gone.map_or(Ok(()), |h| Err(Error::MissingBlob(h)))
         };
         // fsyncs are latency-bound: spread a big batch over a few threads.
         const PER_THREAD: usize = 32;
@@ -656,20 +669,32 @@ impl BlobStore {
     /// here; [`Error::CorruptBlob`] naming the file if it does not decode to
     /// its address.
     pub fn get(&self, hash: &BlockHash) -> Result<Vec<u8>> {
+        let evictions = lock(&self.known).evictions;
         let stored = self.read_file(hash, |p| self.storage.read(p))?;
         let data = decode_blob(&stored, hash).map_err(|e| self.corrupt(hash, e))?;
-        lock(&self.known).insert(*hash, stored.len() as u64, false);
+        self.note_read(hash, stored.len() as u64, evictions);
         Ok(data)
+    }
+
+    /// Records that a read found a valid blob `hash` of `stored_len` bytes,
+    /// unless an eviction ran since the read began (`evictions` then): the
+    /// file may be gone, and a put trusting this would not write it again.
+    fn note_read(&self, hash: &BlockHash, stored_len: u64, evictions: u64) {
+        let mut known = lock(&self.known);
+        if known.evictions == evictions {
+            known.insert(*hash, stored_len, false);
+        }
     }
 
     /// [`BlobStore::get`] for a block streamed once (read ahead of a
     /// sequential reader): read past the OS's cache where it can be (see
     /// [`Storage::read_streaming`]).
     pub fn get_streaming(&self, hash: &BlockHash) -> Result<ByteWindow> {
+        let evictions = lock(&self.known).evictions;
         let stored = self.read_file(hash, |p| self.storage.read_streaming(p))?;
         let stored_len = stored.len() as u64;
         let data = decode_blob_window(stored, hash).map_err(|e| self.corrupt(hash, e))?;
-        lock(&self.known).insert(*hash, stored_len, false);
+        self.note_read(hash, stored_len, evictions);
         Ok(data)
     }
 
@@ -715,6 +740,7 @@ impl BlobStore {
         {
             let mut known = lock(&self.known);
             known.map.remove(hash);
+            known.evictions += 1;
         }
         lock(&self.pending).blobs.remove(hash);
         match self.storage.remove_file(&path) {
@@ -803,6 +829,20 @@ fn is_temp(name: &OsStr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_that_raced_an_eviction_does_not_mark_the_blob_present() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(Arc::new(crate::storage::FsStorage), dir.path().join("b"), 32, 1).expect("open");
+        let h = BlockHash::of(b"block", 32);
+        let before = lock(&store.known).evictions;
+        store.remove(&h).expect("evict");
+        store.note_read(&h, 5, before);
+        assert!(lock(&store.known).get(&h).is_none(), "a read from before the eviction recorded the blob");
+        let now = lock(&store.known).evictions;
+        store.note_read(&h, 5, now);
+        assert!(lock(&store.known).get(&h).is_some());
+    }
 
     #[test]
     fn header_layout_is_stable() {

@@ -299,18 +299,20 @@ fn put_throughput() {
     }
 }
 
-/// A blob whose file is gone by the time it is synced (an eviction that
-/// raced a read which queued it again) does not fail that sync or every
-/// later one, and the next put of the same bytes writes it again.
+/// A blob whose file is gone by the time it is synced fails that sync with
+/// an error naming it (an event referring to it must not become durable),
+/// but not every later one, and the next put of the same bytes writes it
+/// again.
 #[test]
-fn a_queued_blob_evicted_before_its_sync_does_not_fail_syncs() {
+fn a_queued_blob_gone_before_its_sync_fails_that_sync_only() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = BlobStore::open(Arc::new(FsStorage), tmp.path().join("blobs"), 32, 1).expect("open");
     let data = random(10_000);
     let put = store.put(&data).expect("put");
     std::fs::remove_file(store.path_of(&put.block.hash)).expect("remove behind the store's back");
-    store.sync_pending().expect("a gone blob is nothing to sync");
-    store.sync_pending().expect("and stays so");
+    let err = store.sync_pending().expect_err("a queued blob is gone");
+    assert!(matches!(err, Error::MissingBlob(h) if h == put.block.hash), "{err}");
+    store.sync_pending().expect("not queued again");
     let again = store.put(&data).expect("put again");
     assert!(again.new, "written again, not deduplicated against a missing file");
     store.sync_pending().expect("sync");
