@@ -1440,7 +1440,7 @@ impl Engine {
     /// Syncs and makes the index durable too (at unmount and exit), then
     /// marks the shutdown clean.
     pub fn close(&self) -> Result<()> {
-        self.sync()?;
+        // `make_index_durable` syncs the blocks, then the log, first.
         if let Some(w) = &self.writer {
             let mut w = lock_writer(w);
             self.commit_pending(&mut w)?;
