@@ -669,10 +669,23 @@ impl BlobStore {
     /// here; [`Error::CorruptBlob`] naming the file if it does not decode to
     /// its address.
     pub fn get(&self, hash: &BlockHash) -> Result<Vec<u8>> {
+        self.get_window(hash, false).map(ByteWindow::into_vec)
+    }
+
+    /// [`BlobStore::get`], handed back in the buffer the blob was read into
+    /// (a raw block is not copied past its header). `streaming`: a block
+    /// read once (ahead of a sequential reader), read past the OS's cache
+    /// where it can be (see [`Storage::read_streaming`]).
+    pub fn get_window(&self, hash: &BlockHash, streaming: bool) -> Result<ByteWindow> {
         let evictions = lock(&self.known).evictions;
-        let stored = self.read_file(hash, |p| self.storage.read(p))?;
-        let data = decode_blob(&stored, hash).map_err(|e| self.corrupt(hash, e))?;
-        self.note_read(hash, stored.len() as u64, evictions);
+        let stored = if streaming {
+            self.read_file(hash, |p| self.storage.read_streaming(p))?
+        } else {
+            self.read_file(hash, |p| self.storage.read(p))?.into()
+        };
+        let stored_len = stored.len() as u64;
+        let data = decode_blob_window(stored, hash).map_err(|e| self.corrupt(hash, e))?;
+        self.note_read(hash, stored_len, evictions);
         Ok(data)
     }
 
@@ -684,18 +697,6 @@ impl BlobStore {
         if known.evictions == evictions {
             known.insert(*hash, stored_len, false);
         }
-    }
-
-    /// [`BlobStore::get`] for a block streamed once (read ahead of a
-    /// sequential reader): read past the OS's cache where it can be (see
-    /// [`Storage::read_streaming`]).
-    pub fn get_streaming(&self, hash: &BlockHash) -> Result<ByteWindow> {
-        let evictions = lock(&self.known).evictions;
-        let stored = self.read_file(hash, |p| self.storage.read_streaming(p))?;
-        let stored_len = stored.len() as u64;
-        let data = decode_blob_window(stored, hash).map_err(|e| self.corrupt(hash, e))?;
-        self.note_read(hash, stored_len, evictions);
-        Ok(data)
     }
 
     /// The blob file of `hash` read with `read`; [`Error::MissingBlob`] if

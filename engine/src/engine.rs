@@ -869,22 +869,14 @@ impl Engine {
     /// one is set, verified and stored; a fetched copy that does not match
     /// its hash is refused with [`Error::CorruptBlob`] and never returned.
     pub fn read_block(&self, block: &BlockRef) -> Result<Vec<u8>> {
-        self.read_block_with(block, false).map(ByteWindow::into_vec)
+        self.read_block_window(block, false).map(ByteWindow::into_vec)
     }
 
-    /// [`Engine::read_block`] for a block read ahead of a sequential
-    /// reader: read once, so read past the OS's cache where possible, and
-    /// handed back in the buffer it was read into.
-    pub fn read_block_streaming(&self, block: &BlockRef) -> Result<ByteWindow> {
-        self.read_block_with(block, true)
-    }
-
-    fn read_block_with(&self, block: &BlockRef, streaming: bool) -> Result<ByteWindow> {
-        let local = if streaming {
-            self.blobs.get_streaming(&block.hash)
-        } else {
-            self.blobs.get(&block.hash).map(ByteWindow::from)
-        };
+    /// [`Engine::read_block`], handed back in the buffer it was read into.
+    /// `streaming`: a block read once (ahead of a sequential reader), so
+    /// read past the OS's cache where possible.
+    pub fn read_block_window(&self, block: &BlockRef, streaming: bool) -> Result<ByteWindow> {
+        let local = self.blobs.get_window(&block.hash, streaming);
         let data = match local {
             Err(Error::MissingBlob(h)) => ByteWindow::from(self.fetch_block(&h)?),
             other => other?,

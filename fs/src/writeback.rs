@@ -201,12 +201,7 @@ impl Shared {
         // Removes the entry however this ends, a panic included, so that
         // no reader waits for a load nobody is doing.
         let _loading = Loading { shared: self, hash: block.hash };
-        let read = if ahead {
-            self.engine.read_block_streaming(block)
-        } else {
-            self.engine.read_block(block).map(ByteWindow::from)
-        };
-        read.map_err(|e| errno(&e)).map(|data| {
+        self.engine.read_block_window(block, ahead).map_err(|e| errno(&e)).map(|data| {
             let data = Arc::new(data);
             self.insert_cached(block.hash, data.clone());
             data
