@@ -30,7 +30,12 @@ build_args() {
 }
 export PATH="$HOME/.cargo/bin:$PATH"
 mkdir -p logs
-RUSTC_BOOTSTRAP=1 nice -n 10 cargo fuzz build -O >/dev/null || exit 1
+# Build first, each chosen target as it will run, so that a build error
+# stops the run here instead of landing in a target's log.
+for t in "${targets[@]}"; do
+    # shellcheck disable=SC2046 # build_args is meant to split into words
+    RUSTC_BOOTSTRAP=1 nice -n 10 cargo fuzz build -O $(build_args "$t") "$t" >/dev/null || exit 1
+done
 status=0
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
