@@ -88,7 +88,7 @@ fn push_order_never_leaves_an_event_without_its_blocks() {
     let e = Engine::open(&dir).expect("open");
     write_file(&e, NodeId::ROOT, "one", &random(200_000));
     push::push(&e, &rsync(&remote), &mut no_progress()).expect("push");
-    let first = remote_events_all_have_blocks(&remote, Some(32));
+    let first = remote_events_all_have_blocks(&remote);
     assert!(first >= 2, "create and content events are on the remote");
 
     let two = random(300_000);
@@ -97,14 +97,14 @@ fn push_order_never_leaves_an_event_without_its_blocks() {
     let err = push::push(&e, &bad, &mut no_progress()).expect_err("segment step fails");
     assert!(err.to_string().contains("log segments"), "{err}");
     // The blocks went, the events did not.
-    assert_eq!(remote_events_all_have_blocks(&remote, Some(32)), first);
+    assert_eq!(remote_events_all_have_blocks(&remote), first);
     let hex = engine::ids::BlockHash::of(&two[..BS as usize], 32).to_hex();
     assert!(remote.join("blobs").join(&hex[..2]).join(&hex).exists(), "blocks go first");
 
     // Writes made after the cut-off point are not sent either: events
     // appended while a push runs wait for the next push.
     push::push(&e, &rsync(&remote), &mut no_progress()).expect("push again");
-    assert!(remote_events_all_have_blocks(&remote, Some(32)) > first);
+    assert!(remote_events_all_have_blocks(&remote) > first);
     let again = push::push(&e, &rsync(&remote), &mut no_progress()).expect("idle push");
     assert_eq!((again.blocks, again.log_bytes), (0, 0), "nothing new, nothing sent");
 }
@@ -337,7 +337,7 @@ fn push_and_clone_over_real_ssh() {
     let rs = over_ssh();
     let r = push::push(&a, &rs, &mut no_progress()).expect("push over ssh");
     assert_eq!(r.blocks, 3);
-    assert!(remote_events_all_have_blocks(&remote_path, Some(32)) >= 2);
+    assert!(remote_events_all_have_blocks(&remote_path) >= 2);
 
     let b = syncer_replication::pull::clone_into(&tmp.path().join("b"), &remote_str, &over_ssh(), None)
         .expect("clone over ssh");

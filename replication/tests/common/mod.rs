@@ -18,9 +18,6 @@ use syncer_replication::{Remote, RemoteSource, Rsync};
 /// small files.
 pub const BS: u64 = 64 << 10;
 
-/// Default cache limit of a test data dir (the engine's default).
-pub const CACHE: u64 = 10 << 30;
-
 pub fn config(remote: &Path, cache: u64) -> Config {
     let mut c = Config::new_default(MachineId::random());
     c.remote = Some(remote.display().to_string());
@@ -68,9 +65,9 @@ pub fn source(e: &Engine, rsync: Rsync) -> Arc<RemoteSource> {
 }
 
 /// Every event in the remote's logs, checked: each block it references is
-/// on the remote and decodes to its hash (of `hash_size` bytes, when
-/// given). Returns how many events.
-pub fn remote_events_all_have_blocks(remote: &Path, hash_size: Option<usize>) -> usize {
+/// on the remote and decodes to its hash, of the default hash size (the
+/// test data dirs keep it). Returns how many events.
+pub fn remote_events_all_have_blocks(remote: &Path) -> usize {
     let log_root = remote.join("log");
     let mut n = 0;
     let machines =
@@ -87,9 +84,7 @@ pub fn remote_events_all_have_blocks(remote: &Path, hash_size: Option<usize>) ->
                 let p = remote.join("blobs").join(&hex[..2]).join(&hex);
                 let stored =
                     std::fs::read(&p).unwrap_or_else(|_| panic!("event at {pos} needs {hex}, missing on the remote"));
-                if let Some(size) = hash_size {
-                    assert_eq!(b.hash.as_bytes().len(), size);
-                }
+                assert_eq!(b.hash.as_bytes().len(), engine::config::DEFAULT_HASH_SIZE);
                 engine::blob::decode_blob(&stored, &b.hash).expect("remote block decodes to its hash");
             }
             n += 1;
