@@ -818,12 +818,8 @@ impl IndexWriter {
         let (m, seq, time) = (event.machine.0, event.seq, event.time.0);
         {
             let mut t = self.txn.open_table(HISTORY).map_err(|e| self.err(e))?;
-            t.insert((event.node.0, time, m, seq), (pos.segment, pos.offset)).map_err(|e| self.err(e))?;
-            // An exchange changes two nodes: it is in both histories.
-            if let crate::event::Change::Exchange { with } = &event.change {
-                t.insert((with.0, time, m, seq), (pos.segment, pos.offset)).map_err(|e| self.err(e))?;
-            }
             for n in in_history_of(event) {
+                t.insert((n.0, time, m, seq), (pos.segment, pos.offset)).map_err(|e| self.err(e))?;
                 if let Some((since, _)) = self.since_checkpoint.get_mut(&n) {
                     *since += 1;
                 }
