@@ -763,9 +763,10 @@ impl Engine {
         &self.storage
     }
 
-    /// A read snapshot of the index.
+    /// A read snapshot of the index (a pending group is committed first;
+    /// with none, no lock is taken, as in every live read).
     pub fn index(&self) -> Result<IndexReader> {
-        if let Some(w) = &self.writer {
+        if let (true, Some(w)) = (self.has_pending.load(Ordering::Acquire), &self.writer) {
             self.commit_pending(&mut lock_writer(w))?;
         }
         self.index.read()
