@@ -8,10 +8,10 @@ mod sim;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use engine::event::{Event, NodeKind};
+use engine::event::Event;
 use engine::ids::MachineId;
 use engine::log::LogWriter;
-use engine::merge::{merge, ConflictKind, Merged};
+use engine::merge::{merge, Merged};
 use engine::storage::FsStorage;
 use engine::Engine;
 use proptest::prelude::*;
@@ -37,31 +37,11 @@ fn write_logs(dir: &std::path::Path, events: &[Event], written: &mut BTreeMap<Ma
     }
 }
 
+/// The index holds exactly what the model merged: every node record and
+/// block list, every entry, the live count and the conflicts
+/// (`fuzz_bodies::engine_matches`, shared with the fuzz targets).
 fn assert_same(e: &Engine, model: &Merged) -> Result<(), TestCaseError> {
-    for ((dir, name), child) in &model.dirents {
-        let got = e.lookup(*dir, name).map_err(|err| TestCaseError::fail(format!("lookup {dir}/{name:?}: {err}")))?;
-        prop_assert_eq!(got.id, *child);
-        let want = &model.nodes[child];
-        prop_assert_eq!(&got.attrs, &want.record.attrs);
-        prop_assert_eq!(got.size, want.record.size);
-        prop_assert_eq!(&got.xattrs, &want.record.xattrs.iter().cloned().collect());
-        if got.kind == NodeKind::File {
-            let blocks = e.file_blocks(*child, 0, u64::MAX).expect("blocks");
-            prop_assert_eq!(blocks, want.blocks.iter().map(|(i, b)| (*i, *b)).collect::<Vec<_>>());
-        }
-    }
-    let live: usize = e.dump_tree().expect("dump").len() - 1;
-    prop_assert_eq!(live, model.dirents.len());
-    // The index lists conflicts by event, node and kind; the model in the
-    // order it resolved them: compare as sorted sets.
-    let key =
-        |c: &engine::merge::Conflict| (c.time, c.event, c.node, matches!(c.kind, ConflictKind::Concurrent { .. }));
-    let mut conflicts = e.index().expect("index").conflicts().expect("conflicts");
-    let mut want = model.conflicts.clone();
-    conflicts.sort_by_key(key);
-    want.sort_by_key(key);
-    prop_assert_eq!(conflicts, want);
-    Ok(())
+    engine::fuzz_bodies::engine_matches(e, model).map_err(TestCaseError::fail)
 }
 
 proptest! {
