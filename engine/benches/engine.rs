@@ -21,6 +21,12 @@ fn scaled(n: u64) -> u64 {
     ((n as f64 * scale()) as u64).max(1)
 }
 
+/// Whether section `n` runs: all by default, or those listed in
+/// `SYNCER_BENCH_SECTIONS` (e.g. `1,3`; for profiling one of them).
+fn wanted(n: u32) -> bool {
+    std::env::var("SYNCER_BENCH_SECTIONS").map_or(true, |s| s.split(',').any(|p| p.trim() == n.to_string()))
+}
+
 fn fresh(dir: &Path) -> Engine {
     Engine::init(dir, Config::new_default(MachineId::random())).expect("init");
     Engine::open(dir).expect("open")
@@ -49,7 +55,7 @@ fn main() {
     println!("syncer engine benchmark (scale {}, dir {})", scale(), tmp.path().display());
 
     // 1. Event append rate.
-    {
+    if wanted(1) {
         let e = fresh(&tmp.path().join("append"));
         let n = scaled(20_000);
         let t = Instant::now();
@@ -68,8 +74,27 @@ fn main() {
         println!("append: {nosync:.0} events/s without fsync ({n} creates), {synced:.0} events/s with fsync per commit ({m})");
     }
 
+    // 4. What a FUSE create, stat and unlink of one file costs the engine
+    // (the mount benchmark's metadata workload, without the kernel).
+    if wanted(4) {
+        let e = fresh(&tmp.path().join("meta"));
+        let n = scaled(20_000);
+        let names: Vec<Vec<u8>> = (0..n).map(|i| format!("file{i:06}").into_bytes()).collect();
+        let t = Instant::now();
+        for name in &names {
+            let made = e.create(NodeId::ROOT, name, NodeKind::File, Attrs::default(), b"").expect("create");
+            std::hint::black_box(e.node(made.id).expect("node"));
+        }
+        for name in &names {
+            e.unlink(NodeId::ROOT, name).expect("unlink");
+        }
+        e.sync().expect("sync");
+        let secs = t.elapsed().as_secs_f64();
+        println!("create+stat+unlink: {:.0} files/s ({n} files, {:.1} µs each)", n as f64 / secs, secs * 1e6 / n as f64);
+    }
+
     // 2. Blob ingest vs plain write of the same bytes.
-    {
+    if wanted(2) {
         let e = fresh(&tmp.path().join("ingest"));
         let bs = e.block_size() as usize;
         let total = scaled(1024) * (1 << 20);
@@ -116,7 +141,7 @@ fn main() {
     }
 
     // 3. Materialize: list a big directory, look up random nodes.
-    {
+    if wanted(3) {
         let e = fresh(&tmp.path().join("materialize"));
         let n = scaled(100_000);
         let d = e.create(NodeId::ROOT, b"big", NodeKind::Dir, Attrs::default(), b"").expect("mkdir");

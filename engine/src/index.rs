@@ -29,9 +29,12 @@
 //!
 //! An [`IndexWriter`] caches, for the life of its transaction, the node
 //! records, directory entries and `meta` counters it reads or writes, and
-//! each node's count of events since its last checkpoint; the tables get
-//! every write at once except `nodes` and `meta`, which get theirs at
-//! commit (so reads in the transaction go through the caches).
+//! each node's count of events since its last checkpoint. It writes
+//! `nodes`, `meta`, `dirents`, `history`, `dirent_history`, `events` and
+//! `applied` at commit, in key order (opening a redb table costs more than
+//! the insert, and one event writes five of them); a query of one of those
+//! tables in the transaction first writes what is buffered for it, and the
+//! lookups that skip that go through caches that hold every buffered key.
 //!
 //! Point-in-time queries (`*_at`) read the history tables up to a time; they
 //! cost a scan of the history of the one node, name or directory asked
@@ -257,6 +260,7 @@ impl Index {
             nodes: RefCell::new(HashMap::new()),
             since_checkpoint: HashMap::new(),
             entries: RefCell::new(HashMap::new()),
+            buffer: RefCell::new(WriteBuffer::default()),
         })
     }
 
@@ -317,7 +321,9 @@ macro_rules! queries {
             found
         }
 
-        /// The node named `name` in `dir`, as stored in `dirents`.
+        /// The node named `name` in `dir`, as stored in `dirents` (for a
+        /// writer: its `entries` cache holds every buffered entry, and is
+        /// asked first).
         fn stored_lookup(&self, dir: NodeId, name: &[u8]) -> Result<Option<(NodeId, NodeKind)>> {
             let t = self.txn.open_table(DIRENTS).map_err(|e| ix_err(&self.path, e))?;
             let v = t.get((dir.0, name)).map_err(|e| ix_err(&self.path, e))?;
@@ -329,6 +335,7 @@ macro_rules! queries {
 
         /// Up to `limit` entries of `dir` with names after `after`, by name.
         pub fn read_dir(&self, dir: NodeId, after: Option<&[u8]>, limit: usize) -> Result<Vec<DirEntry>> {
+            self.flush_buffered(Buffered::Dirents)?;
             let t = self.txn.open_table(DIRENTS).map_err(|e| ix_err(&self.path, e))?;
             let start: (NodeKey, &[u8]) = (dir.0, after.unwrap_or(&[]));
             let mut out = Vec::new();
@@ -378,6 +385,7 @@ macro_rules! queries {
 
         /// The last applied record of machine `m`: (segment, offset, seq).
         pub fn applied(&self, m: MachineId) -> Result<Option<(u64, u64, u64)>> {
+            self.flush_buffered(Buffered::Applied)?;
             let t = self.txn.open_table(APPLIED).map_err(|e| ix_err(&self.path, e))?;
             let v = t.get(m.0).map_err(|e| ix_err(&self.path, e))?.map(|v| v.value());
             Ok(v)
@@ -385,6 +393,7 @@ macro_rules! queries {
 
         /// Every machine with applied events.
         pub fn machines(&self) -> Result<Vec<MachineId>> {
+            self.flush_buffered(Buffered::Applied)?;
             let t = self.txn.open_table(APPLIED).map_err(|e| ix_err(&self.path, e))?;
             let mut out = Vec::new();
             for item in t.iter().map_err(|e| ix_err(&self.path, e))? {
@@ -446,6 +455,7 @@ macro_rules! queries {
 
         /// Log positions of `node`'s events up to and including `until`, in time order.
         pub fn history(&self, node: NodeId, until: Timestamp) -> Result<Vec<(LogPos, Timestamp)>> {
+            self.flush_buffered(Buffered::History)?;
             let t = self.txn.open_table(HISTORY).map_err(|e| ix_err(&self.path, e))?;
             let mut out = Vec::new();
             let range = t
@@ -491,6 +501,7 @@ macro_rules! queries {
             after: Option<(Timestamp, MachineId, u64)>,
             until: Timestamp,
         ) -> Result<Vec<LogPos>> {
+            self.flush_buffered(Buffered::History)?;
             let t = self.txn.open_table(HISTORY).map_err(|e| ix_err(&self.path, e))?;
             let lo = after.map_or((node.0, i64::MIN, 0, 0), |(t, m, s)| (node.0, t.0, m.0, s));
             let mut out = Vec::new();
@@ -508,6 +519,7 @@ macro_rules! queries {
 
         /// The node named `name` in `dir` as of `at`.
         pub fn lookup_at(&self, dir: NodeId, name: &[u8], at: Timestamp) -> Result<Option<(NodeId, NodeKind)>> {
+            self.flush_buffered(Buffered::DirentHistory)?;
             let t = self.txn.open_table(DIRENT_HISTORY).map_err(|e| ix_err(&self.path, e))?;
             let range = t
                 .range((dir.0, name, i64::MIN, 0, 0)..=(dir.0, name, at.0, u64::MAX, u64::MAX))
@@ -525,6 +537,7 @@ macro_rules! queries {
 
         /// Entries of `dir` as of `at`, by name.
         pub fn read_dir_at(&self, dir: NodeId, at: Timestamp) -> Result<Vec<DirEntry>> {
+            self.flush_buffered(Buffered::DirentHistory)?;
             let t = self.txn.open_table(DIRENT_HISTORY).map_err(|e| ix_err(&self.path, e))?;
             let lo: (NodeKey, &[u8], i64, u64, u64) = (dir.0, &[], i64::MIN, 0, 0);
             let mut latest: BTreeMap<Vec<u8>, Option<(NodeKey, u8)>> = BTreeMap::new();
@@ -567,6 +580,7 @@ macro_rules! queries {
 
         /// Where event `seq` of machine `m` is.
         pub fn event_location(&self, m: MachineId, seq: u64) -> Result<Option<EventLocation>> {
+            self.flush_buffered(Buffered::Events)?;
             let t = self.txn.open_table(EVENTS).map_err(|e| ix_err(&self.path, e))?;
             let found = t.get((m.0, seq)).map_err(|e| ix_err(&self.path, e))?.map(|v| {
                 let (segment, offset, time, node) = v.value();
@@ -589,6 +603,11 @@ pub struct IndexReader {
 
 impl IndexReader {
     queries!();
+
+    /// Readers buffer nothing (see [`IndexWriter::flush_buffered`]).
+    fn flush_buffered(&self, _: Buffered) -> Result<()> {
+        Ok(())
+    }
 
     /// A counter from `meta` (0 if unset).
     pub fn meta(&self, key: &str) -> Result<u64> {
@@ -663,8 +682,43 @@ pub struct IndexWriter {
     /// their last checkpoint, and whether they have one (what
     /// `needs_checkpoint` would count).
     since_checkpoint: HashMap<NodeId, (usize, bool)>,
-    /// Directory entries read or written in this transaction.
+    /// Directory entries read or written in this transaction; holds
+    /// every entry in `buffer.dirents`.
     entries: RefCell<HashMap<(NodeId, Vec<u8>), Entry>>,
+    /// Writes not yet in their tables (see [`WriteBuffer`]).
+    buffer: RefCell<WriteBuffer>,
+}
+
+/// The tables an [`IndexWriter`] buffers writes for.
+#[derive(Clone, Copy, Debug)]
+enum Buffered {
+    History,
+    Events,
+    Applied,
+    Dirents,
+    DirentHistory,
+}
+
+/// Writes to `history`, `events`, `applied`, `dirents` and
+/// `dirent_history`, in key order, until commit or until the transaction
+/// queries that table. A value of `None` in `dirents` removes the entry.
+/// Every node with buffered `history` has a `since_checkpoint` count, and
+/// every buffered `dirents` key is in the `entries` cache: those two
+/// caches are what the transaction reads instead of the tables, so they
+/// are emptied only after the buffer is written.
+#[derive(Default)]
+struct WriteBuffer {
+    history: BTreeMap<(NodeKey, i64, u64, u64), (u64, u64)>,
+    events: BTreeMap<(u64, u64), (u64, u64, i64, NodeKey)>,
+    applied: BTreeMap<u64, (u64, u64, u64)>,
+    dirents: BTreeMap<(NodeKey, Vec<u8>), Option<(NodeKey, u8)>>,
+    dirent_history: BTreeMap<(NodeKey, Vec<u8>, i64, u64, u64), Option<(NodeKey, u8)>>,
+}
+
+impl WriteBuffer {
+    fn len(&self) -> usize {
+        self.history.len() + self.events.len() + self.applied.len() + self.dirents.len() + self.dirent_history.len()
+    }
 }
 
 /// A node state in the writer's cache.
@@ -721,10 +775,11 @@ impl IndexWriter {
             return Ok(*e);
         }
         let e = self.stored_lookup(dir, name)?;
-        let mut entries = self.entries.borrow_mut();
-        if entries.len() >= WRITER_CACHE_MAX {
-            entries.clear();
+        if self.entries.borrow().len() >= WRITER_CACHE_MAX {
+            self.flush_buffered(Buffered::Dirents)?;
+            self.entries.borrow_mut().clear();
         }
+        let mut entries = self.entries.borrow_mut();
         entries.insert(key, e);
         Ok(e)
     }
@@ -748,6 +803,7 @@ impl IndexWriter {
         self.nodes.get_mut().clear();
         self.since_checkpoint.clear();
         self.entries.get_mut().clear();
+        *self.buffer.get_mut() = WriteBuffer::default();
         for name in [
             "nodes",
             "dirents",
@@ -785,6 +841,58 @@ impl IndexWriter {
         Ok(())
     }
 
+    /// Writes what is buffered for `table` to it (see [`WriteBuffer`]).
+    fn flush_buffered(&self, table: Buffered) -> Result<()> {
+        let mut b = self.buffer.borrow_mut();
+        let err = |e: redb::StorageError| ix_err(&self.path, e);
+        match table {
+            Buffered::History if !b.history.is_empty() => {
+                let mut t = self.txn.open_table(HISTORY).map_err(|e| self.err(e))?;
+                for (k, v) in std::mem::take(&mut b.history) {
+                    t.insert(k, v).map_err(err)?;
+                }
+            }
+            Buffered::Events if !b.events.is_empty() => {
+                let mut t = self.txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+                for (k, v) in std::mem::take(&mut b.events) {
+                    t.insert(k, v).map_err(err)?;
+                }
+            }
+            Buffered::Applied if !b.applied.is_empty() => {
+                let mut t = self.txn.open_table(APPLIED).map_err(|e| self.err(e))?;
+                for (k, v) in std::mem::take(&mut b.applied) {
+                    t.insert(k, v).map_err(err)?;
+                }
+            }
+            Buffered::Dirents if !b.dirents.is_empty() => {
+                let mut t = self.txn.open_table(DIRENTS).map_err(|e| self.err(e))?;
+                for ((dir, name), v) in std::mem::take(&mut b.dirents) {
+                    match v {
+                        Some(v) => t.insert((dir, name.as_slice()), v).map_err(err)?,
+                        None => t.remove((dir, name.as_slice())).map_err(err)?,
+                    };
+                }
+            }
+            Buffered::DirentHistory if !b.dirent_history.is_empty() => {
+                let mut t = self.txn.open_table(DIRENT_HISTORY).map_err(|e| self.err(e))?;
+                for ((dir, name, time, m, seq), v) in std::mem::take(&mut b.dirent_history) {
+                    t.insert((dir, name.as_slice(), time, m, seq), v).map_err(err)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Writes every buffered table.
+    fn flush_all_buffered(&self) -> Result<()> {
+        use Buffered::*;
+        for table in [History, Events, Applied, Dirents, DirentHistory] {
+            self.flush_buffered(table)?;
+        }
+        Ok(())
+    }
+
     fn set_meta(&mut self, key: &str, value: u64) -> Result<()> {
         match self.meta_changed.get_mut(key) {
             Some(v) => *v = value,
@@ -816,19 +924,18 @@ impl IndexWriter {
     /// when an event arrives that sorts before the frontier.
     pub fn apply(&mut self, pos: LogPos, event: &Event, block_size: u64) -> Result<()> {
         let (m, seq, time) = (event.machine.0, event.seq, event.time.0);
-        {
-            let mut t = self.txn.open_table(HISTORY).map_err(|e| self.err(e))?;
-            for n in in_history_of(event) {
-                t.insert((n.0, time, m, seq), (pos.segment, pos.offset)).map_err(|e| self.err(e))?;
-                if let Some((since, _)) = self.since_checkpoint.get_mut(&n) {
-                    *since += 1;
-                }
-            }
-            let mut t = self.txn.open_table(EVENTS).map_err(|e| self.err(e))?;
-            t.insert((m, seq), (pos.segment, pos.offset, time, event.node.0)).map_err(|e| self.err(e))?;
-            let mut t = self.txn.open_table(APPLIED).map_err(|e| self.err(e))?;
-            t.insert(m, (pos.segment, pos.offset, seq)).map_err(|e| self.err(e))?;
+        if self.buffer.get_mut().len() >= WRITER_CACHE_MAX {
+            self.flush_all_buffered()?;
         }
+        for n in in_history_of(event) {
+            // Counted from the table before the event is buffered (the
+            // count's invariant, see `WriteBuffer`), then the event.
+            self.since_checkpoint(n)?.0 += 1;
+            self.buffer.get_mut().history.insert((n.0, time, m, seq), (pos.segment, pos.offset));
+        }
+        let b = self.buffer.get_mut();
+        b.events.insert((m, seq), (pos.segment, pos.offset, time, event.node.0));
+        b.applied.insert(m, (pos.segment, pos.offset, seq));
         self.add_meta(META_EVENTS, 1)?;
         if event.time > self.max_event_time()? {
             self.set_meta(META_MAX_TIME, event.time.0 as u64)?;
@@ -870,18 +977,23 @@ impl IndexWriter {
     /// its last checkpoint: counted once per transaction (a bounded scan),
     /// then kept up to date as events and checkpoints are added.
     fn needs_checkpoint(&mut self, node: NodeId) -> Result<bool> {
-        let (since, has) = match self.since_checkpoint.get(&node) {
-            Some(v) => *v,
-            None => {
-                let v = self.count_since_checkpoint(node)?;
-                if self.since_checkpoint.len() >= WRITER_CACHE_MAX {
-                    self.since_checkpoint.clear();
-                }
-                self.since_checkpoint.insert(node, v);
-                v
-            }
-        };
+        let (since, has) = *self.since_checkpoint(node)?;
         Ok(since >= CHECKPOINT_EVERY + usize::from(has))
+    }
+
+    /// `node`'s entry in `since_checkpoint`, counted from the tables if
+    /// this transaction has not seen it yet.
+    fn since_checkpoint(&mut self, node: NodeId) -> Result<&mut (usize, bool)> {
+        if !self.since_checkpoint.contains_key(&node) {
+            let v = self.count_since_checkpoint(node)?;
+            if self.since_checkpoint.len() >= WRITER_CACHE_MAX {
+                // Buffered history is counted only here.
+                self.flush_buffered(Buffered::History)?;
+                self.since_checkpoint.clear();
+            }
+            self.since_checkpoint.insert(node, v);
+        }
+        self.since_checkpoint.get_mut(&node).ok_or_else(|| Error::Invalid("checkpoint count vanished".into()))
     }
 
     /// Events in `node`'s history from its last checkpoint on (that
@@ -908,6 +1020,7 @@ impl IndexWriter {
 
     /// Commits; `durable` makes it survive a crash (slow: one fsync).
     pub fn commit(mut self, durable: bool) -> Result<()> {
+        self.flush_all_buffered()?;
         self.flush_nodes()?;
         self.flush_meta()?;
         let d = if durable { Durability::Immediate } else { Durability::None };
@@ -1027,15 +1140,9 @@ impl TreeStore for IndexWriter {
     fn set_entry(&mut self, dir: NodeId, name: &[u8], child: Option<(NodeId, NodeKind)>, e: &Event) -> Result<()> {
         let value = child.map(|(c, k)| (c.0, kind_code(k)));
         self.entries.get_mut().insert((dir, name.to_vec()), child);
-        {
-            let mut t = self.txn.open_table(DIRENTS).map_err(|e| self.err(e))?;
-            match value {
-                Some(v) => t.insert((dir.0, name), v).map_err(|e| self.err(e))?,
-                None => t.remove((dir.0, name)).map_err(|e| self.err(e))?,
-            };
-        }
-        let mut h = self.txn.open_table(DIRENT_HISTORY).map_err(|e| self.err(e))?;
-        h.insert((dir.0, name, e.time.0, e.machine.0, e.seq), value).map_err(|e| self.err(e))?;
+        let b = self.buffer.get_mut();
+        b.dirents.insert((dir.0, name.to_vec()), value);
+        b.dirent_history.insert((dir.0, name.to_vec(), e.time.0, e.machine.0, e.seq), value);
         Ok(())
     }
 
