@@ -90,7 +90,11 @@ fn main() {
         }
         e.sync().expect("sync");
         let secs = t.elapsed().as_secs_f64();
-        println!("create+stat+unlink: {:.0} files/s ({n} files, {:.1} µs each)", n as f64 / secs, secs * 1e6 / n as f64);
+        println!(
+            "create+stat+unlink: {:.0} files/s ({n} files, {:.1} µs each)",
+            n as f64 / secs,
+            secs * 1e6 / n as f64
+        );
     }
 
     // 2. Blob ingest vs plain write of the same bytes.

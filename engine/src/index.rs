@@ -731,8 +731,13 @@ struct CachedNode {
 /// What a directory entry names, if anything.
 type Entry = Option<(NodeId, NodeKind)>;
 
-/// Most entries of the writer's caches; a long replay empties them when full.
-const WRITER_CACHE_MAX: usize = 1 << 16;
+/// Most entries of the writer's caches and of its write buffer; a long
+/// replay empties them when full. Small in unit tests, so that they empty
+/// the caches and write the buffer out many times within one transaction.
+const WRITER_CACHE_MAX: usize = if cfg!(test) { 64 } else { 1 << 16 };
+
+/// Most entries of the writer's buffer (five or so per event).
+const WRITE_BUFFER_MAX: usize = 4 * WRITER_CACHE_MAX;
 
 impl IndexWriter {
     queries!();
@@ -924,7 +929,7 @@ impl IndexWriter {
     /// when an event arrives that sorts before the frontier.
     pub fn apply(&mut self, pos: LogPos, event: &Event, block_size: u64) -> Result<()> {
         let (m, seq, time) = (event.machine.0, event.seq, event.time.0);
-        if self.buffer.get_mut().len() >= WRITER_CACHE_MAX {
+        if self.buffer.get_mut().len() >= WRITE_BUFFER_MAX {
             self.flush_all_buffered()?;
         }
         for n in in_history_of(event) {
@@ -1203,5 +1208,111 @@ impl TreeStore for IndexWriter {
     fn ignored(&mut self, e: &Event, reason: &'static str) -> Result<()> {
         tracing::warn!(node = %e.node, machine = %e.machine, seq = e.seq, "event ignored: {reason}");
         self.add_meta(META_IGNORED, 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::VectorClock;
+    use crate::event::{AttrChange, Attrs, Change};
+
+    const M: MachineId = MachineId(7);
+
+    /// 400 events over one directory: creates, renames, removes, and one
+    /// file changed after each, for several checkpoints.
+    fn events() -> Vec<(LogPos, Event)> {
+        let dir = NodeId::new(1, M);
+        let mut out = Vec::new();
+        let mut clock = VectorClock::default();
+        let mut push = |node: NodeId, change: Change| {
+            clock.tick(M);
+            let seq = out.len() as u64 + 1;
+            let event =
+                Event { node, machine: M, seq, time: Timestamp(1_000 * seq as i64), clock: clock.clone(), change };
+            out.push((LogPos { machine: M, segment: 0, offset: seq * 100 }, event));
+        };
+        let create = |parent, name: String, kind| Change::Create {
+            parent,
+            name: name.into_bytes(),
+            kind,
+            attrs: Attrs::default(),
+            target: Vec::new(),
+        };
+        push(dir, create(NodeId::ROOT, "d".into(), NodeKind::Dir));
+        for i in 2..150u64 {
+            let f = NodeId::new(i, M);
+            push(f, create(dir, format!("f{i}"), NodeKind::File));
+            match i % 3 {
+                0 => push(f, Change::Move { parent: NodeId::ROOT, name: format!("moved{i}").into_bytes() }),
+                1 => push(f, Change::Remove),
+                _ => {}
+            }
+            push(NodeId::new(2, M), Change::SetAttrs(AttrChange { mode: Some(i as u32), ..Default::default() }));
+        }
+        out
+    }
+
+    /// What every query that reads a buffered table answers, plus nodes,
+    /// lookups, counters and checkpoints.
+    macro_rules! answers {
+        ($ix:expr, $events:expr) => {{
+            let ix = $ix;
+            let mut out: Vec<String> = Vec::new();
+            let dir = NodeId::new(1, M);
+            let mid = Timestamp(1_000 * ($events.len() as i64 / 2));
+            // Lookups first: `read_dir` writes the buffered entries out.
+            for (_, e) in $events.iter() {
+                if let Change::Create { parent, name, .. } | Change::Move { parent, name } = &e.change {
+                    out.push(format!("{:?}", ix.lookup(*parent, name).expect("lookup")));
+                    out.push(format!("{:?}", ix.lookup_at(*parent, name, mid).expect("lookup_at")));
+                }
+            }
+            for d in [NodeId::ROOT, dir] {
+                out.push(format!("{:?}", ix.read_dir(d, None, usize::MAX).expect("read_dir")));
+                out.push(format!("{:?}", ix.read_dir_at(d, mid).expect("read_dir_at")));
+            }
+            for (_, e) in $events.iter() {
+                let n = e.node;
+                out.push(format!("{:?}", ix.node(n).expect("node")));
+                out.push(format!("{:?}", ix.history(n, Timestamp(i64::MAX)).expect("history")));
+                out.push(format!("{:?}", ix.history_after(n, None, mid).expect("history_after")));
+                out.push(format!("{:?}", ix.checkpoint_at(n, Timestamp(i64::MAX)).expect("checkpoint")));
+                out.push(format!("{:?}", ix.event_location(M, e.seq).expect("event_location")));
+            }
+            out.push(format!("{:?} {:?}", ix.applied(M).expect("applied"), ix.machines().expect("machines")));
+            out.push(format!("{:?}", ix.counts().expect("counts")));
+            out
+        }};
+    }
+
+    /// The writer's queries see its buffered writes, and buffering changes
+    /// nothing: one transaction for all events answers, before and after
+    /// its commit, what a transaction per event does.
+    #[test]
+    fn buffered_writes_answer_like_committed_ones() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let events = events();
+        let (one, _) = Index::open(&tmp.path().join("one.redb")).expect("open");
+        let mut w = one.write().expect("write");
+        for (pos, e) in &events {
+            w.apply(*pos, e, 4096).expect("apply");
+        }
+        let before_commit = answers!(&w, events);
+        w.commit(false).expect("commit");
+        let after_commit = answers!(one.read().expect("read"), events);
+
+        let (each, _) = Index::open(&tmp.path().join("each.redb")).expect("open");
+        for (pos, e) in &events {
+            let mut w = each.write().expect("write");
+            w.apply(*pos, e, 4096).expect("apply");
+            w.commit(false).expect("commit");
+        }
+        let per_event = answers!(each.read().expect("read"), events);
+
+        assert_eq!(before_commit, per_event);
+        assert_eq!(after_commit, per_event);
+        let checkpoints = per_event.iter().filter(|a| a.starts_with("Some(((")).count();
+        assert!(checkpoints > 0, "the often-changed file has checkpoints");
     }
 }
