@@ -711,9 +711,13 @@ struct WriteBuffer {
     history: BTreeMap<(NodeKey, i64, u64, u64), (u64, u64)>,
     events: BTreeMap<(u64, u64), (u64, u64, i64, NodeKey)>,
     applied: BTreeMap<u64, (u64, u64, u64)>,
-    dirents: BTreeMap<(NodeKey, Vec<u8>), Option<(NodeKey, u8)>>,
-    dirent_history: BTreeMap<(NodeKey, Vec<u8>, i64, u64, u64), Option<(NodeKey, u8)>>,
+    dirents: BTreeMap<(NodeKey, Vec<u8>), StoredEntry>,
+    dirent_history: BTreeMap<(NodeKey, Vec<u8>, i64, u64, u64), StoredEntry>,
 }
+
+/// A `dirents` or `dirent_history` value: (child, kind code), or `None`
+/// for no entry.
+type StoredEntry = Option<(NodeKey, u8)>;
 
 impl WriteBuffer {
     fn len(&self) -> usize {
