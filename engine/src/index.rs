@@ -261,6 +261,7 @@ impl Index {
             since_checkpoint: HashMap::new(),
             entries: RefCell::new(HashMap::new()),
             buffer: RefCell::new(WriteBuffer::default()),
+            flush_failed: std::cell::Cell::new(false),
         })
     }
 
@@ -687,6 +688,11 @@ pub struct IndexWriter {
     entries: RefCell<HashMap<(NodeId, Vec<u8>), Entry>>,
     /// Writes not yet in their tables (see [`WriteBuffer`]).
     buffer: RefCell<WriteBuffer>,
+    /// Set when writing the buffer out failed: some buffered writes may be
+    /// lost, so this transaction must never commit (the engine then redoes
+    /// the work from the log). A query that wrote the buffer out may have
+    /// failed where its caller treats errors as harmless reads.
+    flush_failed: std::cell::Cell<bool>,
 }
 
 /// The tables an [`IndexWriter`] buffers writes for.
@@ -852,6 +858,14 @@ impl IndexWriter {
 
     /// Writes what is buffered for `table` to it (see [`WriteBuffer`]).
     fn flush_buffered(&self, table: Buffered) -> Result<()> {
+        let out = self.write_out(table);
+        if out.is_err() {
+            self.flush_failed.set(true);
+        }
+        out
+    }
+
+    fn write_out(&self, table: Buffered) -> Result<()> {
         let mut b = self.buffer.borrow_mut();
         let err = |e: redb::StorageError| ix_err(&self.path, e);
         match table {
@@ -1030,6 +1044,12 @@ impl IndexWriter {
     /// Commits; `durable` makes it survive a crash (slow: one fsync).
     pub fn commit(mut self, durable: bool) -> Result<()> {
         self.flush_all_buffered()?;
+        if self.flush_failed.get() {
+            return Err(Error::Index {
+                path: self.path.clone(),
+                reason: "writing buffered index changes failed earlier in this transaction".into(),
+            });
+        }
         self.flush_nodes()?;
         self.flush_meta()?;
         let d = if durable { Durability::Immediate } else { Durability::None };
