@@ -48,7 +48,7 @@
 //! an older version is rebuilt from the log on open.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -60,6 +60,10 @@ use crate::merge::{self, Conflict, ConflictKind, TreeStore};
 use crate::tree::{self, NodeRecord};
 
 type NodeKey = u128;
+
+/// The writer's caches are asked several times per event: a fast hash
+/// (seeded per process, so names from peers cannot be chosen to collide).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 const NODES: TableDefinition<NodeKey, &[u8]> = TableDefinition::new("nodes");
 const DIRENTS: TableDefinition<(NodeKey, &[u8]), (NodeKey, u8)> = TableDefinition::new("dirents");
 const BLOCKS: TableDefinition<(NodeKey, u64), &[u8]> = TableDefinition::new("blocks");
@@ -256,10 +260,10 @@ impl Index {
         Ok(IndexWriter {
             txn,
             path: self.path.clone(),
-            meta_changed: HashMap::new(),
-            nodes: RefCell::new(HashMap::new()),
-            since_checkpoint: HashMap::new(),
-            entries: RefCell::new(HashMap::new()),
+            meta_changed: HashMap::default(),
+            nodes: RefCell::new(HashMap::default()),
+            since_checkpoint: HashMap::default(),
+            entries: RefCell::new(HashMap::default()),
             buffer: RefCell::new(WriteBuffer::default()),
             flush_failed: std::cell::Cell::new(false),
         })
