@@ -51,7 +51,10 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
+};
 
 use crate::error::{Error, Result};
 use crate::event::{BlockRef, Event, NodeKind};
@@ -65,9 +68,13 @@ type NodeKey = u128;
 /// (seeded per process, so names from peers cannot be chosen to collide).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 const NODES: TableDefinition<NodeKey, &[u8]> = TableDefinition::new("nodes");
-const DIRENTS: TableDefinition<(NodeKey, &[u8]), (NodeKey, u8)> = TableDefinition::new("dirents");
+/// `(dir, name)`.
+type DirentKey = (NodeKey, &'static [u8]);
+const DIRENTS: TableDefinition<DirentKey, (NodeKey, u8)> = TableDefinition::new("dirents");
 const BLOCKS: TableDefinition<(NodeKey, u64), &[u8]> = TableDefinition::new("blocks");
-const HISTORY: TableDefinition<(NodeKey, i64, u64, u64), (u64, u64)> = TableDefinition::new("history");
+/// `(node, time, machine, seq)`.
+type HistoryKey = (NodeKey, i64, u64, u64);
+const HISTORY: TableDefinition<HistoryKey, (u64, u64)> = TableDefinition::new("history");
 /// `(dir, name, time, machine, seq)`.
 type DirentHistoryKey<'a> = (NodeKey, &'a [u8], i64, u64, u64);
 const DIRENT_HISTORY: TableDefinition<DirentHistoryKey, Option<(NodeKey, u8)>> = TableDefinition::new("dirent_history");
@@ -258,7 +265,7 @@ impl Index {
         };
         let txn = db.begin_write().map_err(|e| self.err(e))?;
         Ok(IndexWriter {
-            txn,
+            txn: Some(HeldTxn::open(txn).map_err(|e| self.err(e))?),
             path: self.path.clone(),
             meta_changed: HashMap::default(),
             nodes: RefCell::new(HashMap::default()),
@@ -305,68 +312,62 @@ macro_rules! queries {
     () => {
         /// A counter as stored in the `meta` table (0 if unset).
         fn stored_meta(&self, key: &str) -> Result<u64> {
-            let t = match self.txn.open_table(META) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-                Err(e) => return Err(ix_err(&self.path, e)),
-            };
-            let v = t.get(key).map_err(|e| ix_err(&self.path, e))?.map_or(0, |v| v.value());
-            Ok(v)
+            self.with_meta(|t| Ok(t.get(key).map_err(|e| ix_err(&self.path, e))?.map_or(0, |v| v.value())))
         }
 
         /// A node's state as stored in `nodes` (removed nodes included; the
         /// root exists before any event).
         fn stored_node(&self, id: NodeId) -> Result<Option<NodeRecord>> {
-            let t = self.txn.open_table(NODES).map_err(|e| ix_err(&self.path, e))?;
-            let found = match t.get(id.0).map_err(|e| ix_err(&self.path, e))? {
+            self.with_nodes(|t| match t.get(id.0).map_err(|e| ix_err(&self.path, e))? {
                 Some(v) => decode_node(&self.path, id, v.value()).map(Some),
                 None if id == NodeId::ROOT => Ok(Some(NodeRecord::root())),
                 None => Ok(None),
-            };
-            found
+            })
         }
 
         /// The node named `name` in `dir`, as stored in `dirents` (for a
         /// writer: its `entries` cache holds every buffered entry, and is
         /// asked first).
         fn stored_lookup(&self, dir: NodeId, name: &[u8]) -> Result<Option<(NodeId, NodeKind)>> {
-            let t = self.txn.open_table(DIRENTS).map_err(|e| ix_err(&self.path, e))?;
-            let v = t.get((dir.0, name)).map_err(|e| ix_err(&self.path, e))?;
-            Ok(v.and_then(|v| {
-                let (child, kind) = v.value();
-                kind_from_code(kind).map(|k| (NodeId(child), k))
-            }))
+            self.with_dirents(|t| {
+                let v = t.get((dir.0, name)).map_err(|e| ix_err(&self.path, e))?;
+                Ok(v.and_then(|v| {
+                    let (child, kind) = v.value();
+                    kind_from_code(kind).map(|k| (NodeId(child), k))
+                }))
+            })
         }
 
         /// Up to `limit` entries of `dir` with names after `after`, by name.
         pub fn read_dir(&self, dir: NodeId, after: Option<&[u8]>, limit: usize) -> Result<Vec<DirEntry>> {
             self.flush_buffered(Buffered::Dirents)?;
-            let t = self.txn.open_table(DIRENTS).map_err(|e| ix_err(&self.path, e))?;
-            let start: (NodeKey, &[u8]) = (dir.0, after.unwrap_or(&[]));
-            let mut out = Vec::new();
-            let range = t.range(start..).map_err(|e| ix_err(&self.path, e))?;
-            for item in range {
-                let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
-                let (d, name) = k.value();
-                if d != dir.0 {
-                    break;
+            self.with_dirents(|t| {
+                let start: (NodeKey, &[u8]) = (dir.0, after.unwrap_or(&[]));
+                let mut out = Vec::new();
+                let range = t.range(start..).map_err(|e| ix_err(&self.path, e))?;
+                for item in range {
+                    let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+                    let (d, name) = k.value();
+                    if d != dir.0 {
+                        break;
+                    }
+                    if after.is_some_and(|a| a == name) {
+                        continue;
+                    }
+                    let (child, kind) = v.value();
+                    let Some(kind) = kind_from_code(kind) else {
+                        return Err(Error::Index {
+                            path: self.path.clone(),
+                            reason: format!("directory {dir}: entry with kind code {kind}"),
+                        });
+                    };
+                    out.push(DirEntry { name: name.to_vec(), node: NodeId(child), kind });
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
-                if after.is_some_and(|a| a == name) {
-                    continue;
-                }
-                let (child, kind) = v.value();
-                let Some(kind) = kind_from_code(kind) else {
-                    return Err(Error::Index {
-                        path: self.path.clone(),
-                        reason: format!("directory {dir}: entry with kind code {kind}"),
-                    });
-                };
-                out.push(DirEntry { name: name.to_vec(), node: NodeId(child), kind });
-                if out.len() >= limit {
-                    break;
-                }
-            }
-            Ok(out)
+                Ok(out)
+            })
         }
 
         /// Whether `dir` has any entry.
@@ -376,7 +377,7 @@ macro_rules! queries {
 
         /// Stored (non-hole) blocks of `node` with index in `first..first+count`.
         pub fn blocks(&self, node: NodeId, first: u64, count: u64) -> Result<Vec<(u64, BlockRef)>> {
-            let t = self.txn.open_table(BLOCKS).map_err(|e| ix_err(&self.path, e))?;
+            let t = self.tx()?.open_table(BLOCKS).map_err(|e| ix_err(&self.path, e))?;
             let end = first.saturating_add(count);
             let mut out = Vec::new();
             for item in t.range((node.0, first)..(node.0, end)).map_err(|e| ix_err(&self.path, e))? {
@@ -391,7 +392,7 @@ macro_rules! queries {
         /// The last applied record of machine `m`: (segment, offset, seq).
         pub fn applied(&self, m: MachineId) -> Result<Option<(u64, u64, u64)>> {
             self.flush_buffered(Buffered::Applied)?;
-            let t = self.txn.open_table(APPLIED).map_err(|e| ix_err(&self.path, e))?;
+            let t = self.tx()?.open_table(APPLIED).map_err(|e| ix_err(&self.path, e))?;
             let v = t.get(m.0).map_err(|e| ix_err(&self.path, e))?.map(|v| v.value());
             Ok(v)
         }
@@ -399,7 +400,7 @@ macro_rules! queries {
         /// Every machine with applied events.
         pub fn machines(&self) -> Result<Vec<MachineId>> {
             self.flush_buffered(Buffered::Applied)?;
-            let t = self.txn.open_table(APPLIED).map_err(|e| ix_err(&self.path, e))?;
+            let t = self.tx()?.open_table(APPLIED).map_err(|e| ix_err(&self.path, e))?;
             let mut out = Vec::new();
             for item in t.iter().map_err(|e| ix_err(&self.path, e))? {
                 let (k, _) = item.map_err(|e| ix_err(&self.path, e))?;
@@ -436,7 +437,7 @@ macro_rules! queries {
 
         /// Every conflict resolved so far, by event (merge order), node and kind.
         pub fn conflicts(&self) -> Result<Vec<Conflict>> {
-            let t = self.txn.open_table(CONFLICTS).map_err(|e| ix_err(&self.path, e))?;
+            let t = self.tx()?.open_table(CONFLICTS).map_err(|e| ix_err(&self.path, e))?;
             let mut out = Vec::new();
             for item in t.iter().map_err(|e| ix_err(&self.path, e))? {
                 let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
@@ -461,18 +462,19 @@ macro_rules! queries {
         /// Log positions of `node`'s events up to and including `until`, in time order.
         pub fn history(&self, node: NodeId, until: Timestamp) -> Result<Vec<(LogPos, Timestamp)>> {
             self.flush_buffered(Buffered::History)?;
-            let t = self.txn.open_table(HISTORY).map_err(|e| ix_err(&self.path, e))?;
-            let mut out = Vec::new();
-            let range = t
-                .range((node.0, i64::MIN, 0, 0)..=(node.0, until.0, u64::MAX, u64::MAX))
-                .map_err(|e| ix_err(&self.path, e))?;
-            for item in range {
-                let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
-                let (_, time, machine, _) = k.value();
-                let (segment, offset) = v.value();
-                out.push((LogPos { machine: MachineId(machine), segment, offset }, Timestamp(time)));
-            }
-            Ok(out)
+            self.with_history(|t| {
+                let mut out = Vec::new();
+                let range = t
+                    .range((node.0, i64::MIN, 0, 0)..=(node.0, until.0, u64::MAX, u64::MAX))
+                    .map_err(|e| ix_err(&self.path, e))?;
+                for item in range {
+                    let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+                    let (_, time, machine, _) = k.value();
+                    let (segment, offset) = v.value();
+                    out.push((LogPos { machine: MachineId(machine), segment, offset }, Timestamp(time)));
+                }
+                Ok(out)
+            })
         }
 
         /// The latest checkpoint of `node` at or before `until`: its event's
@@ -483,7 +485,7 @@ macro_rules! queries {
             node: NodeId,
             until: Timestamp,
         ) -> Result<Option<((Timestamp, MachineId, u64), NodeRecord)>> {
-            let t = match self.txn.open_table(CHECKPOINTS) {
+            let t = match self.tx()?.open_table(CHECKPOINTS) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
                 Err(e) => return Err(ix_err(&self.path, e)),
@@ -507,25 +509,26 @@ macro_rules! queries {
             until: Timestamp,
         ) -> Result<Vec<LogPos>> {
             self.flush_buffered(Buffered::History)?;
-            let t = self.txn.open_table(HISTORY).map_err(|e| ix_err(&self.path, e))?;
-            let lo = after.map_or((node.0, i64::MIN, 0, 0), |(t, m, s)| (node.0, t.0, m.0, s));
-            let mut out = Vec::new();
-            let range = t.range(lo..=(node.0, until.0, u64::MAX, u64::MAX)).map_err(|e| ix_err(&self.path, e))?;
-            for item in range {
-                let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
-                if Some(k.value()) == after.map(|(t, m, s)| (node.0, t.0, m.0, s)) {
-                    continue;
+            self.with_history(|t| {
+                let lo = after.map_or((node.0, i64::MIN, 0, 0), |(t, m, s)| (node.0, t.0, m.0, s));
+                let mut out = Vec::new();
+                let range = t.range(lo..=(node.0, until.0, u64::MAX, u64::MAX)).map_err(|e| ix_err(&self.path, e))?;
+                for item in range {
+                    let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+                    if Some(k.value()) == after.map(|(t, m, s)| (node.0, t.0, m.0, s)) {
+                        continue;
+                    }
+                    let (segment, offset) = v.value();
+                    out.push(LogPos { machine: MachineId(k.value().2), segment, offset });
                 }
-                let (segment, offset) = v.value();
-                out.push(LogPos { machine: MachineId(k.value().2), segment, offset });
-            }
-            Ok(out)
+                Ok(out)
+            })
         }
 
         /// The node named `name` in `dir` as of `at`.
         pub fn lookup_at(&self, dir: NodeId, name: &[u8], at: Timestamp) -> Result<Option<(NodeId, NodeKind)>> {
             self.flush_buffered(Buffered::DirentHistory)?;
-            let t = self.txn.open_table(DIRENT_HISTORY).map_err(|e| ix_err(&self.path, e))?;
+            let t = self.tx()?.open_table(DIRENT_HISTORY).map_err(|e| ix_err(&self.path, e))?;
             let range = t
                 .range((dir.0, name, i64::MIN, 0, 0)..=(dir.0, name, at.0, u64::MAX, u64::MAX))
                 .map_err(|e| ix_err(&self.path, e))?;
@@ -543,7 +546,7 @@ macro_rules! queries {
         /// Entries of `dir` as of `at`, by name.
         pub fn read_dir_at(&self, dir: NodeId, at: Timestamp) -> Result<Vec<DirEntry>> {
             self.flush_buffered(Buffered::DirentHistory)?;
-            let t = self.txn.open_table(DIRENT_HISTORY).map_err(|e| ix_err(&self.path, e))?;
+            let t = self.tx()?.open_table(DIRENT_HISTORY).map_err(|e| ix_err(&self.path, e))?;
             let lo: (NodeKey, &[u8], i64, u64, u64) = (dir.0, &[], i64::MIN, 0, 0);
             let mut latest: BTreeMap<Vec<u8>, Option<(NodeKey, u8)>> = BTreeMap::new();
             for item in t.range(lo..).map_err(|e| ix_err(&self.path, e))? {
@@ -567,7 +570,7 @@ macro_rules! queries {
 
         /// Stored blocks of `node` with index in `first..first+count` as of `at`.
         pub fn blocks_at(&self, node: NodeId, first: u64, count: u64, at: Timestamp) -> Result<Vec<(u64, BlockRef)>> {
-            let t = self.txn.open_table(BLOCK_HISTORY).map_err(|e| ix_err(&self.path, e))?;
+            let t = self.tx()?.open_table(BLOCK_HISTORY).map_err(|e| ix_err(&self.path, e))?;
             let end = first.saturating_add(count);
             let mut latest: BTreeMap<u64, Option<BlockRef>> = BTreeMap::new();
             let range = t
@@ -586,7 +589,7 @@ macro_rules! queries {
         /// Where event `seq` of machine `m` is.
         pub fn event_location(&self, m: MachineId, seq: u64) -> Result<Option<EventLocation>> {
             self.flush_buffered(Buffered::Events)?;
-            let t = self.txn.open_table(EVENTS).map_err(|e| ix_err(&self.path, e))?;
+            let t = self.tx()?.open_table(EVENTS).map_err(|e| ix_err(&self.path, e))?;
             let found = t.get((m.0, seq)).map_err(|e| ix_err(&self.path, e))?.map(|v| {
                 let (segment, offset, time, node) = v.value();
                 EventLocation { pos: LogPos { machine: m, segment, offset }, time: Timestamp(time), node: NodeId(node) }
@@ -612,6 +615,39 @@ impl IndexReader {
     /// Readers buffer nothing (see [`IndexWriter::flush_buffered`]).
     fn flush_buffered(&self, _: Buffered) -> Result<()> {
         Ok(())
+    }
+
+    fn tx(&self) -> Result<&ReadTransaction> {
+        Ok(&self.txn)
+    }
+
+    fn with_table<K: redb::Key + 'static, V: redb::Value + 'static, R>(
+        &self,
+        def: TableDefinition<K, V>,
+        f: impl FnOnce(&ReadOnlyTable<K, V>) -> Result<R>,
+    ) -> Result<R> {
+        f(&self.txn.open_table(def).map_err(|e| ix_err(&self.path, e))?)
+    }
+
+    fn with_nodes<R>(&self, f: impl FnOnce(&ReadOnlyTable<NodeKey, &'static [u8]>) -> Result<R>) -> Result<R> {
+        self.with_table(NODES, f)
+    }
+
+    fn with_dirents<R>(&self, f: impl FnOnce(&ReadOnlyTable<DirentKey, (NodeKey, u8)>) -> Result<R>) -> Result<R> {
+        self.with_table(DIRENTS, f)
+    }
+
+    fn with_history<R>(&self, f: impl FnOnce(&ReadOnlyTable<HistoryKey, (u64, u64)>) -> Result<R>) -> Result<R> {
+        self.with_table(HISTORY, f)
+    }
+
+    /// `meta`, or `R::default()` if the index has no such table.
+    fn with_meta<R: Default>(&self, f: impl FnOnce(&ReadOnlyTable<&'static str, u64>) -> Result<R>) -> Result<R> {
+        match self.txn.open_table(META) {
+            Ok(t) => f(&t),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(R::default()),
+            Err(e) => Err(ix_err(&self.path, e)),
+        }
     }
 
     /// A counter from `meta` (0 if unset).
@@ -671,7 +707,9 @@ view_queries! {
 ///
 /// [`commit`]: IndexWriter::commit
 pub struct IndexWriter {
-    txn: WriteTransaction,
+    /// The transaction and its [`Hot`] tables; `None` only if clearing the
+    /// index failed halfway (every later call then fails).
+    txn: Option<HeldTxn>,
     path: PathBuf,
     /// Counters changed in this transaction, written to `meta` at commit:
     /// every event changes several, and a table update each would cost
@@ -697,6 +735,43 @@ pub struct IndexWriter {
     /// the work from the log). A query that wrote the buffer out may have
     /// failed where its caller treats errors as harmless reads.
     flush_failed: std::cell::Cell<bool>,
+}
+
+/// The tables every event reads, held open for the life of a writer's
+/// transaction: opening a redb table costs some 7,000 instructions, more
+/// than the read itself. redb refuses to open a table twice, so the writer
+/// reaches these four only through here.
+struct Hot<'t> {
+    nodes: Table<'t, NodeKey, &'static [u8]>,
+    dirents: Table<'t, DirentKey, (NodeKey, u8)>,
+    history: Table<'t, HistoryKey, (u64, u64)>,
+    meta: Table<'t, &'static str, u64>,
+}
+
+/// [`Hot`] behind a `RefCell`: reads and the buffer's write-out both come
+/// through `&IndexWriter`.
+type HotCell<'t> = RefCell<Hot<'t>>;
+
+self_cell::self_cell!(
+    /// A write transaction with its [`Hot`] tables open.
+    struct HeldTxn {
+        owner: WriteTransaction,
+        #[not_covariant]
+        dependent: HotCell,
+    }
+);
+
+impl HeldTxn {
+    fn open(txn: WriteTransaction) -> std::result::Result<HeldTxn, redb::TableError> {
+        HeldTxn::try_new(txn, |t| {
+            Ok(RefCell::new(Hot {
+                nodes: t.open_table(NODES)?,
+                dirents: t.open_table(DIRENTS)?,
+                history: t.open_table(HISTORY)?,
+                meta: t.open_table(META)?,
+            }))
+        })
+    }
 }
 
 /// The tables an [`IndexWriter`] buffers writes for.
@@ -777,14 +852,15 @@ impl IndexWriter {
         if !nodes.values().any(|n| n.dirty) {
             return Ok(());
         }
-        let mut t = self.txn.open_table(NODES).map_err(|e| ix_err(&self.path, e))?;
-        for (id, n) in nodes.iter_mut().filter(|(_, n)| n.dirty) {
-            if let Some(record) = &n.record {
-                t.insert(id.0, encode_node(record).as_slice()).map_err(|e| ix_err(&self.path, e))?;
+        self.hot_mut(|h| {
+            for (id, n) in nodes.iter_mut().filter(|(_, n)| n.dirty) {
+                if let Some(record) = &n.record {
+                    h.nodes.insert(id.0, encode_node(record).as_slice()).map_err(|e| ix_err(&self.path, e))?;
+                }
+                n.dirty = false;
             }
-            n.dirty = false;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The node named `name` in `dir`, as changed in this transaction.
@@ -823,6 +899,10 @@ impl IndexWriter {
         self.since_checkpoint.clear();
         self.entries.get_mut().clear();
         *self.buffer.get_mut() = WriteBuffer::default();
+        // redb deletes only closed tables: the hot ones are closed, and
+        // opened again on the fresh tables.
+        let held = self.txn.take().ok_or_else(|| self.lost())?;
+        let txn = held.into_owner();
         for name in [
             "nodes",
             "dirents",
@@ -838,26 +918,69 @@ impl IndexWriter {
             "checkpoints",
         ] {
             let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(name);
-            self.txn.delete_table(def).map_err(|e| self.err(e))?;
+            txn.delete_table(def).map_err(|e| self.err(e))?;
         }
-        self.create_tables()?;
+        self.create_tables(&txn)?;
+        self.txn = Some(HeldTxn::open(txn).map_err(|e| self.err(e))?);
         self.set_meta(META_VERSION, INDEX_VERSION)
     }
 
-    fn create_tables(&mut self) -> Result<()> {
-        self.txn.open_table(NODES).map_err(|e| self.err(e))?;
-        self.txn.open_table(DIRENTS).map_err(|e| self.err(e))?;
-        self.txn.open_table(BLOCKS).map_err(|e| self.err(e))?;
-        self.txn.open_table(HISTORY).map_err(|e| self.err(e))?;
-        self.txn.open_table(DIRENT_HISTORY).map_err(|e| self.err(e))?;
-        self.txn.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
-        self.txn.open_table(EVENTS).map_err(|e| self.err(e))?;
-        self.txn.open_table(BLOBS).map_err(|e| self.err(e))?;
-        self.txn.open_table(APPLIED).map_err(|e| self.err(e))?;
-        self.txn.open_table(META).map_err(|e| self.err(e))?;
-        self.txn.open_table(CONFLICTS).map_err(|e| self.err(e))?;
-        self.txn.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+    fn create_tables(&self, txn: &WriteTransaction) -> Result<()> {
+        txn.open_table(BLOCKS).map_err(|e| self.err(e))?;
+        txn.open_table(DIRENT_HISTORY).map_err(|e| self.err(e))?;
+        txn.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
+        txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+        txn.open_table(BLOBS).map_err(|e| self.err(e))?;
+        txn.open_table(APPLIED).map_err(|e| self.err(e))?;
+        txn.open_table(CONFLICTS).map_err(|e| self.err(e))?;
+        txn.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+        // `nodes`, `dirents`, `history` and `meta`: by `HeldTxn::open`.
         Ok(())
+    }
+
+    fn lost(&self) -> Error {
+        Error::Index { path: self.path.clone(), reason: "the write transaction was lost by a failed clear".into() }
+    }
+
+    fn held(&self) -> Result<&HeldTxn> {
+        self.txn.as_ref().ok_or_else(|| self.lost())
+    }
+
+    /// The transaction, for the tables that are not [`Hot`].
+    fn tx(&self) -> Result<&WriteTransaction> {
+        Ok(self.held()?.borrow_owner())
+    }
+
+    /// Runs `f` on the [`Hot`] tables. `f` must not reach them again.
+    fn hot<R>(&self, f: impl FnOnce(&Hot<'_>) -> Result<R>) -> Result<R> {
+        self.held()?.with_dependent(|_, h| match h.try_borrow() {
+            Ok(h) => f(&h),
+            Err(_) => Err(Error::Invalid("index tables reached while being written".into())),
+        })
+    }
+
+    /// Runs `f` on the [`Hot`] tables, to write. `f` must not reach them again.
+    fn hot_mut<R>(&self, f: impl FnOnce(&mut Hot<'_>) -> Result<R>) -> Result<R> {
+        self.held()?.with_dependent(|_, h| match h.try_borrow_mut() {
+            Ok(mut h) => f(&mut h),
+            Err(_) => Err(Error::Invalid("index tables reached while being read".into())),
+        })
+    }
+
+    fn with_nodes<R>(&self, f: impl FnOnce(&Table<'_, NodeKey, &'static [u8]>) -> Result<R>) -> Result<R> {
+        self.hot(|h| f(&h.nodes))
+    }
+
+    fn with_dirents<R>(&self, f: impl FnOnce(&Table<'_, DirentKey, (NodeKey, u8)>) -> Result<R>) -> Result<R> {
+        self.hot(|h| f(&h.dirents))
+    }
+
+    fn with_history<R>(&self, f: impl FnOnce(&Table<'_, HistoryKey, (u64, u64)>) -> Result<R>) -> Result<R> {
+        self.hot(|h| f(&h.history))
+    }
+
+    fn with_meta<R: Default>(&self, f: impl FnOnce(&Table<'_, &'static str, u64>) -> Result<R>) -> Result<R> {
+        self.hot(|h| f(&h.meta))
     }
 
     /// Writes what is buffered for `table` to it (see [`WriteBuffer`]).
@@ -873,35 +996,35 @@ impl IndexWriter {
         let mut b = self.buffer.borrow_mut();
         let err = |e: redb::StorageError| ix_err(&self.path, e);
         match table {
-            Buffered::History if !b.history.is_empty() => {
-                let mut t = self.txn.open_table(HISTORY).map_err(|e| self.err(e))?;
+            Buffered::History if !b.history.is_empty() => self.hot_mut(|h| {
                 for (k, v) in std::mem::take(&mut b.history) {
-                    t.insert(k, v).map_err(err)?;
+                    h.history.insert(k, v).map_err(err)?;
                 }
-            }
+                Ok(())
+            })?,
             Buffered::Events if !b.events.is_empty() => {
-                let mut t = self.txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+                let mut t = self.tx()?.open_table(EVENTS).map_err(|e| self.err(e))?;
                 for (k, v) in std::mem::take(&mut b.events) {
                     t.insert(k, v).map_err(err)?;
                 }
             }
             Buffered::Applied if !b.applied.is_empty() => {
-                let mut t = self.txn.open_table(APPLIED).map_err(|e| self.err(e))?;
+                let mut t = self.tx()?.open_table(APPLIED).map_err(|e| self.err(e))?;
                 for (k, v) in std::mem::take(&mut b.applied) {
                     t.insert(k, v).map_err(err)?;
                 }
             }
-            Buffered::Dirents if !b.dirents.is_empty() => {
-                let mut t = self.txn.open_table(DIRENTS).map_err(|e| self.err(e))?;
+            Buffered::Dirents if !b.dirents.is_empty() => self.hot_mut(|h| {
                 for ((dir, name), v) in std::mem::take(&mut b.dirents) {
                     match v {
-                        Some(v) => t.insert((dir, name.as_slice()), v).map_err(err)?,
-                        None => t.remove((dir, name.as_slice())).map_err(err)?,
+                        Some(v) => h.dirents.insert((dir, name.as_slice()), v).map_err(err)?,
+                        None => h.dirents.remove((dir, name.as_slice())).map_err(err)?,
                     };
                 }
-            }
+                Ok(())
+            })?,
             Buffered::DirentHistory if !b.dirent_history.is_empty() => {
-                let mut t = self.txn.open_table(DIRENT_HISTORY).map_err(|e| self.err(e))?;
+                let mut t = self.tx()?.open_table(DIRENT_HISTORY).map_err(|e| self.err(e))?;
                 for ((dir, name, time, m, seq), v) in std::mem::take(&mut b.dirent_history) {
                     t.insert((dir, name.as_slice(), time, m, seq), v).map_err(err)?;
                 }
@@ -934,11 +1057,13 @@ impl IndexWriter {
         if self.meta_changed.is_empty() {
             return Ok(());
         }
-        let mut t = self.txn.open_table(META).map_err(|e| ix_err(&self.path, e))?;
-        for (key, value) in self.meta_changed.drain() {
-            t.insert(key.as_str(), value).map_err(|e| ix_err(&self.path, e))?;
-        }
-        Ok(())
+        let changed = std::mem::take(&mut self.meta_changed);
+        self.hot_mut(|h| {
+            for (key, value) in changed {
+                h.meta.insert(key.as_str(), value).map_err(|e| ix_err(&self.path, e))?;
+            }
+            Ok(())
+        })
     }
 
     fn add_meta(&mut self, key: &str, delta: i128) -> Result<()> {
@@ -1028,20 +1153,23 @@ impl IndexWriter {
     /// to `CHECKPOINT_EVERY + 1`, and whether it has a checkpoint.
     fn count_since_checkpoint(&self, node: NodeId) -> Result<(usize, bool)> {
         let all = (node.0, i64::MIN, 0, 0)..=(node.0, i64::MAX, u64::MAX, u64::MAX);
-        let h = self.txn.open_table(HISTORY).map_err(|e| self.err(e))?;
-        let total = h.range(all.clone()).map_err(|e| self.err(e))?.take(CHECKPOINT_EVERY + 1).count();
+        let count = |from: HistoryKey| {
+            self.with_history(|h| {
+                Ok(h.range(from..=*all.end()).map_err(|e| self.err(e))?.take(CHECKPOINT_EVERY + 1).count())
+            })
+        };
+        let total = count(*all.start())?;
         // A checkpoint is only ever taken after that many events, so a
         // shorter history has none (most nodes: no second table to read).
         if total < CHECKPOINT_EVERY {
             return Ok((total, false));
         }
-        let c = self.txn.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+        let c = self.tx()?.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
         let last = match c.range(all.clone()).map_err(|e| self.err(e))?.next_back() {
             Some(item) => Some(item.map_err(|e| self.err(e))?.0.value()),
             None => None,
         };
-        let lo = last.unwrap_or(*all.start());
-        let since = h.range(lo..=*all.end()).map_err(|e| self.err(e))?.take(CHECKPOINT_EVERY + 1).count();
+        let since = count(last.unwrap_or(*all.start()))?;
         Ok((since, last.is_some()))
     }
 
@@ -1056,9 +1184,10 @@ impl IndexWriter {
         }
         self.flush_nodes()?;
         self.flush_meta()?;
+        let mut txn = self.txn.take().ok_or_else(|| self.lost())?.into_owner();
         let d = if durable { Durability::Immediate } else { Durability::None };
-        self.txn.set_durability(d).map_err(|e| Error::Index { path: self.path.clone(), reason: e.to_string() })?;
-        self.txn.commit().map_err(|e| ix_err(&self.path, e))
+        txn.set_durability(d).map_err(|e| Error::Index { path: self.path.clone(), reason: e.to_string() })?;
+        txn.commit().map_err(|e| ix_err(&self.path, e))
     }
 }
 
@@ -1152,9 +1281,11 @@ impl TreeStore for IndexWriter {
         self.update_counts(prev.as_ref(), record)?;
         self.nodes.get_mut().insert(id, CachedNode { record: Some(record.clone()), dirty: true });
         if self.needs_checkpoint(id)? {
-            let mut c = self.txn.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
-            let bytes = encode_node(record);
-            c.insert((id.0, e.time.0, e.machine.0, e.seq), bytes.as_slice()).map_err(|e| self.err(e))?;
+            {
+                let mut c = self.tx()?.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+                let bytes = encode_node(record);
+                c.insert((id.0, e.time.0, e.machine.0, e.seq), bytes.as_slice()).map_err(|e| self.err(e))?;
+            }
             // Counted from the checkpoint's own key on, as the scan counts.
             let own = usize::from(in_history_of(e).any(|n| n == id));
             self.since_checkpoint.insert(id, (own, true));
@@ -1182,18 +1313,18 @@ impl TreeStore for IndexWriter {
     fn set_block(&mut self, node: NodeId, index: u64, block: Option<BlockRef>, e: &Event) -> Result<()> {
         let bytes = tree::encode_block_ref(block.as_ref());
         {
-            let mut t = self.txn.open_table(BLOCKS).map_err(|e| self.err(e))?;
+            let mut t = self.tx()?.open_table(BLOCKS).map_err(|e| self.err(e))?;
             if block.is_some() {
                 t.insert((node.0, index), bytes.as_slice()).map_err(|e| self.err(e))?;
             } else {
                 t.remove((node.0, index)).map_err(|e| self.err(e))?;
             }
-            let mut h = self.txn.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
+            let mut h = self.tx()?.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
             h.insert((node.0, index, e.time.0, e.machine.0, e.seq), bytes.as_slice()).map_err(|e| self.err(e))?;
         }
         if let Some(b) = block {
             let new = {
-                let mut t = self.txn.open_table(BLOBS).map_err(|e| self.err(e))?;
+                let mut t = self.tx()?.open_table(BLOBS).map_err(|e| self.err(e))?;
                 let seen = t.get(b.hash.as_bytes()).map_err(|e| self.err(e))?.is_some();
                 if !seen {
                     t.insert(b.hash.as_bytes(), (b.len, e.time.0)).map_err(|e| self.err(e))?;
@@ -1211,14 +1342,14 @@ impl TreeStore for IndexWriter {
     fn clear_blocks_from(&mut self, node: NodeId, from: u64, e: &Event) -> Result<()> {
         let mut gone = Vec::new();
         {
-            let mut t = self.txn.open_table(BLOCKS).map_err(|e| self.err(e))?;
+            let mut t = self.tx()?.open_table(BLOCKS).map_err(|e| self.err(e))?;
             t.retain_in((node.0, from)..=(node.0, u64::MAX), |k, _| {
                 gone.push(k.1);
                 false
             })
             .map_err(|e| self.err(e))?;
         }
-        let mut h = self.txn.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
+        let mut h = self.tx()?.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
         for index in gone {
             h.insert((node.0, index, e.time.0, e.machine.0, e.seq), &[][..]).map_err(|e| self.err(e))?;
         }
@@ -1227,7 +1358,7 @@ impl TreeStore for IndexWriter {
 
     fn conflict(&mut self, c: Conflict) -> Result<()> {
         tracing::info!(node = %c.node, kind = ?c.kind, "conflict resolved in {}", c.parent);
-        let mut t = self.txn.open_table(CONFLICTS).map_err(|e| self.err(e))?;
+        let mut t = self.tx()?.open_table(CONFLICTS).map_err(|e| self.err(e))?;
         let key = (c.time.0, c.event.0 .0, c.event.1, c.node.0, conflict_kind_code(&c.kind));
         t.insert(key, encode_conflict(&c).as_slice()).map_err(|e| self.err(e))?;
         Ok(())
