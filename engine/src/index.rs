@@ -235,9 +235,14 @@ impl Index {
         Ok((index, rebuild))
     }
 
-    /// Empties every table and stamps the current layout version.
+    /// Empties every table and stamps the current layout version. The
+    /// tables are deleted before a writer opens any: an index of another
+    /// layout may hold a table under the same name with other key or value
+    /// types, which redb refuses to open.
     pub fn clear(&self) -> Result<()> {
-        let mut w = self.write()?;
+        let txn = self.begin_write()?;
+        delete_all_tables(&txn).map_err(|e| self.err(e))?;
+        let mut w = self.writer(txn)?;
         w.clear_all()?;
         w.commit(true)
     }
@@ -260,10 +265,17 @@ impl Index {
 
     /// Starts a write transaction.
     pub fn write(&self) -> Result<IndexWriter> {
+        self.writer(self.begin_write()?)
+    }
+
+    fn begin_write(&self) -> Result<WriteTransaction> {
         let Db::Rw(db) = &self.db else {
             return Err(Error::Index { path: self.path.clone(), reason: "index is open read-only".into() });
         };
-        let txn = db.begin_write().map_err(|e| self.err(e))?;
+        db.begin_write().map_err(|e| self.err(e))
+    }
+
+    fn writer(&self, txn: WriteTransaction) -> Result<IndexWriter> {
         Ok(IndexWriter {
             txn: Some(HeldTxn::open(txn).map_err(|e| self.err(e))?),
             path: self.path.clone(),
@@ -290,6 +302,29 @@ impl Index {
     fn err(&self, e: impl Into<redb::Error>) -> Error {
         ix_err(&self.path, e)
     }
+}
+
+/// Deletes every table of the layout by name, whatever types it was
+/// stored with.
+fn delete_all_tables(txn: &WriteTransaction) -> std::result::Result<(), redb::TableError> {
+    for name in [
+        "nodes",
+        "dirents",
+        "blocks",
+        "history",
+        "dirent_history",
+        "block_history",
+        "events",
+        "blobs",
+        "applied",
+        "meta",
+        "conflicts",
+        "checkpoints",
+    ] {
+        let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(name);
+        txn.delete_table(def)?;
+    }
+    Ok(())
 }
 
 fn ix_err(path: &Path, e: impl Into<redb::Error>) -> Error {
@@ -903,23 +938,7 @@ impl IndexWriter {
         // opened again on the fresh tables.
         let held = self.txn.take().ok_or_else(|| self.lost())?;
         let txn = held.into_owner();
-        for name in [
-            "nodes",
-            "dirents",
-            "blocks",
-            "history",
-            "dirent_history",
-            "block_history",
-            "events",
-            "blobs",
-            "applied",
-            "meta",
-            "conflicts",
-            "checkpoints",
-        ] {
-            let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(name);
-            txn.delete_table(def).map_err(|e| self.err(e))?;
-        }
+        delete_all_tables(&txn).map_err(|e| self.err(e))?;
         self.create_tables(&txn)?;
         self.txn = Some(HeldTxn::open(txn).map_err(|e| self.err(e))?);
         self.set_meta(META_VERSION, INDEX_VERSION)
@@ -1473,5 +1492,32 @@ mod tests {
         assert_eq!(after_commit, per_event);
         let checkpoints = per_event.iter().filter(|a| a.starts_with("Some(((")).count();
         assert!(checkpoints > 0, "the often-changed file has checkpoints");
+    }
+
+    /// An index of another layout version whose tables have other types
+    /// (redb refuses to open those) is wiped and rebuilt, not refused.
+    #[test]
+    fn an_index_of_another_layout_with_other_table_types_is_rebuilt() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("index.redb");
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("write");
+            for name in ["nodes", "dirents", "history"] {
+                let def: TableDefinition<u64, u64> = TableDefinition::new(name);
+                txn.open_table(def).expect("table").insert(1, 2).expect("insert");
+            }
+            let meta: TableDefinition<&str, u64> = TableDefinition::new("meta");
+            txn.open_table(meta).expect("meta").insert(META_VERSION, INDEX_VERSION + 1).expect("insert");
+            txn.commit().expect("commit");
+        }
+        let (index, rebuild) = Index::open(&path).expect("an old layout is rebuilt");
+        assert!(rebuild);
+        assert_eq!(index.read().expect("read").meta(META_VERSION).expect("version"), INDEX_VERSION);
+        let mut w = index.write().expect("a writer opens the new tables");
+        let (pos, e) = &events()[0];
+        w.apply(*pos, e, 4096).expect("apply");
+        w.commit(false).expect("commit");
+        assert!(index.read().expect("read").node(e.node).expect("node").is_some());
     }
 }
