@@ -891,7 +891,14 @@ impl PeerHarness {
             }
         }
         let index = self.dir.join("index.redb");
-        std::fs::copy(self.dir.join(PEER_INDEX_TEMPLATE), &index).unwrap_or_else(|e| fail(&index, e));
+        // libFuzzer's timer signal can interrupt the copy (seen as EINTR
+        // from copy_file_range): that is the harness's, not a find.
+        let copy = || std::fs::copy(self.dir.join(PEER_INDEX_TEMPLATE), &index);
+        let mut copied = copy();
+        while matches!(&copied, Err(e) if e.kind() == std::io::ErrorKind::Interrupted) {
+            copied = copy();
+        }
+        copied.unwrap_or_else(|e| fail(&index, e));
     }
 
     fn open(&self, when: &str) -> crate::Engine {
