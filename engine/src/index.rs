@@ -35,6 +35,8 @@
 //! the insert, and one event writes five of them); a query of one of those
 //! tables in the transaction first writes what is buffered for it, and the
 //! lookups that skip that go through caches that hold every buffered key.
+//! It holds `nodes`, `dirents`, `history` and `meta` open for the life of
+//! its transaction (see `Hot`); readers open each table per query.
 //!
 //! Point-in-time queries (`*_at`) read the history tables up to a time; they
 //! cost a scan of the history of the one node, name or directory asked
