@@ -8,6 +8,8 @@ use engine::blob::{encode_blob, BlobStore};
 use engine::ids::BlockHash;
 use engine::storage::{CrashStorage, FsStorage, Storage};
 use engine::Error;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 const BLOBS: &str = "/data/blobs";
 
@@ -28,14 +30,11 @@ fn compressible(n: usize, seed: u64) -> Vec<u8> {
         "machine ", "\n", "syncer ", "replica ",
     ];
     let mut out = Vec::with_capacity(n + 16);
-    let mut x = seed | 1;
+    let mut rng = StdRng::seed_from_u64(seed);
     while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(WORDS[(x % 16) as usize].as_bytes());
-        if x.is_multiple_of(7) {
-            out.extend_from_slice(format!("{} ", x % 100_000).as_bytes());
+        out.extend_from_slice(WORDS[rng.random_range(0..WORDS.len())].as_bytes());
+        if rng.random_ratio(1, 7) {
+            out.extend_from_slice(format!("{} ", rng.random_range(0..100_000u32)).as_bytes());
         }
     }
     out.truncate(n);
