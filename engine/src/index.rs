@@ -243,9 +243,9 @@ impl Index {
     /// types, which redb refuses to open.
     pub fn clear(&self) -> Result<()> {
         let txn = self.begin_write()?;
-        delete_all_tables(&txn).map_err(|e| self.err(e))?;
+        reset_tables(&txn).map_err(|e| self.err(e))?;
         let mut w = self.writer(txn)?;
-        w.clear_all()?;
+        w.set_meta(META_VERSION, INDEX_VERSION)?;
         w.commit(true)
     }
 
@@ -307,8 +307,9 @@ impl Index {
 }
 
 /// Deletes every table of the layout by name, whatever types it was
-/// stored with.
-fn delete_all_tables(txn: &WriteTransaction) -> std::result::Result<(), redb::TableError> {
+/// stored with, and creates them empty (`nodes`, `dirents`, `history` and
+/// `meta` are created by [`HeldTxn::open`]).
+fn reset_tables(txn: &WriteTransaction) -> std::result::Result<(), redb::TableError> {
     for name in [
         "nodes",
         "dirents",
@@ -326,6 +327,14 @@ fn delete_all_tables(txn: &WriteTransaction) -> std::result::Result<(), redb::Ta
         let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(name);
         txn.delete_table(def)?;
     }
+    txn.open_table(BLOCKS)?;
+    txn.open_table(DIRENT_HISTORY)?;
+    txn.open_table(BLOCK_HISTORY)?;
+    txn.open_table(EVENTS)?;
+    txn.open_table(BLOBS)?;
+    txn.open_table(APPLIED)?;
+    txn.open_table(CONFLICTS)?;
+    txn.open_table(CHECKPOINTS)?;
     Ok(())
 }
 
@@ -830,7 +839,7 @@ enum Buffered {
 /// are emptied only after the buffer is written.
 #[derive(Default)]
 struct WriteBuffer {
-    history: BTreeMap<(NodeKey, i64, u64, u64), (u64, u64)>,
+    history: BTreeMap<HistoryKey, (u64, u64)>,
     events: BTreeMap<(u64, u64), (u64, u64, i64, NodeKey)>,
     applied: BTreeMap<u64, (u64, u64, u64)>,
     dirents: BTreeMap<(NodeKey, Vec<u8>), StoredEntry>,
@@ -940,23 +949,9 @@ impl IndexWriter {
         // opened again on the fresh tables.
         let held = self.txn.take().ok_or_else(|| self.lost())?;
         let txn = held.into_owner();
-        delete_all_tables(&txn).map_err(|e| self.err(e))?;
-        self.create_tables(&txn)?;
+        reset_tables(&txn).map_err(|e| self.err(e))?;
         self.txn = Some(HeldTxn::open(txn).map_err(|e| self.err(e))?);
         self.set_meta(META_VERSION, INDEX_VERSION)
-    }
-
-    fn create_tables(&self, txn: &WriteTransaction) -> Result<()> {
-        txn.open_table(BLOCKS).map_err(|e| self.err(e))?;
-        txn.open_table(DIRENT_HISTORY).map_err(|e| self.err(e))?;
-        txn.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
-        txn.open_table(EVENTS).map_err(|e| self.err(e))?;
-        txn.open_table(BLOBS).map_err(|e| self.err(e))?;
-        txn.open_table(APPLIED).map_err(|e| self.err(e))?;
-        txn.open_table(CONFLICTS).map_err(|e| self.err(e))?;
-        txn.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
-        // `nodes`, `dirents`, `history` and `meta`: by `HeldTxn::open`.
-        Ok(())
     }
 
     fn lost(&self) -> Error {
@@ -1166,7 +1161,7 @@ impl IndexWriter {
             }
             self.since_checkpoint.insert(node, v);
         }
-        self.since_checkpoint.get_mut(&node).ok_or_else(|| Error::Invalid("checkpoint count vanished".into()))
+        Ok(self.since_checkpoint.entry(node).or_default())
     }
 
     /// Events in `node`'s history from its last checkpoint on (that
