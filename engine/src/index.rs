@@ -52,6 +52,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
@@ -158,6 +159,40 @@ pub struct EventLocation {
 pub struct Index {
     db: Db,
     path: PathBuf,
+    /// The caches of the last writer that committed (see [`Carried`]).
+    carried: Arc<Mutex<Option<Carried>>>,
+}
+
+/// A writer's caches of nodes, directory entries and checkpoint counts,
+/// handed on to the next writer at commit: the engine commits a group every
+/// few milliseconds, and a node created in one group is mostly stat'ed,
+/// changed or removed in the next.
+///
+/// Always true: they describe the index as its last commit left it. Every
+/// change to the index goes through an [`IndexWriter`]; a writer takes them
+/// when it opens and gives them back only when its commit succeeds, so a
+/// transaction that is dropped or fails takes its caches with it, and the
+/// next writer starts empty. [`Index::clear`] drops them too.
+#[derive(Default)]
+struct Carried {
+    nodes: HashMap<NodeId, CachedNode>,
+    since_checkpoint: HashMap<NodeId, (usize, bool)>,
+    entries: HashMap<(NodeId, Vec<u8>), Entry>,
+}
+
+impl std::fmt::Debug for Carried {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Carried")
+            .field("nodes", &self.nodes.len())
+            .field("since_checkpoint", &self.since_checkpoint.len())
+            .field("entries", &self.entries.len())
+            .finish()
+    }
+}
+
+fn lock_carried(m: &Mutex<Option<Carried>>) -> std::sync::MutexGuard<'_, Option<Carried>> {
+    // Only ever replaced whole: a panic cannot leave it half-changed.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How the file is open: for writing (one process holds it exclusively), or
@@ -228,7 +263,7 @@ impl Index {
             }
             Err(e) => return Err(ix_err(path, e)),
         };
-        let index = Index { db: Db::Rw(db), path: path.to_path_buf() };
+        let index = Index { db: Db::Rw(db), path: path.to_path_buf(), carried: Arc::default() };
         let version = index.read()?.meta(META_VERSION)?;
         let rebuild = fresh || version != INDEX_VERSION;
         if rebuild {
@@ -243,6 +278,7 @@ impl Index {
     /// types, which redb refuses to open.
     pub fn clear(&self) -> Result<()> {
         let txn = self.begin_write()?;
+        *lock_carried(&self.carried) = None;
         reset_tables(&txn).map_err(|e| self.err(e))?;
         let mut w = self.writer(txn)?;
         w.set_meta(META_VERSION, INDEX_VERSION)?;
@@ -253,7 +289,7 @@ impl Index {
     /// processes may hold it so at once; none may hold it for writing then.
     pub fn open_read_only(path: &Path) -> Result<Index> {
         let db = redb::ReadOnlyDatabase::open(path).map_err(|e| ix_err(path, e))?;
-        Ok(Index { db: Db::Ro(db), path: path.to_path_buf() })
+        Ok(Index { db: Db::Ro(db), path: path.to_path_buf(), carried: Arc::default() })
     }
 
     /// Closes a writable handle cleanly and reopens the file read-only.
@@ -278,13 +314,16 @@ impl Index {
     }
 
     fn writer(&self, txn: WriteTransaction) -> Result<IndexWriter> {
+        let held = HeldTxn::open(txn).map_err(|e| self.err(e))?;
+        let carried = lock_carried(&self.carried).take().unwrap_or_default();
         Ok(IndexWriter {
-            txn: Some(HeldTxn::open(txn).map_err(|e| self.err(e))?),
+            txn: Some(held),
             path: self.path.clone(),
             meta_changed: HashMap::default(),
-            nodes: RefCell::new(HashMap::default()),
-            since_checkpoint: HashMap::default(),
-            entries: RefCell::new(HashMap::default()),
+            nodes: RefCell::new(carried.nodes),
+            since_checkpoint: carried.since_checkpoint,
+            entries: RefCell::new(carried.entries),
+            carry_to: Arc::clone(&self.carried),
             buffer: RefCell::new(WriteBuffer::default()),
             flush_failed: std::cell::Cell::new(false),
         })
@@ -774,6 +813,10 @@ pub struct IndexWriter {
     /// Directory entries read or written in this transaction; holds
     /// every entry in `buffer.dirents`.
     entries: RefCell<HashMap<(NodeId, Vec<u8>), Entry>>,
+    /// Where `nodes`, `since_checkpoint` and `entries` go when the commit
+    /// succeeds, for the next writer (see [`Carried`]); they started from
+    /// there, so they hold the committed index as well as this transaction.
+    carry_to: Arc<Mutex<Option<Carried>>>,
     /// Writes not yet in their tables (see [`WriteBuffer`]).
     buffer: RefCell<WriteBuffer>,
     /// Set when writing the buffer out failed: some buffered writes may be
@@ -1203,7 +1246,14 @@ impl IndexWriter {
         let mut txn = self.txn.take().ok_or_else(|| self.lost())?.into_owner();
         let d = if durable { Durability::Immediate } else { Durability::None };
         txn.set_durability(d).map_err(|e| Error::Index { path: self.path.clone(), reason: e.to_string() })?;
-        txn.commit().map_err(|e| ix_err(&self.path, e))
+        txn.commit().map_err(|e| ix_err(&self.path, e))?;
+        // Every buffered write and dirty node is in the committed tables now.
+        *lock_carried(&self.carry_to) = Some(Carried {
+            nodes: self.nodes.take(),
+            since_checkpoint: std::mem::take(&mut self.since_checkpoint),
+            entries: self.entries.take(),
+        });
+        Ok(())
     }
 }
 
@@ -1489,6 +1539,50 @@ mod tests {
         assert_eq!(after_commit, per_event);
         let checkpoints = per_event.iter().filter(|a| a.starts_with("Some(((")).count();
         assert!(checkpoints > 0, "the often-changed file has checkpoints");
+    }
+
+    /// A writer's caches go on to the next writer only when it commits: the
+    /// changes of a transaction dropped halfway (as the engine drops one
+    /// whose work failed) are not seen by the next one, even through caches.
+    #[test]
+    fn a_dropped_transaction_leaves_nothing_in_the_next_writers_caches() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let events = events();
+        let (first, rest) = events.split_at(events.len() / 2);
+        let (reference, _) = Index::open(&tmp.path().join("reference.redb")).expect("open");
+        let mut w = reference.write().expect("write");
+        for (pos, e) in first {
+            w.apply(*pos, e, 4096).expect("apply");
+        }
+        w.commit(false).expect("commit");
+        let after_first = answers!(reference.read().expect("read"), events);
+
+        let (index, _) = Index::open(&tmp.path().join("index.redb")).expect("open");
+        let mut w = index.write().expect("write");
+        for (pos, e) in first {
+            w.apply(*pos, e, 4096).expect("apply");
+        }
+        w.commit(false).expect("commit");
+        let mut w = index.write().expect("write");
+        for (pos, e) in rest {
+            w.apply(*pos, e, 4096).expect("apply");
+        }
+        assert_ne!(answers!(&w, events), after_first, "the second half changes the answers");
+        drop(w);
+        let mut w = index.write().expect("write");
+        assert_eq!(answers!(&w, events), after_first, "the next writer sees only what was committed");
+        for (pos, e) in rest {
+            w.apply(*pos, e, 4096).expect("apply");
+        }
+        w.commit(false).expect("commit");
+
+        let (whole, _) = Index::open(&tmp.path().join("whole.redb")).expect("open");
+        let mut w = whole.write().expect("write");
+        for (pos, e) in &events {
+            w.apply(*pos, e, 4096).expect("apply");
+        }
+        w.commit(false).expect("commit");
+        assert_eq!(answers!(index.read().expect("read"), events), answers!(whole.read().expect("read"), events));
     }
 
     /// An index of another layout version whose tables have other types
