@@ -276,7 +276,10 @@ pub struct Engine {
     layout: Layout,
     config: Config,
     storage: Arc<dyn Storage>,
-    blobs: BlobStore,
+    blobs: Arc<BlobStore>,
+    /// Compresses blobs stored raw under load (writable engines that
+    /// compress).
+    compressor: Option<Compressor>,
     index: Index,
     writer: Option<Mutex<Writer>>,
     /// Whether `writer` holds index changes not yet committed: reads take
@@ -395,7 +398,8 @@ impl Engine {
         }
         let config = Config::load(storage.as_ref(), &layout.config())?;
         let lock = if at.is_none() { Some(take_lock(&layout.lock())?) } else { None };
-        let blobs = BlobStore::open(storage.clone(), layout.blobs(), config.hash_size, config.compression_level)?;
+        let blobs =
+            Arc::new(BlobStore::open(storage.clone(), layout.blobs(), config.hash_size, config.compression_level)?);
         let writer = match at {
             Some(_) => None,
             None => {
@@ -480,10 +484,12 @@ impl Engine {
         }
         report.index_rebuilt = rebuilt;
         let cache = crate::cache::Cache::open(dir, config.hash_size)?;
+        let compresses = at.is_none() && config.compression_level > 0;
         let mut engine = Engine {
             layout,
             config,
             storage,
+            compressor: compresses.then(|| Compressor::start(&blobs)),
             blobs,
             index,
             writer,
@@ -1514,6 +1520,9 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        if let Some(c) = self.compressor.take() {
+            c.stop();
+        }
         if self.writer.is_some() && !self.abandoned {
             if let Err(e) = self.close() {
                 tracing::error!("{}: closing: {e}", self.layout.dir.display());
@@ -1523,6 +1532,51 @@ impl Drop for Engine {
         // database it belongs to.
         if let Some(w) = &self.writer {
             lock_writer(w).pending = None;
+        }
+    }
+}
+
+/// How long the block store must have been idle before the blobs it
+/// stored raw under load are compressed (see the blob module).
+const COMPRESS_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// The thread that compresses, while the block store is idle, the blobs it
+/// stored raw under load. It holds the store weakly and ends when told to
+/// or when the engine is gone.
+struct Compressor {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Compressor {
+    fn start(blobs: &Arc<BlobStore>) -> Compressor {
+        use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let weak = Arc::downgrade(blobs);
+        let run = move || loop {
+            match stopped.recv_timeout(COMPRESS_WHEN_IDLE_FOR / 4) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let Some(blobs) = weak.upgrade() else { return };
+            let go_on =
+                || blobs.idle_for() >= COMPRESS_WHEN_IDLE_FOR && matches!(stopped.try_recv(), Err(TryRecvError::Empty));
+            if let Err(e) = blobs.compress_deferred(go_on) {
+                tracing::warn!("{}: compressing blobs stored raw under load: {e}", blobs.dir().display());
+            }
+        };
+        let thread = std::thread::Builder::new().name("syncer-compress".into()).spawn(run);
+        if let Err(e) = &thread {
+            tracing::warn!("cannot start the compression thread ({e}): blobs stored raw under load stay raw");
+        }
+        Compressor { stop, thread: thread.ok() }
+    }
+
+    /// Stops the thread, after the blob it is compressing.
+    fn stop(mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

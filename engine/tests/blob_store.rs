@@ -317,3 +317,27 @@ fn a_queued_blob_gone_before_its_sync_fails_that_sync_only() {
     store.sync_pending().expect("sync");
     assert_eq!(store.get(&put.block.hash).expect("read back"), data);
 }
+
+/// A blob stored raw under load and compressed later survives a power cut
+/// at any point around the compression: the synced raw blob, or its synced
+/// compressed replacement, never neither.
+#[test]
+fn a_blob_compressed_later_survives_a_crash_before_and_after() {
+    for crash_after_compressing in [false, true] {
+        let s = CrashStorage::new();
+        let st = store(&s);
+        st.set_compress_slots(0);
+        let data = compressible(200_000, 9);
+        let put = st.put(&data).expect("put");
+        assert_eq!(put.stored_len, 200_016, "stored raw under load");
+        st.sync_pending().expect("sync");
+        if crash_after_compressing {
+            assert_eq!(st.compress_deferred(|| true).expect("compress"), 1);
+        }
+        s.crash(|_, _, _| 0);
+        let st = store(&s);
+        assert_eq!(st.get(&put.block.hash).expect("the block survives"), data);
+        let stored = st.stored_len(&put.block.hash).expect("stored");
+        assert_eq!(stored < 150_000, crash_after_compressing, "stored length {stored}");
+    }
+}

@@ -93,6 +93,40 @@ fn writes_survive_reopen_and_truncate_cuts_the_tail_block() {
     assert!(matches!(Engine::open(&dir), Err(engine::Error::Locked { .. })));
 }
 
+/// Blocks stored raw because every compression slot was taken are
+/// compressed by the engine's own thread once the store has been idle for
+/// a second, and read back the same.
+#[test]
+fn blocks_stored_raw_under_load_are_compressed_once_the_engine_is_idle() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    init(&dir);
+    let e = Engine::open(&dir).expect("open");
+    e.blobs().set_compress_slots(0);
+    let f = e.create(NodeId::ROOT, b"f", NodeKind::File, file_attrs(), b"").expect("create");
+    let text: Vec<u8> = (0..4 * 4096u32).map(|i| b"syncer keeps it "[(i % 16) as usize]).collect();
+    let blocks: Vec<BlockChange> = text
+        .chunks(4096)
+        .enumerate()
+        .map(|(i, c)| BlockChange { index: i as u64, block: Some(e.put_block(c).expect("put")) })
+        .collect();
+    e.write_blocks(f.id, text.len() as u64, blocks).expect("write");
+    let stats = e.blobs().deferral_stats();
+    assert_eq!((stats.deferred, stats.queued), (1, 1), "four equal blocks, stored once, raw: {stats:?}");
+    let hash = e.file_blocks(f.id, 0, 1).expect("blocks")[0].1.hash;
+    assert_eq!(e.blobs().stored_len(&hash).expect("stored"), 4096 + 16);
+
+    let start = std::time::Instant::now();
+    while e.blobs().deferral_stats().queued > 0 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "never compressed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(start.elapsed() >= std::time::Duration::from_millis(900), "compressed before the store was idle");
+    assert_eq!(e.blobs().deferral_stats().compressed_later, 1);
+    assert!(e.blobs().stored_len(&hash).expect("stored") < 1000, "compressed in place");
+    assert_eq!(e.read_file(f.id).expect("read back"), text);
+}
+
 #[test]
 fn rebuilt_index_gives_the_same_tree_on_10000_events() {
     let tmp = tempfile::tempdir().expect("tempdir");

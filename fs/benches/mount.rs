@@ -25,6 +25,13 @@
 //! so its peak resident memory during the random write is this process's
 //! VmHWM (reset through `/proc/self/clear_refs` just before), less the
 //! resident set at the reset.
+//!
+//! Syncer stores a block raw when every compression slot is busy and
+//! compresses it once the store is idle (see the engine's blob module):
+//! after each syncer write the benchmark waits for that and prints how many
+//! blocks it was and how long it took, before it measures the next target.
+//! `SYNCER_BENCH_COMPRESS_SLOTS=N` sets the slots (a large N compresses
+//! every block as it comes, for comparison).
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -369,7 +376,8 @@ enum Mounted {
     Plain,
     Null(fuser::BackgroundSession),
     Bindfs(PathBuf),
-    Syncer(syncer_fs::MountHandle),
+    /// The mount, and its engine (for the figures of compression later).
+    Syncer(syncer_fs::MountHandle, Arc<Engine>),
 }
 
 struct Target {
@@ -387,7 +395,7 @@ impl Target {
                 let st = Command::new("fusermount3").arg("-u").arg(&mnt).status().expect("fusermount3");
                 assert!(st.success(), "fusermount3 -u {} failed", mnt.display());
             }
-            Mounted::Syncer(h) => h.unmount().expect("unmount syncer"),
+            Mounted::Syncer(h, _) => h.unmount().expect("unmount syncer"),
         }
     }
 }
@@ -424,9 +432,12 @@ fn mount_target(name: &'static str, root: &Path) -> Target {
             let mnt = mkdir(&base.join("mnt"));
             Engine::init(&data, EngineConfig::new_default(MachineId::random())).expect("init data dir");
             let engine = Arc::new(Engine::open(&data).expect("open data dir"));
+            if let Some(n) = std::env::var("SYNCER_BENCH_COMPRESS_SLOTS").ok().and_then(|s| s.parse().ok()) {
+                engine.blobs().set_compress_slots(n);
+            }
             let opts = syncer_fs::MountOptions::new(data.display().to_string());
-            let h = syncer_fs::spawn(engine, &mnt, opts).expect("mount syncer");
-            Target { name, dir: mnt, mounted: Mounted::Syncer(h) }
+            let h = syncer_fs::spawn(engine.clone(), &mnt, opts).expect("mount syncer");
+            Target { name, dir: mnt, mounted: Mounted::Syncer(h, engine) }
         }
         _ => unreachable!("unknown target {name}"),
     }
@@ -487,6 +498,29 @@ fn mixed_pool(seed: u64) -> Vec<Vec<u8>> {
             c
         })
         .collect()
+}
+
+/// Waits until syncer has compressed the blocks it stored raw while the
+/// write kept every compression slot busy, and prints how many and how
+/// long that took after the write (its idle wait included): that CPU time
+/// is spent after the write, so the next target is measured only once it
+/// is done.
+fn report_compressed_later(engine: &Engine, deferred_before: u64) {
+    let during = engine.blobs().deferral_stats().deferred - deferred_before;
+    if during == 0 {
+        println!("  syncer  compressed every block of the write as it came");
+        return;
+    }
+    let t = Instant::now();
+    while engine.blobs().deferral_stats().queued > 0 && t.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "  syncer  stored {during} of the write's blocks raw under load and compressed them {:.2} s after it \
+         ({} still queued)",
+        t.elapsed().as_secs_f64(),
+        engine.blobs().deferral_stats().queued
+    );
 }
 
 /// Writes `chunks` MiB to `path` from `pool`, fsyncs and closes. Seconds.
@@ -656,9 +690,16 @@ fn run(targets: &[Target], file_mib: u64, n_files: u64, n_random: u64, pools: [&
             let mem_before = status_kib("VmRSS:");
             let tracked = row == 0
                 && round == 0
-                && matches!(t.mounted, Mounted::Syncer(_))
+                && matches!(t.mounted, Mounted::Syncer(..))
                 && std::fs::write("/proc/self/clear_refs", "5").is_ok();
+            let deferred_before = match &t.mounted {
+                Mounted::Syncer(_, engine) => engine.blobs().deferral_stats().deferred,
+                _ => 0,
+            };
             let secs = seq_write(&t.dir.join(file), pool, file_mib, round);
+            if let Mounted::Syncer(_, engine) = &t.mounted {
+                report_compressed_later(engine, deferred_before);
+            }
             if tracked {
                 let peak = status_kib("VmHWM:");
                 println!(
