@@ -39,13 +39,15 @@
 //! 300-600 MB/s per core on text-like data; a local disk writes 1 GB/s), and
 //! the FUSE transfer needs a core of its own. So at most
 //! [`BlobStore::compress_slots`] puts compress at once (one fewer than the
-//! machine's cores, at least one). A put that finds every slot taken still
-//! probes a sample (cheap), and if the block looks compressible stores it raw
-//! now and queues its hash; [`BlobStore::compress_deferred`] compresses the
+//! machine's cores, at least one). A put of a block over 32 KiB that finds
+//! every slot taken still probes a sample (cheap), and if the block looks
+//! compressible stores it raw now and queues its hash (smaller blocks are
+//! compressed at once: quick, and no sample would tell); [`BlobStore::compress_deferred`] compresses the
 //! queued blobs later, which the engine does while the store has been idle
 //! for a second. On a slow disk, puts spend their time writing, slots stay
 //! free, and blocks are compressed as they come. The queue lives in memory:
-//! blobs queued when the process ends stay raw (valid, only larger).
+//! blobs queued when the process ends stay raw (valid, only larger), and so
+//! does the remote's copy of a blob pushed before it was compressed.
 //!
 //! Version history:
 //! - v1 (current): the layout above. A version byte greater than 1 is refused
@@ -85,8 +87,8 @@ const SAMPLE_ABOVE: usize = 32 << 10;
 const SAMPLE_LEN: usize = 8 << 10;
 /// How many verified hashes the store remembers.
 const KNOWN_CAPACITY: usize = 32 * 1024;
-/// Most blobs queued for compression later (32 bytes each at most); a
-/// block stored raw beyond that stays raw.
+/// Most blobs queued for compression later (a hash of at most 33 bytes
+/// each); a block stored raw beyond that stays raw.
 const DEFERRED_MAX: usize = 1 << 20;
 
 /// How a blob's payload is stored.
@@ -232,7 +234,7 @@ fn compress_into(src: &[u8], dst: &mut [u8], level: i32) -> Option<usize> {
 
 /// Whether compressing `data` is worth trying: large blocks are probed with an
 /// 8 KiB sample from the middle, so incompressible data costs almost nothing.
-pub fn worth_compressing(data: &[u8], level: i32) -> bool {
+fn worth_compressing(data: &[u8], level: i32) -> bool {
     if data.len() <= SAMPLE_ABOVE {
         return true;
     }
@@ -433,6 +435,8 @@ struct Deferral {
     /// When a put or a read last began, in milliseconds since `epoch`.
     last_use_ms: AtomicU64,
     epoch: Instant,
+    /// Blobs taken off the queue and not yet compressed (or skipped).
+    in_hand: AtomicU64,
     /// Blocks stored raw under load, and blobs compressed later, since open.
     deferred: AtomicU64,
     compressed_later: AtomicU64,
@@ -447,6 +451,7 @@ impl Deferral {
             queue: Mutex::default(),
             last_use_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            in_hand: AtomicU64::new(0),
             deferred: AtomicU64::new(0),
             compressed_later: AtomicU64::new(0),
         }
@@ -468,7 +473,7 @@ pub struct DeferralStats {
     pub deferred: u64,
     /// Of those, compressed since.
     pub compressed_later: u64,
-    /// Blobs waiting in the queue now.
+    /// Blobs waiting in the queue now, or being compressed.
     pub queued: u64,
 }
 
@@ -569,6 +574,7 @@ impl BlobStore {
             .ok()
             .filter(|l| *l <= MAX_RAW_LEN)
             .ok_or_else(|| Error::Invalid(format!("block of {} bytes is larger than {MAX_RAW_LEN}", data.len())))?;
+        self.deferral.touch();
         let hash = BlockHash::of(data, self.hash_size);
         let block = BlockRef { hash, len };
         if let Some(stored_len) = self.existing(&hash)? {
@@ -582,12 +588,15 @@ impl BlobStore {
         Ok(PutOutcome { block, stored_len: stored.len() as u64, new: true })
     }
 
-    /// Encodes a block for a put: compressed if a compression slot is free,
-    /// else raw, and then `true` if it looks worth compressing later.
+    /// Encodes a block for a put: compressed if it is small (no sample
+    /// would tell, and it is quick) or a compression slot is free, else
+    /// raw, and then `true` if its sample says it is worth compressing later.
     fn encode_under_load(&self, data: &[u8]) -> (Vec<u8>, bool) {
         let d = &self.deferral;
-        d.touch();
-        if self.level <= 0 || data.len() < MIN_COMPRESS_LEN {
+        if data.len() <= SAMPLE_ABOVE {
+            return (encode_blob(data, self.level), false);
+        }
+        if self.level <= 0 {
             return (encode_blob(data, 0), false);
         }
         let slots = d.slots.load(Ordering::Relaxed);
@@ -628,7 +637,7 @@ impl BlobStore {
         DeferralStats {
             deferred: d.deferred.load(Ordering::Relaxed),
             compressed_later: d.compressed_later.load(Ordering::Relaxed),
-            queued: lock(&d.queue).len() as u64,
+            queued: lock(&d.queue).len() as u64 + d.in_hand.load(Ordering::Relaxed),
         }
     }
 
@@ -645,12 +654,21 @@ impl BlobStore {
     /// left alone for reads to report.
     pub fn compress_deferred(&self, mut go_on: impl FnMut() -> bool) -> Result<u64> {
         let mut replaced = 0;
+        let d = &self.deferral;
         while go_on() {
-            let Some(hash) = lock(&self.deferral.queue).pop_front() else { break };
-            if self.compress_one(&hash)? {
+            let hash = {
+                let mut q = lock(&d.queue);
+                let Some(hash) = q.pop_front() else { break };
+                d.in_hand.fetch_add(1, Ordering::Relaxed);
+                hash
+            };
+            let done = self.compress_one(&hash);
+            if matches!(done, Ok(true)) {
                 replaced += 1;
-                self.deferral.compressed_later.fetch_add(1, Ordering::Relaxed);
+                d.compressed_later.fetch_add(1, Ordering::Relaxed);
             }
+            d.in_hand.fetch_sub(1, Ordering::Relaxed);
+            done?;
         }
         Ok(replaced)
     }

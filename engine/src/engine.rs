@@ -1544,6 +1544,7 @@ const COMPRESS_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 /// stored raw under load. It holds the store weakly and ends when told to
 /// or when the engine is gone.
 struct Compressor {
+    /// Never sent on: dropped to stop the thread.
     stop: std::sync::mpsc::Sender<()>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -1554,13 +1555,14 @@ impl Compressor {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let weak = Arc::downgrade(blobs);
         let run = move || loop {
-            match stopped.recv_timeout(COMPRESS_WHEN_IDLE_FOR / 4) {
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            if let Err(RecvTimeoutError::Disconnected) = stopped.recv_timeout(COMPRESS_WHEN_IDLE_FOR / 4) {
+                return;
             }
             let Some(blobs) = weak.upgrade() else { return };
-            let go_on =
-                || blobs.idle_for() >= COMPRESS_WHEN_IDLE_FOR && matches!(stopped.try_recv(), Err(TryRecvError::Empty));
+            let go_on = || {
+                blobs.idle_for() >= COMPRESS_WHEN_IDLE_FOR
+                    && !matches!(stopped.try_recv(), Err(TryRecvError::Disconnected))
+            };
             if let Err(e) = blobs.compress_deferred(go_on) {
                 tracing::warn!("{}: compressing blobs stored raw under load: {e}", blobs.dir().display());
             }
@@ -1572,10 +1574,13 @@ impl Compressor {
         Compressor { stop, thread: thread.ok() }
     }
 
-    /// Stops the thread, after the blob it is compressing.
-    fn stop(mut self) {
-        let _ = self.stop.send(());
-        if let Some(t) = self.thread.take() {
+    /// Stops the thread, after the blob it is compressing: dropping the
+    /// sender disconnects the channel, which the thread sees both between
+    /// blobs and while it waits.
+    fn stop(self) {
+        let Compressor { stop, thread } = self;
+        drop(stop);
+        if let Some(t) = thread {
             let _ = t.join();
         }
     }

@@ -372,6 +372,10 @@ struct CrashState {
     dirs: BTreeSet<PathBuf>,
     /// Files whose directory entry is durable.
     durable_entries: BTreeSet<PathBuf>,
+    /// The synced content of a durable file that a rename replaced, until
+    /// its directory is synced: a crash brings it back (a rename is atomic,
+    /// so a crash leaves the old file or the new one, never neither).
+    replaced: BTreeMap<PathBuf, Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -394,12 +398,20 @@ impl CrashStorage {
     /// Simulates a power cut. For each file, `keep(path, synced_len,
     /// current_len)` picks how many bytes survive, clamped to
     /// `synced_len..=current_len`; files whose directory entry was never made
-    /// durable vanish.
+    /// durable vanish, except that a durable file replaced by a rename since
+    /// its directory was last synced comes back as it was synced.
     pub fn crash(&self, mut keep: impl FnMut(&Path, usize, usize) -> usize) {
         let mut st = self.state();
         let st = &mut *st;
         let durable = st.durable_entries.clone();
         st.files.retain(|p, _| durable.contains(p));
+        for (path, old) in std::mem::take(&mut st.replaced) {
+            if !st.files.contains_key(&path) {
+                st.files.insert(path.clone(), old.clone());
+                st.synced.insert(path.clone(), old);
+                st.durable_entries.insert(path);
+            }
+        }
         for (path, data) in st.files.iter_mut() {
             let synced = st.synced.get(path).cloned().unwrap_or_default();
             // A file rewritten since its sync (write_file) keeps only its synced content.
@@ -511,6 +523,7 @@ impl Storage for CrashStorage {
         let mut st = self.state();
         let children: Vec<PathBuf> = st.files.keys().filter(|p| p.parent() == Some(path)).cloned().collect();
         st.durable_entries.extend(children);
+        st.replaced.retain(|p, _| p.parent() != Some(path));
         Ok(())
     }
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
@@ -525,6 +538,10 @@ impl Storage for CrashStorage {
         let mut st = self.state();
         Self::parent_exists(&st, to)?;
         let data = st.files.remove(from).ok_or_else(|| Self::not_found(from))?;
+        if st.durable_entries.contains(to) && !st.replaced.contains_key(to) {
+            let old = st.synced.get(to).cloned().unwrap_or_default();
+            st.replaced.insert(to.to_path_buf(), old);
+        }
         st.files.insert(to.to_path_buf(), data);
         // The synced content moves with the inode; the new entry is durable
         // only after the directory is synced.

@@ -341,3 +341,76 @@ fn a_blob_compressed_later_survives_a_crash_before_and_after() {
         assert_eq!(stored < 150_000, crash_after_compressing, "stored length {stored}");
     }
 }
+
+/// [`CrashStorage`] whose directory syncs fail while `fail_dir_sync` is set.
+#[derive(Debug, Clone)]
+struct FailingDirSync {
+    inner: CrashStorage,
+    fail_dir_sync: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Storage for FailingDirSync {
+    fn open_append(&self, p: &Path) -> std::io::Result<Box<dyn engine::storage::AppendFile>> {
+        self.inner.open_append(p)
+    }
+    fn read(&self, p: &Path) -> std::io::Result<Vec<u8>> {
+        self.inner.read(p)
+    }
+    fn read_at(&self, p: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        self.inner.read_at(p, offset, len)
+    }
+    fn file_len(&self, p: &Path) -> std::io::Result<u64> {
+        self.inner.file_len(p)
+    }
+    fn exists(&self, p: &Path) -> bool {
+        self.inner.exists(p)
+    }
+    fn list_dir(&self, p: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+        self.inner.list_dir(p)
+    }
+    fn create_dir_all(&self, p: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(p)
+    }
+    fn write_file(&self, p: &Path, data: &[u8]) -> std::io::Result<()> {
+        self.inner.write_file(p, data)
+    }
+    fn sync_file(&self, p: &Path) -> std::io::Result<()> {
+        self.inner.sync_file(p)
+    }
+    fn sync_dir(&self, p: &Path) -> std::io::Result<()> {
+        if self.fail_dir_sync.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("injected: directory sync fails"));
+        }
+        self.inner.sync_dir(p)
+    }
+    fn truncate(&self, p: &Path, len: u64) -> std::io::Result<()> {
+        self.inner.truncate(p, len)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove_file(&self, p: &Path) -> std::io::Result<()> {
+        self.inner.remove_file(p)
+    }
+}
+
+/// A power cut after the compressed blob replaced the raw one but before
+/// that rename was synced leaves the synced raw blob: a block that a
+/// durable event may reference is never lost to compressing it later.
+#[test]
+fn a_crash_between_the_rename_and_its_directory_sync_keeps_the_raw_blob() {
+    let s = CrashStorage::new();
+    let failing = FailingDirSync { inner: s.clone(), fail_dir_sync: Arc::default() };
+    let st = BlobStore::open(Arc::new(failing.clone()), BLOBS, 32, 1).expect("open");
+    st.set_compress_slots(0);
+    let data = compressible(200_000, 11);
+    let put = st.put(&data).expect("put");
+    st.sync_pending().expect("sync");
+    failing.fail_dir_sync.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(st.compress_deferred(|| true).is_err(), "the directory sync failed");
+    assert!(st.stored_len(&put.block.hash).expect("stored") < 150_000, "renamed before the failed sync");
+    s.crash(|_, _, _| 0);
+    let st = store(&s);
+    assert_eq!(st.get(&put.block.hash).expect("the block survives"), data);
+    assert_eq!(st.stored_len(&put.block.hash).expect("stored"), 200_016, "the raw blob, as synced");
+}
