@@ -204,6 +204,13 @@ enum IndexCommand {
     },
 }
 
+/// mimalloc: the index commits each group on a thread of its own, which
+/// frees what the request threads allocated; glibc's malloc then contends
+/// on its arena locks (measured: 20 µs against 12 µs per file created,
+/// stat'ed and removed through the engine).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

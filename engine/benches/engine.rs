@@ -3,6 +3,10 @@
 //! a quick pass). Every figure is measured in this run, next to its baseline
 //! where one makes sense.
 
+/// The allocator of the `syncer` binary, so that figures match it.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;

@@ -10,7 +10,10 @@
 //! - index changes are committed in groups (at most `GROUP_WINDOW` or
 //!   `GROUP_MAX` changes apart): one redb commit costs more than applying
 //!   a change, and the log, not the index, is what a crash must not lose;
-//!   group commits are not durable; at the first change's group commit
+//!   a group is committed on a thread of its own while the next one takes
+//!   changes (the index module says why that is safe), and a group that
+//!   failed there is applied again from the log before the next change or
+//!   read goes on; group commits are not durable; at the first change's group commit
 //!   `INDEX_DURABLE_EVERY` after the last durable one (and at close), the
 //!   blocks, then the log, then the index are made durable, with no group
 //!   pending;
@@ -1040,12 +1043,13 @@ impl Engine {
         f: impl FnOnce(&mut Writer, &IndexWriter) -> Result<(Vec<(NodeId, Change)>, T)>,
     ) -> Result<T> {
         let mut w = self.writer(node)?;
+        self.settle_background(&mut w)?;
         if w.index_behind {
             self.recover_index(&mut w, "an earlier change lost its index work")?;
         }
         let mut p = match w.pending.take() {
             Some(p) => p,
-            None => Pending { ix: self.index.write()?, since: Instant::now(), changes: 0 },
+            None => Pending { ix: self.index.write_detached()?, since: Instant::now(), changes: 0 },
         };
         // Until the group is back in `w` or committed: a panic here leaves
         // the flag set, and the next change catches the index up first.
@@ -1054,9 +1058,11 @@ impl Engine {
             Ok(v) => v,
             Err(e) => {
                 // `f` only reads: the group goes on (an empty one is closed,
-                // so no idle write transaction blocks another).
+                // so no idle write transaction blocks another; one that has
+                // not begun its transaction holds none, and its caches may
+                // be all that shows a group committing in the background).
                 w.index_behind = false;
-                if p.changes > 0 {
+                if p.changes > 0 || !p.ix.is_attached() {
                     w.pending = Some(p);
                 }
                 return Err(e);
@@ -1077,15 +1083,15 @@ impl Engine {
         let due = p.changes >= GROUP_MAX || p.since.elapsed() >= GROUP_WINDOW;
         w.pending = Some(p);
         w.index_behind = false;
-        if due {
+        if due && w.last_durable_index.elapsed() < INDEX_DURABLE_EVERY {
+            self.commit_in_background(&mut w)?;
+        } else if due {
             self.commit_pending(&mut w)?;
-            if w.last_durable_index.elapsed() >= INDEX_DURABLE_EVERY {
-                // The change itself is done (in the log and the index);
-                // a durable index only spares a catch-up after a crash, so
-                // a failure here is retried at the next interval.
-                if let Err(e) = self.make_index_durable(&mut w) {
-                    tracing::warn!("{}: making the index durable: {e}", self.layout.dir.display());
-                }
+            // The change itself is done (in the log and the index); a
+            // durable index only spares a catch-up after a crash, so a
+            // failure here is retried at the next interval.
+            if let Err(e) = self.make_index_durable(&mut w) {
+                tracing::warn!("{}: making the index durable: {e}", self.layout.dir.display());
             }
         }
         Ok(out)
@@ -1108,6 +1114,41 @@ impl Engine {
             ix.apply(pos, &event, bs)?;
         }
         Ok(())
+    }
+
+    /// Hands the pending group to a thread of its own to commit, after the
+    /// group before it, and starts the next group at once on its caches
+    /// ([`Index::commit_in_background`]): the redb writes of a commit then
+    /// run beside the next changes, not in their way. A group that cannot
+    /// go (its caches no longer hold all it wrote) is committed here.
+    fn commit_in_background(&self, w: &mut Writer) -> Result<()> {
+        let _ = self.index.wait_in_flight();
+        self.settle_background(w)?;
+        let Some(p) = w.pending.take() else { return Ok(()) };
+        if !p.ix.can_commit_in_background() {
+            w.pending = Some(p);
+            return self.commit_pending(w);
+        }
+        match self.index.commit_in_background(p.ix) {
+            Ok(next) => {
+                w.pending = Some(Pending { ix: next, since: Instant::now(), changes: 0 });
+                Ok(())
+            }
+            Err(e) => self.recover_index(w, &format!("{e}")),
+        }
+    }
+
+    /// If a group committed in the background failed: drops the pending
+    /// group (its caches hold the failed one's changes) and applies every
+    /// change the index lacks again from the log.
+    fn settle_background(&self, w: &mut Writer) -> Result<()> {
+        match self.index.take_failure() {
+            Some(why) => {
+                w.pending = None;
+                self.recover_index(w, &format!("a group committed in the background failed: {why}"))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Commits the pending group of index changes, if any (not durably:
@@ -1142,6 +1183,9 @@ impl Engine {
     /// fails, changes are refused until a later call succeeds.
     fn recover_index(&self, w: &mut Writer, why: &str) -> Result<()> {
         w.index_behind = true;
+        // What a failed background group would report is redone here too.
+        let _ = self.index.wait_in_flight();
+        let _ = self.index.take_failure();
         tracing::warn!("{}: index changes lost ({why}); applying them again from the log", self.layout.dir.display());
         let caught_up = self.import_locked(w);
         self.has_pending.store(false, Ordering::Release);
@@ -1166,23 +1210,40 @@ impl Engine {
     /// Runs a read of the live tree on a snapshot or, while the writer
     /// holds index changes not yet committed, on its transaction (under
     /// the writer mutex), so a read sees every change made before it. A
-    /// group older than [`GROUP_WINDOW`] is committed first, so readers
-    /// go back to lock-free snapshots once writes pause.
-    fn read_live<T>(&self, f: impl FnOnce(&IndexView<'_>) -> Result<T>) -> Result<T> {
+    /// group older than [`GROUP_WINDOW`] is closed first (committed in the
+    /// background, or here if empty), so readers go back to lock-free
+    /// snapshots once writes pause.
+    fn read_live<T>(&self, f: impl Fn(&IndexView<'_>) -> Result<T>) -> Result<T> {
         if let (true, Some(w)) = (self.has_pending.load(Ordering::Acquire), &self.writer) {
             let mut w = lock_writer(w);
+            self.settle_background(&mut w)?;
             if w.index_behind && w.pending.is_none() {
                 // A group was lost (a panic while it was out of the writer).
                 self.recover_index(&mut w, "a change was interrupted")?;
             }
-            if w.pending.as_ref().is_some_and(|p| p.since.elapsed() >= GROUP_WINDOW) {
-                self.commit_pending(&mut w)?;
+            match &w.pending {
+                // A group with changes goes to the background, as from a
+                // change; an empty one (writes have paused) is closed here.
+                Some(p) if p.since.elapsed() >= GROUP_WINDOW && p.changes > 0 => self.commit_in_background(&mut w)?,
+                Some(p) if p.since.elapsed() >= GROUP_WINDOW => self.commit_pending(&mut w)?,
+                _ => {}
             }
             if let Some(p) = &w.pending {
-                return f(&IndexView::Pending(&p.ix));
+                let read = f(&IndexView::Pending(&p.ix));
+                // A read that needed the transaction fails when the group
+                // before it failed in the background: once that group is
+                // applied again, it reads the recovered index.
+                if read.is_ok() || p.ix.can_commit_in_background() {
+                    return read;
+                }
+                let _ = self.index.wait_in_flight();
+                self.settle_background(&mut w)?;
+                if w.pending.is_some() {
+                    return read;
+                }
             }
         }
-        f(&IndexView::Snapshot(self.index.read()?))
+        f(&IndexView::Snapshot(Box::new(self.index.read()?)))
     }
 
     fn live_node(ix: &IndexWriter, id: NodeId) -> Result<NodeRecord> {
@@ -1533,6 +1594,8 @@ impl Drop for Engine {
         if let Some(w) = &self.writer {
             lock_writer(w).pending = None;
         }
+        // Before the database goes: a group may still be committing.
+        let _ = self.index.wait_in_flight();
     }
 }
 
@@ -1659,5 +1722,50 @@ fn take_lock(path: &Path) -> Result<File> {
             Err(Error::Locked { path: path.to_path_buf(), reason: "another process has it mounted or open".into() })
         }
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    fn listed(e: &Engine) -> Vec<Vec<u8>> {
+        let mut names: Vec<Vec<u8>> =
+            e.read_dir(NodeId::ROOT, None, usize::MAX).expect("read_dir").into_iter().map(|d| d.name).collect();
+        names.sort();
+        names
+    }
+
+    /// The changes of a group whose background commit failed are applied
+    /// again from the log: every file created before, in and after that
+    /// group is in the live tree, and after a reopen.
+    #[test]
+    fn a_group_that_failed_in_the_background_is_applied_again_from_the_log() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        Engine::init(&dir, Config::new_default(MachineId::random())).expect("init");
+        let e = Engine::open(&dir).expect("open");
+        let mut names = Vec::new();
+        let create = |e: &Engine, i: usize| {
+            let name = format!("f{i:04}").into_bytes();
+            e.create(NodeId::ROOT, &name, NodeKind::File, Attrs::default(), b"").expect("create");
+            name
+        };
+        names.extend((0..10).map(|i| create(&e, i)));
+        e.index.fail_next_background.store(true, SeqCst);
+        // Until a group has gone to the background (and failed), then more.
+        while e.index.fail_next_background.load(SeqCst) {
+            names.push(create(&e, names.len()));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for _ in 0..20 {
+            names.push(create(&e, names.len()));
+        }
+        names.sort();
+        assert_eq!(listed(&e), names);
+        drop(e);
+        let e = Engine::open(&dir).expect("reopen");
+        assert_eq!(listed(&e), names);
     }
 }

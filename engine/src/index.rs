@@ -36,7 +36,21 @@
 //! tables in the transaction first writes what is buffered for it, and the
 //! lookups that skip that go through caches that hold every buffered key.
 //! It holds `nodes`, `dirents`, `history` and `meta` open for the life of
-//! its transaction (see `Hot`); readers open each table per query.
+//! its transaction (see `Hot`); a reader opens each of those on its first
+//! query and holds it.
+//!
+//! A writer's caches outlive its transaction: a successful commit hands
+//! them to the next writer (see `Carried`), and a group committed in the
+//! background ([`Index::commit_in_background`]) hands them to the writer of
+//! the next group at once, which begins its own transaction only when it
+//! needs one, after that commit. Until then it reads what its caches miss
+//! from a snapshot. Always true: a writer's caches hold every key written by
+//! a group still committing (they are never emptied without the transaction
+//! begun, which waits for that commit), so a snapshot from before or after
+//! that commit answers the same for every key they miss. At most one group
+//! commits in the background; a writer after one that failed cannot begin
+//! its transaction or commit, and the failure stays until the engine takes
+//! it ([`Index::take_failure`]) to apply those changes again from the log.
 //!
 //! Point-in-time queries (`*_at`) read the history tables up to a time; they
 //! cost a scan of the history of the one node, name or directory asked
@@ -49,7 +63,7 @@
 //! Version history ([`INDEX_VERSION`]): 3 added `checkpoints`; an index of
 //! an older version is rebuilt from the log on open.
 
-use std::cell::RefCell;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -161,6 +175,43 @@ pub struct Index {
     path: PathBuf,
     /// The caches of the last writer that committed (see [`Carried`]).
     carried: Arc<Mutex<Option<Carried>>>,
+    /// The group being committed in the background, if any (see
+    /// [`Index::commit_in_background`]).
+    in_flight: Mutex<Option<Arc<Background>>>,
+    /// Why a group committed in the background failed, until the engine
+    /// takes it ([`Index::take_failure`]) to apply that group again from
+    /// the log: whoever notices the failure first, it is not lost.
+    failed: Arc<Mutex<Option<String>>>,
+    /// Unit tests: the next background commit fails without writing.
+    #[cfg(test)]
+    pub(crate) fail_next_background: std::sync::atomic::AtomicBool,
+}
+
+/// How a group committed in the background ended: the next writer begins
+/// its transaction only after it, and not at all if it failed (its caches
+/// then claim changes the index lacks).
+#[derive(Debug, Default)]
+pub struct Background {
+    outcome: Mutex<Option<std::result::Result<(), String>>>,
+    done: std::sync::Condvar,
+}
+
+impl Background {
+    fn finish(&self, outcome: std::result::Result<(), String>) {
+        *self.outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+        self.done.notify_all();
+    }
+
+    /// Waits for the commit; its error, if it failed.
+    fn wait(&self) -> std::result::Result<(), String> {
+        let mut outcome = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(o) = &*outcome {
+                return o.clone();
+            }
+            outcome = self.done.wait(outcome).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 /// A writer's caches of nodes, directory entries and checkpoint counts,
@@ -175,7 +226,7 @@ pub struct Index {
 /// next writer starts empty. [`Index::clear`] drops them too.
 #[derive(Default)]
 struct Carried {
-    nodes: HashMap<NodeId, CachedNode>,
+    nodes: HashMap<NodeId, Option<NodeRecord>>,
     since_checkpoint: HashMap<NodeId, (usize, bool)>,
     entries: HashMap<(NodeId, Vec<u8>), Entry>,
 }
@@ -198,7 +249,7 @@ fn lock_carried(m: &Mutex<Option<Carried>>) -> std::sync::MutexGuard<'_, Option<
 /// How the file is open: for writing (one process holds it exclusively), or
 /// read-only (shared with other read-only openers; see [`Index::open_read_only`]).
 enum Db {
-    Rw(Database),
+    Rw(Arc<Database>),
     Ro(redb::ReadOnlyDatabase),
     /// Between closing one handle and opening the next.
     Closed,
@@ -263,7 +314,15 @@ impl Index {
             }
             Err(e) => return Err(ix_err(path, e)),
         };
-        let index = Index { db: Db::Rw(db), path: path.to_path_buf(), carried: Arc::default() };
+        let index = Index {
+            db: Db::Rw(Arc::new(db)),
+            path: path.to_path_buf(),
+            carried: Arc::default(),
+            in_flight: Mutex::default(),
+            failed: Arc::default(),
+            #[cfg(test)]
+            fail_next_background: Default::default(),
+        };
         let version = index.read()?.meta(META_VERSION)?;
         let rebuild = fresh || version != INDEX_VERSION;
         if rebuild {
@@ -289,55 +348,179 @@ impl Index {
     /// processes may hold it so at once; none may hold it for writing then.
     pub fn open_read_only(path: &Path) -> Result<Index> {
         let db = redb::ReadOnlyDatabase::open(path).map_err(|e| ix_err(path, e))?;
-        Ok(Index { db: Db::Ro(db), path: path.to_path_buf(), carried: Arc::default() })
+        Ok(Index {
+            db: Db::Ro(db),
+            path: path.to_path_buf(),
+            carried: Arc::default(),
+            in_flight: Mutex::default(),
+            failed: Arc::default(),
+            #[cfg(test)]
+            fail_next_background: Default::default(),
+        })
     }
 
     /// Closes a writable handle cleanly and reopens the file read-only.
     pub fn reopen_read_only(&mut self) -> Result<()> {
+        let _ = self.wait_in_flight();
         if let Db::Rw(db) = std::mem::replace(&mut self.db, Db::Closed) {
+            let db = Arc::try_unwrap(db).map_err(|_| Error::Index {
+                path: self.path.clone(),
+                reason: "still in use by a writer; cannot reopen it read-only".into(),
+            })?;
             db.close().map_err(|e| ix_err(&self.path, e))?;
         }
         self.db = Db::Ro(redb::ReadOnlyDatabase::open(&self.path).map_err(|e| ix_err(&self.path, e))?);
         Ok(())
     }
 
-    /// Starts a write transaction.
+    /// Starts a write transaction, after any group still committing in the
+    /// background.
     pub fn write(&self) -> Result<IndexWriter> {
+        let _ = self.wait_in_flight();
         self.writer(self.begin_write()?)
     }
 
+    /// A writer whose transaction begins only when it first needs one: until
+    /// then it reads what its caches miss from a snapshot, so it can take
+    /// changes while the group before it commits in the background (see
+    /// [`Index::commit_in_background`]).
+    pub fn write_detached(&self) -> Result<IndexWriter> {
+        let carried = lock_carried(&self.carried).take();
+        if carried.is_none() {
+            // Empty caches cover nothing: a snapshot must hold everything.
+            let _ = self.wait_in_flight();
+        }
+        Ok(self.new_writer(self.rw()?.clone(), OnceCell::new(), carried.unwrap_or_default()))
+    }
+
+    fn rw(&self) -> Result<&Arc<Database>> {
+        match &self.db {
+            Db::Rw(db) => Ok(db),
+            _ => Err(Error::Index { path: self.path.clone(), reason: "index is open read-only".into() }),
+        }
+    }
+
     fn begin_write(&self) -> Result<WriteTransaction> {
-        let Db::Rw(db) = &self.db else {
-            return Err(Error::Index { path: self.path.clone(), reason: "index is open read-only".into() });
-        };
-        db.begin_write().map_err(|e| self.err(e))
+        self.rw()?.begin_write().map_err(|e| self.err(e))
     }
 
     fn writer(&self, txn: WriteTransaction) -> Result<IndexWriter> {
         let held = HeldTxn::open(txn).map_err(|e| self.err(e))?;
         let carried = lock_carried(&self.carried).take().unwrap_or_default();
-        Ok(IndexWriter {
-            txn: Some(held),
+        Ok(self.new_writer(self.rw()?.clone(), OnceCell::from(held), carried))
+    }
+
+    fn new_writer(&self, db: Arc<Database>, txn: OnceCell<HeldTxn>, carried: Carried) -> IndexWriter {
+        IndexWriter {
+            txn,
+            lost: Cell::new(false),
+            db,
+            after: None,
+            snapshot: OnceCell::new(),
+            covering: Cell::new(true),
+            carries: true,
             path: self.path.clone(),
             meta_changed: HashMap::default(),
             nodes: RefCell::new(carried.nodes),
             since_checkpoint: carried.since_checkpoint,
             entries: RefCell::new(carried.entries),
+            dirty_nodes: RefCell::default(),
             carry_to: Arc::clone(&self.carried),
             buffer: RefCell::new(WriteBuffer::default()),
-            flush_failed: std::cell::Cell::new(false),
-        })
+            flush_failed: Cell::new(false),
+        }
     }
 
-    /// Starts a read transaction (a consistent snapshot).
+    /// Why a group committed in the background failed, if one did since
+    /// the last call: the caller must apply its changes again from the log.
+    pub fn take_failure(&self) -> Option<String> {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Waits for the group committing in the background, if any; its error
+    /// if it failed (also kept for [`Index::take_failure`]).
+    pub fn wait_in_flight(&self) -> std::result::Result<(), String> {
+        let job = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(job) = job else { return Ok(()) };
+        let outcome = job.wait();
+        let mut slot = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|j| Arc::ptr_eq(j, &job)) {
+            *slot = None;
+        }
+        if outcome.is_err() {
+            *lock_carried(&self.carried) = None;
+        }
+        outcome
+    }
+
+    /// Commits `w`'s group on a thread of its own and returns the writer
+    /// for the next group, which takes `w`'s caches (clean: what they hold
+    /// is `w`'s to write). The next writer reads what its caches miss from
+    /// a snapshot taken before or after this commit, which gives the same
+    /// answer for every key this group wrote, since those are all in the
+    /// caches ([`IndexWriter::can_commit_in_background`]); it begins its own
+    /// transaction only after this commit, and fails if this one failed.
+    ///
+    /// One group at a time: the caller waits for the last one first
+    /// ([`Index::wait_in_flight`]).
+    pub fn commit_in_background(&self, mut w: IndexWriter) -> Result<IndexWriter> {
+        if !w.can_commit_in_background() {
+            return Err(Error::Invalid("this group cannot be committed in the background".into()));
+        }
+        let job = Arc::new(Background::default());
+        // The group writes its dirty nodes; the next writer takes the cache.
+        let nodes = w.nodes.take();
+        let dirty: HashMap<NodeId, Option<NodeRecord>> =
+            w.dirty_nodes.get_mut().iter().map(|id| (*id, nodes.get(id).cloned().flatten())).collect();
+        let carried =
+            Carried { nodes, since_checkpoint: std::mem::take(&mut w.since_checkpoint), entries: w.entries.take() };
+        let mut next = self.new_writer(w.db.clone(), OnceCell::new(), carried);
+        next.after = Some(job.clone());
+        next.meta_changed = w.meta_changed.clone();
+        *w.nodes.get_mut() = dirty;
+        w.carries = false;
+        w.snapshot = OnceCell::new();
+        *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()) = Some(job.clone());
+        let (done, failed) = (job.clone(), self.failed.clone());
+        #[cfg(test)]
+        let injected = self.fail_next_background.swap(false, std::sync::atomic::Ordering::SeqCst);
+        #[cfg(not(test))]
+        let injected = false;
+        let spawned = std::thread::Builder::new().name("syncer-index".into()).spawn(move || {
+            // A panic must still end the wait of the writer after this one.
+            let commit = std::panic::AssertUnwindSafe(move || w.commit(false).map_err(|e| e.to_string()));
+            let outcome = match injected {
+                true => Err("injected failure".into()),
+                false => std::panic::catch_unwind(commit).unwrap_or_else(|_| Err("the commit panicked".into())),
+            };
+            if let Err(why) = &outcome {
+                *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+            }
+            done.finish(outcome)
+        });
+        if let Err(e) = spawned {
+            // The group is gone with the closure: the caller applies it
+            // again from the log.
+            job.finish(Err(format!("cannot start the commit thread: {e}")));
+            return Err(Error::Index {
+                path: self.path.clone(),
+                reason: format!("cannot start the commit thread: {e}"),
+            });
+        }
+        Ok(next)
+    }
+
+    /// Starts a read transaction (a consistent snapshot), after any group
+    /// still committing in the background.
     pub fn read(&self) -> Result<IndexReader> {
+        let _ = self.wait_in_flight();
         let txn = match &self.db {
             Db::Rw(db) => db.begin_read(),
             Db::Ro(db) => db.begin_read(),
             Db::Closed => return Err(Error::Index { path: self.path.clone(), reason: "index is closed".into() }),
         };
         let txn = txn.map_err(|e| self.err(e))?;
-        Ok(IndexReader { txn, path: self.path.clone() })
+        Ok(IndexReader::new(txn, self.path.clone()))
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> Error {
@@ -398,6 +581,33 @@ macro_rules! queries {
         /// A counter as stored in the `meta` table (0 if unset).
         fn stored_meta(&self, key: &str) -> Result<u64> {
             self.with_meta(|t| Ok(t.get(key).map_err(|e| ix_err(&self.path, e))?.map_or(0, |v| v.value())))
+        }
+
+        /// Events in `node`'s history from its last checkpoint on (that
+        /// checkpoint's own event included, when it is one of the node's), up
+        /// to `CHECKPOINT_EVERY + 1`, and whether it has a checkpoint.
+        fn count_since_checkpoint(&self, node: NodeId) -> Result<(usize, bool)> {
+            let all = (node.0, i64::MIN, 0, 0)..=(node.0, i64::MAX, u64::MAX, u64::MAX);
+            let err = |e: redb::StorageError| ix_err(&self.path, e);
+            let count = |from: HistoryKey| {
+                self.with_history(|h| Ok(h.range(from..=*all.end()).map_err(err)?.take(CHECKPOINT_EVERY + 1).count()))
+            };
+            let total = count(*all.start())?;
+            // A checkpoint is only ever taken after that many events, so a
+            // shorter history has none (most nodes: no second table to read).
+            if total < CHECKPOINT_EVERY {
+                return Ok((total, false));
+            }
+            let last = match self.tx()?.open_table(CHECKPOINTS) {
+                Ok(c) => match c.range(all.clone()).map_err(err)?.next_back() {
+                    Some(item) => Some(item.map_err(err)?.0.value()),
+                    None => None,
+                },
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(ix_err(&self.path, e)),
+            };
+            let since = count(last.unwrap_or(*all.start()))?;
+            Ok((since, last.is_some()))
         }
 
         /// A node's state as stored in `nodes` (removed nodes included; the
@@ -688,10 +898,16 @@ fn counter_key(m: MachineId) -> String {
     format!("max_counter/{m}")
 }
 
-/// A read snapshot of the index.
+/// A read snapshot of the index. The tables every event reads are opened
+/// on first use and then held (opening a table costs more than a lookup).
 pub struct IndexReader {
     txn: ReadTransaction,
     path: PathBuf,
+    nodes: OnceCell<ReadOnlyTable<NodeKey, &'static [u8]>>,
+    dirents: OnceCell<ReadOnlyTable<DirentKey, (NodeKey, u8)>>,
+    history: OnceCell<ReadOnlyTable<HistoryKey, (u64, u64)>>,
+    /// `None`: the index has no `meta` table.
+    meta: OnceCell<Option<ReadOnlyTable<&'static str, u64>>>,
 }
 
 impl IndexReader {
@@ -706,32 +922,56 @@ impl IndexReader {
         Ok(&self.txn)
     }
 
-    fn with_table<K: redb::Key + 'static, V: redb::Value + 'static, R>(
+    fn new(txn: ReadTransaction, path: PathBuf) -> IndexReader {
+        IndexReader {
+            txn,
+            path,
+            nodes: OnceCell::new(),
+            dirents: OnceCell::new(),
+            history: OnceCell::new(),
+            meta: OnceCell::new(),
+        }
+    }
+
+    /// Runs `f` on the table of `def`, opened once and held in `cell`.
+    fn with_held<K: redb::Key + 'static, V: redb::Value + 'static, R>(
         &self,
+        cell: &OnceCell<ReadOnlyTable<K, V>>,
         def: TableDefinition<K, V>,
         f: impl FnOnce(&ReadOnlyTable<K, V>) -> Result<R>,
     ) -> Result<R> {
-        f(&self.txn.open_table(def).map_err(|e| ix_err(&self.path, e))?)
+        if let Some(t) = cell.get() {
+            return f(t);
+        }
+        let t = self.txn.open_table(def).map_err(|e| ix_err(&self.path, e))?;
+        f(cell.get_or_init(|| t))
     }
 
     fn with_nodes<R>(&self, f: impl FnOnce(&ReadOnlyTable<NodeKey, &'static [u8]>) -> Result<R>) -> Result<R> {
-        self.with_table(NODES, f)
+        self.with_held(&self.nodes, NODES, f)
     }
 
     fn with_dirents<R>(&self, f: impl FnOnce(&ReadOnlyTable<DirentKey, (NodeKey, u8)>) -> Result<R>) -> Result<R> {
-        self.with_table(DIRENTS, f)
+        self.with_held(&self.dirents, DIRENTS, f)
     }
 
     fn with_history<R>(&self, f: impl FnOnce(&ReadOnlyTable<HistoryKey, (u64, u64)>) -> Result<R>) -> Result<R> {
-        self.with_table(HISTORY, f)
+        self.with_held(&self.history, HISTORY, f)
     }
 
     /// `meta`, or `R::default()` if the index has no such table.
     fn with_meta<R: Default>(&self, f: impl FnOnce(&ReadOnlyTable<&'static str, u64>) -> Result<R>) -> Result<R> {
-        match self.txn.open_table(META) {
-            Ok(t) => f(&t),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(R::default()),
-            Err(e) => Err(ix_err(&self.path, e)),
+        if self.meta.get().is_none() {
+            let t = match self.txn.open_table(META) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(ix_err(&self.path, e)),
+            };
+            let _ = self.meta.set(t);
+        }
+        match self.meta.get() {
+            Some(Some(t)) => f(t),
+            _ => Ok(R::default()),
         }
     }
 
@@ -758,7 +998,7 @@ impl IndexReader {
 /// it).
 pub enum IndexView<'a> {
     /// A committed snapshot.
-    Snapshot(IndexReader),
+    Snapshot(Box<IndexReader>),
     /// The writer's open transaction.
     Pending(&'a IndexWriter),
 }
@@ -792,9 +1032,25 @@ view_queries! {
 ///
 /// [`commit`]: IndexWriter::commit
 pub struct IndexWriter {
-    /// The transaction and its [`Hot`] tables; `None` only if clearing the
-    /// index failed halfway (every later call then fails).
-    txn: Option<HeldTxn>,
+    /// The transaction and its [`Hot`] tables, begun when first needed
+    /// (see [`IndexWriter::held`]).
+    txn: OnceCell<HeldTxn>,
+    /// Set if clearing the index failed halfway: every later call fails.
+    lost: Cell<bool>,
+    db: Arc<Database>,
+    /// The group committing in the background that this writer's caches
+    /// are ahead of: the transaction begins only after it, and not at all
+    /// if it failed.
+    after: Option<Arc<Background>>,
+    /// Until the transaction begins: a snapshot for what the caches miss.
+    snapshot: OnceCell<IndexReader>,
+    /// Whether the caches hold every key written in this transaction (and
+    /// in a group before it still committing): they do until a cache is
+    /// emptied, and only then may a snapshot answer for them.
+    covering: Cell<bool>,
+    /// Whether the caches go to `carry_to` at commit (a group committed in
+    /// the background gave them to the next writer at once).
+    carries: bool,
     path: PathBuf,
     /// Counters changed in this transaction, written to `meta` at commit:
     /// every event changes several, and a table update each would cost
@@ -805,7 +1061,10 @@ pub struct IndexWriter {
     /// Written states reach `nodes` at commit (a directory's state changes
     /// with every entry made in it: one write per transaction, not per
     /// entry); every read of `nodes` in the transaction goes through here.
-    nodes: RefCell<HashMap<NodeId, CachedNode>>,
+    nodes: RefCell<HashMap<NodeId, Option<NodeRecord>>>,
+    /// The nodes written in this transaction and not yet in the `nodes`
+    /// table; every one is in `nodes` (emptied only after they are written).
+    dirty_nodes: RefCell<std::collections::HashSet<NodeId, foldhash::fast::RandomState>>,
     /// For nodes seen in this transaction: events in their history since
     /// their last checkpoint, and whether they have one (what
     /// `needs_checkpoint` would count).
@@ -823,7 +1082,7 @@ pub struct IndexWriter {
     /// lost, so this transaction must never commit (the engine then redoes
     /// the work from the log). A query that wrote the buffer out may have
     /// failed where its caller treats errors as harmless reads.
-    flush_failed: std::cell::Cell<bool>,
+    flush_failed: Cell<bool>,
 }
 
 /// The tables every event reads, held open for the life of a writer's
@@ -899,13 +1158,6 @@ impl WriteBuffer {
     }
 }
 
-/// A node state in the writer's cache.
-struct CachedNode {
-    record: Option<NodeRecord>,
-    /// Set by the transaction and not yet in the `nodes` table.
-    dirty: bool,
-}
-
 /// What a directory entry names, if anything.
 type Entry = Option<(NodeId, NodeKind)>;
 
@@ -924,32 +1176,44 @@ impl IndexWriter {
     /// exists before any event), as changed in this transaction.
     pub fn node(&self, id: NodeId) -> Result<Option<NodeRecord>> {
         if let Some(n) = self.nodes.borrow().get(&id) {
-            return Ok(n.record.clone());
+            return Ok(n.clone());
         }
-        let n = self.stored_node(id)?;
+        let n = match self.detached()? {
+            Some(r) => r.node(id)?,
+            None => self.stored_node(id)?,
+        };
         if self.nodes.borrow().len() >= WRITER_CACHE_MAX {
+            self.before_emptying_a_cache()?;
             self.flush_nodes()?;
             self.nodes.borrow_mut().clear();
         }
-        self.nodes.borrow_mut().insert(id, CachedNode { record: n.clone(), dirty: false });
+        self.nodes.borrow_mut().insert(id, n.clone());
         Ok(n)
     }
 
     /// Writes the node states changed in this transaction to `nodes`.
     fn flush_nodes(&self) -> Result<()> {
-        let mut nodes = self.nodes.borrow_mut();
-        if !nodes.values().any(|n| n.dirty) {
+        let mut dirty = self.dirty_nodes.borrow_mut();
+        if dirty.is_empty() {
             return Ok(());
         }
-        self.hot_mut(|h| {
-            for (id, n) in nodes.iter_mut().filter(|(_, n)| n.dirty) {
-                if let Some(record) = &n.record {
+        // In key order: neighbouring inserts land on the same B-tree pages.
+        let mut ids: Vec<NodeId> = dirty.drain().collect();
+        ids.sort_unstable();
+        let nodes = self.nodes.borrow();
+        let written = self.hot_mut(|h| {
+            for id in ids {
+                if let Some(Some(record)) = nodes.get(&id) {
                     h.nodes.insert(id.0, encode_node(record).as_slice()).map_err(|e| ix_err(&self.path, e))?;
                 }
-                n.dirty = false;
             }
             Ok(())
-        })
+        });
+        if written.is_err() {
+            // The dirty set is gone: this transaction must not commit.
+            self.flush_failed.set(true);
+        }
+        written
     }
 
     /// The node named `name` in `dir`, as changed in this transaction.
@@ -958,8 +1222,12 @@ impl IndexWriter {
         if let Some(e) = self.entries.borrow().get(&key) {
             return Ok(*e);
         }
-        let e = self.stored_lookup(dir, name)?;
+        let e = match self.detached()? {
+            Some(r) => r.lookup(dir, name)?,
+            None => self.stored_lookup(dir, name)?,
+        };
         if self.entries.borrow().len() >= WRITER_CACHE_MAX {
+            self.before_emptying_a_cache()?;
             self.flush_buffered(Buffered::Dirents)?;
             self.entries.borrow_mut().clear();
         }
@@ -970,10 +1238,44 @@ impl IndexWriter {
 
     /// A counter from `meta` (0 if unset), as changed in this transaction.
     pub fn meta(&self, key: &str) -> Result<u64> {
-        match self.meta_changed.get(key) {
-            Some(v) => Ok(*v),
-            None => self.stored_meta(key),
+        match (self.meta_changed.get(key), self.detached()?) {
+            (Some(v), _) => Ok(*v),
+            (None, Some(r)) => r.meta(key),
+            (None, None) => self.stored_meta(key),
         }
+    }
+
+    /// The snapshot to read what the caches miss, while the transaction
+    /// has not begun (`None` once it has).
+    fn detached(&self) -> Result<Option<&IndexReader>> {
+        if self.txn.get().is_some() || self.lost.get() {
+            return Ok(None);
+        }
+        if let Some(r) = self.snapshot.get() {
+            return Ok(Some(r));
+        }
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        Ok(Some(self.snapshot.get_or_init(|| IndexReader::new(txn, self.path.clone()))))
+    }
+
+    /// Begins the transaction (a snapshot no longer answers for keys the
+    /// caches drop) and notes that the caches no longer hold every key
+    /// written.
+    fn before_emptying_a_cache(&self) -> Result<()> {
+        self.held()?;
+        self.covering.set(false);
+        Ok(())
+    }
+
+    /// Whether the transaction has begun.
+    pub fn is_attached(&self) -> bool {
+        self.txn.get().is_some()
+    }
+
+    /// Whether [`Index::commit_in_background`] may take this writer: its
+    /// transaction has not failed, and its caches hold every key it wrote.
+    pub fn can_commit_in_background(&self) -> bool {
+        self.covering.get() && !self.lost.get() && !self.flush_failed.get()
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> Error {
@@ -985,15 +1287,21 @@ impl IndexWriter {
     pub fn clear_all(&mut self) -> Result<()> {
         self.meta_changed.clear();
         self.nodes.get_mut().clear();
+        self.dirty_nodes.get_mut().clear();
         self.since_checkpoint.clear();
         self.entries.get_mut().clear();
         *self.buffer.get_mut() = WriteBuffer::default();
+        self.covering.set(false);
         // redb deletes only closed tables: the hot ones are closed, and
         // opened again on the fresh tables.
+        self.held()?;
+        self.lost.set(true);
         let held = self.txn.take().ok_or_else(|| self.lost())?;
         let txn = held.into_owner();
         reset_tables(&txn).map_err(|e| self.err(e))?;
-        self.txn = Some(HeldTxn::open(txn).map_err(|e| self.err(e))?);
+        let held = HeldTxn::open(txn).map_err(|e| self.err(e))?;
+        self.txn = OnceCell::from(held);
+        self.lost.set(false);
         self.set_meta(META_VERSION, INDEX_VERSION)
     }
 
@@ -1001,8 +1309,25 @@ impl IndexWriter {
         Error::Index { path: self.path.clone(), reason: "the write transaction was lost by a failed clear".into() }
     }
 
+    /// The transaction, begun if it has not been: after the group this
+    /// writer follows has committed, refused if that group failed.
     fn held(&self) -> Result<&HeldTxn> {
-        self.txn.as_ref().ok_or_else(|| self.lost())
+        if let Some(h) = self.txn.get() {
+            return Ok(h);
+        }
+        if self.lost.get() {
+            return Err(self.lost());
+        }
+        if let Some(Err(why)) = self.after.as_ref().map(|a| a.wait()) {
+            self.flush_failed.set(true);
+            return Err(Error::Index {
+                path: self.path.clone(),
+                reason: format!("the group before this one failed to commit: {why}"),
+            });
+        }
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let held = HeldTxn::open(txn).map_err(|e| self.err(e))?;
+        Ok(self.txn.get_or_init(|| held))
     }
 
     /// The transaction, for the tables that are not [`Hot`].
@@ -1196,8 +1521,12 @@ impl IndexWriter {
     /// this transaction has not seen it yet.
     fn since_checkpoint(&mut self, node: NodeId) -> Result<&mut (usize, bool)> {
         if !self.since_checkpoint.contains_key(&node) {
-            let v = self.count_since_checkpoint(node)?;
+            let v = match self.detached()? {
+                Some(r) => r.count_since_checkpoint(node)?,
+                None => self.count_since_checkpoint(node)?,
+            };
             if self.since_checkpoint.len() >= WRITER_CACHE_MAX {
+                self.before_emptying_a_cache()?;
                 // Buffered history is counted only here.
                 self.flush_buffered(Buffered::History)?;
                 self.since_checkpoint.clear();
@@ -1205,31 +1534,6 @@ impl IndexWriter {
             self.since_checkpoint.insert(node, v);
         }
         Ok(self.since_checkpoint.entry(node).or_default())
-    }
-
-    /// Events in `node`'s history from its last checkpoint on (that
-    /// checkpoint's own event included, when it is one of the node's), up
-    /// to `CHECKPOINT_EVERY + 1`, and whether it has a checkpoint.
-    fn count_since_checkpoint(&self, node: NodeId) -> Result<(usize, bool)> {
-        let all = (node.0, i64::MIN, 0, 0)..=(node.0, i64::MAX, u64::MAX, u64::MAX);
-        let count = |from: HistoryKey| {
-            self.with_history(|h| {
-                Ok(h.range(from..=*all.end()).map_err(|e| self.err(e))?.take(CHECKPOINT_EVERY + 1).count())
-            })
-        };
-        let total = count(*all.start())?;
-        // A checkpoint is only ever taken after that many events, so a
-        // shorter history has none (most nodes: no second table to read).
-        if total < CHECKPOINT_EVERY {
-            return Ok((total, false));
-        }
-        let c = self.tx()?.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
-        let last = match c.range(all.clone()).map_err(|e| self.err(e))?.next_back() {
-            Some(item) => Some(item.map_err(|e| self.err(e))?.0.value()),
-            None => None,
-        };
-        let since = count(last.unwrap_or(*all.start()))?;
-        Ok((since, last.is_some()))
     }
 
     /// Commits; `durable` makes it survive a crash (slow: one fsync).
@@ -1243,10 +1547,14 @@ impl IndexWriter {
         }
         self.flush_nodes()?;
         self.flush_meta()?;
+        self.held()?;
         let mut txn = self.txn.take().ok_or_else(|| self.lost())?.into_owner();
         let d = if durable { Durability::Immediate } else { Durability::None };
         txn.set_durability(d).map_err(|e| Error::Index { path: self.path.clone(), reason: e.to_string() })?;
         txn.commit().map_err(|e| ix_err(&self.path, e))?;
+        if !self.carries {
+            return Ok(());
+        }
         // Every buffered write and dirty node is in the committed tables now.
         *lock_carried(&self.carry_to) = Some(Carried {
             nodes: self.nodes.take(),
@@ -1345,7 +1653,8 @@ impl TreeStore for IndexWriter {
     fn set_node(&mut self, id: NodeId, record: &NodeRecord, e: &Event) -> Result<()> {
         let prev = IndexWriter::node(self, id)?;
         self.update_counts(prev.as_ref(), record)?;
-        self.nodes.get_mut().insert(id, CachedNode { record: Some(record.clone()), dirty: true });
+        self.nodes.get_mut().insert(id, Some(record.clone()));
+        self.dirty_nodes.get_mut().insert(id);
         if self.needs_checkpoint(id)? {
             {
                 let mut c = self.tx()?.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
@@ -1583,6 +1892,101 @@ mod tests {
         }
         w.commit(false).expect("commit");
         assert_eq!(answers!(index.read().expect("read"), events), answers!(whole.read().expect("read"), events));
+    }
+
+    /// Applies `events` in groups of `group`, each committed in the
+    /// background while the next one is applied (or inline when its caches
+    /// were emptied), reading every answer through each new writer while
+    /// the group before it may still be committing; the answers through the
+    /// last writer, and after its commit, are those of one transaction.
+    #[test]
+    fn groups_committed_in_the_background_answer_like_one_transaction() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let events = events();
+        let (whole, _) = Index::open(&tmp.path().join("whole.redb")).expect("open");
+        let mut w = whole.write().expect("write");
+        for (pos, e) in &events {
+            w.apply(*pos, e, 4096).expect("apply");
+        }
+        w.commit(false).expect("commit");
+        let want = answers!(whole.read().expect("read"), events);
+
+        for group in [1, 7, 40] {
+            let (index, _) = Index::open(&tmp.path().join(format!("bg{group}.redb"))).expect("open");
+            let (alongside, _) = Index::open(&tmp.path().join(format!("one{group}.redb"))).expect("open");
+            let mut one = alongside.write().expect("write");
+            let mut w = index.write_detached().expect("write");
+            let (mut background, mut inline) = (0, 0);
+            for chunk in events.chunks(group) {
+                for (pos, e) in chunk {
+                    w.apply(*pos, e, 4096).expect("apply");
+                    one.apply(*pos, e, 4096).expect("apply");
+                }
+                w = if w.can_commit_in_background() {
+                    background += 1;
+                    index.commit_in_background(w).expect("hand off")
+                } else {
+                    inline += 1;
+                    w.commit(false).expect("commit");
+                    index.write_detached().expect("write")
+                };
+                // Through the caches and the snapshot, without waiting for
+                // the commit: as the one transaction answers at this point.
+                for (_, e) in &events {
+                    assert_eq!(w.node(e.node).expect("node"), one.node(e.node).expect("node"), "{}", e.node);
+                    if let Change::Create { parent, name, .. } = &e.change {
+                        assert_eq!(
+                            w.lookup(*parent, name).expect("lookup"),
+                            one.lookup(*parent, name).expect("lookup")
+                        );
+                    }
+                }
+            }
+            assert!(background > 0 && inline > 0, "both ways taken: {background} in the background, {inline} inline");
+            assert_eq!(answers!(&w, events), want, "through the last writer, groups of {group}");
+            w.commit(false).expect("commit");
+            assert_eq!(answers!(index.read().expect("read"), events), want, "committed, groups of {group}");
+        }
+    }
+
+    /// When a group committed in the background fails, the writer after it
+    /// (whose caches claim that group's changes) can neither begin its
+    /// transaction nor commit, and the next writer starts from the index as
+    /// the last good commit left it.
+    #[test]
+    fn a_failed_background_commit_fails_the_writer_after_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let events = events();
+        let (first, rest) = events.split_at(events.len() / 2);
+        let (reference, _) = Index::open(&tmp.path().join("reference.redb")).expect("open");
+        let mut w = reference.write().expect("write");
+        for (pos, e) in first {
+            w.apply(*pos, e, 4096).expect("apply");
+        }
+        w.commit(false).expect("commit");
+        let after_first = answers!(reference.read().expect("read"), events);
+
+        let (index, _) = Index::open(&tmp.path().join("index.redb")).expect("open");
+        let mut w = index.write().expect("write");
+        for (pos, e) in first {
+            w.apply(*pos, e, 4096).expect("apply");
+        }
+        w.commit(false).expect("commit");
+        let mut w = index.write_detached().expect("write");
+        let (doomed, after) = rest.split_at(5);
+        for (pos, e) in doomed {
+            w.apply(*pos, e, 4096).expect("apply");
+        }
+        assert!(w.can_commit_in_background());
+        index.fail_next_background.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut next = index.commit_in_background(w).expect("hand off");
+        for (pos, e) in &after[..5] {
+            next.apply(*pos, e, 4096).expect("apply on the caches");
+        }
+        assert!(next.commit(false).is_err(), "a writer after a failed group must not commit");
+        assert!(index.wait_in_flight().is_err());
+        assert_eq!(answers!(&index.write().expect("write"), events), after_first);
+        assert_eq!(answers!(index.read().expect("read"), events), after_first);
     }
 
     /// An index of another layout version whose tables have other types

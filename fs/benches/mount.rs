@@ -33,6 +33,10 @@
 //! `SYNCER_BENCH_COMPRESS_SLOTS=N` sets the slots (a large N compresses
 //! every block as it comes, for comparison).
 
+/// The allocator of the `syncer` binary, whose mount runs in this process.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
