@@ -309,6 +309,10 @@ fn decode_payload(stored: &[u8]) -> Result<Decoded, BlobError> {
             Err(BlobError::LengthMismatch { declared: h.raw_len, actual: payload.len() as u64 })
         }
         Codec::Raw => Ok(Decoded::Raw),
+        // The encoder never writes an empty frame (an empty block is raw),
+        // and zstd decodes no bytes to nothing: a flipped codec byte of an
+        // empty raw blob would pass the hash check.
+        Codec::Zstd if payload.is_empty() => Err(BlobError::Decompress("empty zstd payload".into())),
         Codec::Zstd => decompress(payload, h.raw_len).map(Decoded::Zstd),
     }
 }

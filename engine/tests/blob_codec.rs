@@ -132,3 +132,14 @@ fn empty_block_round_trips() {
     assert_eq!(empty.len(), HEADER_LEN);
     assert_eq!(decode_blob(&empty, &BlockHash::of(&[], 16)), Ok(vec![]));
 }
+
+/// Proptest find (`flipped_bit_is_an_error_or_harmless`, data = [], the
+/// codec byte's bit 0): an empty raw blob whose codec byte flips to zstd
+/// decoded to no bytes, which hash like the empty block. Refused now.
+#[test]
+fn a_zstd_codec_byte_on_an_empty_payload_is_refused() {
+    let mut stored = encode_blob(&[], 1);
+    assert_eq!(stored.len(), HEADER_LEN);
+    stored[7] = Codec::Zstd.to_byte();
+    assert!(matches!(decode_blob(&stored, &BlockHash::of(&[], 32)), Err(BlobError::Decompress(_))));
+}
