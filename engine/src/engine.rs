@@ -18,10 +18,9 @@
 //!   blocks, then the log, then the index are made durable, with no group
 //!   pending;
 //! - every read sees every change made before it: on a redb read snapshot
-//!   without any lock when no group is pending, else on the pending write
-//!   transaction under the writer mutex (a read finding a group older than
-//!   the window commits it, so readers go back to snapshots once writes
-//!   pause);
+//!   without any lock when no group is pending, else through the pending
+//!   writer under the writer mutex (a read finding a group older than the
+//!   window closes it, so readers go back to snapshots once writes pause);
 //! - mutations serialize on one short mutex (validate, append, index); the
 //!   slow parts of a write (hashing, compression, blob I/O) run in
 //!   [`Engine::put_block`], outside it, on the caller's thread.
@@ -1058,11 +1057,11 @@ impl Engine {
             Ok(v) => v,
             Err(e) => {
                 // `f` only reads: the group goes on (an empty one is closed,
-                // so no idle write transaction blocks another; one that has
-                // not begun its transaction holds none, and its caches may
-                // be all that shows a group committing in the background).
+                // so no idle transaction or snapshot pins the index, unless
+                // it follows a group committing in the background: its
+                // caches may be all that shows that group's changes).
                 w.index_behind = false;
-                if p.changes > 0 || !p.ix.is_attached() {
+                if p.changes > 0 || p.ix.follows_background_commit() {
                     w.pending = Some(p);
                 }
                 return Err(e);
@@ -1098,9 +1097,13 @@ impl Engine {
     }
 
     /// Appends `changes` to our log as events and applies them to `ix`.
+    /// Once one fails to apply, the rest are still appended (and applied
+    /// as far as they go, for the clocks of the ones after): an operation
+    /// is then whole in the log, and the index work is redone from there.
     fn record(&self, w: &mut Writer, ix: &mut IndexWriter, changes: Vec<(NodeId, Change)>) -> Result<()> {
         let machine = self.config.machine;
         let bs = self.block_size();
+        let mut failed = None;
         for (node, change) in changes {
             let prev = ix.node(node)?;
             let mut clock = prev.map(|p| p.clock).unwrap_or_default();
@@ -1111,9 +1114,11 @@ impl Engine {
             let pos = w.log.append(std::slice::from_ref(&event))?;
             let pos = pos.first().copied().ok_or_else(|| Error::Invalid("log append returned no position".into()))?;
             w.last_time = time;
-            ix.apply(pos, &event, bs)?;
+            if let Err(e) = ix.apply(pos, &event, bs) {
+                failed.get_or_insert(e);
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Hands the pending group to a thread of its own to commit, after the

@@ -219,11 +219,15 @@ impl Background {
 /// few milliseconds, and a node created in one group is mostly stat'ed,
 /// changed or removed in the next.
 ///
-/// Always true: they describe the index as its last commit left it. Every
-/// change to the index goes through an [`IndexWriter`]; a writer takes them
-/// when it opens and gives them back only when its commit succeeds, so a
-/// transaction that is dropped or fails takes its caches with it, and the
-/// next writer starts empty. [`Index::clear`] drops them too.
+/// Always true: when set, they describe the index as its last commit left
+/// it, and no group is committing in the background. Every change to the
+/// index goes through an [`IndexWriter`]; a writer takes them when it opens
+/// and gives them back only when its own commit succeeds, so a transaction
+/// that is dropped or fails takes its caches with it, and the next writer
+/// starts empty. A group committed in the background hands its caches
+/// straight to the next writer instead (see
+/// [`Index::commit_in_background`]). [`Index::clear`] and a failed
+/// background commit drop them.
 #[derive(Default)]
 struct Carried {
     nodes: HashMap<NodeId, Option<NodeRecord>>,
@@ -377,7 +381,21 @@ impl Index {
     /// background.
     pub fn write(&self) -> Result<IndexWriter> {
         let _ = self.wait_in_flight();
+        self.refuse_after_failure()?;
         self.writer(self.begin_write()?)
+    }
+
+    /// A writer on top of a group that failed in the background would
+    /// commit its `applied` positions past that group's events, which
+    /// would then never be applied: the failure must be taken first.
+    fn refuse_after_failure(&self) -> Result<()> {
+        match &*self.failed.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => Err(Error::Index {
+                path: self.path.clone(),
+                reason: format!("a group committed in the background failed ({why}) and is not yet applied again"),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// A writer whose transaction begins only when it first needs one: until
@@ -390,7 +408,11 @@ impl Index {
             // Empty caches cover nothing: a snapshot must hold everything.
             let _ = self.wait_in_flight();
         }
-        Ok(self.new_writer(self.rw()?.clone(), OnceCell::new(), carried.unwrap_or_default()))
+        self.refuse_after_failure()?;
+        let mut w = self.new_writer(self.rw()?.clone(), OnceCell::new(), carried.unwrap_or_default());
+        // Its transaction follows any group still committing.
+        w.after = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(w)
     }
 
     fn rw(&self) -> Result<&Arc<Database>> {
@@ -490,7 +512,10 @@ impl Index {
             // A panic must still end the wait of the writer after this one.
             let commit = std::panic::AssertUnwindSafe(move || w.commit(false).map_err(|e| e.to_string()));
             let outcome = match injected {
-                true => Err("injected failure".into()),
+                true => {
+                    drop(commit);
+                    Err("injected failure".into())
+                }
                 false => std::panic::catch_unwind(commit).unwrap_or_else(|_| Err("the commit panicked".into())),
             };
             if let Err(why) = &outcome {
@@ -999,7 +1024,8 @@ impl IndexReader {
 pub enum IndexView<'a> {
     /// A committed snapshot.
     Snapshot(Box<IndexReader>),
-    /// The writer's open transaction.
+    /// The writer of the pending group (its caches, then its snapshot or
+    /// its transaction).
     Pending(&'a IndexWriter),
 }
 
@@ -1238,10 +1264,12 @@ impl IndexWriter {
 
     /// A counter from `meta` (0 if unset), as changed in this transaction.
     pub fn meta(&self, key: &str) -> Result<u64> {
-        match (self.meta_changed.get(key), self.detached()?) {
-            (Some(v), _) => Ok(*v),
-            (None, Some(r)) => r.meta(key),
-            (None, None) => self.stored_meta(key),
+        if let Some(v) = self.meta_changed.get(key) {
+            return Ok(*v);
+        }
+        match self.detached()? {
+            Some(r) => r.meta(key),
+            None => self.stored_meta(key),
         }
     }
 
@@ -1267,9 +1295,10 @@ impl IndexWriter {
         Ok(())
     }
 
-    /// Whether the transaction has begun.
-    pub fn is_attached(&self) -> bool {
-        self.txn.get().is_some()
+    /// Whether this writer's caches are ahead of a group committed in the
+    /// background (dropping it would drop what shows that group's changes).
+    pub fn follows_background_commit(&self) -> bool {
+        self.after.is_some()
     }
 
     /// Whether [`Index::commit_in_background`] may take this writer: its
@@ -1285,6 +1314,7 @@ impl IndexWriter {
     /// Empties every table and stamps the current layout version, inside
     /// this transaction (readers keep seeing the old index until commit).
     pub fn clear_all(&mut self) -> Result<()> {
+        self.held()?;
         self.meta_changed.clear();
         self.nodes.get_mut().clear();
         self.dirty_nodes.get_mut().clear();
@@ -1294,7 +1324,6 @@ impl IndexWriter {
         self.covering.set(false);
         // redb deletes only closed tables: the hot ones are closed, and
         // opened again on the fresh tables.
-        self.held()?;
         self.lost.set(true);
         let held = self.txn.take().ok_or_else(|| self.lost())?;
         let txn = held.into_owner();
@@ -1985,6 +2014,10 @@ mod tests {
         }
         assert!(next.commit(false).is_err(), "a writer after a failed group must not commit");
         assert!(index.wait_in_flight().is_err());
+        assert!(index.write().is_err(), "no writer until the failure is taken");
+        assert!(index.write_detached().is_err(), "no writer until the failure is taken");
+        assert_eq!(index.take_failure().as_deref(), Some("injected failure"));
+        assert_eq!(index.take_failure(), None);
         assert_eq!(answers!(&index.write().expect("write"), events), after_first);
         assert_eq!(answers!(index.read().expect("read"), events), after_first);
     }
