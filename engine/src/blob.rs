@@ -37,15 +37,17 @@
 //!
 //! Compression is what limits a put on a fast disk (zstd level 1 runs at
 //! 300-600 MB/s per core on text-like data; a local disk writes 1 GB/s), and
-//! the FUSE transfer needs a core of its own. So at most
-//! [`BlobStore::compress_slots`] puts compress at once (one fewer than the
-//! machine's cores, at least one). A put of a block over 32 KiB that finds
-//! every slot taken still probes a sample (cheap), and if the block looks
-//! compressible stores it raw now and queues its hash (smaller blocks are
-//! compressed at once: quick, and no sample would tell); [`BlobStore::compress_deferred`] compresses the
+//! the FUSE transfer needs a core of its own. So a put of a block over
+//! 32 KiB compresses it now only if a compression slot is free (at most
+//! [`BlobStore::compress_slots`] puts compress at once: one fewer than the
+//! machine's cores, at least one) and compressing pays now: lately a KiB
+//! took less time to compress than to write (both wall time, see
+//! [`compression_pays_now`]). Otherwise it probes a sample (cheap), and if
+//! the block looks compressible stores it raw now and queues its hash
+//! (smaller blocks are compressed at once: quick, and no sample would tell); [`BlobStore::compress_deferred`] compresses the
 //! queued blobs later, which the engine does while the store has been idle
-//! for a second. On a slow disk, puts spend their time writing, slots stay
-//! free, and blocks are compressed as they come. The queue lives in memory:
+//! for a second. On a slow disk, writing a KiB costs more than compressing
+//! it, and blocks are compressed as they come. The queue lives in memory:
 //! blobs queued when the process ends stay raw (valid, only larger), and so
 //! does the remote's copy of a blob pushed before it was compressed.
 //!
@@ -428,6 +430,39 @@ pub struct BlobStore {
     deferral: Deferral,
 }
 
+/// Running averages of a put's costs per KiB of stored or compressed
+/// bytes, in nanoseconds (0 until measured): wall time, so a busy CPU makes
+/// compressing dearer and a busy disk makes writing dearer.
+#[derive(Default)]
+struct Costs {
+    compress_ns: AtomicU64,
+    write_ns: AtomicU64,
+}
+
+impl Costs {
+    /// Folds a sample of `ns` for `bytes` into `cell` (an average over the
+    /// last eight or so; concurrent updates may drop one, which is fine).
+    fn note(cell: &AtomicU64, ns: u128, bytes: usize) {
+        let kib = (bytes as u128).div_ceil(1024).max(1);
+        let sample = u64::try_from(ns / kib).unwrap_or(u64::MAX).max(1);
+        let old = cell.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
+        cell.store(new.max(1), Ordering::Relaxed);
+    }
+
+    fn compress_pays_now(&self) -> bool {
+        compression_pays_now(self.compress_ns.load(Ordering::Relaxed), self.write_ns.load(Ordering::Relaxed))
+    }
+}
+
+/// Whether a put should compress its block now rather than store it raw
+/// and compress it when idle: when compressing a KiB takes less time than
+/// writing one (the disk, not the CPU, is what holds puts back), or while
+/// either cost is unmeasured (0).
+pub fn compression_pays_now(compress_ns_per_kib: u64, write_ns_per_kib: u64) -> bool {
+    compress_ns_per_kib == 0 || write_ns_per_kib == 0 || compress_ns_per_kib < write_ns_per_kib
+}
+
 /// The state behind *Compressing under load*.
 struct Deferral {
     /// Puts compressing right now.
@@ -441,6 +476,8 @@ struct Deferral {
     epoch: Instant,
     /// Blobs taken off the queue and not yet compressed (or skipped).
     in_hand: AtomicU64,
+    /// What compressing and writing have cost lately.
+    costs: Costs,
     /// Blocks stored raw under load, and blobs compressed later, since open.
     deferred: AtomicU64,
     compressed_later: AtomicU64,
@@ -456,6 +493,7 @@ impl Deferral {
             last_use_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             in_hand: AtomicU64::new(0),
+            costs: Costs::default(),
             deferred: AtomicU64::new(0),
             compressed_later: AtomicU64::new(0),
         }
@@ -605,14 +643,22 @@ impl BlobStore {
         }
         let slots = d.slots.load(Ordering::Relaxed);
         let took_slot = d.compressing.fetch_add(1, Ordering::AcqRel) < slots;
-        let out = if took_slot {
-            (encode_blob(data, self.level), false)
+        let out = if took_slot && d.costs.compress_pays_now() {
+            (self.encode_timed(data), false)
         } else {
             d.compressing.fetch_sub(1, Ordering::AcqRel);
             let level = self.level.min(*zstd::compression_level_range().end());
             return (encode_blob(data, 0), worth_compressing(data, level));
         };
         d.compressing.fetch_sub(1, Ordering::AcqRel);
+        out
+    }
+
+    /// [`encode_blob`] at the store's level, its time noted in the costs.
+    fn encode_timed(&self, data: &[u8]) -> Vec<u8> {
+        let t = Instant::now();
+        let out = encode_blob(data, self.level);
+        Costs::note(&self.deferral.costs.compress_ns, t.elapsed().as_nanos(), data.len());
         out
     }
 
@@ -696,7 +742,7 @@ impl BlobStore {
                 return Ok(false);
             }
         };
-        let packed = encode_blob(&data, self.level);
+        let packed = self.encode_timed(&data);
         if !matches!(decode_header(&packed), Ok(BlobHeader { codec: Codec::Zstd, .. })) {
             return Ok(false);
         }
@@ -800,7 +846,9 @@ impl BlobStore {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = fanout.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
         let path = self.path_of(hash);
+        let t = Instant::now();
         self.storage.write_streaming(&tmp, stored).map_err(|e| Error::io("write", &tmp, e))?;
+        Costs::note(&self.deferral.costs.write_ns, t.elapsed().as_nanos(), stored.len());
         if let Err(e) = self.storage.rename(&tmp, &path) {
             let _ = self.storage.remove_file(&tmp);
             return Err(Error::io("rename", &tmp, e));
@@ -1108,10 +1156,22 @@ mod tests {
         assert_eq!(store.deferral_stats(), DeferralStats { deferred: 2, compressed_later: 1, queued: 0 });
         assert_eq!(store.remove_temp_files().expect("temp files"), 0, "no temp file left behind");
 
-        store.set_compress_slots(1);
-        let at_once = store.put(&text(2)).expect("put").block;
-        assert!(store.stored_len(&at_once.hash).expect("stored") < raw_len / 4, "a free slot compresses at once");
-        assert_eq!(store.deferral_stats().deferred, 2);
+        // With a free slot and nothing measured yet, a put compresses.
+        let fresh = BlobStore::open(Arc::new(crate::storage::FsStorage), dir.path().join("c"), 32, 1).expect("open");
+        fresh.set_compress_slots(1);
+        let at_once = fresh.put(&text(2)).expect("put").block;
+        assert!(fresh.stored_len(&at_once.hash).expect("stored") < raw_len / 4, "a free slot compresses at once");
+        assert_eq!(fresh.deferral_stats().deferred, 0);
+    }
+
+    #[test]
+    fn compression_pays_now_while_it_is_cheaper_than_the_write_or_unmeasured() {
+        assert!(compression_pays_now(0, 0));
+        assert!(compression_pays_now(0, 500));
+        assert!(compression_pays_now(500, 0));
+        assert!(compression_pays_now(400, 500), "a slow disk: compress now");
+        assert!(!compression_pays_now(500, 500));
+        assert!(!compression_pays_now(3000, 900), "a fast disk, text-like data: later");
     }
 
     #[test]

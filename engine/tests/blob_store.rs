@@ -342,14 +342,16 @@ fn a_blob_compressed_later_survives_a_crash_before_and_after() {
     }
 }
 
-/// [`CrashStorage`] whose directory syncs fail while `fail_dir_sync` is set.
-#[derive(Debug, Clone)]
-struct FailingDirSync {
+/// [`CrashStorage`] whose directory syncs fail while `fail_dir_sync` is
+/// set, and whose file writes take `write_ms` more milliseconds.
+#[derive(Debug, Clone, Default)]
+struct Tweaked {
     inner: CrashStorage,
     fail_dir_sync: Arc<std::sync::atomic::AtomicBool>,
+    write_ms: u64,
 }
 
-impl Storage for FailingDirSync {
+impl Storage for Tweaked {
     fn open_append(&self, p: &Path) -> std::io::Result<Box<dyn engine::storage::AppendFile>> {
         self.inner.open_append(p)
     }
@@ -372,6 +374,7 @@ impl Storage for FailingDirSync {
         self.inner.create_dir_all(p)
     }
     fn write_file(&self, p: &Path, data: &[u8]) -> std::io::Result<()> {
+        std::thread::sleep(std::time::Duration::from_millis(self.write_ms));
         self.inner.write_file(p, data)
     }
     fn sync_file(&self, p: &Path) -> std::io::Result<()> {
@@ -400,7 +403,7 @@ impl Storage for FailingDirSync {
 #[test]
 fn a_crash_between_the_rename_and_its_directory_sync_keeps_the_raw_blob() {
     let s = CrashStorage::new();
-    let failing = FailingDirSync { inner: s.clone(), fail_dir_sync: Arc::default() };
+    let failing = Tweaked { inner: s.clone(), ..Tweaked::default() };
     let st = BlobStore::open(Arc::new(failing.clone()), BLOBS, 32, 1).expect("open");
     st.set_compress_slots(0);
     let data = compressible(200_000, 11);
@@ -413,4 +416,22 @@ fn a_crash_between_the_rename_and_its_directory_sync_keeps_the_raw_blob() {
     let st = store(&s);
     assert_eq!(st.get(&put.block.hash).expect("the block survives"), data);
     assert_eq!(st.stored_len(&put.block.hash).expect("stored"), 200_016, "the raw blob, as synced");
+}
+
+/// Puts compress as they come while compressing a KiB costs less than
+/// writing one (a slow disk), and store compressible blocks raw for later
+/// when writing is the cheaper (here: memory); the first put, with nothing
+/// measured yet, compresses.
+#[test]
+fn puts_compress_now_on_a_slow_disk_and_later_on_a_fast_one() {
+    for (write_ms, later) in [(20, false), (0, true)] {
+        let st = BlobStore::open(Arc::new(Tweaked { write_ms, ..Tweaked::default() }), BLOBS, 32, 1).expect("open");
+        st.set_compress_slots(1);
+        for seed in 0..4 {
+            let data = compressible(256 << 10, 100 + seed);
+            let put = st.put(&data).expect("put");
+            let deferred = put.stored_len == (256 << 10) + 16;
+            assert_eq!(deferred, later && seed > 0, "write_ms {write_ms}, put {seed}: stored {}", put.stored_len);
+        }
+    }
 }
