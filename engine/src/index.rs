@@ -182,6 +182,10 @@ pub struct Index {
     /// takes it ([`Index::take_failure`]) to apply that group again from
     /// the log: whoever notices the failure first, it is not lost.
     failed: Arc<Mutex<Option<String>>>,
+    /// Commits so far: a writer after a background group checks that the
+    /// next commit after its hand-off was that group's (see
+    /// [`IndexWriter::held`]).
+    commits: Arc<std::sync::atomic::AtomicU64>,
     /// Unit tests: the next background commit fails without writing.
     #[cfg(test)]
     pub(crate) fail_next_background: std::sync::atomic::AtomicBool,
@@ -324,6 +328,7 @@ impl Index {
             carried: Arc::default(),
             in_flight: Mutex::default(),
             failed: Arc::default(),
+            commits: Arc::default(),
             #[cfg(test)]
             fail_next_background: Default::default(),
         };
@@ -358,6 +363,7 @@ impl Index {
             carried: Arc::default(),
             in_flight: Mutex::default(),
             failed: Arc::default(),
+            commits: Arc::default(),
             #[cfg(test)]
             fail_next_background: Default::default(),
         })
@@ -403,16 +409,16 @@ impl Index {
     /// changes while the group before it commits in the background (see
     /// [`Index::commit_in_background`]).
     pub fn write_detached(&self) -> Result<IndexWriter> {
-        let carried = lock_carried(&self.carried).take();
+        // Carried caches are never set while a group commits in the
+        // background; if one is, they are not trusted.
+        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let carried = lock_carried(&self.carried).take().filter(|_| !in_flight);
         if carried.is_none() {
             // Empty caches cover nothing: a snapshot must hold everything.
             let _ = self.wait_in_flight();
         }
         self.refuse_after_failure()?;
-        let mut w = self.new_writer(self.rw()?.clone(), OnceCell::new(), carried.unwrap_or_default());
-        // Its transaction follows any group still committing.
-        w.after = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(w)
+        Ok(self.new_writer(self.rw()?.clone(), OnceCell::new(), carried.unwrap_or_default()))
     }
 
     fn rw(&self) -> Result<&Arc<Database>> {
@@ -438,6 +444,8 @@ impl Index {
             lost: Cell::new(false),
             db,
             after: None,
+            after_commits: 0,
+            commits: Arc::clone(&self.commits),
             snapshot: OnceCell::new(),
             covering: Cell::new(true),
             carries: true,
@@ -498,6 +506,9 @@ impl Index {
             Carried { nodes, since_checkpoint: std::mem::take(&mut w.since_checkpoint), entries: w.entries.take() };
         let mut next = self.new_writer(w.db.clone(), OnceCell::new(), carried);
         next.after = Some(job.clone());
+        // No group is in flight (the caller waited): this one's commit is
+        // the next.
+        next.after_commits = self.commits.load(std::sync::atomic::Ordering::SeqCst) + 1;
         next.meta_changed = w.meta_changed.clone();
         *w.nodes.get_mut() = dirty;
         w.carries = false;
@@ -1068,6 +1079,11 @@ pub struct IndexWriter {
     /// are ahead of: the transaction begins only after it, and not at all
     /// if it failed.
     after: Option<Arc<Background>>,
+    /// With `after`: the index's commit count once that group committed;
+    /// any other count means another commit came between, and the caches
+    /// may be stale.
+    after_commits: u64,
+    commits: Arc<std::sync::atomic::AtomicU64>,
     /// Until the transaction begins: a snapshot for what the caches miss.
     snapshot: OnceCell<IndexReader>,
     /// Whether the caches hold every key written in this transaction (and
@@ -1347,12 +1363,18 @@ impl IndexWriter {
         if self.lost.get() {
             return Err(self.lost());
         }
-        if let Some(Err(why)) = self.after.as_ref().map(|a| a.wait()) {
-            self.flush_failed.set(true);
-            return Err(Error::Index {
-                path: self.path.clone(),
-                reason: format!("the group before this one failed to commit: {why}"),
-            });
+        if let Some(after) = &self.after {
+            let reason = match after.wait() {
+                Err(why) => Some(format!("the group before this one failed to commit: {why}")),
+                Ok(()) if self.commits.load(std::sync::atomic::Ordering::SeqCst) != self.after_commits => {
+                    Some("another commit came between the group before this one and this writer".to_string())
+                }
+                Ok(()) => None,
+            };
+            if let Some(reason) = reason {
+                self.flush_failed.set(true);
+                return Err(Error::Index { path: self.path.clone(), reason });
+            }
         }
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         let held = HeldTxn::open(txn).map_err(|e| self.err(e))?;
@@ -1581,6 +1603,7 @@ impl IndexWriter {
         let d = if durable { Durability::Immediate } else { Durability::None };
         txn.set_durability(d).map_err(|e| Error::Index { path: self.path.clone(), reason: e.to_string() })?;
         txn.commit().map_err(|e| ix_err(&self.path, e))?;
+        self.commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if !self.carries {
             return Ok(());
         }
@@ -1976,6 +1999,30 @@ mod tests {
             w.commit(false).expect("commit");
             assert_eq!(answers!(index.read().expect("read"), events), want, "committed, groups of {group}");
         }
+    }
+
+    /// A commit that comes between a group committed in the background and
+    /// the writer after it (the engine never makes one) leaves that
+    /// writer's caches possibly stale: it refuses to begin its transaction.
+    #[test]
+    fn a_commit_between_a_background_group_and_the_next_writer_is_caught() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let events = events();
+        let (index, _) = Index::open(&tmp.path().join("index.redb")).expect("open");
+        let mut w = index.write_detached().expect("write");
+        for (pos, e) in &events[..10] {
+            w.apply(*pos, e, 4096).expect("apply");
+        }
+        let mut next = index.commit_in_background(w).expect("hand off");
+        index.write().expect("another writer").commit(false).expect("commit");
+        for (pos, e) in &events[10..20] {
+            next.apply(*pos, e, 4096).expect("apply on the caches");
+        }
+        let refused = next.commit(false);
+        assert!(
+            matches!(&refused, Err(Error::Index { reason, .. }) if reason.contains("another commit came between")),
+            "{refused:?}"
+        );
     }
 
     /// When a group committed in the background fails, the writer after it
