@@ -48,9 +48,11 @@
 //! a group still committing (they are never emptied without the transaction
 //! begun, which waits for that commit), so a snapshot from before or after
 //! that commit answers the same for every key they miss. At most one group
-//! commits in the background; a writer after one that failed cannot begin
-//! its transaction or commit, and the failure stays until the engine takes
-//! it ([`Index::take_failure`]) to apply those changes again from the log.
+//! commits in the background; a writer after one that failed, or after
+//! one that another commit followed before it (its caches may be stale),
+//! cannot begin its transaction or commit, and a failure stays until the
+//! engine takes it ([`Index::take_failure`]) to apply those changes again
+//! from the log.
 //!
 //! Point-in-time queries (`*_at`) read the history tables up to a time; they
 //! cost a scan of the history of the one node, name or directory asked
