@@ -421,11 +421,13 @@ fn a_crash_between_the_rename_and_its_directory_sync_keeps_the_raw_blob() {
 /// Puts compress as they come while compressing a KiB costs less than
 /// writing one (a slow disk), and store compressible blocks raw for later
 /// when writing is the cheaper (here: memory); the first put, with nothing
-/// measured yet, compresses.
+/// measured yet, compresses. The costs are far apart (50 ms writes against
+/// level 1; level 19 against memory), so a busy machine cannot swap them.
 #[test]
 fn puts_compress_now_on_a_slow_disk_and_later_on_a_fast_one() {
-    for (write_ms, later) in [(20, false), (0, true)] {
-        let st = BlobStore::open(Arc::new(Tweaked { write_ms, ..Tweaked::default() }), BLOBS, 32, 1).expect("open");
+    for (write_ms, level, later) in [(50, 1, false), (0, 19, true)] {
+        let storage = Arc::new(Tweaked { write_ms, ..Tweaked::default() });
+        let st = BlobStore::open(storage, BLOBS, 32, level).expect("open");
         st.set_compress_slots(1);
         for seed in 0..4 {
             let data = compressible(256 << 10, 100 + seed);
