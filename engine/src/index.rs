@@ -1843,6 +1843,22 @@ mod tests {
 
     /// What every query that reads a buffered table answers, plus nodes,
     /// lookups, counters and checkpoints.
+    /// Applies `events` through `w`.
+    fn apply_all(w: &mut IndexWriter, events: &[(LogPos, Event)]) {
+        for (pos, e) in events {
+            w.apply(*pos, e, 4096).expect("apply");
+        }
+    }
+
+    /// A new index at `path` holding `events`, committed in one transaction.
+    fn committed(path: &Path, events: &[(LogPos, Event)]) -> Index {
+        let (index, _) = Index::open(path).expect("open");
+        let mut w = index.write().expect("write");
+        apply_all(&mut w, events);
+        w.commit(false).expect("commit");
+        index
+    }
+
     macro_rules! answers {
         ($ix:expr, $events:expr) => {{
             let ix = $ix;
@@ -1883,9 +1899,7 @@ mod tests {
         let events = events();
         let (one, _) = Index::open(&tmp.path().join("one.redb")).expect("open");
         let mut w = one.write().expect("write");
-        for (pos, e) in &events {
-            w.apply(*pos, e, 4096).expect("apply");
-        }
+        apply_all(&mut w, &events);
         let before_commit = answers!(&w, events);
         w.commit(false).expect("commit");
         let after_commit = answers!(one.read().expect("read"), events);
@@ -1912,39 +1926,20 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let events = events();
         let (first, rest) = events.split_at(events.len() / 2);
-        let (reference, _) = Index::open(&tmp.path().join("reference.redb")).expect("open");
-        let mut w = reference.write().expect("write");
-        for (pos, e) in first {
-            w.apply(*pos, e, 4096).expect("apply");
-        }
-        w.commit(false).expect("commit");
+        let reference = committed(&tmp.path().join("reference.redb"), first);
         let after_first = answers!(reference.read().expect("read"), events);
 
-        let (index, _) = Index::open(&tmp.path().join("index.redb")).expect("open");
+        let index = committed(&tmp.path().join("index.redb"), first);
         let mut w = index.write().expect("write");
-        for (pos, e) in first {
-            w.apply(*pos, e, 4096).expect("apply");
-        }
-        w.commit(false).expect("commit");
-        let mut w = index.write().expect("write");
-        for (pos, e) in rest {
-            w.apply(*pos, e, 4096).expect("apply");
-        }
+        apply_all(&mut w, rest);
         assert_ne!(answers!(&w, events), after_first, "the second half changes the answers");
         drop(w);
         let mut w = index.write().expect("write");
         assert_eq!(answers!(&w, events), after_first, "the next writer sees only what was committed");
-        for (pos, e) in rest {
-            w.apply(*pos, e, 4096).expect("apply");
-        }
+        apply_all(&mut w, rest);
         w.commit(false).expect("commit");
 
-        let (whole, _) = Index::open(&tmp.path().join("whole.redb")).expect("open");
-        let mut w = whole.write().expect("write");
-        for (pos, e) in &events {
-            w.apply(*pos, e, 4096).expect("apply");
-        }
-        w.commit(false).expect("commit");
+        let whole = committed(&tmp.path().join("whole.redb"), &events);
         assert_eq!(answers!(index.read().expect("read"), events), answers!(whole.read().expect("read"), events));
     }
 
@@ -1957,12 +1952,7 @@ mod tests {
     fn groups_committed_in_the_background_answer_like_one_transaction() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let events = events();
-        let (whole, _) = Index::open(&tmp.path().join("whole.redb")).expect("open");
-        let mut w = whole.write().expect("write");
-        for (pos, e) in &events {
-            w.apply(*pos, e, 4096).expect("apply");
-        }
-        w.commit(false).expect("commit");
+        let whole = committed(&tmp.path().join("whole.redb"), &events);
         let want = answers!(whole.read().expect("read"), events);
 
         for group in [1, 7, 40] {
@@ -2012,9 +2002,7 @@ mod tests {
         let events = events();
         let (index, _) = Index::open(&tmp.path().join("index.redb")).expect("open");
         let mut w = index.write_detached().expect("write");
-        for (pos, e) in &events[..10] {
-            w.apply(*pos, e, 4096).expect("apply");
-        }
+        apply_all(&mut w, &events[..10]);
         let mut next = index.commit_in_background(w).expect("hand off");
         index.write().expect("another writer").commit(false).expect("commit");
         for (pos, e) in &events[10..20] {
@@ -2036,25 +2024,13 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let events = events();
         let (first, rest) = events.split_at(events.len() / 2);
-        let (reference, _) = Index::open(&tmp.path().join("reference.redb")).expect("open");
-        let mut w = reference.write().expect("write");
-        for (pos, e) in first {
-            w.apply(*pos, e, 4096).expect("apply");
-        }
-        w.commit(false).expect("commit");
+        let reference = committed(&tmp.path().join("reference.redb"), first);
         let after_first = answers!(reference.read().expect("read"), events);
 
-        let (index, _) = Index::open(&tmp.path().join("index.redb")).expect("open");
-        let mut w = index.write().expect("write");
-        for (pos, e) in first {
-            w.apply(*pos, e, 4096).expect("apply");
-        }
-        w.commit(false).expect("commit");
+        let index = committed(&tmp.path().join("index.redb"), first);
         let mut w = index.write_detached().expect("write");
         let (doomed, after) = rest.split_at(5);
-        for (pos, e) in doomed {
-            w.apply(*pos, e, 4096).expect("apply");
-        }
+        apply_all(&mut w, doomed);
         assert!(w.can_commit_in_background());
         index.fail_next_background.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut next = index.commit_in_background(w).expect("hand off");
