@@ -93,19 +93,35 @@ fn writes_survive_reopen_and_truncate_cuts_the_tail_block() {
     assert!(matches!(Engine::open(&dir), Err(engine::Error::Locked { .. })));
 }
 
+/// An engine on a new data dir of `block`-byte blocks whose block store
+/// has no compression slot: every compressible block is stored raw first.
+fn engine_storing_raw(block: usize) -> (tempfile::TempDir, Engine) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let mut c = Config::new_default(MachineId::random());
+    c.block_size = block as u64;
+    Engine::init(&dir, c).expect("init");
+    let e = Engine::open(&dir).expect("open");
+    e.blobs().set_compress_slots(0);
+    (tmp, e)
+}
+
+/// Waits until the engine's thread has compressed a blob stored raw;
+/// fails after 30 s from `since`.
+fn wait_until_one_is_compressed(e: &Engine, since: std::time::Instant) {
+    while e.blobs().deferral_stats().compressed_later == 0 {
+        assert!(since.elapsed() < std::time::Duration::from_secs(30), "never compressed");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Blocks stored raw because every compression slot was taken are
 /// compressed by the engine's own thread once the store has been idle for
 /// a second, and read back the same.
 #[test]
 fn blocks_stored_raw_under_load_are_compressed_once_the_engine_is_idle() {
     const BLOCK: usize = 64 << 10;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("data");
-    let mut c = Config::new_default(MachineId::random());
-    c.block_size = BLOCK as u64;
-    Engine::init(&dir, c).expect("init");
-    let e = Engine::open(&dir).expect("open");
-    e.blobs().set_compress_slots(0);
+    let (_tmp, e) = engine_storing_raw(BLOCK);
     let f = e.create(NodeId::ROOT, b"f", NodeKind::File, file_attrs(), b"").expect("create");
     let text: Vec<u8> = (0..4 * BLOCK).map(|i| b"syncer keeps it "[i % 16]).collect();
     let start = std::time::Instant::now();
@@ -119,10 +135,7 @@ fn blocks_stored_raw_under_load_are_compressed_once_the_engine_is_idle() {
     assert_eq!(stats.deferred, 1, "four equal blocks, stored once, raw: {stats:?}");
     let hash = e.file_blocks(f.id, 0, 1).expect("blocks")[0].1.hash;
 
-    while e.blobs().deferral_stats().compressed_later == 0 {
-        assert!(start.elapsed() < std::time::Duration::from_secs(30), "never compressed");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until_one_is_compressed(&e, start);
     assert!(start.elapsed() >= std::time::Duration::from_millis(900), "compressed before the store was idle");
     assert_eq!(e.blobs().deferral_stats().queued, 0);
     assert!(e.blobs().stored_len(&hash).expect("stored") < 1000, "compressed in place");
@@ -134,22 +147,12 @@ fn blocks_stored_raw_under_load_are_compressed_once_the_engine_is_idle() {
 #[test]
 fn dropping_the_engine_while_it_compresses_returns() {
     const BLOCK: usize = 1 << 20;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("data");
-    let mut c = Config::new_default(MachineId::random());
-    c.block_size = BLOCK as u64;
-    Engine::init(&dir, c).expect("init");
-    let e = Engine::open(&dir).expect("open");
-    e.blobs().set_compress_slots(0);
+    let (_tmp, e) = engine_storing_raw(BLOCK);
     for i in 0..64u32 {
         let block: Vec<u8> = (0..BLOCK as u32).map(|j| b"syncer keeps it "[(j % 16) as usize] ^ (i as u8)).collect();
         e.put_block(&block).expect("put");
     }
-    let start = std::time::Instant::now();
-    while e.blobs().deferral_stats().compressed_later == 0 {
-        assert!(start.elapsed() < std::time::Duration::from_secs(30), "never compressed");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_until_one_is_compressed(&e, std::time::Instant::now());
     let (done, dropped) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         drop(e);
