@@ -234,9 +234,15 @@ fn compress_into(src: &[u8], dst: &mut [u8], level: i32) -> Option<usize> {
     })
 }
 
+/// `level`, at most zstd's highest.
+fn zstd_level(level: i32) -> i32 {
+    level.min(*zstd::compression_level_range().end())
+}
+
 /// Whether compressing `data` is worth trying: large blocks are probed with an
 /// 8 KiB sample from the middle, so incompressible data costs almost nothing.
 fn worth_compressing(data: &[u8], level: i32) -> bool {
+    let level = zstd_level(level);
     if data.len() <= SAMPLE_ABOVE {
         return true;
     }
@@ -255,7 +261,7 @@ fn worth_compressing(data: &[u8], level: i32) -> bool {
 /// (the store refuses them). Never panics.
 pub fn encode_blob(data: &[u8], level: i32) -> Vec<u8> {
     let raw_len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-    let level = level.min(*zstd::compression_level_range().end());
+    let level = zstd_level(level);
     if level > 0 && data.len() >= MIN_COMPRESS_LEN && worth_compressing(data, level) {
         // Only output that saves at least 1/8 is kept: give zstd no more room.
         let budget = data.len() - data.len() / 8;
@@ -587,6 +593,12 @@ impl BlobStore {
         self.dir.join(&hex[..2]).join(hex)
     }
 
+    /// A new temp file name in the fan-out folder of `hash`.
+    fn temp_path(&self, hash: &BlockHash) -> PathBuf {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.fanout_of(hash).join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()))
+    }
+
     fn fanout_of(&self, hash: &BlockHash) -> PathBuf {
         let hex = hash.to_hex();
         self.dir.join(&hex[..2])
@@ -631,8 +643,9 @@ impl BlobStore {
     }
 
     /// Encodes a block for a put: compressed if it is small (no sample
-    /// would tell, and it is quick) or a compression slot is free, else
-    /// raw, and then `true` if its sample says it is worth compressing later.
+    /// would tell, and it is quick), or if compressing pays now and a
+    /// compression slot is free; else raw, and then `true` if its sample
+    /// says it is worth compressing later.
     fn encode_under_load(&self, data: &[u8]) -> (Vec<u8>, bool) {
         let d = &self.deferral;
         if data.len() <= SAMPLE_ABOVE {
@@ -641,17 +654,16 @@ impl BlobStore {
         if self.level <= 0 {
             return (encode_blob(data, 0), false);
         }
-        let slots = d.slots.load(Ordering::Relaxed);
-        let took_slot = d.compressing.fetch_add(1, Ordering::AcqRel) < slots;
-        let out = if took_slot && d.costs.compress_pays_now() {
-            (self.encode_timed(data), false)
-        } else {
+        if d.costs.compress_pays_now() {
+            let slots = d.slots.load(Ordering::Relaxed);
+            let slot_free = d.compressing.fetch_add(1, Ordering::AcqRel) < slots;
+            let out = slot_free.then(|| self.encode_timed(data));
             d.compressing.fetch_sub(1, Ordering::AcqRel);
-            let level = self.level.min(*zstd::compression_level_range().end());
-            return (encode_blob(data, 0), worth_compressing(data, level));
-        };
-        d.compressing.fetch_sub(1, Ordering::AcqRel);
-        out
+            if let Some(out) = out {
+                return (out, false);
+            }
+        }
+        (encode_blob(data, 0), worth_compressing(data, self.level))
     }
 
     /// [`encode_blob`] at the store's level, its time noted in the costs.
@@ -746,8 +758,7 @@ impl BlobStore {
         if !matches!(decode_header(&packed), Ok(BlobHeader { codec: Codec::Zstd, .. })) {
             return Ok(false);
         }
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.fanout_of(hash).join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
+        let tmp = self.temp_path(hash);
         let written = self
             .storage
             .write_streaming(&tmp, &packed)
@@ -843,8 +854,7 @@ impl BlobStore {
             }
             self.dirs_ok[first].store(true, Ordering::Release);
         }
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = fanout.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
+        let tmp = self.temp_path(hash);
         let path = self.path_of(hash);
         let t = Instant::now();
         self.storage.write_streaming(&tmp, stored).map_err(|e| Error::io("write", &tmp, e))?;
