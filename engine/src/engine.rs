@@ -1248,7 +1248,7 @@ impl Engine {
                 }
             }
         }
-        f(&IndexView::Snapshot(Box::new(self.index.read()?)))
+        f(&IndexView::Snapshot(self.index.read()?))
     }
 
     fn live_node(ix: &IndexWriter, id: NodeId) -> Result<NodeRecord> {

@@ -308,6 +308,19 @@ fn encode_node(n: &NodeRecord) -> Vec<u8> {
 }
 
 impl Index {
+    fn on(db: Db, path: &Path) -> Index {
+        Index {
+            db,
+            path: path.to_path_buf(),
+            carried: Arc::default(),
+            in_flight: Mutex::default(),
+            failed: Arc::default(),
+            commits: Arc::default(),
+            #[cfg(test)]
+            fail_next_background: Default::default(),
+        }
+    }
+
     /// Opens (creating if missing) the index at `path`. Returns whether it
     /// must be rebuilt: new file, or a layout version this build does not write.
     pub fn open(path: &Path) -> Result<(Index, bool)> {
@@ -324,16 +337,7 @@ impl Index {
             }
             Err(e) => return Err(ix_err(path, e)),
         };
-        let index = Index {
-            db: Db::Rw(Arc::new(db)),
-            path: path.to_path_buf(),
-            carried: Arc::default(),
-            in_flight: Mutex::default(),
-            failed: Arc::default(),
-            commits: Arc::default(),
-            #[cfg(test)]
-            fail_next_background: Default::default(),
-        };
+        let index = Index::on(Db::Rw(Arc::new(db)), path);
         let version = index.read()?.meta(META_VERSION)?;
         let rebuild = fresh || version != INDEX_VERSION;
         if rebuild {
@@ -359,16 +363,7 @@ impl Index {
     /// processes may hold it so at once; none may hold it for writing then.
     pub fn open_read_only(path: &Path) -> Result<Index> {
         let db = redb::ReadOnlyDatabase::open(path).map_err(|e| ix_err(path, e))?;
-        Ok(Index {
-            db: Db::Ro(db),
-            path: path.to_path_buf(),
-            carried: Arc::default(),
-            in_flight: Mutex::default(),
-            failed: Arc::default(),
-            commits: Arc::default(),
-            #[cfg(test)]
-            fail_next_background: Default::default(),
-        })
+        Ok(Index::on(Db::Ro(db), path))
     }
 
     /// Closes a writable handle cleanly and reopens the file read-only.
@@ -539,11 +534,9 @@ impl Index {
         if let Err(e) = spawned {
             // The group is gone with the closure: the caller applies it
             // again from the log.
-            job.finish(Err(format!("cannot start the commit thread: {e}")));
-            return Err(Error::Index {
-                path: self.path.clone(),
-                reason: format!("cannot start the commit thread: {e}"),
-            });
+            let reason = format!("cannot start the commit thread: {e}");
+            job.finish(Err(reason.clone()));
+            return Err(Error::Index { path: self.path.clone(), reason });
         }
         Ok(next)
     }
@@ -1030,13 +1023,16 @@ impl IndexReader {
     }
 }
 
-/// What a live read goes through: a committed snapshot, or the one write
-/// transaction while it holds changes not yet committed (the engine commits
-/// its changes in groups; a read must still see every change made before
-/// it).
+/// What a live read goes through: a committed snapshot, or the writer of
+/// the pending group while it holds changes not yet committed (the engine
+/// commits its changes in groups; a read must still see every change made
+/// before it).
+// Built on the stack for one read and dropped: boxing the large variant
+// would cost an allocation per read for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum IndexView<'a> {
     /// A committed snapshot.
-    Snapshot(Box<IndexReader>),
+    Snapshot(IndexReader),
     /// The writer of the pending group (its caches, then its snapshot or
     /// its transaction).
     Pending(&'a IndexWriter),
