@@ -1889,6 +1889,17 @@ mod tests {
     /// The writer's queries see its buffered writes, and buffering changes
     /// nothing: one transaction for all events answers, before and after
     /// its commit, what a transaction per event does.
+    /// The test events; an index at `dir` holding their first half,
+    /// committed; and the answers of a second index holding only that half.
+    fn half_committed(dir: &Path) -> (Vec<(LogPos, Event)>, Index, Vec<String>) {
+        let events = events();
+        let first = &events[..events.len() / 2];
+        let reference = committed(&dir.join("reference.redb"), first);
+        let after_first = answers!(reference.read().expect("read"), events);
+        let index = committed(&dir.join("index.redb"), first);
+        (events, index, after_first)
+    }
+
     #[test]
     fn buffered_writes_answer_like_committed_ones() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -1920,12 +1931,8 @@ mod tests {
     #[test]
     fn a_dropped_transaction_leaves_nothing_in_the_next_writers_caches() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let events = events();
-        let (first, rest) = events.split_at(events.len() / 2);
-        let reference = committed(&tmp.path().join("reference.redb"), first);
-        let after_first = answers!(reference.read().expect("read"), events);
-
-        let index = committed(&tmp.path().join("index.redb"), first);
+        let (events, index, after_first) = half_committed(tmp.path());
+        let rest = &events[events.len() / 2..];
         let mut w = index.write().expect("write");
         apply_all(&mut w, rest);
         assert_ne!(answers!(&w, events), after_first, "the second half changes the answers");
@@ -2018,12 +2025,8 @@ mod tests {
     #[test]
     fn a_failed_background_commit_fails_the_writer_after_it() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let events = events();
-        let (first, rest) = events.split_at(events.len() / 2);
-        let reference = committed(&tmp.path().join("reference.redb"), first);
-        let after_first = answers!(reference.read().expect("read"), events);
-
-        let index = committed(&tmp.path().join("index.redb"), first);
+        let (events, index, after_first) = half_committed(tmp.path());
+        let rest = &events[events.len() / 2..];
         let mut w = index.write_detached().expect("write");
         let (doomed, after) = rest.split_at(5);
         apply_all(&mut w, doomed);
