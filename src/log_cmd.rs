@@ -166,6 +166,7 @@ fn change_json(c: &Change) -> Value {
         Change::SetVolname { name } => json!({"name": lossy(name)}),
         Change::SetPinned { pinned } => json!({"pinned": pinned}),
         Change::Exchange { with } => json!({"with": with.to_string()}),
+        Change::Resolve => json!({}),
     }
 }
 
@@ -195,6 +196,7 @@ fn event_json(r: &Inspected, e: &Event) -> Value {
         "change": change_json(&e.change),
         "summary": history::describe(&e.change),
         "clock": clock,
+        "base": e.base.map(|b| b.to_string()),
         "checksum": "ok",
     })
 }
@@ -220,7 +222,10 @@ pub fn inspect(data_dir: &Path, a: &InspectArgs) -> Result<()> {
                 e.change.kind_name().to_string(),
                 "ok".to_string(),
                 history::clock_text(e),
-                history::describe(&e.change),
+                match e.base {
+                    Some(b) => format!("{} (on {b})", history::describe(&e.change)),
+                    None => history::describe(&e.change),
+                },
             ],
             None => [
                 r.pos.to_string(),

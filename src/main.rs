@@ -136,10 +136,23 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
-    /// List name conflicts the merge resolved (both sides, how to undo).
+    /// List open content conflicts (both versions, machines and times) and
+    /// every conflict the merge resolved.
     Conflicts {
         /// The data dir.
         data_dir: PathBuf,
+    },
+    /// End a content conflict: keep one version (or both) under the
+    /// original's name, with ordinary events that replicate; history keeps
+    /// both versions.
+    Resolve {
+        /// The data dir.
+        data_dir: PathBuf,
+        /// The conflict copy, or the original if it has one open copy.
+        path: String,
+        /// Which version to keep under the name.
+        #[arg(long, value_enum)]
+        keep: conflicts::KeepArg,
     },
     /// The derived redb index.
     Index {
@@ -303,6 +316,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(if r.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(3) })
         }
         Command::Conflicts { data_dir } => conflicts::print(&data_dir).map(|()| ExitCode::SUCCESS),
+        Command::Resolve { data_dir, path, keep } => {
+            conflicts::resolve(&data_dir, &path, keep).map(|()| ExitCode::SUCCESS)
+        }
         Command::Index { command: IndexCommand::Rebuild { data_dir } } => {
             let index = engine::engine::Layout { dir: data_dir.clone() }.index();
             let e = engine::Engine::open(&data_dir).with_context(|| format!("open {}", data_dir.display()))?;

@@ -47,7 +47,7 @@ fn init_status_verify_rebuild() {
     let o = run(&["status", d]);
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
-    assert!(out.contains("syncer-data 1.1.0"), "{out}");
+    assert!(out.contains("syncer-data 2.0.0"), "{out}");
     assert!(out.contains("nodes:        6 (5 files, 1 dirs)"), "{out}");
     let o = run(&["log", "verify", d]);
     assert!(o.status.success(), "{}", text(&o));
@@ -107,7 +107,7 @@ fn damaged_or_newer_format_file_is_a_clear_error() {
     std::fs::write(data.join("FORMAT"), b"syncer-data 9.0.0\n").expect("write");
     let o = run(&["status", d]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("9.0.0") && text(&o).contains("1.1.0"), "{}", text(&o));
+    assert!(text(&o).contains("9.0.0") && text(&o).contains("2.0.0"), "{}", text(&o));
     std::fs::write(data.join("FORMAT"), b"\xff\x00garbage").expect("write");
     let o = run(&["status", d]);
     assert_eq!(o.status.code(), Some(1));
@@ -159,6 +159,7 @@ fn conflicts_lists_both_sides_of_a_name_collision() {
                 attrs: Attrs::default(),
                 target: Vec::new(),
             },
+            base: None,
         };
         let storage = std::sync::Arc::new(engine::storage::FsStorage);
         let (mut w, _) = engine::log::LogWriter::open(storage, &data.join("log"), m, 1 << 20).expect("log");

@@ -2,7 +2,9 @@
 //! (the `syncer` binary): scripted concurrent edits made offline on each
 //! machine, then `syncer sync` on each in several orders until quiet. The
 //! three mounted trees must be identical (content and metadata) and match
-//! what the merge rules say (see engine/src/merge.rs).
+//! what the merge rules say (see engine/src/merge.rs): a file whose content
+//! two machines changed shows one whole version and a conflict copy of the
+//! other, never a splice.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -156,13 +158,24 @@ fn three_machines_converge_after_concurrent_offline_edits() {
 
     // The documented outcomes.
     let file = |k: &str| sa.get(k).unwrap_or_else(|| panic!("{k} missing from {:?}", sa.keys().collect::<Vec<_>>()));
-    let mut want = big.clone();
-    want[..BS].fill(0xaa);
-    want[2 * BS..3 * BS].fill(0xbb);
-    assert!(file("big.bin").3 == want, "both blocks of big.bin kept");
-    let mut want = big.clone();
-    want[BS..2 * BS].fill(0xcc);
-    assert!(file("hot.bin").3 == want, "the later write of one block wins");
+    // One file's content changed on two machines: never spliced; the
+    // version first in the merge order (A's) keeps the name, the other
+    // machine's whole version is a conflict copy beside it.
+    let copy_of = |stem: &str, writer: &Machine| {
+        let want = format!("{stem} (conflict from {} ", machine_id(writer));
+        let copies: Vec<&String> = sa.keys().filter(|k| k.starts_with(&want) && k.ends_with(").bin")).collect();
+        assert_eq!(copies.len(), 1, "{want}: {:?}", sa.keys().collect::<Vec<_>>());
+        file(copies[0]).3.clone()
+    };
+    let with = |block: usize, byte: u8| {
+        let mut v = big.clone();
+        v[block * BS..(block + 1) * BS].fill(byte);
+        v
+    };
+    assert!(file("big.bin").3 == with(0, 0xaa), "big.bin is A's whole version");
+    assert!(copy_of("big", &b) == with(2, 0xbb), "B's whole version of big.bin is its copy");
+    assert!(file("hot.bin").3 == with(1, 0xaa), "hot.bin is A's whole version");
+    assert!(copy_of("hot", &c) == with(1, 0xcc), "C's whole version of hot.bin is its copy");
     assert_eq!(file("e.txt").3, b"edited on c", "an edit wins over a concurrent delete");
     assert_eq!(file("f").1, 0o600);
     assert_eq!(file("f").4, vec![(b"user.a".to_vec(), b"1".to_vec()), (b"user.b".to_vec(), b"2".to_vec())]);
@@ -178,5 +191,13 @@ fn three_machines_converge_after_concurrent_offline_edits() {
     assert_eq!(file(conflict[0]).3, b"from b");
     let listed = syncer(&[p("conflicts"), &a.data]);
     assert!(listed.contains("name /new.txt") && listed.contains("1 name conflicts"), "{listed}");
-    assert!(listed.contains("concurrent change /hot.bin"), "{listed}");
+    assert!(listed.contains("content /hot.bin") && listed.contains("content /big.bin"), "{listed}");
+    assert!(listed.contains("2 open content conflicts"), "{listed}");
+}
+
+/// The machine id a data dir was made with (`config.toml`).
+fn machine_id(m: &Machine) -> String {
+    let config = std::fs::read_to_string(m.data.join("config.toml")).expect("config.toml");
+    let line = config.lines().find(|l| l.trim_start().starts_with("machine")).expect("a machine line");
+    line.split('"').nth(1).expect("a quoted machine id").to_string()
 }

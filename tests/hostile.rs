@@ -341,6 +341,7 @@ fn hostile_peer_event_names_never_reach_the_tree() {
                 attrs: Attrs::default(),
                 target: Vec::new(),
             },
+            base: None,
         };
         let m = engine::merge::merge([&create], 4096);
         if m.lookup(NodeId::ROOT, name).is_some() || m.dirents.keys().any(|(_, n)| n == name) {
@@ -368,6 +369,7 @@ fn hostile_peer_create_inside_itself_is_refused_quickly() {
             attrs: Attrs::default(),
             target: Vec::new(),
         },
+        base: None,
     };
     let m = engine::merge::merge([&create], 4096);
     assert_eq!(m.ignored, vec![((peer, 1), "create of a node inside itself")]);

@@ -1,7 +1,7 @@
 //! A whole data dir written by format 1.0 (records of version 1, time in
 //! whole seconds) opens without user action: FORMAT is upgraded to the
 //! current version, every old event reads as current, the tree and its
-//! content are there, and new events are written as version 2 only.
+//! content are there, and new events are written in the current version only.
 //!
 //! The fixture `tests/fixtures/v1-datadir/` was made once by
 //! `generate_v1_datadir` (ignored). Never regenerate it to make a test pass:
@@ -123,7 +123,7 @@ fn a_format_1_0_data_dir_opens_upgraded_and_never_gets_v1_again() {
     let out = Command::new(env!("CARGO_BIN_EXE_syncer")).arg("status").arg(&data).output().expect("run");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert_eq!(std::fs::read(data.join("FORMAT")).expect("FORMAT"), b"syncer-data 1.1.0\n");
+    assert_eq!(std::fs::read(data.join("FORMAT")).expect("FORMAT"), b"syncer-data 2.0.0\n");
     assert!(text.contains("nodes:        4 (1 files, 2 dirs)"), "{text}");
 
     let e = engine::Engine::open(&data).expect("open");
@@ -139,17 +139,17 @@ fn a_format_1_0_data_dir_opens_upgraded_and_never_gets_v1_again() {
     assert_eq!(bytes, content(3));
     assert_eq!(e.lookup(NodeId::ROOT, b"link").expect("link").target, b"docs/photo.raw");
 
-    // New events go on as version 2 frames; the old ones stay as they were.
+    // New events go on as current-version frames; the old ones stay as they were.
     let seg = engine::log::segment_path(&data.join("log"), M, 0);
     let before = std::fs::read(&seg).expect("read").len();
     e.set_attrs(photo.id, AttrChange { mode: Some(0o640), ..AttrChange::default() }).expect("chmod");
     e.sync().expect("sync");
     drop(e);
     let after = std::fs::read(&seg).expect("read");
-    assert_eq!(&after[before..before + 4], b"SYR\x02");
+    assert_eq!(&after[before..before + 4], b"SYR\x03");
     let scan = engine::log::scan_segment(&after, &seg, M, 0, false).expect("scan");
     let versions: Vec<u8> = scan.records.iter().map(|r| r.version).collect();
-    assert_eq!(versions, [1, 1, 1, 1, 1, 1, 2]);
+    assert_eq!(versions, [1, 1, 1, 1, 1, 1, engine::record::CURRENT_VERSION]);
     let verify = engine::verify::verify(&data).expect("verify");
     assert!(verify.is_clean(), "{:?}", verify.problems);
 }

@@ -57,3 +57,103 @@ fn generate_v1_1_datadir() {
         let _ = std::fs::remove_file(dir.join(derived));
     }
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let dst = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy");
+        }
+    }
+}
+
+fn read_all(e: &engine::Engine, node: NodeId) -> Vec<u8> {
+    let size = e.node(node).expect("node").size as usize;
+    let mut out = Vec::new();
+    for (i, b) in e.file_blocks(node, 0, u64::MAX).expect("blocks") {
+        out.resize(i as usize * 4096, 0);
+        out.extend(e.read_block(&b).expect("read"));
+    }
+    out.resize(size, 0);
+    out
+}
+
+#[test]
+fn a_format_1_1_data_dir_opens_upgraded_and_its_files_take_part_in_conflicts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    copy_dir(&fixture(), &data);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_syncer")).arg("status").arg(&data).output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(std::fs::read(data.join("FORMAT")).expect("FORMAT"), b"syncer-data 2.0.0\n");
+
+    let e = engine::Engine::open(&data).expect("open");
+    let docs = e.lookup(NodeId::ROOT, b"docs").expect("docs");
+    let notes = e.lookup(docs.id, b"notes.txt").expect("notes");
+    assert_eq!((notes.size, notes.attrs.mode), (8000, 0o600));
+    assert_eq!(notes.xattrs.get(&b"user.tag"[..]).map(Vec::as_slice), Some(&b"old"[..]));
+    assert_eq!(read_all(&e, notes.id), content(3)[..8000]);
+    assert_eq!(e.lookup(NodeId::ROOT, b"link").expect("link").target, b"docs/notes.txt");
+    assert!(e.lookup(NodeId::ROOT, b"moved").is_err(), "the unlinked file is gone");
+
+    // The version the old log made is the base of new changes.
+    let record = e.index().expect("index").node(notes.id).expect("read").expect("notes record");
+    let old_head = record.head.expect("a file written by 1.1 has a content version").event;
+    assert_eq!(old_head.machine, M);
+    let seg = engine::log::segment_path(&data.join("log"), M, 0);
+    let before = std::fs::read(&seg).expect("read").len();
+    let mine = e.put_block(b"written after the upgrade").expect("put");
+    e.write_blocks(notes.id, 8000, vec![BlockChange { index: 0, block: Some(mine) }]).expect("write");
+
+    // A peer that saw the same old version changes the file concurrently,
+    // later in the merge order: its whole version becomes a conflict copy.
+    let peer = MachineId(0xd3);
+    let theirs = e.put_block(b"the peer's version").expect("put");
+    let mut clock = record.clock.clone();
+    clock.tick(peer);
+    let ev = engine::event::Event {
+        node: notes.id,
+        machine: peer,
+        seq: 1,
+        time: engine::ids::Timestamp(engine::ids::Timestamp::now().0 + 1_000_000_000),
+        clock,
+        change: engine::event::Change::Content {
+            size: 5000,
+            blocks: vec![BlockChange { index: 0, block: Some(theirs) }],
+        },
+        base: Some(old_head),
+    };
+    let storage = std::sync::Arc::new(engine::storage::FsStorage);
+    let (mut w, _) = engine::log::LogWriter::open(storage, &data.join("log"), peer, 1 << 20).expect("peer log");
+    w.append(&[ev]).expect("append");
+    w.sync().expect("sync");
+    drop(w);
+    e.import().expect("import");
+    let ours = read_all(&e, notes.id);
+    assert_eq!(&ours[..25], b"written after the upgrade");
+    assert_eq!(ours.len(), 8000);
+    let copies = e.content_conflicts().expect("conflicts");
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let copy = &copies[0];
+    assert_eq!((copy.copy_writer, copy.original), (peer, notes.id));
+    let theirs_bytes = read_all(&e, copy.copy);
+    assert_eq!(theirs_bytes.len(), 5000);
+    assert_eq!(&theirs_bytes[..18], b"the peer's version");
+    assert_eq!(theirs_bytes[4096..], content(3)[4096..5000], "the rest of the copy is the old version's");
+    e.sync().expect("sync");
+    drop(e);
+
+    // Old records stay version 2; new ones are version 3.
+    let after = std::fs::read(&seg).expect("read");
+    assert_eq!(&after[before..before + 4], b"SYR\x03");
+    let scan = engine::log::scan_segment(&after, &seg, M, 0, false).expect("scan");
+    let versions: Vec<u8> = scan.records.iter().map(|r| r.version).collect();
+    assert!(versions.iter().take_while(|v| **v == 2).count() >= 9, "{versions:?}");
+    assert_eq!(versions.last(), Some(&3), "{versions:?}");
+    let verify = engine::verify::verify(&data).expect("verify");
+    assert!(verify.is_clean(), "{:?}", verify.problems);
+}

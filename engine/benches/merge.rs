@@ -88,6 +88,7 @@ fn history(m: MachineId, n: u64, skew: i64) -> Vec<Event> {
             time: Timestamp(1_000_000_000 + skew + i as i64 * 1000),
             clock: clock.clone(),
             change,
+            base: None,
         });
     }
     out

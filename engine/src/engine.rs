@@ -36,7 +36,7 @@ use crate::blob::BlobStore;
 use crate::config::Config;
 use crate::error::{Error, FsError, Result};
 use crate::event::{AttrChange, Attrs, BlockChange, BlockRef, Change, Event, NodeKind};
-use crate::ids::{BlockHash, LogPos, MachineId, NodeId, Timestamp};
+use crate::ids::{BlockHash, EventId, LogPos, MachineId, NodeId, Timestamp};
 use crate::index::{Counts, DirEntry, Index, IndexReader, IndexView, IndexWriter};
 use crate::log::{self, LogWriter};
 use crate::storage::{ByteWindow, FsStorage, Storage};
@@ -136,6 +136,8 @@ pub struct NodeState {
     pub stored_bytes: u64,
     /// Volume name (root only).
     pub volname: Vec<u8>,
+    /// A conflict copy not yet resolved: the file it is a copy of.
+    pub conflict_of: Option<NodeId>,
 }
 
 impl NodeState {
@@ -153,6 +155,7 @@ impl NodeState {
             pinned: r.pinned,
             removed: r.removed,
             volname: r.volname,
+            conflict_of: r.conflict_of,
         }
     }
 }
@@ -255,6 +258,10 @@ struct Writer {
     /// while a mutation has the group out; no change is made until the
     /// index has caught up from the log again (see `recover_index`).
     index_behind: bool,
+    /// The content version the next content change of this node is made
+    /// on, when the caller continues a line of its own (see
+    /// [`Engine::write_blocks_on`]); taken by that change.
+    line: Option<(NodeId, EventId)>,
 }
 
 /// Index changes waiting for their group commit (see [`GROUP_WINDOW`]).
@@ -425,6 +432,7 @@ impl Engine {
                     last_durable_index: Instant::now(),
                     pending: None,
                     index_behind: false,
+                    line: None,
                 }))
             }
         };
@@ -1096,6 +1104,16 @@ impl Engine {
         Ok(out)
     }
 
+    /// [`Engine::mutate`] for the other modules of the engine: `f` reads
+    /// the index and returns the changes to record, as one group.
+    pub(crate) fn change<T>(
+        &self,
+        node: NodeId,
+        f: impl FnOnce(&IndexWriter) -> Result<(Vec<(NodeId, Change)>, T)>,
+    ) -> Result<T> {
+        self.mutate(node, |_, ix| f(ix))
+    }
+
     /// Appends `changes` to our log as events and applies them to `ix`.
     /// Once one fails to apply, the rest are still appended (and applied
     /// as far as they go, for the clocks of the ones after): an operation
@@ -1106,11 +1124,22 @@ impl Engine {
         let mut failed = None;
         for (node, change) in changes {
             let prev = ix.node(node)?;
+            // A content change is made on the version the node shows, or
+            // on the one its caller's line left off at.
+            let line = w.line.filter(|(n, _)| *n == node).map(|(_, b)| b);
+            let base = match change.is_content() {
+                true if line.is_some() => {
+                    w.line = None;
+                    line
+                }
+                true => prev.as_ref().and_then(|p| p.head).map(|h| h.event),
+                false => None,
+            };
             let mut clock = prev.map(|p| p.clock).unwrap_or_default();
             clock.tick(machine);
             let now = Timestamp::now();
             let time = if now > w.last_time { now } else { Timestamp(w.last_time.0.saturating_add(1)) };
-            let event = Event { node, machine, seq: w.log.last_seq() + 1, time, clock, change };
+            let event = Event { node, machine, seq: w.log.last_seq() + 1, time, clock, change, base };
             let pos = w.log.append(std::slice::from_ref(&event))?;
             let pos = pos.first().copied().ok_or_else(|| Error::Invalid("log append returned no position".into()))?;
             w.last_time = time;
@@ -1118,6 +1147,7 @@ impl Engine {
                 failed.get_or_insert(e);
             }
         }
+        w.line = None;
         failed.map_or(Ok(()), Err)
     }
 
@@ -1328,37 +1358,90 @@ impl Engine {
         self.node(node)
     }
 
+    /// [`Engine::write_blocks`] made on content version `base` (`None`: the
+    /// one the node shows now), returning the version it makes. A caller
+    /// that keeps writing one file (the mount, while the file is open)
+    /// passes the version its last write made, so that its writes stay one
+    /// line: if a peer's concurrent change took the name meanwhile, they go
+    /// on in the conflict copy that holds that line (see `merge`), never on
+    /// top of the peer's bytes.
+    pub fn write_blocks_on(
+        &self,
+        node: NodeId,
+        base: Option<EventId>,
+        size: u64,
+        blocks: Vec<BlockChange>,
+    ) -> Result<EventId> {
+        self.mutate(node, |w, ix| {
+            let n = ix.node(node)?.ok_or(Error::fs(node, FsError::NotFound))?;
+            match n.kind {
+                NodeKind::File => {}
+                NodeKind::Dir => return Err(Error::fs(node, FsError::IsDir)),
+                _ => return Err(Error::fs(node, FsError::WrongKind)),
+            }
+            w.line = base.map(|b| (node, b));
+            let made = EventId { machine: self.config.machine, seq: w.log.last_seq() + 1 };
+            Ok((vec![(node, Change::Content { size, blocks })], made))
+        })
+    }
+
+    /// The content version `node` shows now (`None` for other than files).
+    pub fn content_version(&self, node: NodeId) -> Result<Option<EventId>> {
+        Ok(self.read_live(|ix| Ok(ix.node(node)?.and_then(|n| n.head)))?.map(|h| h.event))
+    }
+
     /// Truncates or extends a file to `size`.
     pub fn truncate(&self, node: NodeId, size: u64) -> Result<NodeState> {
+        self.truncate_on(node, None, size)?;
+        self.node(node)
+    }
+
+    /// [`Engine::truncate`] made on content version `base` (`None`: the one
+    /// the node shows now), returning the version it makes; see
+    /// [`Engine::write_blocks_on`].
+    pub fn truncate_on(&self, node: NodeId, base: Option<EventId>, size: u64) -> Result<EventId> {
         let current = self.node(node)?;
         match current.kind {
             NodeKind::File => {}
             NodeKind::Dir => return Err(Error::fs(node, FsError::IsDir)),
             _ => return Err(Error::fs(node, FsError::WrongKind)),
         }
+        // The version the truncate is made on: its size and the block the
+        // cut goes through.
         let bs = self.block_size();
+        let index = size / bs;
+        let on_base = match base {
+            Some(b) if self.content_version(node)? != Some(b) => {
+                let ix = self.index()?;
+                match ix.version(b)? {
+                    Some(loc) => Some((loc.size, ix.blocks_after(loc.node, loc.key)?.get(&index).copied())),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        let (old_size, cut) = match on_base {
+            Some(v) => v,
+            None => (current.size, self.file_blocks(node, index, 1)?.first().map(|(_, b)| *b)),
+        };
         // The block that `size` cuts through keeps only its bytes before the
         // cut, so that a later extension reads zeros there.
-        let tail = if size < current.size && !size.is_multiple_of(bs) {
-            let index = size / bs;
-            let keep = (size % bs) as usize;
-            match self.file_blocks(node, index, 1)?.first() {
-                Some((_, b)) if b.len as usize > keep => {
-                    let mut data = self.read_block(b)?;
-                    data.truncate(keep);
-                    let block = if data.iter().all(|&x| x == 0) { None } else { Some(self.put_block(&data)?) };
-                    Some(BlockChange { index, block })
-                }
-                _ => None,
+        let keep = (size % bs) as usize;
+        let tail = match cut {
+            Some(b) if size < old_size && keep != 0 && b.len as usize > keep => {
+                let mut data = self.read_block(&b)?;
+                data.truncate(keep);
+                let block = if data.iter().all(|&x| x == 0) { None } else { Some(self.put_block(&data)?) };
+                Some(BlockChange { index, block })
             }
-        } else {
-            None
+            _ => None,
         };
-        self.mutate(node, |_, ix| {
+        self.mutate(node, |w, ix| {
             Self::existing_node(ix, node)?;
-            Ok((vec![(node, Change::Truncate { size, tail })], ()))
-        })?;
-        self.node(node)
+            w.line = base.map(|b| (node, b));
+            let made = EventId { machine: self.config.machine, seq: w.log.last_seq() + 1 };
+            Ok((vec![(node, Change::Truncate { size, tail })], made))
+        })
     }
 
     /// Renames `parent/name` to `new_parent/new_name`, and says which

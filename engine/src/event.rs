@@ -14,14 +14,23 @@
 //!   its own entry on top of the clock of the node state it changed.
 //! - A content change lists only the blocks it changed: a 4 KiB write into a
 //!   10 GiB file records one block reference, never the whole block list.
+//! - A content change (`Content`, `Truncate`) names in `base` the content
+//!   version it was made on: the event that made the content its writer saw
+//!   under that node (a file's `Create` is its first version). The merge
+//!   applies it on top of exactly that version, so a file's content is
+//!   always one writer's version (see `merge`). Other changes have no base.
 //!
 //! Version history of the payload (the framing is in `record`):
 //! - v1: `time` was whole seconds (`time_secs`). Read by [`EventV1`] and
 //!   upgraded on read by multiplying by 10^9; never written again.
-//! - v2 (current): `time` in nanoseconds.
+//! - v2: `time` in nanoseconds. Read by [`EventV2`] and upgraded on read with
+//!   no `base` (the merge applies such a change to the node as it finds it,
+//!   as syncer 1.1 did); never written again.
+//! - v3 (current): `base` added; [`Change::Resolve`] added (a new last
+//!   variant: the archived layout of the others is unchanged).
 
 use crate::clock::VectorClock;
-use crate::ids::{BlockHash, MachineId, NodeId, Timestamp};
+use crate::ids::{BlockHash, EventId, MachineId, NodeId, Timestamp};
 
 /// What kind of node.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -188,6 +197,9 @@ pub enum Change {
         /// The other node.
         with: NodeId,
     },
+    /// A conflict copy is accepted as an ordinary file: it is no longer
+    /// listed as a conflict (`syncer resolve --keep both`).
+    Resolve,
 }
 
 impl Change {
@@ -206,6 +218,7 @@ impl Change {
             Change::SetVolname { .. } => "volname",
             Change::SetPinned { .. } => "pin",
             Change::Exchange { .. } => "exchange",
+            Change::Resolve => "resolve",
         }
     }
 
@@ -219,9 +232,15 @@ impl Change {
         };
         list.iter().chain(tail).filter_map(|c| c.block.as_ref())
     }
+
+    /// Whether it makes a new content version of a file (and so carries a
+    /// base).
+    pub fn is_content(&self) -> bool {
+        matches!(self, Change::Content { .. } | Change::Truncate { .. })
+    }
 }
 
-/// One mutation of one node (current layout, record version 2).
+/// One mutation of one node (current layout, record version 3).
 #[derive(Clone, PartialEq, Eq, Hash, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Event {
@@ -237,6 +256,48 @@ pub struct Event {
     pub clock: VectorClock,
     /// What changed.
     pub change: Change,
+    /// For a content change: the content version it was made on (see the
+    /// module docs); `None` for other changes and for changes read from
+    /// version 2 records.
+    pub base: Option<EventId>,
+}
+
+impl Event {
+    /// Its name in every replica.
+    pub fn id(&self) -> EventId {
+        EventId { machine: self.machine, seq: self.seq }
+    }
+}
+
+/// Record version 2 of an event: no `base`. Read only.
+#[derive(Clone, PartialEq, Eq, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct EventV2 {
+    /// As [`Event::node`].
+    pub node: NodeId,
+    /// As [`Event::machine`].
+    pub machine: MachineId,
+    /// As [`Event::seq`].
+    pub seq: u64,
+    /// As [`Event::time`].
+    pub time: Timestamp,
+    /// As [`Event::clock`].
+    pub clock: VectorClock,
+    /// As [`Event::change`].
+    pub change: Change,
+}
+
+impl From<EventV2> for Event {
+    fn from(v2: EventV2) -> Self {
+        Event {
+            node: v2.node,
+            machine: v2.machine,
+            seq: v2.seq,
+            time: v2.time,
+            clock: v2.clock,
+            change: v2.change,
+            base: None,
+        }
+    }
 }
 
 /// Record version 1 of an event: `time` in whole seconds. Read only.
@@ -265,6 +326,7 @@ impl From<EventV1> for Event {
             time: Timestamp::from_secs_nanos(v1.time_secs, 0),
             clock: v1.clock,
             change: v1.change,
+            base: None,
         }
     }
 }

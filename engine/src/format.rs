@@ -24,9 +24,14 @@
 //! # Version history
 //!
 //! - 1.0.x: logs may hold v1 event records (time in whole seconds).
-//! - 1.1.0 (current): new records are v2 (time in nanoseconds). Upgrading
-//!   from 1.0.x only rewrites `FORMAT`: the log is append-only, so old v1
-//!   records stay and are read (and converted) by the record decoder forever.
+//! - 1.1.0: new records are v2 (time in nanoseconds). Upgrading from 1.0.x
+//!   only rewrites `FORMAT`: the log is append-only, so old v1 records stay
+//!   and are read (and converted) by the record decoder forever.
+//! - 2.0.0 (current): new records are v3 (a content change names the content
+//!   version it was made on; see `event`). A major bump: a 1.x build would
+//!   refuse our own v3 records, so it must refuse the data dir up front, by
+//!   its FORMAT. Upgrading from 1.x only rewrites `FORMAT`, as above; the
+//!   index is rebuilt from the log because its version changed too.
 
 use std::fmt;
 use std::io;
@@ -54,7 +59,7 @@ pub struct FormatVersion {
 }
 
 /// The version this build writes, and the newest it fully understands.
-pub const CURRENT: FormatVersion = FormatVersion { major: 1, minor: 1, patch: 0 };
+pub const CURRENT: FormatVersion = FormatVersion { major: 2, minor: 0, patch: 0 };
 
 /// The oldest version this build reads (and upgrades).
 pub const OLDEST_SUPPORTED: FormatVersion = FormatVersion { major: 1, minor: 0, patch: 0 };
@@ -163,7 +168,7 @@ pub fn check_and_upgrade(storage: &dyn Storage, dir: &Path) -> Result<Upgrade> {
     if found > CURRENT {
         return Ok(Upgrade::NewerMinor(found));
     }
-    // 1.0.x -> 1.1.0: nothing to convert (see the module docs), only FORMAT.
+    // 1.x -> 2.0.0: nothing to convert (see the module docs), only FORMAT.
     write_file_atomic(storage, &path, CURRENT.to_line().as_bytes())?;
     tracing::info!(path = %path.display(), "data dir format upgraded from {found} to {CURRENT}");
     Ok(Upgrade::UpgradedFrom(found))

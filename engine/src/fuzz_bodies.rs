@@ -194,15 +194,15 @@ fn change(u: &mut Unstructured) -> Change {
 
 /// An arbitrary event over a small world (3 machines, 8 node ids, short
 /// names including invalid ones), with arbitrary seq, time and clock.
+///
+/// A content change's base is drawn from the fields already drawn (the
+/// event before it from the same machine), so that the checked-in seeds,
+/// written before events had a base, still build the same events.
 pub fn event(u: &mut Unstructured) -> Event {
-    Event {
-        node: node(u),
-        machine: machine(u),
-        seq: u64::from(u.below(16)),
-        time: time(u),
-        clock: clock(u),
-        change: change(u),
-    }
+    let (node, machine, seq, time, clock, change) =
+        (node(u), machine(u), u64::from(u.below(16)), time(u), clock(u), change(u));
+    let base = change.is_content().then_some(crate::ids::EventId { machine, seq: seq.saturating_sub(1) });
+    Event { node, machine, seq, time, clock, change, base }
 }
 
 /// Frames `payload` as a record of `version` with a correct checksum, so
@@ -797,6 +797,7 @@ fn our_events(hash_size: usize) -> Vec<Event> {
             time: Timestamp(seq as i64 * 1000),
             clock: VectorClock::from_entries([(US, seq)]),
             change,
+            base: None,
         })
         .collect()
 }

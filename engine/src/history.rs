@@ -465,6 +465,7 @@ pub fn describe(change: &Change) -> String {
         },
         Change::Move { parent, name: n } => format!("to {} in {parent}", name(n)),
         Change::Remove => "removed".into(),
+        Change::Resolve => "conflict copy kept as an ordinary file".into(),
         Change::SetXattr { name: n, value } => format!("{} = {} bytes", name(n), value.len()),
         Change::RemoveXattr { name: n } => name(n),
         Change::SetTarget { target } => format!("-> {}", name(target)),
@@ -634,6 +635,7 @@ mod tests {
             time: Timestamp(seq as i64),
             clock: VectorClock::from_entries(clock.iter().map(|&(m, c)| (MachineId(m), c))),
             change,
+            base: None,
         }
     }
 

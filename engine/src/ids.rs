@@ -6,6 +6,10 @@
 //!   node is its low 64 bits, so creating a node never needs coordination;
 //! - the root directory is [`NodeId::ROOT`] (counter 0, machine 0), which no
 //!   machine ever allocates because counters start at 1;
+//! - a conflict copy, which the merge makes and no machine creates, is
+//!   [`NodeId::conflict_copy`] of the event that made it: the counter's top
+//!   bit set over that event's seq, so it is the same on every replica and
+//!   never one a machine allocates (counters never reach 2^63);
 //! - a [`BlockHash`] is blake3 of a block's *uncompressed* bytes, truncated to
 //!   the data dir's configured hash size (16..=32 bytes); bytes past `len` are
 //!   zero, so equality and ordering only see the significant bytes.
@@ -74,6 +78,18 @@ impl NodeId {
     pub fn counter(self) -> u64 {
         (self.0 >> 64) as u64
     }
+
+    /// The conflict copy that event `e` makes (see `merge`).
+    pub fn conflict_copy(e: EventId) -> Self {
+        NodeId::new(Self::COPY_BIT | (e.seq & !Self::COPY_BIT), e.machine)
+    }
+
+    /// Whether the merge made this node as a conflict copy.
+    pub fn is_conflict_copy(self) -> bool {
+        self.counter() & Self::COPY_BIT != 0
+    }
+
+    const COPY_BIT: u64 = 1 << 63;
 }
 
 impl fmt::Display for NodeId {
@@ -245,6 +261,26 @@ impl Timestamp {
 impl fmt::Debug for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Timestamp({}.{:09})", self.secs(), self.subsec_nanos())
+    }
+}
+
+/// One event in every replica: the machine that made it and that machine's
+/// event counter (see `event`). A file's content versions are named by the
+/// event that made them.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub struct EventId {
+    /// Who made it.
+    pub machine: MachineId,
+    /// That machine's event counter.
+    pub seq: u64,
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.machine, self.seq)
     }
 }
 

@@ -19,6 +19,7 @@
 //! | `meta`           | name                                  | u64 counters (see `META_*`)            |
 //! | `conflicts`      | (time, machine, seq, node, kind)      | a resolved conflict (see `encode_conflict`) |
 //! | `checkpoints`    | (node, time, machine, seq)            | rkyv [`NodeRecord`]: the merged state after that event |
+//! | `versions`       | (machine, seq)                        | (node, time, size): where a content version was applied (see `merge`) |
 //!
 //! Always true after a commit: `applied[m]` names the last record of machine
 //! `m`'s log whose event (and every one before it) is reflected in every
@@ -62,8 +63,14 @@
 //! [`CHECKPOINT_EVERY`]th event of its own history (counted from its last
 //! checkpoint), so a node is never folded over more than that many events.
 //!
-//! Version history ([`INDEX_VERSION`]): 3 added `checkpoints`; an index of
-//! an older version is rebuilt from the log on open.
+//! A content change is in the `history` of the node it was applied to,
+//! which for a change routed to a conflict copy is not the node it names
+//! (see `merge`, *Content versions*); a conflict copy has a checkpoint at
+//! the event that made it, since no create event of its own does.
+//!
+//! Version history ([`INDEX_VERSION`]): 3 added `checkpoints`; 5 added
+//! `versions` and the content head and conflict mark of [`NodeRecord`]; an
+//! index of an older version is rebuilt from the log on open.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::BTreeMap;
@@ -77,8 +84,8 @@ use redb::{
 
 use crate::error::{Error, Result};
 use crate::event::{BlockRef, Event, NodeKind};
-use crate::ids::{LogPos, MachineId, NodeId, Timestamp};
-use crate::merge::{self, Conflict, ConflictKind, TreeStore};
+use crate::ids::{EventId, LogPos, MachineId, NodeId, Timestamp};
+use crate::merge::{self, Conflict, ConflictKind, OrderKey, TreeStore, VersionLoc};
 use crate::tree::{self, NodeRecord};
 
 type NodeKey = u128;
@@ -104,13 +111,15 @@ const APPLIED: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("app
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONFLICTS: TableDefinition<(i64, u64, u64, NodeKey, u8), &[u8]> = TableDefinition::new("conflicts");
 const CHECKPOINTS: TableDefinition<(NodeKey, i64, u64, u64), &[u8]> = TableDefinition::new("checkpoints");
+/// `(machine, seq) -> (node, time, size)`.
+const VERSIONS: TableDefinition<(u64, u64), (NodeKey, i64, u64)> = TableDefinition::new("versions");
 
 /// Most events of one node folded on top of a checkpoint.
 pub const CHECKPOINT_EVERY: usize = 32;
 
 /// Version of the index layout above. An index of another version is
 /// deleted and rebuilt from the log on open (it is derived data).
-pub const INDEX_VERSION: u64 = 4;
+pub const INDEX_VERSION: u64 = 5;
 const META_VERSION: &str = "index_version";
 const META_NODES: &str = "nodes";
 const META_FILES: &str = "files";
@@ -576,6 +585,7 @@ fn reset_tables(txn: &WriteTransaction) -> std::result::Result<(), redb::TableEr
         "meta",
         "conflicts",
         "checkpoints",
+        "versions",
     ] {
         let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(name);
         txn.delete_table(def)?;
@@ -588,6 +598,7 @@ fn reset_tables(txn: &WriteTransaction) -> std::result::Result<(), redb::TableEr
     txn.open_table(APPLIED)?;
     txn.open_table(CONFLICTS)?;
     txn.open_table(CHECKPOINTS)?;
+    txn.open_table(VERSIONS)?;
     Ok(())
 }
 
@@ -912,6 +923,41 @@ macro_rules! queries {
             Ok(latest.into_iter().filter_map(|(i, b)| b.map(|b| (i, b))).collect())
         }
 
+        /// Where content version `v` was applied (see `merge`).
+        pub fn version(&self, v: EventId) -> Result<Option<VersionLoc>> {
+            self.flush_buffered(Buffered::Versions)?;
+            let t = self.tx()?.open_table(VERSIONS).map_err(|e| ix_err(&self.path, e))?;
+            let found = t.get((v.machine.0, v.seq)).map_err(|e| ix_err(&self.path, e))?.map(|x| {
+                let (node, time, size) = x.value();
+                VersionLoc { node: NodeId(node), key: (Timestamp(time), v.machine, v.seq), size }
+            });
+            Ok(found)
+        }
+
+        /// The stored blocks of `node` right after the event with merge
+        /// key `key` ([`merge::LATEST`]: now).
+        pub fn blocks_after(&self, node: NodeId, key: OrderKey) -> Result<BTreeMap<u64, BlockRef>> {
+            if key == merge::LATEST {
+                return Ok(self.blocks(node, 0, u64::MAX)?.into_iter().collect());
+            }
+            let t = self.tx()?.open_table(BLOCK_HISTORY).map_err(|e| ix_err(&self.path, e))?;
+            let mut out = BTreeMap::new();
+            let range = t
+                .range((node.0, 0, i64::MIN, 0, 0)..=(node.0, u64::MAX, i64::MAX, u64::MAX, u64::MAX))
+                .map_err(|e| ix_err(&self.path, e))?;
+            for item in range {
+                let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+                let (_, index, time, m, seq) = k.value();
+                if (Timestamp(time), MachineId(m), seq) <= key {
+                    match decode_ref(&self.path, v.value())? {
+                        Some(b) => out.insert(index, b),
+                        None => out.remove(&index),
+                    };
+                }
+            }
+            Ok(out)
+        }
+
         /// Where event `seq` of machine `m` is.
         pub fn event_location(&self, m: MachineId, seq: u64) -> Result<Option<EventLocation>> {
             self.flush_buffered(Buffered::Events)?;
@@ -1166,6 +1212,7 @@ impl HeldTxn {
 #[derive(Clone, Copy, Debug)]
 enum Buffered {
     History,
+    Versions,
     Events,
     Applied,
     Dirents,
@@ -1182,6 +1229,7 @@ enum Buffered {
 #[derive(Default)]
 struct WriteBuffer {
     history: BTreeMap<HistoryKey, (u64, u64)>,
+    versions: BTreeMap<(u64, u64), (NodeKey, i64, u64)>,
     events: BTreeMap<(u64, u64), (u64, u64, i64, NodeKey)>,
     applied: BTreeMap<u64, (u64, u64, u64)>,
     dirents: BTreeMap<(NodeKey, Vec<u8>), StoredEntry>,
@@ -1194,7 +1242,12 @@ type StoredEntry = Option<(NodeKey, u8)>;
 
 impl WriteBuffer {
     fn len(&self) -> usize {
-        self.history.len() + self.events.len() + self.applied.len() + self.dirents.len() + self.dirent_history.len()
+        self.history.len()
+            + self.versions.len()
+            + self.events.len()
+            + self.applied.len()
+            + self.dirents.len()
+            + self.dirent_history.len()
     }
 }
 
@@ -1435,6 +1488,12 @@ impl IndexWriter {
                 }
                 Ok(())
             })?,
+            Buffered::Versions if !b.versions.is_empty() => {
+                let mut t = self.tx()?.open_table(VERSIONS).map_err(|e| self.err(e))?;
+                for (k, v) in std::mem::take(&mut b.versions) {
+                    t.insert(k, v).map_err(err)?;
+                }
+            }
             Buffered::Events if !b.events.is_empty() => {
                 let mut t = self.tx()?.open_table(EVENTS).map_err(|e| self.err(e))?;
                 for (k, v) in std::mem::take(&mut b.events) {
@@ -1470,7 +1529,7 @@ impl IndexWriter {
     /// Writes every buffered table.
     fn flush_all_buffered(&self) -> Result<()> {
         use Buffered::*;
-        for table in [History, Events, Applied, Dirents, DirentHistory] {
+        for table in [History, Versions, Events, Applied, Dirents, DirentHistory] {
             self.flush_buffered(table)?;
         }
         Ok(())
@@ -1531,7 +1590,10 @@ impl IndexWriter {
             self.set_meta(META_FRONTIER_MACHINE, key.1 .0)?;
             self.set_meta(META_FRONTIER_SEQ, key.2)?;
         }
-        if event.node.machine() == event.machine && event.node.counter() > self.max_counter(event.machine)? {
+        if event.node.machine() == event.machine
+            && !event.node.is_conflict_copy()
+            && event.node.counter() > self.max_counter(event.machine)?
+        {
             self.set_meta(&counter_key(event.machine), event.node.counter())?;
         }
         merge::step(self, event, block_size)
@@ -1627,8 +1689,10 @@ fn in_history_of(e: &Event) -> impl Iterator<Item = NodeId> {
 
 /// `conflicts` values: parent u128 LE, winner u128 LE, wanted length u16
 /// LE and bytes, given length u16 LE and bytes, then for a concurrent
-/// change the other machines, u64 LE each, to the end. The kind is the
-/// last element of the key (0 name, 1 concurrent change).
+/// change the other machines, u64 LE each, to the end; for a content
+/// conflict the kept version's machine u64 LE, seq u64 LE and time i64 LE.
+/// The kind is the last element of the key (0 name, 1 concurrent change,
+/// 2 content).
 fn encode_conflict(c: &Conflict) -> Vec<u8> {
     let mut v = Vec::with_capacity(40 + c.wanted.len() + c.given.len());
     v.extend_from_slice(&c.parent.0.to_le_bytes());
@@ -1638,10 +1702,18 @@ fn encode_conflict(c: &Conflict) -> Vec<u8> {
         v.extend_from_slice(&(n as u16).to_le_bytes());
         v.extend_from_slice(&name[..n]);
     }
-    if let ConflictKind::Concurrent { others } = &c.kind {
-        for m in others {
-            v.extend_from_slice(&m.0.to_le_bytes());
+    match &c.kind {
+        ConflictKind::Concurrent { others } => {
+            for m in others {
+                v.extend_from_slice(&m.0.to_le_bytes());
+            }
         }
+        ConflictKind::Content { kept, kept_time } => {
+            v.extend_from_slice(&kept.machine.0.to_le_bytes());
+            v.extend_from_slice(&kept.seq.to_le_bytes());
+            v.extend_from_slice(&kept_time.0.to_le_bytes());
+        }
+        ConflictKind::Name => {}
     }
     v
 }
@@ -1650,6 +1722,7 @@ fn conflict_kind_code(k: &ConflictKind) -> u8 {
     match k {
         ConflictKind::Name => 0,
         ConflictKind::Concurrent { .. } => 1,
+        ConflictKind::Content { .. } => 2,
     }
 }
 
@@ -1685,6 +1758,15 @@ fn decode_conflict(
             let others =
                 rest.chunks_exact(8).map(|c| MachineId(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))).collect();
             ConflictKind::Concurrent { others }
+        }
+        2 => {
+            let word = |i: usize| -> Result<[u8; 8], String> {
+                v.get(at + 8 * i..at + 8 * (i + 1))
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| "content conflict record too short".to_string())
+            };
+            let kept = EventId { machine: MachineId(u64::from_le_bytes(word(0)?)), seq: u64::from_le_bytes(word(1)?) };
+            ConflictKind::Content { kept, kept_time: Timestamp(i64::from_le_bytes(word(2)?)) }
         }
         k => return Err(format!("conflict record of unknown kind {k}")),
     };
@@ -1791,7 +1873,68 @@ impl TreeStore for IndexWriter {
 
     fn ignored(&mut self, e: &Event, reason: &'static str) -> Result<()> {
         tracing::warn!(node = %e.node, machine = %e.machine, seq = e.seq, "event ignored: {reason}");
+        // It changed nothing: a node's state at a time is the fold of its
+        // history, which must not have it (`syncer log inspect` still
+        // shows it, from the log).
+        for n in in_history_of(e) {
+            self.take_history(n, e)?;
+        }
         self.add_meta(META_IGNORED, 1)
+    }
+
+    fn version(&self, v: EventId) -> Result<Option<VersionLoc>> {
+        IndexWriter::version(self, v)
+    }
+
+    fn set_version(&mut self, e: &Event, node: NodeId, size: u64) -> Result<()> {
+        self.buffer.get_mut().versions.insert((e.machine.0, e.seq), (node.0, e.time.0, size));
+        if node != e.node {
+            self.move_history(e, node)?;
+        }
+        Ok(())
+    }
+
+    fn blocks_after(&self, node: NodeId, key: OrderKey) -> Result<BTreeMap<u64, BlockRef>> {
+        IndexWriter::blocks_after(self, node, key)
+    }
+
+    fn copy_made(&mut self, id: NodeId, record: &NodeRecord, e: &Event) -> Result<()> {
+        {
+            let mut c = self.tx()?.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+            let bytes = encode_node(record);
+            c.insert((id.0, e.time.0, e.machine.0, e.seq), bytes.as_slice()).map_err(|e| self.err(e))?;
+        }
+        // The checkpoint is at `e`, which is in the copy's history.
+        *self.since_checkpoint(id)? = (1, true);
+        Ok(())
+    }
+}
+
+impl IndexWriter {
+    /// Moves `e`'s `history` entry from the node it names to `to`, the node
+    /// it was applied to.
+    fn move_history(&mut self, e: &Event, to: NodeId) -> Result<()> {
+        let Some(pos) = self.take_history(e.node, e)? else { return Ok(()) };
+        self.since_checkpoint(to)?.0 += 1;
+        self.buffer.get_mut().history.insert((to.0, e.time.0, e.machine.0, e.seq), pos);
+        Ok(())
+    }
+
+    /// Removes `e`'s entry from `node`'s `history`, returning its position.
+    fn take_history(&mut self, node: NodeId, e: &Event) -> Result<Option<(u64, u64)>> {
+        let key = (node.0, e.time.0, e.machine.0, e.seq);
+        let pos = match self.buffer.get_mut().history.remove(&key) {
+            Some(pos) => Some(pos),
+            None => self.hot_mut(|h| {
+                let old = h.history.remove(key).map_err(|e| ix_err(&self.path, e))?;
+                Ok(old.map(|v| v.value()))
+            })?,
+        };
+        if pos.is_some() {
+            let c = self.since_checkpoint(node)?;
+            c.0 = c.0.saturating_sub(1);
+        }
+        Ok(pos)
     }
 }
 
@@ -1812,8 +1955,15 @@ mod tests {
         let mut push = |node: NodeId, change: Change| {
             clock.tick(M);
             let seq = out.len() as u64 + 1;
-            let event =
-                Event { node, machine: M, seq, time: Timestamp(1_000 * seq as i64), clock: clock.clone(), change };
+            let event = Event {
+                node,
+                machine: M,
+                seq,
+                time: Timestamp(1_000 * seq as i64),
+                clock: clock.clone(),
+                change,
+                base: None,
+            };
             out.push((LogPos { machine: M, segment: 0, offset: seq * 100 }, event));
         };
         let create = |parent, name: String, kind| Change::Create {

@@ -13,6 +13,7 @@ pub mod blob;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod conflicts;
 pub mod engine;
 pub mod error;
 pub mod event;

@@ -10,14 +10,74 @@
 //! extends causality. The tree is the fold of the events in that order, with
 //! these rules:
 //!
-//! - Field by field: an attribute change sets only the fields it names, an
-//!   xattr change only its key, a write only the blocks it lists. A field
-//!   that only one side changed keeps that change; when both changed it
-//!   concurrently, the later in the order (newer time, then higher machine
-//!   id) wins. This is the three-way merge against the common ancestor of
-//!   DESIGN.md, computed without finding the ancestor.
-//! - Writes never shrink a file (size is the larger of the file's and the
-//!   write's end); only a truncate shrinks it.
+//! - Metadata field by field: an attribute change sets only the fields it
+//!   names, an xattr change only its key. A field that only one side
+//!   changed keeps that change; when both changed it concurrently, the later
+//!   in the order (newer time, then higher machine id) wins. This is the
+//!   three-way merge against the common ancestor of DESIGN.md, computed
+//!   without finding the ancestor.
+//! - Content as one value, never block by block (see *Content versions*).
+//!
+//! # Content versions
+//!
+//! A file's content (its size and block list) is one value. Every event that
+//! makes content (a file's `Create`, `Content`, `Truncate`) makes a *version*
+//! named by the event's id, and every content change names in `base` the
+//! version its writer saw under the file. [`TreeStore::version`] knows, for
+//! every version, the node it was applied to and its size, so its blocks can
+//! be read back from the block history whatever happened since. Each file
+//! node shows one version, its `head`. A content change `e` on node `X` with
+//! base `b`:
+//!
+//! 1. *On the head.* Some file node `Y` shows `b` (`X` itself, or the
+//!    conflict copy that `b`'s line was moved to): `e` is applied to `Y`, on
+//!    top of exactly `b`. This is every change on a machine that saw the
+//!    latest version.
+//! 2. *The other side did not change the content.* `b` is no longer shown
+//!    (another change was made on it first in the order), but the node `T`
+//!    that `b` was applied to shows the same size and blocks as `b` (a side
+//!    that wrote the original bytes back, or wrote what was there): `e` is
+//!    applied to `T` on top of that content. Nothing is lost: the two are
+//!    the same bytes.
+//! 3. *A conflict.* Otherwise two writers changed the content concurrently.
+//!    `T` keeps its version and its name (it was first in the order), and
+//!    `e`'s whole version, `b`'s content with `e`'s change, becomes a new
+//!    node beside `T`: the conflict copy, id [`NodeId::conflict_copy`] of
+//!    `e`, named `stem (conflict from <e's machine> <date>).ext`, with `T`'s
+//!    attributes and xattrs as the merge has them, `e`'s size and times,
+//!    and `conflict_of = T`. Its blocks are `b`'s block references plus
+//!    `e`'s: nothing is read or written but the list. The writer's later
+//!    changes on `e` then follow that line to the copy by rule 1.
+//!
+//! A base no node can show (an event whose base has not arrived: a peer's
+//! log missing part of its history) is treated as a conflict made on `X`'s
+//! current content, and is made whole when the base arrives and the index
+//! is replayed in order. A change read from a version 2 record has no base:
+//! it is applied to its node field by field, as version 2 merged it (writes
+//! never shrink the file there).
+//!
+//! So a file's visible content is always one writer's version, never a
+//! splice of two concurrent ones, and every concurrent version is visible
+//! in some node. The cases, all consequences of the rules:
+//!
+//! - edit vs delete: the remove of a file is refused when its writer had not
+//!   seen the version the file shows (the edit survives, in either order);
+//!   an edit that did not see a remove brings the file back;
+//! - edit vs rename: both apply (the rename moves the node, the edit
+//!   changes its content);
+//! - edits on both sides, one side also renamed: the version first in the
+//!   order keeps the node (and so follows the rename); the other becomes a
+//!   copy beside the node, where the node was when the copy was made;
+//! - three machines editing concurrently: the first in the order keeps the
+//!   name, each other one gets its own copy named after its machine;
+//! - append vs truncate: two content versions, so a copy;
+//! - a concurrent edit of a conflict copy: the copy is a file like any
+//!   other, so a copy of the copy (`name (conflict …) (conflict …).ext`);
+//! - a side that wrote the original bytes back: rule 2 when the other side's
+//!   change comes later in the order; when it comes first, the rewriting
+//!   side's version (the original bytes) becomes the copy: both stay visible.
+//! - a copy is listed as a conflict until it is removed or resolved
+//!   ([`Change::Resolve`], `syncer resolve`).
 //! - Moves follow Kleppmann et al. (2021): applied in the total order, and a
 //!   move that would make a node its own ancestor is skipped, so the tree
 //!   never has a cycle and no subtree is orphaned.
@@ -39,9 +99,65 @@
 use std::collections::BTreeMap;
 
 use crate::clock::Causality;
-use crate::event::{BlockRef, Change, Event, NodeKind};
-use crate::ids::{MachineId, NodeId, Timestamp};
-use crate::tree::{self, NodeRecord};
+use crate::event::{BlockChange, BlockRef, Change, Event, NodeKind};
+use crate::ids::{EventId, MachineId, NodeId, Timestamp};
+use crate::tree::{self, ContentHead, NodeRecord};
+
+/// An event's place in the merge order: `(time, machine, seq)`.
+pub type OrderKey = (Timestamp, MachineId, u64);
+
+/// Where a content version lives (see *Content versions*).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VersionLoc {
+    /// The node the version was applied to.
+    pub node: NodeId,
+    /// The merge-order key of the event that made it: that node's blocks
+    /// right after it are the version's blocks.
+    pub key: OrderKey,
+    /// The version's size.
+    pub size: u64,
+}
+
+/// A file's content: size and stored blocks by index (holes absent).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Content {
+    /// Size in bytes.
+    pub size: u64,
+    /// Stored blocks by index.
+    pub blocks: BTreeMap<u64, BlockRef>,
+}
+
+impl Content {
+    /// This content with `change` (a content change) applied.
+    pub fn with(mut self, change: &Change, block_size: u64) -> Content {
+        match change {
+            Change::Content { size, blocks } => {
+                self.set(blocks);
+                self.size = *size;
+            }
+            Change::Truncate { size, tail } => {
+                let keep = tree::block_count(*size, block_size);
+                self.blocks.retain(|&i, _| i < keep);
+                self.set(tail.iter());
+                self.size = *size;
+            }
+            _ => {}
+        }
+        self
+    }
+
+    fn set<'a>(&mut self, changes: impl IntoIterator<Item = &'a BlockChange>) {
+        for c in changes {
+            match c.block {
+                Some(b) => self.blocks.insert(c.index, b),
+                None => self.blocks.remove(&c.index),
+            };
+        }
+    }
+}
+
+/// The largest merge-order key: "now", for the current blocks of a node.
+pub const LATEST: OrderKey = (Timestamp(i64::MAX), MachineId(u64::MAX), u64::MAX);
 
 /// Deepest tree walked when looking for ancestors. Trees are acyclic (this
 /// module keeps them so); the bound only guards against a damaged index.
@@ -59,6 +175,16 @@ pub enum ConflictKind {
     Concurrent {
         /// Machines whose changes the event had not seen.
         others: Vec<MachineId>,
+    },
+    /// `event` changed the content of `winner` concurrently with the version
+    /// `kept` that `winner` shows: `event`'s whole version became the
+    /// conflict copy `node`, named `given` beside `winner` (then named
+    /// `wanted`).
+    Content {
+        /// The version that kept the name.
+        kept: EventId,
+        /// When it was made.
+        kept_time: Timestamp,
     },
 }
 
@@ -111,6 +237,17 @@ pub trait TreeStore {
     fn conflict(&mut self, c: Conflict) -> Result<(), Self::Error>;
     /// `e` changed nothing, for `reason`.
     fn ignored(&mut self, e: &Event, reason: &'static str) -> Result<(), Self::Error>;
+    /// Where content version `v` lives, if it was applied.
+    fn version(&self, v: EventId) -> Result<Option<VersionLoc>, Self::Error>;
+    /// Content version `e` was applied to `node` (not always `e.node`: see
+    /// *Content versions*), and has `size` bytes.
+    fn set_version(&mut self, e: &Event, node: NodeId, size: u64) -> Result<(), Self::Error>;
+    /// The stored blocks of `node` right after the event with key `key`.
+    fn blocks_after(&self, node: NodeId, key: OrderKey) -> Result<BTreeMap<u64, BlockRef>, Self::Error>;
+    /// The merge made conflict copy `id`, now in state `record`, because of
+    /// `e`. Such a node has no create event of its own: its state at `e`
+    /// must be kept whole (the index checkpoints it).
+    fn copy_made(&mut self, id: NodeId, record: &NodeRecord, e: &Event) -> Result<(), Self::Error>;
 }
 
 /// A node of the in-memory merged tree.
@@ -133,6 +270,10 @@ pub struct Merged {
     pub conflicts: Vec<Conflict>,
     /// Events that changed nothing, with the reason.
     pub ignored: Vec<((MachineId, u64), &'static str)>,
+    /// Every content version applied (see *Content versions*).
+    pub versions: BTreeMap<EventId, VersionLoc>,
+    /// Every block change: `(node, index, key) -> block` (`None`: a hole).
+    pub block_history: BTreeMap<(NodeId, u64, OrderKey), Option<BlockRef>>,
 }
 
 impl Merged {
@@ -182,19 +323,50 @@ impl TreeStore for Merged {
         };
         Ok(())
     }
-    fn set_block(&mut self, node: NodeId, index: u64, block: Option<BlockRef>, _: &Event) -> Result<(), Self::Error> {
+    fn set_block(&mut self, node: NodeId, index: u64, block: Option<BlockRef>, e: &Event) -> Result<(), Self::Error> {
         if let Some(n) = self.nodes.get_mut(&node) {
             match block {
                 Some(b) => n.blocks.insert(index, b),
                 None => n.blocks.remove(&index),
             };
+            self.block_history.insert((node, index, order_key(e)), block);
         }
         Ok(())
     }
-    fn clear_blocks_from(&mut self, node: NodeId, from: u64, _: &Event) -> Result<(), Self::Error> {
+    fn clear_blocks_from(&mut self, node: NodeId, from: u64, e: &Event) -> Result<(), Self::Error> {
         if let Some(n) = self.nodes.get_mut(&node) {
+            let gone: Vec<u64> = n.blocks.range(from..).map(|(i, _)| *i).collect();
             n.blocks.retain(|&i, _| i < from);
+            for i in gone {
+                self.block_history.insert((node, i, order_key(e)), None);
+            }
         }
+        Ok(())
+    }
+    fn version(&self, v: EventId) -> Result<Option<VersionLoc>, Self::Error> {
+        Ok(self.versions.get(&v).copied())
+    }
+    fn set_version(&mut self, e: &Event, node: NodeId, size: u64) -> Result<(), Self::Error> {
+        self.versions.insert(e.id(), VersionLoc { node, key: order_key(e), size });
+        Ok(())
+    }
+    fn blocks_after(&self, node: NodeId, key: OrderKey) -> Result<BTreeMap<u64, BlockRef>, Self::Error> {
+        let mut out = BTreeMap::new();
+        let from = (node, 0, (Timestamp(i64::MIN), MachineId(0), 0));
+        for ((n, index, k), b) in self.block_history.range(from..) {
+            if *n != node {
+                break;
+            }
+            if *k <= key {
+                match b {
+                    Some(b) => out.insert(*index, *b),
+                    None => out.remove(index),
+                };
+            }
+        }
+        Ok(out)
+    }
+    fn copy_made(&mut self, _: NodeId, _: &NodeRecord, _: &Event) -> Result<(), Self::Error> {
         Ok(())
     }
     fn conflict(&mut self, c: Conflict) -> Result<(), Self::Error> {
@@ -208,7 +380,7 @@ impl TreeStore for Merged {
 }
 
 /// The sort key of an event in the merge order.
-pub fn order_key(e: &Event) -> (Timestamp, MachineId, u64) {
+pub fn order_key(e: &Event) -> OrderKey {
     (e.time, e.machine, e.seq)
 }
 
@@ -283,7 +455,11 @@ fn apply_step<S: TreeStore>(s: &mut S, e: &Event, block_size: u64) -> Result<Res
             let mut record = tree::apply(None, e).node;
             // Not in the tree until `place` puts it there.
             record.removed = true;
+            let is_file = record.kind == NodeKind::File;
             s.set_node(e.node, &record, e)?;
+            if is_file {
+                s.set_version(e, e.node, 0)?;
+            }
             let parent = usable_parent(s, *parent, e)?;
             place(s, e.node, parent, name, e)?;
         }
@@ -342,46 +518,139 @@ fn apply_step<S: TreeStore>(s: &mut S, e: &Event, block_size: u64) -> Result<Res
             if node.kind == NodeKind::Dir && s.has_entries(e.node)? {
                 return Ok(Err("remove of a directory that gained entries concurrently"));
             }
+            if node.head.is_some_and(|h| !h.seen_by(e)) {
+                return Ok(Err("remove of a file whose content changed concurrently (the edit survives)"));
+            }
             unplace(s, e.node, e)?;
             let fx = tree::apply(Some(&node), e);
             s.set_node(e.node, &fx.node, e)?;
         }
         _ => {
-            let Some(node) = node_or_root(s, e.node)? else { return Ok(Err("change to a node never created")) };
+            let target = match (e.base, e.change.is_content()) {
+                (Some(base), true) => match content_target(s, e, base)? {
+                    Target::Node(t) => t,
+                    Target::Copy { of, content } => return make_copy(s, e, of, content, block_size).map(Ok),
+                },
+                _ => e.node,
+            };
+            let Some(node) = node_or_root(s, target)? else { return Ok(Err("change to a node never created")) };
             if node.removed && revives(&node, e) {
-                revive(s, e.node, e)?;
+                revive(s, target, e)?;
             }
-            let Some(node) = node_or_root(s, e.node)? else { return Ok(Err("change to a node never created")) };
+            let Some(node) = node_or_root(s, target)? else { return Ok(Err("change to a node never created")) };
             let fx = tree::apply(Some(&node), e);
-            if fx.ignored.is_none() {
-                record_concurrent(s, e.node, &node, e)?;
+            // A content change on a known base is never merged field by
+            // field: it is its writer's whole version (see above).
+            if fx.ignored.is_none() && e.base.is_none() {
+                record_concurrent(s, target, &node, e)?;
             }
             if let Some(reason) = fx.ignored {
                 return Ok(Err(reason));
             }
-            let mut record = fx.node;
+            let record = fx.node;
             match &e.change {
-                Change::Content { size, blocks } => {
-                    // Writes never shrink a file; only a truncate does.
-                    record.size = node.size.max(*size);
+                Change::Content { blocks, .. } => {
                     for b in blocks {
-                        s.set_block(e.node, b.index, b.block, e)?;
+                        s.set_block(target, b.index, b.block, e)?;
                     }
                 }
                 Change::Truncate { size, tail } => {
                     if *size < node.size {
-                        s.clear_blocks_from(e.node, tree::block_count(*size, block_size), e)?;
+                        s.clear_blocks_from(target, tree::block_count(*size, block_size), e)?;
                     }
                     if let Some(t) = tail {
-                        s.set_block(e.node, t.index, t.block, e)?;
+                        s.set_block(target, t.index, t.block, e)?;
                     }
                 }
                 _ => {}
             }
-            s.set_node(e.node, &record, e)?;
+            if e.change.is_content() {
+                s.set_version(e, target, record.size)?;
+            }
+            s.set_node(target, &record, e)?;
         }
     }
     Ok(Ok(()))
+}
+
+/// Where a content change with a known base goes (see *Content versions*).
+enum Target {
+    /// Applied to this node, on top of the content it shows.
+    Node(NodeId),
+    /// A conflict: a copy beside `of`, holding `content` (the base's) with
+    /// the change applied.
+    Copy { of: NodeId, content: Content },
+}
+
+fn content_target<S: TreeStore>(s: &S, e: &Event, base: EventId) -> Result<Target, S::Error> {
+    let shows = |n: &NodeRecord| n.kind == NodeKind::File && n.head.map(|h| h.event) == Some(base);
+    let Some(x) = s.node(e.node)? else { return Ok(Target::Node(e.node)) };
+    if x.kind != NodeKind::File || shows(&x) {
+        // Not a file: `tree::apply` refuses the change as it always has.
+        return Ok(Target::Node(e.node));
+    }
+    let Some(loc) = s.version(base)?.filter(|l| l.key < order_key(e)) else {
+        // The base is not known here (yet): a conflict made on what `X` shows.
+        let content = Content { size: x.size, blocks: s.blocks_after(e.node, LATEST)? };
+        return Ok(Target::Copy { of: e.node, content });
+    };
+    // The node the base was applied to, while it is a file.
+    let (t, tn) = match s.node(loc.node)? {
+        Some(n) if n.kind == NodeKind::File => (loc.node, n),
+        _ => (e.node, x),
+    };
+    if shows(&tn) {
+        return Ok(Target::Node(t));
+    }
+    let base_content = Content { size: loc.size, blocks: s.blocks_after(loc.node, loc.key)? };
+    if tn.size == base_content.size && s.blocks_after(t, LATEST)? == base_content.blocks {
+        return Ok(Target::Node(t));
+    }
+    Ok(Target::Copy { of: t, content: base_content })
+}
+
+/// Makes `e`'s whole version a conflict copy beside `of` (see *Content
+/// versions*, rule 3).
+fn make_copy<S: TreeStore>(s: &mut S, e: &Event, of: NodeId, base: Content, block_size: u64) -> Result<(), S::Error> {
+    let Some(t) = s.node(of)? else { return s.ignored(e, "content change to a node never created") };
+    let id = NodeId::conflict_copy(e.id());
+    if s.node(id)?.is_some() {
+        return s.ignored(e, "a conflict copy of this event exists");
+    }
+    let content = base.with(&e.change, block_size);
+    let mut record = t.clone();
+    record.size = content.size;
+    record.attrs.mtime = e.time;
+    record.attrs.ctime = e.time;
+    record.head = Some(ContentHead::of(e));
+    record.clock = e.clock.clone();
+    record.conflict_of = Some(of);
+    // Not in the tree until `place_named` puts it there.
+    record.removed = true;
+    record.removed_by = None;
+    s.set_node(id, &record, e)?;
+    for (index, block) in &content.blocks {
+        s.set_block(id, *index, Some(*block), e)?;
+    }
+    s.set_version(e, id, content.size)?;
+    let kept = t.head.map_or(e.id(), |h| h.event);
+    let kept_time = s.version(kept)?.map_or(t.attrs.mtime, |l| l.key.0);
+    let parent = usable_parent(s, t.parent, e)?;
+    let name = free_conflict_name(s, parent, &t.name, e)?;
+    place_named(s, id, parent, &name, e)?;
+    if let Some(placed) = s.node(id)? {
+        s.copy_made(id, &placed, e)?;
+    }
+    s.conflict(Conflict {
+        kind: ConflictKind::Content { kept, kept_time },
+        node: id,
+        parent,
+        wanted: t.name.clone(),
+        given: name,
+        winner: of,
+        event: (e.machine, e.seq),
+        time: e.time,
+    })
 }
 
 /// Whether `name` can be a directory entry: 1..=255 bytes, no `/` or NUL,
@@ -485,6 +754,18 @@ fn unplace<S: TreeStore>(s: &mut S, id: NodeId, e: &Event) -> Result<(), S::Erro
     }
     s.set_entry(n.parent, &n.name, None, e)?;
     touch(s, n.parent, e)
+}
+
+/// Puts `id` at `parent/name`, a name known to be free.
+fn place_named<S: TreeStore>(s: &mut S, id: NodeId, parent: NodeId, name: &[u8], e: &Event) -> Result<(), S::Error> {
+    let Some(mut n) = s.node(id)? else { return Ok(()) };
+    s.set_entry(parent, name, Some((id, n.kind)), e)?;
+    n.parent = parent;
+    n.name = name.to_vec();
+    n.removed = false;
+    n.removed_by = None;
+    s.set_node(id, &n, e)?;
+    touch(s, parent, e)
 }
 
 /// Puts `id` at `parent/name`, renaming it if a different live node has it.

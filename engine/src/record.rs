@@ -9,12 +9,12 @@
 //! | offset | size | field        | meaning                                                        |
 //! |-------:|-----:|--------------|----------------------------------------------------------------|
 //! | 0      | 3    | magic        | `b"SYR"`                                                       |
-//! | 3      | 1    | version      | record version: 2 = current, 1 = legacy (read only)            |
+//! | 3      | 1    | version      | record version: 3 = current, 2 and 1 = legacy (read only)      |
 //! | 4      | 1    | kind         | 1 = event; every other value is refused                        |
 //! | 5      | 3    | reserved     | zero                                                           |
 //! | 8      | 4    | payload_len  | payload bytes, `u32`, at most [`MAX_PAYLOAD`] (16 MiB)         |
 //! | 12     | 8    | checksum     | first 8 bytes of blake3(header bytes `0..12` ‖ payload)        |
-//! | 20     | len  | payload      | rkyv 0.8 archive of [`Event`] (v2) or [`EventV1`] (v1)         |
+//! | 20     | len  | payload      | rkyv 0.8 archive of [`Event`] (v3), [`EventV2`] or [`EventV1`] |
 //!
 //! # Invariants
 //!
@@ -36,20 +36,26 @@
 //! - v1: payload is [`EventV1`] (`time_secs`, whole seconds). Upgraded on read
 //!   through `From<EventV1> for Event`. syncer never writes v1 again;
 //!   [`encode_v1`] exists only to build test fixtures.
-//! - v2 (current): payload is [`Event`] (`time` in nanoseconds).
+//! - v2: payload is [`EventV2`] (`time` in nanoseconds, no content base).
+//!   Upgraded on read through `From<EventV2> for Event`; never written
+//!   again ([`encode_v2`] builds test fixtures).
+//! - v3 (current): payload is [`Event`] (adds `base`, the content version a
+//!   content change was made on, and the `Resolve` change).
 //! - Any other version byte after `b"SYR"` is refused as written by a newer
 //!   syncer ([`RecordError::UnknownVersion`]).
 //!
 //! [`VectorClock::is_canonical`]: crate::clock::VectorClock::is_canonical
 
-use crate::event::{Event, EventV1};
+use crate::event::{Event, EventV1, EventV2};
 
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 20;
 /// The record version [`encode`] writes.
-pub const CURRENT_VERSION: u8 = 2;
-/// The legacy record version, read and upgraded, never written.
+pub const CURRENT_VERSION: u8 = 3;
+/// The first legacy record version, read and upgraded, never written.
 pub const V1: u8 = 1;
+/// The second legacy record version, read and upgraded, never written.
+pub const V2: u8 = 2;
 /// Largest payload accepted, in bytes (16 MiB).
 pub const MAX_PAYLOAD: u32 = 16 << 20;
 /// The magic bytes before the version byte.
@@ -112,7 +118,7 @@ pub enum RecordError {
 /// A frame header whose fields passed every check that needs no payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
-    /// Record version (1 or 2).
+    /// Record version (1, 2 or 3).
     pub version: u8,
     /// Record kind ([`KIND_EVENT`]).
     pub kind: u8,
@@ -140,7 +146,7 @@ pub struct Decoded {
     pub frame_len: usize,
 }
 
-/// Frames `event` as a current-version (v2) record.
+/// Frames `event` as a current-version (v3) record.
 ///
 /// Fails only if the payload would be over [`MAX_PAYLOAD`] (such a record
 /// could never be read back) or serialization fails.
@@ -154,6 +160,13 @@ pub fn encode(event: &Event) -> Result<Vec<u8>, RecordError> {
 pub fn encode_v1(event: &EventV1) -> Result<Vec<u8>, RecordError> {
     let payload = rkyv::to_bytes::<rkyv::rancor::Error>(event).map_err(|e| RecordError::Encode(e.to_string()))?;
     frame(V1, &payload)
+}
+
+/// Frames a legacy v2 record. syncer never writes v2 records; this exists
+/// only to build fixtures and tests of the upgrade path.
+pub fn encode_v2(event: &EventV2) -> Result<Vec<u8>, RecordError> {
+    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(event).map_err(|e| RecordError::Encode(e.to_string()))?;
+    frame(V2, &payload)
 }
 
 fn frame(version: u8, payload: &[u8]) -> Result<Vec<u8>, RecordError> {
@@ -192,7 +205,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, RecordError> {
         return Err(RecordError::BadMagic(buf[..have.min(4)].to_vec()));
     }
     let version = match buf.get(3) {
-        Some(&v @ (V1 | CURRENT_VERSION)) => v,
+        Some(&v @ (V1 | V2 | CURRENT_VERSION)) => v,
         Some(&v) => return Err(RecordError::UnknownVersion(v)),
         None => 0,
     };
@@ -247,6 +260,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, RecordError> {
     aligned.extend_from_slice(payload);
     let event = match header.version {
         V1 => rkyv::from_bytes::<EventV1, rkyv::rancor::Error>(&aligned).map(Event::from),
+        V2 => rkyv::from_bytes::<EventV2, rkyv::rancor::Error>(&aligned).map(Event::from),
         _ => rkyv::from_bytes::<Event, rkyv::rancor::Error>(&aligned),
     }
     .map_err(|e| RecordError::BadPayload(e.to_string()))?;
@@ -262,7 +276,7 @@ pub(crate) mod strategies {
 
     use crate::clock::VectorClock;
     use crate::event::*;
-    use crate::ids::{BlockHash, MachineId, NodeId, Timestamp};
+    use crate::ids::{BlockHash, EventId, MachineId, NodeId, Timestamp};
     use proptest::collection::vec;
     use proptest::prelude::*;
 
@@ -349,18 +363,24 @@ pub(crate) mod strategies {
             bytes().prop_map(|name| Change::SetVolname { name }),
             any::<bool>().prop_map(|pinned| Change::SetPinned { pinned }),
             node().prop_map(|with| Change::Exchange { with }),
+            Just(Change::Resolve),
         ]
     }
 
+    pub fn event_id() -> impl Strategy<Value = EventId> {
+        (any::<u64>(), any::<u64>()).prop_map(|(m, seq)| EventId { machine: MachineId(m), seq })
+    }
+
     pub fn event() -> impl Strategy<Value = Event> {
-        (node(), any::<u64>(), any::<u64>(), ts(), clock(), change()).prop_map(
-            |(node, machine, seq, time, clock, change)| Event {
+        (node(), any::<u64>(), any::<u64>(), ts(), clock(), change(), proptest::option::of(event_id())).prop_map(
+            |(node, machine, seq, time, clock, change, base)| Event {
                 node,
                 machine: MachineId(machine),
                 seq,
                 time,
                 clock,
                 change,
+                base,
             },
         )
     }
@@ -396,6 +416,7 @@ mod tests {
             time: Timestamp(1_700_000_000_123_456_789),
             clock: VectorClock::from_entries([(MachineId(0xa1), 2), (MachineId(0xb2), 1)]),
             change: Change::Move { parent: NodeId::ROOT, name: b"moved".to_vec() },
+            base: None,
         }
     }
 
@@ -404,7 +425,7 @@ mod tests {
         fn round_trip(ev in event(), trailing in proptest::collection::vec(any::<u8>(), 0..8)) {
             let mut frame = encode(&ev).expect("encode");
             let len = frame.len();
-            prop_assert_eq!(&frame[..4], b"SYR\x02");
+            prop_assert_eq!(&frame[..4], b"SYR\x03");
             frame.extend_from_slice(&trailing);
             let d = decode(&frame).expect("decode");
             prop_assert_eq!(d.version, CURRENT_VERSION);
@@ -421,6 +442,17 @@ mod tests {
             prop_assert_eq!(d.frame_len, frame.len());
             prop_assert_eq!(d.event.time, Timestamp(ev.time_secs * 1_000_000_000));
             prop_assert_eq!(d.event, Event::from(ev));
+        }
+
+        #[test]
+        fn v2_round_trip_upgrades_with_no_base(ev in event()) {
+            let v2 = EventV2 { node: ev.node, machine: ev.machine, seq: ev.seq, time: ev.time, clock: ev.clock, change: ev.change };
+            let frame = encode_v2(&v2).expect("encode");
+            prop_assert_eq!(&frame[..4], b"SYR\x02");
+            let d = decode(&frame).expect("decode");
+            prop_assert_eq!(d.version, V2);
+            prop_assert_eq!(d.event.base, None);
+            prop_assert_eq!(d.event, Event::from(v2));
         }
 
         #[test]
@@ -482,7 +514,7 @@ mod tests {
             f[i] = b;
             decode(&f)
         };
-        assert_eq!(with(3, 3), Err(RecordError::UnknownVersion(3)));
+        assert_eq!(with(3, 4), Err(RecordError::UnknownVersion(4)));
         assert_eq!(with(3, 0), Err(RecordError::UnknownVersion(0)));
         assert!(matches!(with(0, b'X'), Err(RecordError::BadMagic(_))));
         assert_eq!(with(4, 2), Err(RecordError::UnknownKind(2)));
@@ -523,14 +555,22 @@ mod tests {
         time: Timestamp,
         clock: Vec<(MachineId, u64)>,
         change: Change,
+        base: Option<crate::ids::EventId>,
     }
 
     #[test]
     fn non_canonical_clock_is_refused() {
         let raw = |clock: Vec<(MachineId, u64)>| {
             let ev = sample();
-            let raw =
-                RawEvent { node: ev.node, machine: ev.machine, seq: ev.seq, time: ev.time, clock, change: ev.change };
+            let raw = RawEvent {
+                node: ev.node,
+                machine: ev.machine,
+                seq: ev.seq,
+                time: ev.time,
+                clock,
+                change: ev.change,
+                base: None,
+            };
             let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&raw).expect("serialize");
             decode(&frame(CURRENT_VERSION, &payload).expect("frame"))
         };

@@ -15,7 +15,30 @@
 
 use crate::clock::VectorClock;
 use crate::event::{Attrs, BlockRef, Change, Event, NodeKind};
-use crate::ids::{NodeId, Timestamp};
+use crate::ids::{EventId, NodeId, Timestamp};
+
+/// The content version a file shows: the event that made it, and that
+/// event's own entry in its clock (`tick`), so that "did event `x` see this
+/// version" is `x.clock.get(event.machine) >= tick`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ContentHead {
+    /// The event that made the version.
+    pub event: EventId,
+    /// `event`'s clock entry for its own machine.
+    pub tick: u64,
+}
+
+impl ContentHead {
+    /// The version `e` makes.
+    pub fn of(e: &Event) -> Self {
+        ContentHead { event: e.id(), tick: e.clock.get(e.machine) }
+    }
+
+    /// Whether `e` was made by a writer that had seen this version.
+    pub fn seen_by(&self, e: &Event) -> bool {
+        e.clock.get(self.event.machine) >= self.tick
+    }
+}
 
 /// The state of one node as the index stores it.
 #[derive(Clone, PartialEq, Eq, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -45,6 +68,12 @@ pub struct NodeRecord {
     pub clock: VectorClock,
     /// Volume name (root only).
     pub volname: Vec<u8>,
+    /// Files: the content version shown (see `merge`); `None` for other
+    /// kinds.
+    pub head: Option<ContentHead>,
+    /// A conflict copy not yet resolved: the file whose concurrent version
+    /// it holds (see `merge`).
+    pub conflict_of: Option<NodeId>,
 }
 
 impl NodeRecord {
@@ -64,6 +93,8 @@ impl NodeRecord {
             removed_by: None,
             clock: VectorClock::new(),
             volname: Vec::new(),
+            head: None,
+            conflict_of: None,
         }
     }
 
@@ -99,7 +130,11 @@ pub fn apply(prev: Option<&NodeRecord>, event: &Event) -> Effects {
         |reason: &'static str| Effects { node: prev.cloned().unwrap_or_else(NodeRecord::root), ignored: Some(reason) };
     let mut fx = match (&event.change, prev) {
         (Change::Create { parent, name, kind, attrs, target }, None) => {
-            Effects { node: NodeRecord::new(*kind, *parent, name.clone(), *attrs, target.clone()), ignored: None }
+            let mut node = NodeRecord::new(*kind, *parent, name.clone(), *attrs, target.clone());
+            if *kind == NodeKind::File {
+                node.head = Some(ContentHead::of(event));
+            }
+            Effects { node, ignored: None }
         }
         (_, None) => return ignore("change to a node that was never created"),
         (change, Some(prev)) => {
@@ -127,10 +162,13 @@ pub fn apply(prev: Option<&NodeRecord>, event: &Event) -> Effects {
                     if node.kind != NodeKind::File {
                         return ignore("content change to a non-file");
                     }
-                    // Writes never shrink a file; only a truncate does.
-                    node.size = node.size.max(*size);
+                    // A change made on a known version sets the size its
+                    // writer saw; one without (read from version 2 records)
+                    // never shrinks the file, as version 2 merged it.
+                    node.size = if event.base.is_some() { *size } else { node.size.max(*size) };
                     node.attrs.mtime = time;
                     node.attrs.ctime = time;
+                    node.head = Some(ContentHead::of(event));
                 }
                 Change::Truncate { size, .. } => {
                     if node.kind != NodeKind::File {
@@ -139,6 +177,7 @@ pub fn apply(prev: Option<&NodeRecord>, event: &Event) -> Effects {
                     node.size = *size;
                     node.attrs.mtime = time;
                     node.attrs.ctime = time;
+                    node.head = Some(ContentHead::of(event));
                 }
                 Change::Move { parent, name } => {
                     node.parent = *parent;
@@ -176,6 +215,10 @@ pub fn apply(prev: Option<&NodeRecord>, event: &Event) -> Effects {
                 Change::Exchange { .. } => node.attrs.ctime = time,
                 Change::SetVolname { name } => node.volname = name.clone(),
                 Change::SetPinned { pinned } => node.pinned = *pinned,
+                Change::Resolve => {
+                    node.conflict_of = None;
+                    node.attrs.ctime = time;
+                }
             }
             Effects { node, ignored: None }
         }
@@ -230,7 +273,7 @@ mod tests {
         for _ in 0..seq {
             clock.tick(m);
         }
-        Event { node, machine: m, seq, time: Timestamp(seq as i64 * 1000), clock, change }
+        Event { node, machine: m, seq, time: Timestamp(seq as i64 * 1000), clock, change, base: None }
     }
 
     fn create(parent: NodeId, name: &str, kind: NodeKind) -> Change {

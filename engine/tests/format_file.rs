@@ -18,9 +18,9 @@ fn with_format(content: &[u8]) -> CrashStorage {
 
 #[test]
 fn parses_the_current_line() {
-    assert_eq!(parse(b"syncer-data 1.1.0\n"), Ok(CURRENT));
+    assert_eq!(parse(b"syncer-data 2.0.0\n"), Ok(CURRENT));
     assert_eq!(parse(b"syncer-data 1.0.3"), Ok(FormatVersion { major: 1, minor: 0, patch: 3 }));
-    assert_eq!(CURRENT.to_line(), "syncer-data 1.1.0\n");
+    assert_eq!(CURRENT.to_line(), "syncer-data 2.0.0\n");
 }
 
 #[test]
@@ -72,12 +72,12 @@ fn missing_file_is_not_a_data_dir() {
 
 #[test]
 fn newer_major_is_refused_and_left_alone() {
-    let s = with_format(b"syncer-data 2.0.0\n");
+    let s = with_format(b"syncer-data 3.0.0\n");
     let e = check_and_upgrade(&s, Path::new(DIR)).expect_err("newer major");
     let msg = e.to_string();
     assert!(matches!(e, Error::NewerFormat { .. }), "{msg}");
-    assert!(msg.contains("2.0.0") && msg.contains("1.1.0"), "{msg}");
-    assert_eq!(s.read(&Path::new(DIR).join("FORMAT")).expect("read"), b"syncer-data 2.0.0\n");
+    assert!(msg.contains("3.0.0") && msg.contains("2.0.0"), "{msg}");
+    assert_eq!(s.read(&Path::new(DIR).join("FORMAT")).expect("read"), b"syncer-data 3.0.0\n");
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn never_written_versions_are_refused() {
 
 #[test]
 fn newer_minor_is_readable_and_kept() {
-    for v in ["1.2.0", "1.9.4", "1.1.7"] {
+    for v in ["2.1.0", "2.9.4", "2.0.7"] {
         let line = format!("syncer-data {v}\n");
         let s = with_format(line.as_bytes());
         let got = check_and_upgrade(&s, Path::new(DIR)).expect("readable");
@@ -99,7 +99,7 @@ fn newer_minor_is_readable_and_kept() {
 
 #[test]
 fn current_needs_nothing() {
-    let s = with_format(b"syncer-data 1.1.0\n");
+    let s = with_format(b"syncer-data 2.0.0\n");
     assert_eq!(check_and_upgrade(&s, Path::new(DIR)).expect("ok"), Upgrade::None);
 }
 
@@ -115,6 +115,14 @@ fn older_version_is_upgraded_in_place_durably() {
     assert_eq!(format::read(&s, Path::new(DIR)).expect("read"), CURRENT);
     assert_eq!(check_and_upgrade(&s, Path::new(DIR)).expect("again"), Upgrade::None);
     assert!(!s.exists(&Path::new(DIR).join("FORMAT.tmp")));
+}
+
+#[test]
+fn a_1_1_data_dir_is_upgraded_too() {
+    let s = with_format(b"syncer-data 1.1.0\n");
+    let got = check_and_upgrade(&s, Path::new(DIR)).expect("upgrade");
+    assert_eq!(got, Upgrade::UpgradedFrom(FormatVersion { major: 1, minor: 1, patch: 0 }));
+    assert_eq!(format::read(&s, Path::new(DIR)).expect("read"), CURRENT);
 }
 
 #[test]

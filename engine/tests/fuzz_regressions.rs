@@ -40,6 +40,7 @@ fn event(seq: u64) -> Event {
             attrs: Attrs::default(),
             target: Vec::new(),
         },
+        base: None,
     }
 }
 

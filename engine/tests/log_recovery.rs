@@ -22,6 +22,7 @@ fn ev(machine: MachineId, seq: u64, value_len: usize) -> Event {
         time: Timestamp(1_700_000_000_000_000_000 + seq as i64),
         clock: VectorClock::from_entries([(machine, seq)]),
         change: Change::SetXattr { name: b"user.k".to_vec(), value: vec![seq as u8; value_len] },
+        base: None,
     }
 }
 

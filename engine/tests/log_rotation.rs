@@ -23,6 +23,7 @@ fn ev(seq: u64, value_len: usize) -> Event {
         time: Timestamp(1_700_000_000_000_000_000 + 1000 * seq as i64),
         clock: VectorClock::from_entries([(M, seq), (MachineId(5), 2)]),
         change: Change::SetXattr { name: b"user.k".to_vec(), value: vec![seq as u8; value_len] },
+        base: None,
     }
 }
 
@@ -71,7 +72,7 @@ fn rotation_positions_and_resume() {
     for (pos, e) in positions.iter().zip(&expected) {
         let d = log::read_record_at(&FsStorage, root, *pos).expect("read at");
         assert_eq!(&d.event, e);
-        assert_eq!(d.version, 2);
+        assert_eq!(d.version, engine::record::CURRENT_VERSION);
         assert_eq!(&log::read_event_at(&FsStorage, root, *pos).expect("read at"), e);
     }
     // Positions are strictly increasing.

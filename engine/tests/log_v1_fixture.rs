@@ -1,5 +1,5 @@
 //! A checked-in log written with record version 1 (time in whole seconds)
-//! still reads, upgraded, and new appends on top of it are version 2
+//! still reads, upgraded, and new appends on top of it are of the current version
 //! (DESIGN rule 5).
 //!
 //! The fixture is `tests/fixtures/v1/log/00000000000000a1/0000000000000000.seg`.
@@ -150,7 +150,7 @@ fn v1_fixture_reads_as_current_events() {
 }
 
 #[test]
-fn appends_on_a_v1_log_are_v2() {
+fn appends_on_a_v1_log_are_of_the_current_version() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().join("log");
     std::fs::create_dir_all(log::machine_dir(&root, M)).expect("mkdir");
@@ -169,6 +169,7 @@ fn appends_on_a_v1_log_are_v2() {
         time: Timestamp((T0 + 4) * 1_000_000_000 + 1),
         clock: VectorClock::from_entries([(M, 5)]),
         change: Change::Remove,
+        base: None,
     };
     let pos = w.append(std::slice::from_ref(&next)).expect("append")[0];
     w.sync().expect("sync");
@@ -177,7 +178,7 @@ fn appends_on_a_v1_log_are_v2() {
     let old = std::fs::read(&src).expect("read fixture");
     assert_eq!(bytes[..old.len()], old[..], "old records untouched");
     assert_eq!(pos.offset, old.len() as u64);
-    assert_eq!(&bytes[old.len()..old.len() + 4], b"SYR\x02");
+    assert_eq!(&bytes[old.len()..old.len() + 4], b"SYR\x03");
     assert_eq!(&bytes[32..36], b"SYR\x01");
 
     let (evs, _) = log::read_events(&FsStorage, &root, log::log_start(M)).expect("read");
@@ -185,5 +186,5 @@ fn appends_on_a_v1_log_are_v2() {
     assert_eq!(evs[5], (pos, next));
     let versions: Vec<u8> =
         log::scan_segment(&bytes, &dst, M, 0, false).expect("scan").records.iter().map(|r| r.version).collect();
-    assert_eq!(versions, [1, 1, 1, 1, 1, 2]);
+    assert_eq!(versions, [1, 1, 1, 1, 1, 3]);
 }

@@ -94,5 +94,40 @@ proptest! {
         std::fs::remove_file(dir.join("index.redb")).expect("drop index");
         let e = Engine::open(&dir).expect("reopen");
         assert_same(&e, &model)?;
+        drop(e);
+        // A past moment shows the merge of the events up to it: names, and
+        // each file's content (conflict copies included).
+        let mut times: Vec<_> = everything.iter().map(|e| e.time).collect();
+        times.sort();
+        times.dedup();
+        for t in times.iter().step_by(times.len().div_ceil(4).max(1)).chain(times.last()) {
+            let past: Vec<Event> = everything.iter().filter(|e| e.time <= *t).cloned().collect();
+            let view = Engine::open_at(&dir, *t).expect("open_at");
+            view_matches(&view, &merge(&past, BS))?;
+        }
     }
+}
+
+/// The point-in-time `view` lists what `model` lists, and every file in it
+/// has the model's size and blocks.
+fn view_matches(view: &Engine, model: &Merged) -> Result<(), TestCaseError> {
+    for ((dir, name), child) in &model.dirents {
+        let got = view.lookup(*dir, name).map(|n| n.id).ok();
+        prop_assert_eq!(got, Some(*child), "entry {}/{:?} at {:?}", dir, String::from_utf8_lossy(name), view.at());
+        let want = &model.nodes[child];
+        if want.record.kind == engine::event::NodeKind::File {
+            let n = view.node(*child).expect("node");
+            prop_assert_eq!(n.size, want.record.size, "size of {} at {:?}", child, view.at());
+            let blocks = view.file_blocks(*child, 0, u64::MAX).expect("blocks");
+            prop_assert!(
+                blocks.iter().copied().eq(want.blocks.iter().map(|(i, b)| (*i, *b))),
+                "blocks of {} at {:?}: {:?} vs {:?}",
+                child,
+                view.at(),
+                blocks,
+                want.blocks
+            );
+        }
+    }
+    Ok(())
 }

@@ -123,6 +123,7 @@ mod tests {
             removed: false,
             stored_bytes: 1000,
             volname: Vec::new(),
+            conflict_of: None,
         }
     }
 

@@ -204,7 +204,7 @@ impl Core {
                 NodeKind::File => {}
                 _ => return Err(Errno::EINVAL),
             }
-            self.wb.with_committed(node, || self.engine.truncate(node, size).map(|_| ()).map_err(|e| errno(&e)))?;
+            self.wb.truncate(node, size)?;
         }
         let change = AttrChange {
             mode: req.mode.map(|m| m & 0o7777),
@@ -398,9 +398,12 @@ impl Core {
             return Err(Errno::EROFS);
         }
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY && st.kind == NodeKind::File {
-            self.wb.with_committed(node, || self.engine.truncate(node, 0).map(|_| ()).map_err(|e| errno(&e)))?;
+            self.wb.truncate(node, 0)?;
         }
         self.inodes.open(ino);
+        if st.kind == NodeKind::File {
+            self.wb.begin_line(node);
+        }
         Ok(self.fresh_fh())
     }
 
@@ -432,6 +435,9 @@ impl Core {
             Err(e) => return Err(e),
         };
         self.inodes.open(attr.ino.0);
+        if let Ok(node) = self.node_of(attr.ino.0) {
+            self.wb.begin_line(node);
+        }
         Ok((attr, self.fresh_fh()))
     }
 
@@ -454,11 +460,16 @@ impl Core {
     }
 
     pub(crate) fn do_release(&self, ino: u64) -> Result<(), Errno> {
-        let res = match self.node_of(ino) {
+        let node = self.node_of(ino);
+        let res = match node {
             Ok(node) => self.wb.flush(node),
             Err(e) => Err(e),
         };
-        self.inodes.close(ino);
+        if self.inodes.close(ino) {
+            if let Ok(node) = node {
+                self.wb.end_line(node);
+            }
+        }
         res
     }
 
@@ -495,7 +506,7 @@ impl Core {
         self.wb.with_committed(node, || {
             let size = self.state(node)?.size;
             if end > size {
-                self.engine.truncate(node, end).map_err(|e| errno(&e))?;
+                self.wb.truncate_committed(node, end)?;
             }
             Ok(())
         })

@@ -13,6 +13,12 @@
 //! - bytes of a block past its buffer's length, up to the file size, are
 //!   zeros (holes and regions past an old end of file);
 //! - an all-zero block is never stored: it commits as a hole;
+//! - while a file is open, its commits are one line of content versions:
+//!   each is made on the version the one before made (the first on the
+//!   version the file showed at open), never on a peer's version imported
+//!   meanwhile; so a program's writes never land on top of bytes it did not
+//!   see, and a concurrent peer change makes a conflict copy instead (see
+//!   the engine's `merge`);
 //! - `Shared::dirty_bytes` counts the memory of every `Buf` and every block
 //!   in a worker's hands; a writer that pushes it past the configured bound
 //!   spills buffers to the workers and waits for them, and the job channel is
@@ -21,7 +27,8 @@
 //!
 //! Locks, in the only order they are ever taken:
 //! 1. `WriteBack::files` (which nodes have dirty state; held for map
-//!    operations only);
+//!    operations only), or `WriteBack::lines` (the same, for open files'
+//!    content lines);
 //! 2. `FileState::commit` (serializes commits of one file so their events
 //!    land in order; held across the engine call);
 //! 3. `FileState::st` (the slots; never held while sending to the bounded
@@ -38,7 +45,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use engine::event::{BlockChange, BlockRef};
-use engine::ids::{BlockHash, NodeId, Timestamp};
+use engine::ids::{BlockHash, EventId, NodeId, Timestamp};
 use engine::storage::ByteWindow;
 use engine::Engine;
 use fuser::Errno;
@@ -281,6 +288,9 @@ pub(crate) struct WriteBack {
     ahead_tx: Option<Sender<Ahead>>,
     workers: Vec<JoinHandle<()>>,
     files: Mutex<HashMap<NodeId, Arc<FileState>>>,
+    /// Open files: the content version their next commit is made on (see
+    /// the module docs).
+    lines: Mutex<HashMap<NodeId, Option<EventId>>>,
     /// Per node read lately, where its sequential reading stands (see
     /// [`ahead_step`]).
     streams: Mutex<HashMap<NodeId, Stream>>,
@@ -331,6 +341,7 @@ impl WriteBack {
             ahead_tx: Some(ahead_tx),
             workers: handles,
             files: Mutex::new(HashMap::new()),
+            lines: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
         })
     }
@@ -630,7 +641,11 @@ impl WriteBack {
             }
         }
         drop(st);
-        self.engine().write_blocks(file.node, size, changes).map_err(|e| errno(&e))?;
+        let base = self.lines.lock().get(&file.node).copied().flatten();
+        let made = self.engine().write_blocks_on(file.node, base, size, changes).map_err(|e| errno(&e))?;
+        if let Some(line) = self.lines.lock().get_mut(&file.node) {
+            *line = Some(made);
+        }
         let mut st = file.st.lock();
         for (i, seq) in committed {
             if matches!(st.slots.get(&i), Some(Slot::Ready { seq: s, .. }) if *s == seq) {
@@ -641,6 +656,39 @@ impl WriteBack {
             st.size = None;
         }
         Ok(())
+    }
+
+    /// `node` was opened: unless it is open already, its commits from now
+    /// on continue the version it shows now.
+    pub(crate) fn begin_line(&self, node: NodeId) {
+        if self.lines.lock().contains_key(&node) {
+            return;
+        }
+        let now = self.engine().content_version(node).ok().flatten();
+        self.lines.lock().entry(node).or_insert(now);
+    }
+
+    /// Truncates `node` to `size` (buffered writes committed first), as
+    /// the next version of its line if it is open.
+    pub(crate) fn truncate(&self, node: NodeId, size: u64) -> Result<(), Errno> {
+        self.with_committed(node, || self.truncate_committed(node, size))
+    }
+
+    /// [`WriteBack::truncate`] for a caller already inside
+    /// [`WriteBack::with_committed`].
+    pub(crate) fn truncate_committed(&self, node: NodeId, size: u64) -> Result<(), Errno> {
+        let base = self.lines.lock().get(&node).copied().flatten();
+        let made = self.engine().truncate_on(node, base, size).map_err(|e| errno(&e))?;
+        if let Some(line) = self.lines.lock().get_mut(&node) {
+            *line = Some(made);
+        }
+        Ok(())
+    }
+
+    /// `node`'s last handle was released: later commits (there are none
+    /// but at unmount) are made on the version it shows then.
+    pub(crate) fn end_line(&self, node: NodeId) {
+        self.lines.lock().remove(&node);
     }
 
     fn forget_if_clean(&self, node: NodeId) {

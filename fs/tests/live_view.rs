@@ -27,7 +27,15 @@ fn mounted(tmp: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, Ar
 fn peer_event(node: NodeId, seq: u64, clock: &engine::clock::VectorClock, change: Change) -> Event {
     let mut clock = clock.clone();
     clock.tick(PEER);
-    Event { node, machine: PEER, seq, time: Timestamp(Timestamp::now().0 + 1_000_000_000 + seq as i64), clock, change }
+    Event {
+        node,
+        machine: PEER,
+        seq,
+        time: Timestamp(Timestamp::now().0 + 1_000_000_000 + seq as i64),
+        clock,
+        change,
+        base: None,
+    }
 }
 
 /// Writes `events` as [`PEER`]'s log in `data`, as rsync would bring it.

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use engine::event::{AttrChange, Attrs, BlockChange, BlockRef, Change, Event, NodeKind};
-use engine::ids::{BlockHash, MachineId, NodeId, Timestamp};
-use engine::merge::{merge, Merged};
+use engine::ids::{BlockHash, EventId, MachineId, NodeId, Timestamp};
+use engine::merge::{merge, Content, Merged};
 use proptest::prelude::*;
 
 pub const BS: u64 = 4096;
@@ -52,6 +52,9 @@ pub struct Replica {
     pub seq: u64,
     pub counter: u64,
     pub known: BTreeMap<(MachineId, u64), Event>,
+    /// The content each content change of this machine made, as the
+    /// machine saw it right after making it (a file's create: empty).
+    pub written: BTreeMap<EventId, Content>,
 }
 
 impl Replica {
@@ -62,6 +65,7 @@ impl Replica {
             seq: 0,
             counter: 0,
             known: BTreeMap::new(),
+            written: BTreeMap::new(),
         }
     }
 
@@ -78,7 +82,20 @@ impl Replica {
         let mut clock = state.node(node).map(|n| n.record.clock.clone()).unwrap_or_default();
         clock.tick(self.machine);
         self.seq += 1;
-        let e = Event { node, machine: self.machine, seq: self.seq, time, clock, change };
+        // As the engine does: a content change names the version it was made on.
+        let base =
+            if change.is_content() { state.node(node).and_then(|n| n.record.head).map(|h| h.event) } else { None };
+        let e = Event { node, machine: self.machine, seq: self.seq, time, clock, change, base };
+        let made = match &e.change {
+            Change::Create { kind: NodeKind::File, .. } => Some(Content::default()),
+            c if c.is_content() => {
+                state.node(node).map(|n| Content { size: n.record.size, blocks: n.blocks.clone() }.with(c, BS))
+            }
+            _ => None,
+        };
+        if let Some(made) = made {
+            self.written.insert(e.id(), made);
+        }
         self.known.insert((e.machine, e.seq), e);
     }
 }
@@ -126,7 +143,8 @@ pub fn perform(reps: &mut [Replica], a: &Action) {
         Action::Write { r, node, index, byte } => {
             let s = reps[r].state();
             let Some(n) = pick(&live_nodes(&s, Some(NodeKind::File)), node) else { return };
-            let size = u64::from(index) * BS + 1;
+            // As the engine writes: the file's size after the write.
+            let size = (u64::from(index) * BS + 1).max(s.node(n).map_or(0, |x| x.record.size));
             let blocks = vec![BlockChange { index: u64::from(index), block: Some(block(byte)) }];
             reps[r].emit(&s, n, Change::Content { size, blocks });
         }
