@@ -17,6 +17,15 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// `s` as one shell word: single-quoted unless it holds only plain
+/// characters.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b)) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 fn date_time(t: engine::ids::Timestamp) -> String {
     engine::history::format_time(t)
 }
@@ -44,7 +53,11 @@ pub fn print(dir: &Path) -> Result<()> {
             c.copy_writer,
             date_time(c.copy_time)
         );
-        println!("  to end it: `syncer resolve {} {} --keep original|copy|both`", dir.display(), lossy(&c.copy_path));
+        println!(
+            "  to end it: syncer resolve {} {} --keep original|copy|both|mine|theirs",
+            shell_quote(&dir.display().to_string()),
+            shell_quote(&lossy(&c.copy_path))
+        );
     }
     let (mut names, mut concurrent, mut content) = (0, 0, 0);
     for c in &conflicts {
