@@ -1385,6 +1385,34 @@ impl Engine {
         })
     }
 
+    /// Where content version `base` of `node` lives, when it is known and
+    /// not the version `node` shows.
+    fn other_version(&self, node: NodeId, base: Option<EventId>) -> Result<Option<crate::merge::VersionLoc>> {
+        let Some(b) = base else { return Ok(None) };
+        self.read_live(|ix| match ix.node(node)?.and_then(|n| n.head) {
+            Some(h) if h.event == b => Ok(None),
+            _ => ix.version(b),
+        })
+    }
+
+    /// The size of content version `base` of `node` (`None`, or a version
+    /// not known here: the size it shows).
+    pub fn version_size(&self, node: NodeId, base: Option<EventId>) -> Result<u64> {
+        match self.other_version(node, base)? {
+            Some(loc) => Ok(loc.size),
+            None => Ok(self.node(node)?.size),
+        }
+    }
+
+    /// Block `index` of content version `base` of `node` (`None`, or a
+    /// version not known here: of the content it shows); `None` for a hole.
+    pub fn version_block(&self, node: NodeId, base: Option<EventId>, index: u64) -> Result<Option<BlockRef>> {
+        match self.other_version(node, base)? {
+            Some(loc) => Ok(self.read_live(|ix| ix.blocks_after(loc.node, loc.key))?.get(&index).copied()),
+            None => Ok(self.file_blocks(node, index, 1)?.into_iter().find(|(i, _)| *i == index).map(|(_, b)| b)),
+        }
+    }
+
     /// The content version `node` shows now (`None` for other than files).
     pub fn content_version(&self, node: NodeId) -> Result<Option<EventId>> {
         Ok(self.read_live(|ix| Ok(ix.node(node)?.and_then(|n| n.head)))?.map(|h| h.event))
@@ -1410,20 +1438,7 @@ impl Engine {
         // cut goes through.
         let bs = self.block_size();
         let index = size / bs;
-        let on_base = match base {
-            Some(b) if self.content_version(node)? != Some(b) => {
-                let ix = self.index()?;
-                match ix.version(b)? {
-                    Some(loc) => Some((loc.size, ix.blocks_after(loc.node, loc.key)?.get(&index).copied())),
-                    None => None,
-                }
-            }
-            _ => None,
-        };
-        let (old_size, cut) = match on_base {
-            Some(v) => v,
-            None => (current.size, self.file_blocks(node, index, 1)?.first().map(|(_, b)| *b)),
-        };
+        let (old_size, cut) = (self.version_size(node, base)?, self.version_block(node, base, index)?);
         // The block that `size` cuts through keeps only its bytes before the
         // cut, so that a later extension reads zeros there.
         let keep = (size % bs) as usize;

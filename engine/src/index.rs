@@ -1107,6 +1107,8 @@ view_queries! {
     read_dir(dir: NodeId, after: Option<&[u8]>, limit: usize) -> Vec<DirEntry>;
     blocks(node: NodeId, first: u64, count: u64) -> Vec<(u64, BlockRef)>;
     counts() -> Counts;
+    version(v: EventId) -> Option<VersionLoc>;
+    blocks_after(node: NodeId, key: OrderKey) -> BTreeMap<u64, BlockRef>;
 }
 
 /// A write transaction on the index. Dropping it without [`commit`] discards it.

@@ -127,6 +127,14 @@ impl Dirty {
     }
 }
 
+/// What a write goes on: the file's size before it, and the content version
+/// of the file's line (see the module docs) its partial blocks are read from.
+#[derive(Clone, Copy)]
+struct On {
+    size: u64,
+    version: Option<EventId>,
+}
+
 /// Dirty state of one file.
 #[derive(Debug)]
 pub(crate) struct FileState {
@@ -389,13 +397,15 @@ impl WriteBack {
     /// `append`). Returns the number of bytes taken.
     pub(crate) fn write(&self, node: NodeId, offset: u64, data: &[u8], append: bool) -> Result<u32, Errno> {
         let len = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
+        // The version this write goes on: what a partial block keeps of it.
+        let base = self.lines.lock().get(&node).copied().flatten();
         let (file, jobs, commit_now) = loop {
             let file = self.get_or_create(node);
             let mut st = file.st.lock();
             if st.removed {
                 continue;
             }
-            let (jobs, commit_now) = self.write_locked(&file, &mut st, offset, data, append)?;
+            let (jobs, commit_now) = self.write_locked(&file, &mut st, offset, data, append, base)?;
             break (file.clone(), jobs, commit_now);
         };
         self.submit(jobs)?;
@@ -417,11 +427,12 @@ impl WriteBack {
         offset: u64,
         data: &[u8],
         append: bool,
+        base: Option<EventId>,
     ) -> Result<(Vec<Job>, bool), Errno> {
         let bs = self.shared.block_size;
         let size = match st.size {
             Some(s) => s,
-            None => self.engine().node(file.node).map_err(|e| errno(&e))?.size,
+            None => self.engine().version_size(file.node, base).map_err(|e| errno(&e))?,
         };
         let offset = if append { size } else { offset };
         let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
@@ -437,7 +448,7 @@ impl WriteBack {
             let in_off = (pos - start) as usize;
             let n = ((bs - (pos - start)).min(end - pos)) as usize;
             let chunk = &data[(pos - offset) as usize..][..n];
-            let buf = self.buffer(file, st, index, size, in_off, n)?;
+            let buf = self.buffer(file, st, index, On { size, version: base }, in_off, n)?;
             let cap_before = buf.capacity();
             let need = in_off + n;
             if buf.len() < need {
@@ -472,10 +483,11 @@ impl WriteBack {
         file: &FileState,
         st: &'a mut MutexGuard<'_, Dirty>,
         index: u64,
-        size: u64,
+        on: On,
         in_off: usize,
         n: usize,
     ) -> Result<&'a mut Vec<u8>, Errno> {
+        let (size, base) = (on.size, on.version);
         let bs = self.shared.block_size;
         let existing = size.saturating_sub(index * bs).min(bs) as usize;
         let covers = in_off == 0 && n >= existing;
@@ -493,18 +505,15 @@ impl WriteBack {
             }
             Some(Slot::Ready { .. }) => Some(Vec::new()),
             None if covers || existing == 0 => Some(Vec::new()),
-            None => {
-                let stored = self.engine().file_blocks(file.node, index, 1).map_err(|e| errno(&e))?;
-                match stored.into_iter().find(|(i, _)| *i == index) {
-                    Some((_, b)) => {
-                        let loaded = self.shared.load(&b)?;
-                        let v = loaded[..existing.min(loaded.len())].to_vec();
-                        self.shared.add_mem(v.capacity() as i64);
-                        Some(v)
-                    }
-                    None => Some(Vec::new()),
+            None => match self.engine().version_block(file.node, base, index).map_err(|e| errno(&e))? {
+                Some(b) => {
+                    let loaded = self.shared.load(&b)?;
+                    let v = loaded[..existing.min(loaded.len())].to_vec();
+                    self.shared.add_mem(v.capacity() as i64);
+                    Some(v)
                 }
-            }
+                None => Some(Vec::new()),
+            },
         };
         if let Some(data) = fresh {
             let seq = st.seq();

@@ -164,3 +164,53 @@ fn the_committed_mtime_shows_soon_after_a_close() {
     drop(engine);
     handle.unmount().expect("unmount");
 }
+
+/// A file held open for writing across the import of a peer's concurrent
+/// change: the peer's version (made on our first write) keeps the name, and
+/// our later write goes on in our own line, the version our first write
+/// made, which becomes a conflict copy. No file ever holds bytes of both
+/// after the fork: the partial block our second write changed is read from
+/// our version, not from the peer's bytes under the name.
+#[test]
+fn writes_through_a_file_held_open_across_an_import_stay_one_version() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, mnt, engine, handle) = mounted(tmp.path());
+    std::fs::write(mnt.join("notes.txt"), b"0123456789").expect("write");
+    let held = std::fs::OpenOptions::new().read(true).write(true).open(mnt.join("notes.txt")).expect("open");
+    held.write_all_at(b"AA", 0).expect("write");
+    held.sync_all().expect("fsync");
+
+    // The peer saw our first write and rewrote the file on top of it.
+    let file = engine.lookup(NodeId::ROOT, b"notes.txt").expect("lookup").id;
+    let ours = engine.content_version(file).expect("version").expect("a file has one");
+    let block = engine.put_block(b"PPPPPPPPPP").expect("put");
+    engine.sync().expect("sync");
+    let clock = engine.index().expect("index").node(file).expect("node").expect("exists").clock;
+    let mut ev = peer_event(
+        file,
+        1,
+        &clock,
+        Change::Content { size: 10, blocks: vec![BlockChange { index: 0, block: Some(block) }] },
+    );
+    ev.base = Some(ours);
+    write_peer_log(&data, &[ev]);
+    assert_eq!(engine.import().expect("import").applied, 1);
+    assert!(within_600ms(|| std::fs::read(mnt.join("notes.txt")).expect("read") == b"PPPPPPPPPP"));
+
+    // Our program, which has not seen the peer's bytes, writes on.
+    held.write_all_at(b"BB", 4).expect("write");
+    held.sync_all().expect("fsync");
+    drop(held);
+
+    assert_eq!(std::fs::read(mnt.join("notes.txt")).expect("read"), b"PPPPPPPPPP");
+    let conflicts = engine.content_conflicts().expect("conflicts");
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!((conflicts[0].copy_writer, conflicts[0].kept_writer), (engine.machine(), PEER));
+    let copy = String::from_utf8(conflicts[0].copy_path.clone()).expect("utf-8");
+    assert!(copy.starts_with(&format!("/notes (conflict from {} ", engine.machine())), "{copy}");
+    let copied = std::fs::read(mnt.join(&copy[1..])).expect("read the copy");
+    assert_eq!(copied, b"AA23BB6789", "our line: our first write, then our second");
+    drop(engine);
+    handle.unmount().expect("unmount");
+}
