@@ -48,17 +48,6 @@ fn utc_date() -> String {
     String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
 }
 
-/// Unmounts (lazily, as a last resort) if a test fails while mounted.
-struct MountGuard<'a>(&'a Path);
-
-impl Drop for MountGuard<'_> {
-    fn drop(&mut self) {
-        if std::fs::read_to_string("/proc/mounts").unwrap_or_default().contains(&self.0.display().to_string()) {
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(self.0).status();
-        }
-    }
-}
-
 /// A machine: its data dir and mountpoint; mounted only inside `edit`.
 struct Machine {
     name: &'static str,
@@ -96,7 +85,7 @@ impl Machine {
         let status = self.data.join("status.toml");
         let before = stamp(&status);
         syncer(&[&"mount", &self.data, &self.mnt]);
-        let guard = MountGuard(&self.mnt);
+        let guard = support::MountGuard(&self.mnt);
         let deadline = Instant::now() + Duration::from_secs(60);
         while stamp(&status) == before {
             assert!(Instant::now() < deadline, "{}: the mount's first push never reported", self.name);

@@ -33,22 +33,11 @@ struct Machine {
     mnt: PathBuf,
 }
 
-/// Unmounts (lazily, as a last resort) if a test fails while mounted.
-struct MountGuard<'a>(&'a Path);
-
-impl Drop for MountGuard<'_> {
-    fn drop(&mut self) {
-        if std::fs::read_to_string("/proc/mounts").unwrap_or_default().contains(&self.0.display().to_string()) {
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(self.0).status();
-        }
-    }
-}
-
 impl Machine {
     /// Mounts, runs `f` on the mountpoint, unmounts (every write committed).
     fn edit(&self, f: impl FnOnce(&Path)) {
         syncer(&[p("mount"), &self.data, &self.mnt]);
-        let guard = MountGuard(&self.mnt);
+        let guard = support::MountGuard(&self.mnt);
         f(&self.mnt);
         syncer(&[p("unmount"), &self.mnt]);
         drop(guard);

@@ -14,23 +14,13 @@ use engine::clock::VectorClock;
 use engine::event::{AttrChange, Attrs, BlockChange, Change, EventV1, NodeKind};
 use engine::ids::{MachineId, NodeId, Timestamp};
 
+mod support;
+
 const M: MachineId = MachineId(0x0000_0000_0000_00b7);
 const T0: i64 = 1_700_000_000;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1-datadir")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
-        let dst = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), &dst).expect("copy");
-        }
-    }
 }
 
 fn content(i: u8) -> Vec<u8> {
@@ -118,7 +108,7 @@ fn generate_v1_datadir() {
 fn a_format_1_0_data_dir_opens_upgraded_and_never_gets_v1_again() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
-    copy_dir(&fixture(), &data);
+    support::copy_dir(&fixture(), &data);
     // The CLI opens it without user action.
     let out = Command::new(env!("CARGO_BIN_EXE_syncer")).arg("status").arg(&data).output().expect("run");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);

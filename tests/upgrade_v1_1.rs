@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use engine::event::{AttrChange, Attrs, BlockChange, NodeKind};
 use engine::ids::{MachineId, NodeId};
 
+mod support;
+
 const M: MachineId = MachineId(0x0000_0000_0000_00c2);
 
 fn fixture() -> PathBuf {
@@ -58,18 +60,6 @@ fn generate_v1_1_datadir() {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
-        let dst = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), &dst).expect("copy");
-        }
-    }
-}
-
 fn read_all(e: &engine::Engine, node: NodeId) -> Vec<u8> {
     let size = e.node(node).expect("node").size as usize;
     let mut out = Vec::new();
@@ -85,7 +75,7 @@ fn read_all(e: &engine::Engine, node: NodeId) -> Vec<u8> {
 fn a_format_1_1_data_dir_opens_upgraded_and_its_files_take_part_in_conflicts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
-    copy_dir(&fixture(), &data);
+    support::copy_dir(&fixture(), &data);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_syncer")).arg("status").arg(&data).output().expect("run");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");

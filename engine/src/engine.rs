@@ -1346,15 +1346,7 @@ impl Engine {
 
     /// Records a write: the file is now `size` bytes and `blocks` changed.
     pub fn write_blocks(&self, node: NodeId, size: u64, blocks: Vec<BlockChange>) -> Result<NodeState> {
-        self.mutate(node, |_, ix| {
-            let n = ix.node(node)?.ok_or(Error::fs(node, FsError::NotFound))?;
-            match n.kind {
-                NodeKind::File => {}
-                NodeKind::Dir => return Err(Error::fs(node, FsError::IsDir)),
-                _ => return Err(Error::fs(node, FsError::WrongKind)),
-            }
-            Ok((vec![(node, Change::Content { size, blocks })], ()))
-        })?;
+        self.write_blocks_on(node, None, size, blocks)?;
         self.node(node)
     }
 

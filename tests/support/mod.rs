@@ -1,5 +1,6 @@
-//! Shared by the reliability tests (hostile, differential, crashloop): a
-//! fresh data dir mounted in-process, and errno helpers for raw syscalls.
+//! Shared by the integration tests: a fresh data dir mounted in-process,
+//! a guard for mounts made by the `syncer` binary, a recursive copy for
+//! checked-in fixtures, and errno helpers for raw syscalls.
 #![allow(dead_code)]
 
 use std::ffi::CString;
@@ -143,4 +144,29 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// Unmounts `0` (lazily, as a last resort) if a test fails while it is
+/// mounted by the `syncer` binary.
+pub struct MountGuard<'a>(pub &'a Path);
+
+impl Drop for MountGuard<'_> {
+    fn drop(&mut self) {
+        if std::fs::read_to_string("/proc/mounts").unwrap_or_default().contains(&self.0.display().to_string()) {
+            let _ = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(self.0).status();
+        }
+    }
+}
+
+/// Copies the folder `from` to `to`, recursively (fixtures into temp dirs).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let dst = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy");
+        }
+    }
 }
