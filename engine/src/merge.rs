@@ -50,9 +50,11 @@
 //!    changes on `e` then follow that line to the copy by rule 1.
 //!
 //! A base no node can show (an event whose base has not arrived: a peer's
-//! log missing part of its history) is treated as a conflict made on `X`'s
-//! current content, and is made whole when the base arrives and the index
-//! is replayed in order. A change read from a version 2 record has no base:
+//! log missing part of its history), or a version of another file (only a
+//! damaged or hostile peer names one; copies and the file they were made
+//! beside are one family, `copy_of`), is treated as a conflict made on
+//! `X`'s current content; a missing base is made whole when it arrives and
+//! the index is replayed in order. A change read from a version 2 record has no base:
 //! it is applied to its node field by field, as version 2 merged it (writes
 //! never shrink the file there).
 //!
@@ -589,7 +591,14 @@ fn content_target<S: TreeStore>(s: &S, e: &Event, base: EventId) -> Result<Targe
         // Not a file: `tree::apply` refuses the change as it always has.
         return Ok(Target::Node(e.node));
     }
-    let Some(loc) = s.version(base)?.filter(|l| l.key < order_key(e)) else {
+    let mut loc = s.version(base)?.filter(|l| l.key < order_key(e));
+    if let Some(l) = loc {
+        // A base of another file (a damaged or hostile peer) is no base.
+        if l.node != e.node && family(s, l.node)? != family(s, e.node)? {
+            loc = None;
+        }
+    }
+    let Some(loc) = loc else {
         // The base is not known here (yet): a conflict made on what `X` shows.
         let content = Content { size: x.size, blocks: s.blocks_after(e.node, LATEST)? };
         return Ok(Target::Copy { of: e.node, content });
@@ -609,6 +618,19 @@ fn content_target<S: TreeStore>(s: &S, e: &Event, base: EventId) -> Result<Targe
     Ok(Target::Copy { of: t, content: base_content })
 }
 
+/// The file a family of conflict copies was made from (`id` itself for a
+/// file that is no copy).
+fn family<S: TreeStore>(s: &S, id: NodeId) -> Result<NodeId, S::Error> {
+    let mut cur = id;
+    for _ in 0..MAX_DEPTH {
+        match s.node(cur)?.and_then(|n| n.copy_of) {
+            Some(up) if up != cur => cur = up,
+            _ => break,
+        }
+    }
+    Ok(cur)
+}
+
 /// Makes `e`'s whole version a conflict copy beside `of` (see *Content
 /// versions*, rule 3).
 fn make_copy<S: TreeStore>(s: &mut S, e: &Event, of: NodeId, base: Content, block_size: u64) -> Result<(), S::Error> {
@@ -625,6 +647,7 @@ fn make_copy<S: TreeStore>(s: &mut S, e: &Event, of: NodeId, base: Content, bloc
     record.head = Some(ContentHead::of(e));
     record.clock = e.clock.clone();
     record.conflict_of = Some(of);
+    record.copy_of = Some(of);
     // Not in the tree until `place_named` puts it there.
     record.removed = true;
     record.removed_by = None;

@@ -74,6 +74,9 @@ pub struct NodeRecord {
     /// A conflict copy not yet resolved: the file whose concurrent version
     /// it holds (see `merge`).
     pub conflict_of: Option<NodeId>,
+    /// A conflict copy, resolved or not: the file it was made beside. A
+    /// content change is routed only within one such family.
+    pub copy_of: Option<NodeId>,
 }
 
 impl NodeRecord {
@@ -95,6 +98,7 @@ impl NodeRecord {
             volname: Vec::new(),
             head: None,
             conflict_of: None,
+            copy_of: None,
         }
     }
 

@@ -479,3 +479,37 @@ fn a_truncate_after_a_write_inside_the_file_cuts_the_blocks_past_the_end() {
     let s = reps[0].state();
     assert_eq!((s.nodes[&a].record.size, blocks(&s, a)), (1, vec![(0, 2)]));
 }
+
+/// A change that names a version of another file as its base (only a
+/// damaged or hostile peer writes one) never touches that other file: it
+/// becomes a copy beside its own file.
+#[test]
+fn a_base_of_another_file_never_routes_a_change_there() {
+    let mut reps = vec![Replica::new(0)];
+    perform(&mut reps, &Action::Create { r: 0, dir: 0, name: 0, is_dir: false });
+    perform(&mut reps, &Action::Create { r: 0, dir: 0, name: 1, is_dir: false });
+    write(&mut reps, 0, 0, 1);
+    let s = reps[0].state();
+    let (a, b) = (s.lookup(NodeId::ROOT, b"a").expect("a"), s.lookup(NodeId::ROOT, b"b").expect("b"));
+    let b_version = s.nodes[&b].record.head.expect("head").event;
+    let mut clock = s.nodes[&a].record.clock.clone();
+    let hostile = engine::ids::MachineId(0xbad);
+    clock.tick(hostile);
+    let change = vec![engine::event::BlockChange { index: 0, block: Some(block(9)) }];
+    let ev = Event {
+        node: a,
+        machine: hostile,
+        seq: 1,
+        time: engine::ids::Timestamp(i64::MAX / 2),
+        clock,
+        change: engine::event::Change::Content { size: 1, blocks: change },
+        base: Some(b_version),
+    };
+    let all: Vec<Event> = reps[0].known.values().cloned().chain([ev.clone()]).collect();
+    let m = merge(&all, BS);
+    assert_eq!(blocks(&m, b), blocks(&s, b), "the other file is untouched");
+    let copy = NodeId::conflict_copy(ev.id());
+    assert_eq!(m.nodes[&copy].record.copy_of, Some(a));
+    assert_eq!(blocks(&m, copy), [(0, 9)]);
+    assert_is_tree(&m);
+}
