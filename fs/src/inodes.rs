@@ -170,23 +170,22 @@ impl Inodes {
         }
     }
 
-    /// A handle on `ino` was released. Returns whether it was the last.
-    pub(crate) fn close(&self, ino: u64) -> bool {
+    /// A handle on `ino` was released.
+    pub(crate) fn close(&self, ino: u64) {
         if ino == 1 {
-            return false;
+            return;
         }
         let mut t = self.inner.lock();
-        let (drop_it, last) = match t.by_ino.get_mut(&ino) {
+        let drop_it = match t.by_ino.get_mut(&ino) {
             Some(e) => {
                 e.opens = e.opens.saturating_sub(1);
-                (e.lookups == 0 && e.opens == 0, e.opens == 0)
+                e.lookups == 0 && e.opens == 0
             }
-            None => (false, true),
+            None => false,
         };
         if drop_it {
             Self::remove(&mut t, ino);
         }
-        last
     }
 
     fn remove(t: &mut Table, ino: u64) {

@@ -401,7 +401,7 @@ impl Core {
             self.wb.truncate(node, 0)?;
         }
         self.inodes.open(ino);
-        if st.kind == NodeKind::File {
+        if st.kind == NodeKind::File && writes(flags) {
             self.wb.begin_line(node);
         }
         Ok(self.fresh_fh())
@@ -435,8 +435,9 @@ impl Core {
             Err(e) => return Err(e),
         };
         self.inodes.open(attr.ino.0);
-        if let Ok(node) = self.node_of(attr.ino.0) {
-            self.wb.begin_line(node);
+        match self.node_of(attr.ino.0) {
+            Ok(node) if writes(flags) => self.wb.begin_line(node),
+            _ => {}
         }
         Ok((attr, self.fresh_fh()))
     }
@@ -459,17 +460,17 @@ impl Core {
         self.wb.flush(node)
     }
 
-    pub(crate) fn do_release(&self, ino: u64) -> Result<(), Errno> {
+    /// A handle opened with `flags` is released.
+    pub(crate) fn do_release(&self, ino: u64, flags: i32) -> Result<(), Errno> {
         let node = self.node_of(ino);
         let res = match node {
             Ok(node) => self.wb.flush(node),
             Err(e) => Err(e),
         };
-        if self.inodes.close(ino) {
-            if let Ok(node) = node {
-                self.wb.end_line(node);
-            }
+        if let (Ok(node), true) = (node, writes(flags)) {
+            self.wb.end_line(node);
         }
+        self.inodes.close(ino);
         res
     }
 
@@ -732,6 +733,11 @@ impl Core {
     }
 }
 
+/// Whether a handle opened with `flags` may write.
+fn writes(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY
+}
+
 /// The statfs answer: the data dir's filesystem, grown so that used space
 /// covers the collection's logical size, and file counts from the tree.
 // The casts matter on targets where statvfs fields are 32-bit.
@@ -817,7 +823,7 @@ mod tests {
         assert_eq!(c.do_read(ino, 0, 20_000).unwrap(), want);
         // The middle blocks were never written: holes, nothing stored.
         assert_eq!(c.engine.file_blocks(node, 0, 3).unwrap().iter().map(|b| b.0).collect::<Vec<_>>(), vec![0, 2]);
-        c.do_release(ino).unwrap();
+        c.do_release(ino, libc::O_RDWR).unwrap();
         assert_eq!(c.wb.dirty_bytes(), 0);
     }
 
@@ -835,7 +841,7 @@ mod tests {
         }
         assert_eq!(c.do_read(ino, 0, model.len() as u32).unwrap(), model);
         c.do_fsync(ino).unwrap();
-        c.do_release(ino).unwrap();
+        c.do_release(ino, libc::O_RDWR).unwrap();
         assert_eq!(c.do_read(ino, 0, model.len() as u32).unwrap(), model);
     }
 
@@ -846,7 +852,7 @@ mod tests {
         let ino = a.ino.0;
         let mut model: Vec<u8> = (0..64 * 4096u32).map(|i| (i / 4096 * 31 + i % 251) as u8).collect();
         c.do_write(ino, 0, &model, libc::O_RDWR).unwrap();
-        c.do_release(ino).unwrap();
+        c.do_release(ino, libc::O_RDWR).unwrap();
         let read_all = |c: &Core| {
             let mut back = Vec::new();
             loop {
@@ -863,7 +869,7 @@ mod tests {
         c.do_write(ino, 10 * 4096 + 5, b"new", libc::O_RDWR).unwrap();
         model[10 * 4096 + 5..10 * 4096 + 8].copy_from_slice(b"new");
         assert_eq!(read_all(&c), model, "buffered");
-        c.do_release(ino).unwrap();
+        c.do_release(ino, libc::O_RDWR).unwrap();
         assert_eq!(read_all(&c), model, "committed");
     }
 

@@ -13,12 +13,13 @@
 //! - bytes of a block past its buffer's length, up to the file size, are
 //!   zeros (holes and regions past an old end of file);
 //! - an all-zero block is never stored: it commits as a hole;
-//! - while a file is open, its commits are one line of content versions:
-//!   each is made on the version the one before made (the first on the
-//!   version the file showed at open), never on a peer's version imported
-//!   meanwhile; so a program's writes never land on top of bytes it did not
-//!   see, and a concurrent peer change makes a conflict copy instead (see
-//!   the engine's `merge`);
+//! - while a file is open for writing, its commits are one line of content
+//!   versions: each is made on the version the one before made (the first
+//!   on the version the file showed when it was first opened for writing),
+//!   never on a peer's version imported meanwhile; so a program's writes
+//!   never land on top of bytes it did not see, and a concurrent peer change
+//!   makes a conflict copy instead (see the engine's `merge`). Handles open
+//!   only for reading take no part;
 //! - `Shared::dirty_bytes` counts the memory of every `Buf` and every block
 //!   in a worker's hands; a writer that pushes it past the configured bound
 //!   spills buffers to the workers and waits for them, and the job channel is
@@ -132,6 +133,16 @@ impl Dirty {
 #[derive(Clone, Copy)]
 struct On {
     size: u64,
+    version: Option<EventId>,
+}
+
+/// A file open for writing (see the module docs).
+#[derive(Clone, Copy, Debug)]
+struct Line {
+    /// Handles open for writing.
+    writers: u32,
+    /// The version the next commit is made on (`None`: the one the file
+    /// shows then).
     version: Option<EventId>,
 }
 
@@ -296,9 +307,9 @@ pub(crate) struct WriteBack {
     ahead_tx: Option<Sender<Ahead>>,
     workers: Vec<JoinHandle<()>>,
     files: Mutex<HashMap<NodeId, Arc<FileState>>>,
-    /// Open files: the content version their next commit is made on (see
-    /// the module docs).
-    lines: Mutex<HashMap<NodeId, Option<EventId>>>,
+    /// Files open for writing: how many handles, and the content version
+    /// their next commit is made on (see the module docs).
+    lines: Mutex<HashMap<NodeId, Line>>,
     /// Per node read lately, where its sequential reading stands (see
     /// [`ahead_step`]).
     streams: Mutex<HashMap<NodeId, Stream>>,
@@ -398,7 +409,7 @@ impl WriteBack {
     pub(crate) fn write(&self, node: NodeId, offset: u64, data: &[u8], append: bool) -> Result<u32, Errno> {
         let len = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
         // The version this write goes on: what a partial block keeps of it.
-        let base = self.lines.lock().get(&node).copied().flatten();
+        let base = self.line(node);
         let (file, jobs, commit_now) = loop {
             let file = self.get_or_create(node);
             let mut st = file.st.lock();
@@ -650,11 +661,9 @@ impl WriteBack {
             }
         }
         drop(st);
-        let base = self.lines.lock().get(&file.node).copied().flatten();
-        let made = self.engine().write_blocks_on(file.node, base, size, changes).map_err(|e| errno(&e))?;
-        if let Some(line) = self.lines.lock().get_mut(&file.node) {
-            *line = Some(made);
-        }
+        let made =
+            self.engine().write_blocks_on(file.node, self.line(file.node), size, changes).map_err(|e| errno(&e))?;
+        self.line_made(file.node, made);
         let mut st = file.st.lock();
         for (i, seq) in committed {
             if matches!(st.slots.get(&i), Some(Slot::Ready { seq: s, .. }) if *s == seq) {
@@ -667,14 +676,40 @@ impl WriteBack {
         Ok(())
     }
 
-    /// `node` was opened: unless it is open already, its commits from now
-    /// on continue the version it shows now.
+    /// `node` was opened for writing: unless it is open for writing
+    /// already, its commits from now on continue the version it shows now.
     pub(crate) fn begin_line(&self, node: NodeId) {
-        if self.lines.lock().contains_key(&node) {
+        if let Some(line) = self.lines.lock().get_mut(&node) {
+            line.writers += 1;
             return;
         }
         let now = self.engine().content_version(node).ok().flatten();
-        self.lines.lock().entry(node).or_insert(now);
+        self.lines.lock().entry(node).or_insert(Line { writers: 0, version: now }).writers += 1;
+    }
+
+    /// A handle that opened `node` for writing was released; after the
+    /// last one, commits (there are none but at unmount) are made on the
+    /// version the file shows then.
+    pub(crate) fn end_line(&self, node: NodeId) {
+        let mut lines = self.lines.lock();
+        if let Some(line) = lines.get_mut(&node) {
+            line.writers = line.writers.saturating_sub(1);
+            if line.writers == 0 {
+                lines.remove(&node);
+            }
+        }
+    }
+
+    /// The version `node`'s next change is made on (`None`: the shown one).
+    fn line(&self, node: NodeId) -> Option<EventId> {
+        self.lines.lock().get(&node).and_then(|l| l.version)
+    }
+
+    /// `node`'s line made version `made`.
+    fn line_made(&self, node: NodeId, made: EventId) {
+        if let Some(line) = self.lines.lock().get_mut(&node) {
+            line.version = Some(made);
+        }
     }
 
     /// Truncates `node` to `size` (buffered writes committed first), as
@@ -686,18 +721,9 @@ impl WriteBack {
     /// [`WriteBack::truncate`] for a caller already inside
     /// [`WriteBack::with_committed`].
     pub(crate) fn truncate_committed(&self, node: NodeId, size: u64) -> Result<(), Errno> {
-        let base = self.lines.lock().get(&node).copied().flatten();
-        let made = self.engine().truncate_on(node, base, size).map_err(|e| errno(&e))?;
-        if let Some(line) = self.lines.lock().get_mut(&node) {
-            *line = Some(made);
-        }
+        let made = self.engine().truncate_on(node, self.line(node), size).map_err(|e| errno(&e))?;
+        self.line_made(node, made);
         Ok(())
-    }
-
-    /// `node`'s last handle was released: later commits (there are none
-    /// but at unmount) are made on the version it shows then.
-    pub(crate) fn end_line(&self, node: NodeId) {
-        self.lines.lock().remove(&node);
     }
 
     fn forget_if_clean(&self, node: NodeId) {

@@ -214,3 +214,36 @@ fn writes_through_a_file_held_open_across_an_import_stay_one_version() {
     drop(engine);
     handle.unmount().expect("unmount");
 }
+
+/// A handle open only for reading takes no part in a line: a program that
+/// opens the file for writing after a peer's change was imported writes on
+/// that change, with no conflict, even while an older reader holds the
+/// file open.
+#[test]
+fn a_reader_held_open_across_an_import_makes_no_conflict_of_a_later_writer() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, mnt, engine, handle) = mounted(tmp.path());
+    std::fs::write(mnt.join("notes.txt"), b"0123456789").expect("write");
+    let reader = std::fs::File::open(mnt.join("notes.txt")).expect("open for reading");
+
+    let file = engine.lookup(NodeId::ROOT, b"notes.txt").expect("lookup").id;
+    let shown = engine.content_version(file).expect("version").expect("a file has one");
+    let block = engine.put_block(b"PPPPPPPPPP").expect("put");
+    engine.sync().expect("sync");
+    let clock = engine.index().expect("index").node(file).expect("node").expect("exists").clock;
+    let change = Change::Content { size: 10, blocks: vec![BlockChange { index: 0, block: Some(block) }] };
+    let mut ev = peer_event(file, 1, &clock, change);
+    ev.base = Some(shown);
+    write_peer_log(&data, &[ev]);
+    assert_eq!(engine.import().expect("import").applied, 1);
+
+    let writer = std::fs::OpenOptions::new().write(true).open(mnt.join("notes.txt")).expect("open for writing");
+    writer.write_all_at(b"BB", 4).expect("write");
+    drop(writer);
+    drop(reader);
+    assert_eq!(std::fs::read(mnt.join("notes.txt")).expect("read"), b"PPPPBBPPPP");
+    assert_eq!(engine.content_conflicts().expect("conflicts"), vec![]);
+    drop(engine);
+    handle.unmount().expect("unmount");
+}
