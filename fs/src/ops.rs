@@ -436,7 +436,7 @@ impl Core {
         };
         self.inodes.open(attr.ino.0);
         match self.node_of(attr.ino.0) {
-            Ok(node) if writes(flags) => self.wb.begin_line(node),
+            Ok(node) if writes(flags) => self.wb.begin_new_line(node),
             _ => {}
         }
         Ok((attr, self.fresh_fh()))

@@ -687,6 +687,13 @@ impl WriteBack {
         self.lines.lock().entry(node).or_insert(Line { writers: 0, version: now }).writers += 1;
     }
 
+    /// `node` was created here and opened for writing: its line starts at
+    /// the version it shows at its first commit (no peer can have changed a
+    /// file it has not seen yet), so nothing is asked of the engine.
+    pub(crate) fn begin_new_line(&self, node: NodeId) {
+        self.lines.lock().entry(node).or_insert(Line { writers: 0, version: None }).writers += 1;
+    }
+
     /// A handle that opened `node` for writing was released; after the
     /// last one, commits (there are none but at unmount) are made on the
     /// version the file shows then.
