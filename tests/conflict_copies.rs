@@ -111,9 +111,7 @@ impl Machine {
 
     /// The whole tree as seen through a mount.
     fn tree(&self) -> Tree {
-        let mut out = Tree::new();
-        self.edit(|m| walk(m, m, &mut out));
-        out
+        self.edit(tree_of)
     }
 }
 
@@ -137,24 +135,13 @@ impl std::fmt::Debug for Entry {
 /// Relative path -> entry.
 type Tree = BTreeMap<String, Entry>;
 
-fn walk(root: &Path, dir: &Path, out: &mut Tree) {
-    for e in std::fs::read_dir(dir).expect("readdir") {
-        let path = e.expect("entry").path();
-        let md = std::fs::symlink_metadata(&path).expect("lstat");
-        let rel = path.strip_prefix(root).expect("under root").display().to_string();
-        let (kind, body) = if md.is_dir() {
-            ('d', Vec::new())
-        } else if md.file_type().is_symlink() {
-            ('l', std::fs::read_link(&path).expect("readlink").into_os_string().into_encoded_bytes())
-        } else {
-            ('f', std::fs::read(&path).expect("read"))
-        };
-        let xattrs = support::xattrs(&path).expect("xattrs");
-        out.insert(rel, Entry { kind, mode: md.permissions().mode() & 0o7777, body, xattrs });
-        if md.is_dir() {
-            walk(root, &path, out);
-        }
-    }
+fn tree_of(root: &Path) -> Tree {
+    support::walk(root)
+        .into_iter()
+        .map(|f| {
+            (f.rel, Entry { kind: f.kind, mode: f.md.permissions().mode() & 0o7777, body: f.body, xattrs: f.xattrs })
+        })
+        .collect()
 }
 
 /// Two machines sharing a local-directory remote (64 KiB blocks): A made

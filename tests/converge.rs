@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod support;
-use support::{pattern, setxattr, xattrs};
+use support::{pattern, setxattr};
 
 const BS: usize = 64 << 10;
 
@@ -51,7 +51,7 @@ impl Machine {
     /// content or link target, xattrs).
     fn snapshot(&self) -> Snapshot {
         let mut out = BTreeMap::new();
-        self.edit(|m| walk(m, m, &mut out));
+        self.edit(|m| out = snapshot_of(m));
         out
     }
 }
@@ -59,24 +59,14 @@ impl Machine {
 /// path -> (kind, mode, size, content or link target, xattrs).
 type Snapshot = BTreeMap<String, (char, u32, u64, Vec<u8>, support::Xattrs)>;
 
-fn walk(root: &Path, dir: &Path, out: &mut Snapshot) {
-    for e in std::fs::read_dir(dir).expect("readdir") {
-        let path = e.expect("entry").path();
-        let md = std::fs::symlink_metadata(&path).expect("lstat");
-        let rel = path.strip_prefix(root).expect("under root").display().to_string();
-        let (kind, body) = if md.is_dir() {
-            ('d', Vec::new())
-        } else if md.file_type().is_symlink() {
-            ('l', std::fs::read_link(&path).expect("readlink").into_os_string().into_encoded_bytes())
-        } else {
-            ('f', std::fs::read(&path).expect("read"))
-        };
-        let size = if kind == 'd' { 0 } else { md.size() };
-        out.insert(rel, (kind, md.permissions().mode() & 0o7777, size, body, xattrs(&path).expect("xattrs")));
-        if md.is_dir() {
-            walk(root, &path, out);
-        }
-    }
+fn snapshot_of(root: &Path) -> Snapshot {
+    support::walk(root)
+        .into_iter()
+        .map(|f| {
+            let size = if f.kind == 'd' { 0 } else { f.md.size() };
+            (f.rel, (f.kind, f.md.permissions().mode() & 0o7777, size, f.body, f.xattrs))
+        })
+        .collect()
 }
 
 #[test]

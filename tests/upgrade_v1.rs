@@ -31,11 +31,7 @@ fn content(i: u8) -> Vec<u8> {
 #[ignore = "writes the checked-in fixture; run once by hand"]
 fn generate_v1_datadir() {
     let dir = fixture();
-    assert!(!dir.exists(), "{} exists; the fixture is never regenerated", dir.display());
-    let mut config = engine::config::Config::new_default(M);
-    config.block_size = 4096;
-    config.small_block = 1024;
-    engine::Engine::init(&dir, config).expect("init");
+    support::init_fixture(&dir, M);
     let storage = std::sync::Arc::new(engine::storage::FsStorage);
     let blobs = engine::blob::BlobStore::open(storage, dir.join("blobs"), 32, 1).expect("blobs");
     let docs = NodeId::new(1, M);

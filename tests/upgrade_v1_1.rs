@@ -30,11 +30,7 @@ fn content(i: u8) -> Vec<u8> {
 #[ignore = "writes the checked-in fixture; run once by hand"]
 fn generate_v1_1_datadir() {
     let dir = fixture();
-    assert!(!dir.exists(), "{} exists; the fixture is never regenerated", dir.display());
-    let mut config = engine::config::Config::new_default(M);
-    config.block_size = 4096;
-    config.small_block = 1024;
-    engine::Engine::init(&dir, config).expect("init");
+    support::init_fixture(&dir, M);
     let e = engine::Engine::open(&dir).expect("open");
     let attrs = |mode| Attrs { mode, ..Attrs::default() };
     let docs = e.create(NodeId::ROOT, b"docs", NodeKind::Dir, attrs(0o755), b"").expect("mkdir").id;

@@ -47,6 +47,21 @@ fn write_peer_log(data: &std::path::Path, events: &[Event]) {
     log.sync().expect("sync");
 }
 
+/// [`PEER`], having seen the version `notes.txt` shows now, rewrites it
+/// to `bytes` (one block); its log arrives and is imported.
+fn peer_rewrites_notes(data: &std::path::Path, engine: &Engine, bytes: &[u8]) {
+    let file = engine.lookup(NodeId::ROOT, b"notes.txt").expect("lookup").id;
+    let shown = engine.content_version(file).expect("version").expect("a file has one");
+    let block = engine.put_block(bytes).expect("put");
+    engine.sync().expect("sync");
+    let clock = engine.index().expect("index").node(file).expect("node").expect("exists").clock;
+    let blocks = vec![BlockChange { index: 0, block: Some(block) }];
+    let mut ev = peer_event(file, 1, &clock, Change::Content { size: bytes.len() as u64, blocks });
+    ev.base = Some(shown);
+    write_peer_log(data, &[ev]);
+    assert_eq!(engine.import().expect("import").applied, 1);
+}
+
 /// Polls `check` for up to 600 ms (the invalidation runs on its own thread).
 fn within_600ms(mut check: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(600);
@@ -182,20 +197,7 @@ fn writes_through_a_file_held_open_across_an_import_stay_one_version() {
     held.sync_all().expect("fsync");
 
     // The peer saw our first write and rewrote the file on top of it.
-    let file = engine.lookup(NodeId::ROOT, b"notes.txt").expect("lookup").id;
-    let ours = engine.content_version(file).expect("version").expect("a file has one");
-    let block = engine.put_block(b"PPPPPPPPPP").expect("put");
-    engine.sync().expect("sync");
-    let clock = engine.index().expect("index").node(file).expect("node").expect("exists").clock;
-    let mut ev = peer_event(
-        file,
-        1,
-        &clock,
-        Change::Content { size: 10, blocks: vec![BlockChange { index: 0, block: Some(block) }] },
-    );
-    ev.base = Some(ours);
-    write_peer_log(&data, &[ev]);
-    assert_eq!(engine.import().expect("import").applied, 1);
+    peer_rewrites_notes(&data, &engine, b"PPPPPPPPPP");
     assert!(within_600ms(|| std::fs::read(mnt.join("notes.txt")).expect("read") == b"PPPPPPPPPP"));
 
     // Our program, which has not seen the peer's bytes, writes on.
@@ -227,16 +229,7 @@ fn a_reader_held_open_across_an_import_makes_no_conflict_of_a_later_writer() {
     std::fs::write(mnt.join("notes.txt"), b"0123456789").expect("write");
     let reader = std::fs::File::open(mnt.join("notes.txt")).expect("open for reading");
 
-    let file = engine.lookup(NodeId::ROOT, b"notes.txt").expect("lookup").id;
-    let shown = engine.content_version(file).expect("version").expect("a file has one");
-    let block = engine.put_block(b"PPPPPPPPPP").expect("put");
-    engine.sync().expect("sync");
-    let clock = engine.index().expect("index").node(file).expect("node").expect("exists").clock;
-    let change = Change::Content { size: 10, blocks: vec![BlockChange { index: 0, block: Some(block) }] };
-    let mut ev = peer_event(file, 1, &clock, change);
-    ev.base = Some(shown);
-    write_peer_log(&data, &[ev]);
-    assert_eq!(engine.import().expect("import").applied, 1);
+    peer_rewrites_notes(&data, &engine, b"PPPPPPPPPP");
 
     let writer = std::fs::OpenOptions::new().write(true).open(mnt.join("notes.txt")).expect("open for writing");
     writer.write_all_at(b"BB", 4).expect("write");

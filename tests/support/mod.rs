@@ -170,3 +170,47 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// One node found by [`walk`]: its path below the root, its metadata, its
+/// kind (`'d'`, `'l'` or `'f'`), its content or link target, its xattrs.
+pub struct Found {
+    pub rel: String,
+    pub md: std::fs::Metadata,
+    pub kind: char,
+    pub body: Vec<u8>,
+    pub xattrs: Xattrs,
+}
+
+/// Every node below `root` (a mountpoint), depth first.
+pub fn walk(root: &Path) -> Vec<Found> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).expect("readdir") {
+            let path = e.expect("entry").path();
+            let md = std::fs::symlink_metadata(&path).expect("lstat");
+            let rel = path.strip_prefix(root).expect("under root").display().to_string();
+            let (kind, body) = if md.is_dir() {
+                dirs.push(path.clone());
+                ('d', Vec::new())
+            } else if md.file_type().is_symlink() {
+                ('l', std::fs::read_link(&path).expect("readlink").into_os_string().into_encoded_bytes())
+            } else {
+                ('f', std::fs::read(&path).expect("read"))
+            };
+            let xattrs = xattrs(&path).expect("xattrs");
+            out.push(Found { rel, md, kind, body, xattrs });
+        }
+    }
+    out
+}
+
+/// A new data dir for a checked-in fixture at `dir` (4 KiB blocks), made
+/// by `machine`; refuses to overwrite one (fixtures are never regenerated).
+pub fn init_fixture(dir: &Path, machine: MachineId) {
+    assert!(!dir.exists(), "{} exists; the fixture is never regenerated", dir.display());
+    let mut config = Config::new_default(machine);
+    config.block_size = 4096;
+    config.small_block = 1024;
+    Engine::init(dir, config).expect("init");
+}
