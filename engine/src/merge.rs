@@ -17,6 +17,25 @@
 //!   three-way merge against the common ancestor of DESIGN.md, computed
 //!   without finding the ancestor.
 //! - Content as one value, never block by block (see *Content versions*).
+//! - Moves follow Kleppmann et al. (2021): applied in the total order, and a
+//!   move that would make a node its own ancestor is skipped, so the tree
+//!   never has a cycle and no subtree is orphaned.
+//! - Remove vs concurrent change: the change wins. A change to a removed
+//!   node that did not see the removal (its clock does not include the
+//!   remove's) brings the node back, with its parents if needed; a remove of
+//!   a directory that has live children (added concurrently) is skipped,
+//!   and so is a remove of a file whose content version its writer had not
+//!   seen. Changes that did see the removal (writes through a handle opened
+//!   before an unlink) apply to the unlinked node without bringing it back.
+//! - Names: two live nodes that end with one name in one directory both stay
+//!   visible; the one placed later in the order gets a deterministic
+//!   conflict name, `stem (conflict from <machine> <date>).ext`, and the
+//!   resolution is recorded as a [`Conflict`].
+//!
+//! Always true of the result: every live node is reachable from the root,
+//! there is no cycle, names are unique per directory, every visible file
+//! shows exactly one writer's version, and the result depends only on the
+//! set of events (not their order, not duplicates).
 //!
 //! # Content versions
 //!
@@ -54,9 +73,9 @@
 //! damaged or hostile peer names one; copies and the file they were made
 //! beside are one family, `copy_of`), is treated as a conflict made on
 //! `X`'s current content; a missing base is made whole when it arrives and
-//! the index is replayed in order. A change read from a version 2 record has no base:
-//! it is applied to its node field by field, as version 2 merged it (writes
-//! never shrink the file there).
+//! the index is replayed in order. A change read from a version 2 record
+//! has no base: it is applied to its node field by field, as version 2
+//! merged it (writes never shrink the file there).
 //!
 //! So a file's visible content is always one writer's version, never a
 //! splice of two concurrent ones, and every concurrent version is visible
@@ -77,26 +96,9 @@
 //!   other, so a copy of the copy (`name (conflict …) (conflict …).ext`);
 //! - a side that wrote the original bytes back: rule 2 when the other side's
 //!   change comes later in the order; when it comes first, the rewriting
-//!   side's version (the original bytes) becomes the copy: both stay visible.
+//!   side's version (the original bytes) becomes the copy: both stay visible;
 //! - a copy is listed as a conflict until it is removed or resolved
 //!   ([`Change::Resolve`], `syncer resolve`).
-//! - Moves follow Kleppmann et al. (2021): applied in the total order, and a
-//!   move that would make a node its own ancestor is skipped, so the tree
-//!   never has a cycle and no subtree is orphaned.
-//! - Remove vs concurrent change: the change wins. A change to a removed
-//!   node that did not see the removal (its clock does not include the
-//!   remove's) brings the node back, with its parents if needed; a remove of
-//!   a directory that has live children (added concurrently) is skipped.
-//!   Changes that did see the removal (writes through a handle opened
-//!   before an unlink) apply to the unlinked node without bringing it back.
-//! - Names: two live nodes that end with one name in one directory both stay
-//!   visible; the one placed later in the order gets a deterministic
-//!   conflict name, `stem (conflict from <machine> <date>).ext`, and the
-//!   resolution is recorded as a [`Conflict`].
-//!
-//! Always true of the result: every live node is reachable from the root,
-//! there is no cycle, names are unique per directory, and the result
-//! depends only on the set of events (not their order, not duplicates).
 
 use std::collections::BTreeMap;
 
