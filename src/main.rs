@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod conflicts;
+mod daemon_log;
 mod history_cmd;
 mod log_cmd;
 mod mount;
@@ -230,7 +231,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("SYNCER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(daemon_log::Lossy)
         .init();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Mount { .. }) {
@@ -245,7 +246,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("syncer: {e:#}");
+            daemon_log::line(&format!("syncer: {e:#}"));
             ExitCode::from(1)
         }
     }

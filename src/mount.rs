@@ -123,20 +123,20 @@ fn run_foreground(
     let mp = mountpoint.to_path_buf();
     std::thread::spawn(move || {
         for sig in signals.forever() {
-            eprintln!("syncer: signal {sig}; unmounting {}", mp.display());
+            crate::daemon_log::line(&format!("syncer: signal {sig}; unmounting {}", mp.display()));
             if let Err(e) = detach(&mp) {
                 // Busy (open files): detach now, finish when they close.
-                eprintln!("syncer: {e:#}; detaching lazily");
+                crate::daemon_log::line(&format!("syncer: {e:#}; detaching lazily"));
                 let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&mp).status();
             }
         }
     });
-    eprintln!("syncer: mounting {} on {}", data_dir.display(), mountpoint.display());
+    crate::daemon_log::line(&format!("syncer: mounting {} on {}", data_dir.display(), mountpoint.display()));
     syncer_fs::mount(engine.clone(), mountpoint, opts)
         .with_context(|| format!("mount {} on {}", data_dir.display(), mountpoint.display()))?;
     drop(replication);
     engine.close().context("committing buffered state")?;
-    eprintln!("syncer: {}: {CLEAN_LINE}", mountpoint.display());
+    crate::daemon_log::line(&format!("syncer: {}: {CLEAN_LINE}", mountpoint.display()));
     Ok(())
 }
 
@@ -173,6 +173,8 @@ fn spawn_daemon(
         cmd.arg("-o").arg(options.join(","));
     }
     cmd.stdin(Stdio::null()).stdout(log.try_clone().context("log file")?).stderr(log);
+    // The daemon rotates its log (see `daemon_log`).
+    cmd.env(crate::daemon_log::LOG_FILE_ENV, &log_path);
     // SAFETY: setsid is async-signal-safe and touches no memory of ours.
     unsafe {
         cmd.pre_exec(|| {

@@ -19,6 +19,12 @@ pub fn print(dir: &Path) -> Result<()> {
     println!("block size:   {}", human(config.block_size));
     println!("hash size:    {} bytes", config.hash_size);
     println!("cache limit:  {}", human(config.cache_size));
+    if let Some((free, total)) = engine::blob::disk_space(dir) {
+        let reserve = engine::blob::reserve_on(config.reserve, total);
+        let room = free.saturating_sub(reserve);
+        let full = if room == 0 { " (full: new data is refused; see README, A full disk)" } else { "" };
+        println!("disk room:    {} for new data, before the reserve of {}{full}", human(room), human(reserve));
+    }
     match engine::Engine::open(dir) {
         Ok(e) => {
             let s = e.stats()?;

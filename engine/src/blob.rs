@@ -418,6 +418,36 @@ struct Pending {
     new_dirs: bool,
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem holding
+/// `path` (`None` if the filesystem cannot tell).
+pub fn free_space(path: &std::path::Path) -> Option<u64> {
+    disk_space(path).map(|(free, _)| free)
+}
+
+/// `(free for an unprivileged writer, total)` bytes of the filesystem
+/// holding `path`.
+pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string and `vfs` a plain C
+    // struct that statvfs fills in.
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut vfs) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // statvfs fields are 32-bit on some targets
+    let frsize = vfs.f_frsize as u64;
+    #[allow(clippy::unnecessary_cast)]
+    Some(((vfs.f_bavail as u64).saturating_mul(frsize), (vfs.f_blocks as u64).saturating_mul(frsize)))
+}
+
+/// The reserve kept on a filesystem of `total` bytes when `configured` is
+/// asked for: at most a sixteenth of the disk, so a small disk still holds
+/// data.
+pub fn reserve_on(configured: u64, total: u64) -> u64 {
+    configured.min(total / 16)
+}
+
 /// The block store. `Send + Sync`: every method takes `&self` and may be
 /// called from many threads at once.
 pub struct BlobStore {
@@ -434,6 +464,8 @@ pub struct BlobStore {
     sync_lock: Mutex<()>,
     /// Compression now or later (see *Compressing under load*).
     deferral: Deferral,
+    /// Free disk space that a new blob never uses (see [`BlobStore::put`]).
+    reserve: AtomicU64,
 }
 
 /// Running averages of a put's costs per KiB of stored or compressed
@@ -574,6 +606,7 @@ impl BlobStore {
             pending: Mutex::default(),
             sync_lock: Mutex::new(()),
             deferral: Deferral::new(),
+            reserve: AtomicU64::new(0),
         })
     }
 
@@ -635,11 +668,36 @@ impl BlobStore {
             return Ok(PutOutcome { block, stored_len, new: false });
         }
         let (stored, deferred) = self.encode_under_load(data);
+        self.check_room(stored.len() as u64)?;
         self.write(&hash, &stored)?;
         if deferred {
             self.defer(hash);
         }
         Ok(PutOutcome { block, stored_len: stored.len() as u64, new: true })
+    }
+
+    /// Sets the free disk space that new blobs never use (0: none).
+    pub fn set_reserve(&self, bytes: u64) {
+        self.reserve.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Fails with ENOSPC when writing `bytes` would leave less free space on
+    /// the store's filesystem than the reserve: the log, the index and a
+    /// clean unmount keep that room, so a full disk refuses new data early
+    /// and cleanly instead of failing in the middle of an index commit.
+    fn check_room(&self, bytes: u64) -> Result<()> {
+        let reserve = self.reserve.load(Ordering::Relaxed);
+        if reserve == 0 {
+            return Ok(());
+        }
+        match disk_space(&self.dir) {
+            Some((free, total)) if free < reserve_on(reserve, total).saturating_add(bytes) => Err(Error::Io {
+                op: "store a block: free space is down to the data dir's reserve; free some (see README, A full disk)",
+                path: self.dir.clone(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Encodes a block for a put: compressed if it is small (no sample

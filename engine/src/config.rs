@@ -16,6 +16,7 @@
 //! | `segment_size`      | size          | 64 MiB   | 1 MiB..=1 GiB                                 |
 //! | `dirty_limit`       | size          | 256 MiB  | at least `block_size`                         |
 //! | `small_block`       | size          | 64 KiB   | at most `block_size`; blocks this small are never evicted |
+//! | `reserve`           | size          | 64 MiB   | at most 1 TiB; free disk space new blocks never use, at most a sixteenth of the disk (see `blob`) |
 //!
 //! Always true:
 //! - `block_size` and `hash_size` are fixed when a data dir is made (a blob's
@@ -54,6 +55,10 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * MIB;
 pub const DEFAULT_DIRTY_LIMIT: u64 = 256 * MIB;
 /// Default `small_block`.
 pub const DEFAULT_SMALL_BLOCK: u64 = 64 * KIB;
+/// Default `reserve`.
+pub const DEFAULT_RESERVE: u64 = 64 * MIB;
+/// Largest `reserve`.
+pub const MAX_RESERVE: u64 = 1 << 40;
 
 /// Smallest `block_size`.
 pub const MIN_BLOCK_SIZE: u64 = 4 * KIB;
@@ -69,7 +74,7 @@ pub const MAX_COMPRESSION_LEVEL: i32 = 19;
 pub const MAX_FILE_LEN: u64 = 64 * KIB;
 
 /// The keys a config may hold, in the order they are written.
-pub const KEYS: [&str; 9] = [
+pub const KEYS: [&str; 10] = [
     "machine",
     "remote",
     "cache_size",
@@ -79,6 +84,7 @@ pub const KEYS: [&str; 9] = [
     "segment_size",
     "dirty_limit",
     "small_block",
+    "reserve",
 ];
 
 /// A data dir's settings (see the module docs for each field's rules).
@@ -102,6 +108,9 @@ pub struct Config {
     pub dirty_limit: u64,
     /// Blocks at or below this size are never evicted.
     pub small_block: u64,
+    /// Free disk space that new blocks never use, so that the log, the
+    /// index and a clean unmount always have room.
+    pub reserve: u64,
 }
 
 impl Config {
@@ -117,6 +126,7 @@ impl Config {
             segment_size: DEFAULT_SEGMENT_SIZE,
             dirty_limit: DEFAULT_DIRTY_LIMIT,
             small_block: DEFAULT_SMALL_BLOCK,
+            reserve: DEFAULT_RESERVE,
         }
     }
 
@@ -179,6 +189,9 @@ impl Config {
                 format_size(bs)
             ));
         }
+        if self.reserve > MAX_RESERVE {
+            return Err(format!("field `reserve`: {} is over {}", format_size(self.reserve), format_size(MAX_RESERVE)));
+        }
         Ok(())
     }
 
@@ -235,6 +248,7 @@ impl Config {
             segment_size: size("segment_size", DEFAULT_SEGMENT_SIZE)?,
             dirty_limit: size("dirty_limit", DEFAULT_DIRTY_LIMIT)?,
             small_block: size("small_block", DEFAULT_SMALL_BLOCK)?,
+            reserve: size("reserve", DEFAULT_RESERVE)?,
         };
         config.validate()?;
         Ok(config)
@@ -265,6 +279,11 @@ impl Config {
             writeln!(s, "# Most memory held by unwritten data.\ndirty_limit = {}", q(&format_size(self.dirty_limit)));
         let _ =
             writeln!(s, "# Blocks this small are never evicted.\nsmall_block = {}", q(&format_size(self.small_block)));
+        let _ = writeln!(
+            s,
+            "# Free disk space new blocks never use (room for the log, the index, an unmount).\nreserve = {}",
+            q(&format_size(self.reserve))
+        );
         s
     }
 

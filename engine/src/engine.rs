@@ -409,6 +409,7 @@ impl Engine {
         let lock = if at.is_none() { Some(take_lock(&layout.lock())?) } else { None };
         let blobs =
             Arc::new(BlobStore::open(storage.clone(), layout.blobs(), config.hash_size, config.compression_level)?);
+        blobs.set_reserve(config.reserve);
         let writer = match at {
             Some(_) => None,
             None => {

@@ -156,6 +156,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The OS error number behind this error, when the OS refused an I/O
+    /// call (ENOSPC, EDQUOT, EROFS, EIO, ...).
+    pub fn os_error(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
     /// Shorthand for an [`Error::Io`].
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { op, path: path.into(), source }

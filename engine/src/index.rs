@@ -602,8 +602,13 @@ fn reset_tables(txn: &WriteTransaction) -> std::result::Result<(), redb::TableEr
     Ok(())
 }
 
+/// An index failure; one the OS caused (a full disk) keeps its I/O error,
+/// so the caller can tell ENOSPC from damage.
 fn ix_err(path: &Path, e: impl Into<redb::Error>) -> Error {
-    Error::Index { path: path.to_path_buf(), reason: e.into().to_string() }
+    match e.into() {
+        redb::Error::Io(source) => Error::Io { op: "index", path: path.to_path_buf(), source },
+        e => Error::Index { path: path.to_path_buf(), reason: e.to_string() },
+    }
 }
 
 fn decode_node(path: &Path, id: NodeId, bytes: &[u8]) -> Result<NodeRecord> {

@@ -34,6 +34,7 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                 segment_size,
                 dirty_limit: block_size + d % (1 << 40),
                 small_block: sb % (block_size + 1),
+                reserve: sb % (1 << 40),
             }
         })
 }

@@ -5,9 +5,12 @@ use fuser::Errno;
 
 /// Maps an engine error to the errno the kernel gets.
 ///
-/// POSIX refusals ([`Error::Fs`]) map one to one; everything else (I/O,
-/// corrupt or missing blobs, index failures) is an `EIO`, logged here with
-/// what and where so the user can act on it.
+/// POSIX refusals ([`Error::Fs`]) map one to one; a full disk, an exceeded
+/// quota and a read-only disk (the OS's ENOSPC, EDQUOT, EROFS, whichever
+/// write met it) reach the caller as themselves, since programs know how
+/// to report those; everything else (other I/O, corrupt or missing blobs,
+/// index failures) is an `EIO`, logged here with what and where so the
+/// user can act on it.
 pub(crate) fn errno(e: &Error) -> Errno {
     match e.fs_error() {
         Some(FsError::NotFound) => Errno::ENOENT,
@@ -27,10 +30,15 @@ pub(crate) fn errno(e: &Error) -> Errno {
             tracing::error!(error = %e, "unmapped engine condition {other:?}; returning EIO");
             Errno::EIO
         }
-        None => {
-            tracing::error!(error = %e, "engine failure; returning EIO");
-            Errno::EIO
-        }
+        None => match e.os_error() {
+            Some(libc::ENOSPC) => Errno::ENOSPC,
+            Some(libc::EDQUOT) => Errno::EDQUOT,
+            Some(libc::EROFS) => Errno::EROFS,
+            _ => {
+                tracing::error!(error = %e, "engine failure; returning EIO");
+                Errno::EIO
+            }
+        },
     }
 }
 
@@ -59,6 +67,16 @@ mod tests {
         for (fs, code) in cases {
             assert_eq!(errno(&Error::fs(NodeId::ROOT, fs)).code(), code, "{fs:?}");
         }
+    }
+
+    #[test]
+    fn a_full_disk_a_quota_and_a_read_only_disk_reach_the_caller_as_themselves() {
+        for code in [libc::ENOSPC, libc::EDQUOT, libc::EROFS] {
+            let e = Error::io("append", "/data/log", std::io::Error::from_raw_os_error(code));
+            assert_eq!(errno(&e).code(), code);
+        }
+        let e = Error::io("read", "/data/blobs/x", std::io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!(errno(&e).code(), libc::EIO);
     }
 
     #[test]

@@ -710,7 +710,10 @@ impl Core {
         if rc != 0 {
             return Err(Errno::from(std::io::Error::last_os_error()));
         }
-        Ok(statfs_from(&vfs, stats.logical_bytes, stats.nodes))
+        #[allow(clippy::unnecessary_cast)] // statvfs fields are 32-bit on some targets
+        let total = (vfs.f_blocks as u64).saturating_mul(vfs.f_frsize as u64);
+        let reserve = engine::blob::reserve_on(self.engine.config().reserve, total);
+        Ok(statfs_from(&vfs, stats.logical_bytes, stats.nodes, reserve))
     }
 
     #[cfg_attr(not(target_os = "macos"), allow(dead_code))]
@@ -727,7 +730,17 @@ impl Core {
     /// Commits every buffered write and makes it durable (`engine.close()`:
     /// sync, plus a durable index so the next open need not catch up).
     pub(crate) fn shutdown_flush(&self) -> Result<(), Errno> {
-        let flushed = self.wb.flush_all();
+        let flushed = match self.wb.flush_all() {
+            // The disk had no room for them: their writers were told so
+            // already (every handle was flushed or fsynced, and closed, and
+            // got the error), so they are dropped, as a program that got
+            // ENOSPC expects, and the unmount is clean.
+            Err(e) if crate::writeback::is_no_space(e) => {
+                tracing::warn!("dropping writes the disk had no room for ({e:?}); their writers were told");
+                Ok(())
+            }
+            other => other,
+        };
         let synced = self.engine.close().map_err(|e| errno(&e));
         flushed.and(synced)
     }
@@ -739,13 +752,16 @@ fn writes(flags: i32) -> bool {
 }
 
 /// The statfs answer: the data dir's filesystem, grown so that used space
-/// covers the collection's logical size, and file counts from the tree.
+/// covers the collection's logical size, less the data dir's `reserve`
+/// (free space new data never uses: `df` shows the room before it), and
+/// file counts from the tree.
 // The casts matter on targets where statvfs fields are 32-bit.
 #[allow(clippy::unnecessary_cast)]
-pub(crate) fn statfs_from(vfs: &libc::statvfs, logical_bytes: u64, nodes: u64) -> StatFs {
+pub(crate) fn statfs_from(vfs: &libc::statvfs, logical_bytes: u64, nodes: u64, reserve: u64) -> StatFs {
     let frsize = (vfs.f_frsize as u64).max(512);
-    let bavail = vfs.f_bavail as u64;
-    let bfree = (vfs.f_bfree as u64).max(bavail);
+    let kept = reserve.div_ceil(frsize);
+    let bavail = (vfs.f_bavail as u64).saturating_sub(kept);
+    let bfree = (vfs.f_bfree as u64).saturating_sub(kept).max(bavail);
     let blocks = (vfs.f_blocks as u64).max(bfree + logical_bytes.div_ceil(frsize));
     let ffree = vfs.f_ffree as u64;
     StatFs {
@@ -773,11 +789,16 @@ mod tests {
         v.f_bfree = 50;
         v.f_bavail = 40;
         v.f_ffree = 7;
-        let s = statfs_from(&v, 4096 * 1000, 12);
+        let s = statfs_from(&v, 4096 * 1000, 12, 0);
         assert_eq!(s.blocks, 1050);
         assert_eq!((s.bfree, s.bavail, s.files, s.ffree, s.frsize), (50, 40, 19, 7, 4096));
-        let s = statfs_from(&v, 4096, 12);
+        let s = statfs_from(&v, 4096, 12, 0);
         assert_eq!(s.blocks, 100);
+        // The reserve is not room for data.
+        let s = statfs_from(&v, 4096, 12, 10 * 4096);
+        assert_eq!((s.bfree, s.bavail), (40, 30));
+        let s = statfs_from(&v, 4096, 12, 1 << 30);
+        assert_eq!((s.bfree, s.bavail), (0, 0));
     }
 
     use engine::config::Config;

@@ -746,13 +746,17 @@ impl WriteBack {
     }
 
     /// Commits every file's buffered writes (unmount, destroy).
+    /// The error returned is a failure other than a full disk or quota if
+    /// there was one (see `Core::shutdown_flush`).
     pub(crate) fn flush_all(&self) -> Result<(), Errno> {
         let nodes: Vec<NodeId> = self.files.lock().keys().copied().collect();
         let mut result = Ok(());
         for node in nodes {
             if let Err(e) = self.flush(node) {
                 tracing::error!(node = %node, "could not commit buffered writes: {e:?}");
-                result = Err(e);
+                if result.is_ok() || is_no_space(e) {
+                    result = Err(e);
+                }
             }
         }
         result
@@ -990,6 +994,11 @@ fn is_zero(data: &[u8]) -> bool {
     let mut chunks = data.chunks_exact(64);
     let body = chunks.by_ref().all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0);
     body && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+/// Whether `e` says the disk (or the quota) had no room.
+pub(crate) fn is_no_space(e: Errno) -> bool {
+    e == Errno::ENOSPC || e == Errno::EDQUOT
 }
 
 fn worker(shared: Arc<Shared>, rx: Receiver<Job>) {
