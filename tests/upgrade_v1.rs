@@ -7,7 +7,6 @@
 //! `generate_v1_datadir` (ignored). Never regenerate it to make a test pass:
 //! if it stops opening, old data dirs in the field would too.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use engine::clock::VectorClock;
@@ -19,25 +18,17 @@ mod support;
 const M: MachineId = MachineId(0x0000_0000_0000_00b7);
 const T0: i64 = 1_700_000_000;
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1-datadir")
-}
-
-fn content(i: u8) -> Vec<u8> {
-    (0..5000u32).map(|j| (j as u8).wrapping_mul(i)).collect()
-}
-
 #[test]
 #[ignore = "writes the checked-in fixture; run once by hand"]
 fn generate_v1_datadir() {
-    let dir = fixture();
+    let dir = support::fixture("v1-datadir");
     support::init_fixture(&dir, M);
     let storage = std::sync::Arc::new(engine::storage::FsStorage);
     let blobs = engine::blob::BlobStore::open(storage, dir.join("blobs"), 32, 1).expect("blobs");
     let docs = NodeId::new(1, M);
     let photo = NodeId::new(2, M);
     let attrs = |mode| Attrs { mode, uid: 0, gid: 0, ..Attrs::default() };
-    let data = content(3);
+    let data = support::multiples(3, 5000);
     let b0 = blobs.put(&data[..4096]).expect("put").block;
     let b1 = blobs.put(&data[4096..]).expect("put").block;
     blobs.sync_pending().expect("sync");
@@ -104,7 +95,7 @@ fn generate_v1_datadir() {
 fn a_format_1_0_data_dir_opens_upgraded_and_never_gets_v1_again() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
-    support::copy_dir(&fixture(), &data);
+    support::copy_dir(&support::fixture("v1-datadir"), &data);
     // The CLI opens it without user action.
     let out = Command::new(env!("CARGO_BIN_EXE_syncer")).arg("status").arg(&data).output().expect("run");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -122,7 +113,7 @@ fn a_format_1_0_data_dir_opens_upgraded_and_never_gets_v1_again() {
     for (_, b) in e.file_blocks(photo.id, 0, 2).expect("blocks") {
         bytes.extend(e.read_block(&b).expect("read"));
     }
-    assert_eq!(bytes, content(3));
+    assert_eq!(bytes, support::multiples(3, 5000));
     assert_eq!(e.lookup(NodeId::ROOT, b"link").expect("link").target, b"docs/photo.raw");
 
     // New events go on as current-version frames; the old ones stay as they were.
@@ -131,10 +122,7 @@ fn a_format_1_0_data_dir_opens_upgraded_and_never_gets_v1_again() {
     e.set_attrs(photo.id, AttrChange { mode: Some(0o640), ..AttrChange::default() }).expect("chmod");
     e.sync().expect("sync");
     drop(e);
-    let after = std::fs::read(&seg).expect("read");
-    assert_eq!(&after[before..before + 4], b"SYR\x03");
-    let scan = engine::log::scan_segment(&after, &seg, M, 0, false).expect("scan");
-    let versions: Vec<u8> = scan.records.iter().map(|r| r.version).collect();
+    let versions = support::record_versions(&seg, M, before);
     assert_eq!(versions, [1, 1, 1, 1, 1, 1, engine::record::CURRENT_VERSION]);
     let verify = engine::verify::verify(&data).expect("verify");
     assert!(verify.is_clean(), "{:?}", verify.problems);

@@ -9,8 +9,6 @@
 //! regenerate it to make a test pass: if it stops opening, old data dirs in
 //! the field would too.
 
-use std::path::{Path, PathBuf};
-
 use engine::event::{AttrChange, Attrs, BlockChange, NodeKind};
 use engine::ids::{MachineId, NodeId};
 
@@ -18,24 +16,16 @@ mod support;
 
 const M: MachineId = MachineId(0x0000_0000_0000_00c2);
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1.1-datadir")
-}
-
-fn content(i: u8) -> Vec<u8> {
-    (0..9000u32).map(|j| (j as u8).wrapping_mul(i)).collect()
-}
-
 #[test]
 #[ignore = "writes the checked-in fixture; run once by hand"]
 fn generate_v1_1_datadir() {
-    let dir = fixture();
+    let dir = support::fixture("v1.1-datadir");
     support::init_fixture(&dir, M);
     let e = engine::Engine::open(&dir).expect("open");
     let attrs = |mode| Attrs { mode, ..Attrs::default() };
     let docs = e.create(NodeId::ROOT, b"docs", NodeKind::Dir, attrs(0o755), b"").expect("mkdir").id;
     let f = e.create(docs, b"notes.txt", NodeKind::File, attrs(0o644), b"").expect("create").id;
-    let data = content(3);
+    let data = support::multiples(3, 9000);
     let mut blocks = Vec::new();
     for (i, chunk) in data.chunks(4096).enumerate() {
         blocks.push(BlockChange { index: i as u64, block: Some(e.put_block(chunk).expect("put")) });
@@ -71,7 +61,7 @@ fn read_all(e: &engine::Engine, node: NodeId) -> Vec<u8> {
 fn a_format_1_1_data_dir_opens_upgraded_and_its_files_take_part_in_conflicts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
-    support::copy_dir(&fixture(), &data);
+    support::copy_dir(&support::fixture("v1.1-datadir"), &data);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_syncer")).arg("status").arg(&data).output().expect("run");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
@@ -82,7 +72,7 @@ fn a_format_1_1_data_dir_opens_upgraded_and_its_files_take_part_in_conflicts() {
     let notes = e.lookup(docs.id, b"notes.txt").expect("notes");
     assert_eq!((notes.size, notes.attrs.mode), (8000, 0o600));
     assert_eq!(notes.xattrs.get(&b"user.tag"[..]).map(Vec::as_slice), Some(&b"old"[..]));
-    assert_eq!(read_all(&e, notes.id), content(3)[..8000]);
+    assert_eq!(read_all(&e, notes.id), support::multiples(3, 9000)[..8000]);
     assert_eq!(e.lookup(NodeId::ROOT, b"link").expect("link").target, b"docs/notes.txt");
     assert!(e.lookup(NodeId::ROOT, b"moved").is_err(), "the unlinked file is gone");
 
@@ -129,15 +119,16 @@ fn a_format_1_1_data_dir_opens_upgraded_and_its_files_take_part_in_conflicts() {
     let theirs_bytes = read_all(&e, copy.copy);
     assert_eq!(theirs_bytes.len(), 5000);
     assert_eq!(&theirs_bytes[..18], b"the peer's version");
-    assert_eq!(theirs_bytes[4096..], content(3)[4096..5000], "the rest of the copy is the old version's");
+    assert_eq!(
+        theirs_bytes[4096..],
+        support::multiples(3, 9000)[4096..5000],
+        "the rest of the copy is the old version's"
+    );
     e.sync().expect("sync");
     drop(e);
 
     // Old records stay version 2; new ones are version 3.
-    let after = std::fs::read(&seg).expect("read");
-    assert_eq!(&after[before..before + 4], b"SYR\x03");
-    let scan = engine::log::scan_segment(&after, &seg, M, 0, false).expect("scan");
-    let versions: Vec<u8> = scan.records.iter().map(|r| r.version).collect();
+    let versions = support::record_versions(&seg, M, before);
     assert!(versions.iter().take_while(|v| **v == 2).count() >= 9, "{versions:?}");
     assert_eq!(versions.last(), Some(&3), "{versions:?}");
     let verify = engine::verify::verify(&data).expect("verify");

@@ -214,3 +214,24 @@ pub fn init_fixture(dir: &Path, machine: MachineId) {
     config.small_block = 1024;
     Engine::init(dir, config).expect("init");
 }
+
+/// The checked-in fixture `tests/fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// `len` bytes: byte `j` is `j * i` (wrapping), the content the fixture
+/// data dirs were written with.
+pub fn multiples(i: u8, len: u32) -> Vec<u8> {
+    (0..len).map(|j| (j as u8).wrapping_mul(i)).collect()
+}
+
+/// The record versions of log segment `seg` of `machine`, checking that the
+/// first record written after its first `before` bytes is of the current
+/// version (an upgraded data dir appends only current-version records).
+pub fn record_versions(seg: &Path, machine: MachineId, before: usize) -> Vec<u8> {
+    let bytes = std::fs::read(seg).expect("read the segment");
+    assert_eq!(bytes[before..before + 4], [b'S', b'Y', b'R', engine::record::CURRENT_VERSION]);
+    let scan = engine::log::scan_segment(&bytes, seg, machine, 0, false).expect("scan");
+    scan.records.iter().map(|r| r.version).collect()
+}
