@@ -158,3 +158,42 @@ fn an_unmount_on_a_full_disk_is_clean_and_loses_nothing_acknowledged() {
     assert_eq!(full.refused, Some(libc::ENOSPC));
     full.remount_and_check();
 }
+
+/// With a remote: once blocks are pushed, a copy larger than the disk's
+/// free space completes, the blocks on the remote evicted to make room,
+/// and every file reads back whole (evicted blocks fetched again).
+#[test]
+fn with_a_remote_pushed_blocks_are_evicted_to_make_room() {
+    support::require_fuse();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let disk = Tmpfs::new(&tmp.path().join("disk"), 48);
+    let (data, mnt, remote) = (disk.0.join("data"), tmp.path().join("mnt"), tmp.path().join("remote"));
+    std::fs::create_dir(&mnt).expect("mkdir");
+    // Blocks larger than `small_block` (64 KiB), which are never evicted.
+    ok(syncer(&[&"init", &data, &"--remote", &remote, &"--block-size", &"128KiB"]));
+    let mut written = Vec::new();
+    let mut write = |from: u64, to: u64| {
+        ok(syncer(&[&"mount", &data, &mnt]));
+        let _guard = support::MountGuard(&mnt);
+        for i in from..to {
+            let body = support::pattern(i, 1 << 20);
+            let path = mnt.join(format!("f{i}"));
+            write_synced(&path, &body).unwrap_or_else(|code| panic!("f{i}: errno {code} with a remote to evict to"));
+            written.push((path, body));
+        }
+        ok(syncer(&[&"unmount", &mnt]));
+    };
+    write(0, 24);
+    ok(syncer(&[&"sync", &data]));
+    // 24 MiB are on the disk and the remote; 30 more do not fit beside them.
+    write(24, 54);
+    assert!(engine::blob::free_space(&disk.0).expect("statvfs") < 24 << 20);
+
+    ok(syncer(&[&"mount", &data, &mnt]));
+    let _guard = support::MountGuard(&mnt);
+    for (path, body) in &written {
+        assert!(std::fs::read(path).expect("read") == *body, "{} differs", path.display());
+    }
+    ok(syncer(&[&"unmount", &mnt]));
+    drop(disk);
+}

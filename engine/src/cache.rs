@@ -7,9 +7,11 @@
 //!   ancestor carries the pin), and its stored payload is larger than
 //!   `config.small_block`; log and index data are never touched;
 //! - among evictable blobs, the least recently used go first, and only as
-//!   many as needed to bring the store under `config.cache_size`; if the
-//!   blobs that must stay exceed the limit, the store stays over it and
-//!   [`EvictReport::over_limit`] says so (writes never fail for it);
+//!   many as needed to bring the store under its limit: `config.cache_size`,
+//!   or less when the disk is short of room (the store then gives up what
+//!   the disk lacks to keep the data dir's reserve plus four blocks free);
+//!   if the blobs that must stay exceed the limit, the store stays over it
+//!   and [`EvictReport::over_limit`] says so;
 //! - "last use" is the later of the blob file's mtime (written or fetched)
 //!   and the last read by this process; reads are not persisted, so after a
 //!   restart the order is by write/fetch time (coarse, never unsafe).
@@ -114,7 +116,8 @@ pub struct EvictReport {
     pub after: u64,
     /// Bytes not yet pushed (never evicted).
     pub unpushed: u64,
-    /// The configured limit.
+    /// The limit this pass evicted down to: `cache_size`, or less when the
+    /// disk was short of room.
     pub limit: u64,
     /// The store is still over the limit (what must stay exceeds it).
     pub over_limit: bool,
@@ -339,7 +342,9 @@ pub fn pins(engine: &Engine) -> Result<Vec<Vec<u8>>> {
 /// One eviction pass: deletes the blobs [`plan_eviction`] picks.
 pub fn evict(engine: &Engine) -> Result<EvictReport> {
     let cfg = engine.config();
-    let plan = plan_eviction(&entries(engine)?, cfg.cache_size, cfg.small_block);
+    let entries = entries(engine)?;
+    let limit = cfg.cache_size.min(room_limit(engine, &entries));
+    let plan = plan_eviction(&entries, limit, cfg.small_block);
     let mut evicted = 0;
     for h in &plan.victims {
         if engine.blobs().remove(h)? {
@@ -351,9 +356,23 @@ pub fn evict(engine: &Engine) -> Result<EvictReport> {
         before: plan.before,
         after: plan.after,
         unpushed: plan.unpushed,
-        limit: cfg.cache_size,
-        over_limit: plan.after > cfg.cache_size,
+        limit,
+        over_limit: plan.after > limit,
     })
+}
+
+/// The most the store may hold so that the disk keeps the data dir's
+/// reserve plus four blocks free: what it holds less what the disk lacks
+/// (no limit while the disk has that room, or cannot tell).
+fn room_limit(engine: &Engine, entries: &[CacheEntry]) -> u64 {
+    let cfg = engine.config();
+    let Some((free, total)) = crate::blob::disk_space(&engine.layout().blobs()) else { return u64::MAX };
+    let want = crate::blob::reserve_on(cfg.reserve, total).saturating_add(cfg.block_size.saturating_mul(4));
+    if free >= want {
+        return u64::MAX;
+    }
+    let held: u64 = entries.iter().map(|e| e.stored_len).sum();
+    held.saturating_sub(want - free)
 }
 
 #[cfg(test)]

@@ -1022,11 +1022,38 @@ impl Engine {
 
     /// Stores a block (hash, compress, write; not yet durable). Takes no
     /// engine lock: call it from many threads.
+    ///
+    /// When the disk has no room (or only the data dir's reserve) and
+    /// there is a remote, blocks already pushed there are evicted to make
+    /// room (see `cache`), and the put is tried once more.
     pub fn put_block(&self, data: &[u8]) -> Result<BlockRef> {
         if self.writer.is_none() {
             return Err(Error::fs(NodeId::ROOT, FsError::ReadOnly));
         }
-        Ok(self.blobs.put(data)?.block)
+        match self.blobs.put(data) {
+            Err(e) if e.os_error() == Some(libc::ENOSPC) && self.config.remote.is_some() => {
+                self.make_room()?;
+                Ok(self.blobs.put(data)?.block)
+            }
+            put => Ok(put?.block),
+        }
+    }
+
+    /// One eviction pass, which gives up pushed blocks while the disk is
+    /// short of room; one at a time (the writers that found the disk full
+    /// at once wait for it, then find the room it made).
+    fn make_room(&self) -> Result<()> {
+        static EVICTING: Mutex<()> = Mutex::new(());
+        let _one = EVICTING.lock().unwrap_or_else(|e| e.into_inner());
+        let r = crate::cache::evict(self)?;
+        if r.evicted > 0 {
+            tracing::info!(
+                evicted = r.evicted,
+                after = r.after,
+                "the disk was full: evicted pushed blocks to make room"
+            );
+        }
+        Ok(())
     }
 
     fn writer(&self, node: NodeId) -> Result<MutexGuard<'_, Writer>> {
