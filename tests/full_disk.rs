@@ -173,12 +173,20 @@ fn with_a_remote_pushed_blocks_are_evicted_to_make_room() {
     ok(syncer(&[&"init", &data, &"--remote", &remote, &"--block-size", &"128KiB"]));
     let mut written = Vec::new();
     let mut write = |from: u64, to: u64| {
-        ok(syncer(&[&"mount", &data, &mnt]));
+        // With the engine's notes, so that a failure shows the evictions.
+        let mut mount = Command::new(env!("CARGO_BIN_EXE_syncer"));
+        mount.env("SYNCER_LOG", "info,fuser=error").arg("mount").arg(&data).arg(&mnt);
+        ok(mount.output().expect("run syncer"));
         let _guard = support::MountGuard(&mnt);
         for i in from..to {
             let body = support::pattern(i, 1 << 20);
             let path = mnt.join(format!("f{i}"));
-            write_synced(&path, &body).unwrap_or_else(|code| panic!("f{i}: errno {code} with a remote to evict to"));
+            if let Err(code) = write_synced(&path, &body) {
+                let log = std::fs::read_to_string(data.join("mount.log")).unwrap_or_default();
+                let log: Vec<&str> = log.lines().filter(|l| !l.contains("storing a block failed")).collect();
+                let free = engine::blob::free_space(&data);
+                panic!("f{i}: errno {code} with a remote to evict to; {free:?} bytes free; log:\n{}", log.join("\n"));
+            }
             written.push((path, body));
         }
         ok(syncer(&[&"unmount", &mnt]));

@@ -9,7 +9,8 @@
 //! - among evictable blobs, the least recently used go first, and only as
 //!   many as needed to bring the store under its limit: `config.cache_size`,
 //!   or less when the disk is short of room (the store then gives up what
-//!   the disk lacks to keep the data dir's reserve plus four blocks free);
+//!   the disk lacks to keep the data dir's reserve plus sixteen blocks
+//!   free);
 //!   if the blobs that must stay exceed the limit, the store stays over it
 //!   and [`EvictReport::over_limit`] says so;
 //! - "last use" is the later of the blob file's mtime (written or fetched)
@@ -121,6 +122,8 @@ pub struct EvictReport {
     pub limit: u64,
     /// The store is still over the limit (what must stay exceeds it).
     pub over_limit: bool,
+    /// The disk was short of room before this pass.
+    pub short_of_room: bool,
 }
 
 /// Where [`Engine::read_block`] gets a block that is not in the local
@@ -343,7 +346,8 @@ pub fn pins(engine: &Engine) -> Result<Vec<Vec<u8>>> {
 pub fn evict(engine: &Engine) -> Result<EvictReport> {
     let cfg = engine.config();
     let entries = entries(engine)?;
-    let limit = cfg.cache_size.min(room_limit(engine, &entries));
+    let room = room_limit(engine, &entries);
+    let limit = cfg.cache_size.min(room);
     let plan = plan_eviction(&entries, limit, cfg.small_block);
     let mut evicted = 0;
     for h in &plan.victims {
@@ -358,16 +362,18 @@ pub fn evict(engine: &Engine) -> Result<EvictReport> {
         unpushed: plan.unpushed,
         limit,
         over_limit: plan.after > limit,
+        short_of_room: room != u64::MAX,
     })
 }
 
 /// The most the store may hold so that the disk keeps the data dir's
-/// reserve plus four blocks free: what it holds less what the disk lacks
-/// (no limit while the disk has that room, or cannot tell).
+/// reserve plus sixteen blocks free (room for the writers at work): what
+/// it holds less what the disk lacks (no limit while the disk has that
+/// room, or cannot tell).
 fn room_limit(engine: &Engine, entries: &[CacheEntry]) -> u64 {
     let cfg = engine.config();
     let Some((free, total)) = crate::blob::disk_space(&engine.layout().blobs()) else { return u64::MAX };
-    let want = crate::blob::reserve_on(cfg.reserve, total).saturating_add(cfg.block_size.saturating_mul(4));
+    let want = crate::blob::reserve_on(cfg.reserve, total).saturating_add(cfg.block_size.saturating_mul(16));
     if free >= want {
         return u64::MAX;
     }

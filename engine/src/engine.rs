@@ -1030,19 +1030,26 @@ impl Engine {
         if self.writer.is_none() {
             return Err(Error::fs(NodeId::ROOT, FsError::ReadOnly));
         }
-        match self.blobs.put(data) {
-            Err(e) if e.os_error() == Some(libc::ENOSPC) && self.config.remote.is_some() => {
-                self.make_room()?;
-                Ok(self.blobs.put(data)?.block)
+        // Other writers may take the room made before this one's next try:
+        // a few passes, while they evict something.
+        for _ in 0..4 {
+            match self.blobs.put(data) {
+                Err(e) if e.os_error() == Some(libc::ENOSPC) && self.config.remote.is_some() => {
+                    if !self.make_room()? {
+                        return Err(e);
+                    }
+                }
+                put => return Ok(put?.block),
             }
-            put => Ok(put?.block),
         }
+        Ok(self.blobs.put(data)?.block)
     }
 
     /// One eviction pass, which gives up pushed blocks while the disk is
     /// short of room; one at a time (the writers that found the disk full
-    /// at once wait for it, then find the room it made).
-    fn make_room(&self) -> Result<()> {
+    /// at once wait for it, then find the room it made). Returns whether
+    /// the disk has room now or the pass made some.
+    fn make_room(&self) -> Result<bool> {
         static EVICTING: Mutex<()> = Mutex::new(());
         let _one = EVICTING.lock().unwrap_or_else(|e| e.into_inner());
         let r = crate::cache::evict(self)?;
@@ -1053,7 +1060,7 @@ impl Engine {
                 "the disk was full: evicted pushed blocks to make room"
             );
         }
-        Ok(())
+        Ok(r.evicted > 0 || !r.short_of_room)
     }
 
     fn writer(&self, node: NodeId) -> Result<MutexGuard<'_, Writer>> {

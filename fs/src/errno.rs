@@ -31,9 +31,10 @@ pub(crate) fn errno(e: &Error) -> Errno {
             Errno::EIO
         }
         None => match e.os_error() {
-            Some(libc::ENOSPC) => Errno::ENOSPC,
-            Some(libc::EDQUOT) => Errno::EDQUOT,
-            Some(libc::EROFS) => Errno::EROFS,
+            Some(code @ (libc::ENOSPC | libc::EDQUOT | libc::EROFS)) => {
+                tracing::warn!(error = %e, "no room (or a read-only disk): returning it as it is");
+                Errno::from_i32(code)
+            }
             _ => {
                 tracing::error!(error = %e, "engine failure; returning EIO");
                 Errno::EIO
