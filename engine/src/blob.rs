@@ -418,12 +418,6 @@ struct Pending {
     new_dirs: bool,
 }
 
-/// Bytes an unprivileged writer may still use on the filesystem holding
-/// `path` (`None` if the filesystem cannot tell).
-pub fn free_space(path: &std::path::Path) -> Option<u64> {
-    disk_space(path).map(|(free, _)| free)
-}
-
 /// `(free for an unprivileged writer, total)` bytes of the filesystem
 /// holding `path`.
 pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
@@ -440,6 +434,10 @@ pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
     #[allow(clippy::unnecessary_cast)]
     Some(((vfs.f_bavail as u64).saturating_mul(frsize), (vfs.f_blocks as u64).saturating_mul(frsize)))
 }
+
+/// Most bytes stored between two looks at the free space (see
+/// `BlobStore::check_room`).
+const ROOM_RECHECK: u64 = 1 << 30;
 
 /// The reserve kept on a filesystem of `total` bytes when `configured` is
 /// asked for: at most a sixteenth of the disk, so a small disk still holds
@@ -466,6 +464,9 @@ pub struct BlobStore {
     deferral: Deferral,
     /// Free disk space that a new blob never uses (see [`BlobStore::put`]).
     reserve: AtomicU64,
+    /// Bytes that may still be stored before the free space is looked at
+    /// again (see `check_room`).
+    unchecked: AtomicU64,
 }
 
 /// Running averages of a put's costs per KiB of stored or compressed
@@ -607,6 +608,7 @@ impl BlobStore {
             sync_lock: Mutex::new(()),
             deferral: Deferral::new(),
             reserve: AtomicU64::new(0),
+            unchecked: AtomicU64::new(0),
         })
     }
 
@@ -685,19 +687,31 @@ impl BlobStore {
     /// the store's filesystem than the reserve: the log, the index and a
     /// clean unmount keep that room, so a full disk refuses new data early
     /// and cleanly instead of failing in the middle of an index commit.
+    ///
+    /// The free space is not asked for every block: a look leaves a budget
+    /// of half the room above the reserve (at most [`ROOM_RECHECK`]), since
+    /// other writers and programs use the disk too, and puts spend it.
     fn check_room(&self, bytes: u64) -> Result<()> {
         let reserve = self.reserve.load(Ordering::Relaxed);
         if reserve == 0 {
             return Ok(());
         }
-        match disk_space(&self.dir) {
-            Some((free, total)) if free < reserve_on(reserve, total).saturating_add(bytes) => Err(Error::Io {
+        let spent = self.unchecked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(bytes));
+        if spent.is_ok() {
+            return Ok(());
+        }
+        let Some((free, total)) = disk_space(&self.dir) else { return Ok(()) };
+        let keep = reserve_on(reserve, total).saturating_add(bytes);
+        if free < keep {
+            self.unchecked.store(0, Ordering::Release);
+            return Err(Error::Io {
                 op: "store a block: free space is down to the data dir's reserve; free some (see README, A full disk)",
                 path: self.dir.clone(),
                 source: std::io::Error::from_raw_os_error(libc::ENOSPC),
-            }),
-            _ => Ok(()),
+            });
         }
+        self.unchecked.store(((free - keep) / 2).min(ROOM_RECHECK), Ordering::Release);
+        Ok(())
     }
 
     /// Encodes a block for a put: compressed if it is small (no sample

@@ -1399,16 +1399,21 @@ impl Engine {
         size: u64,
         blocks: Vec<BlockChange>,
     ) -> Result<EventId> {
+        self.content_change(node, base, Change::Content { size, blocks })
+    }
+
+    /// Records content change `change` of the file `node`, made on version
+    /// `base` (`None`: the one it shows), and returns the version it makes.
+    fn content_change(&self, node: NodeId, base: Option<EventId>, change: Change) -> Result<EventId> {
         self.mutate(node, |w, ix| {
-            let n = ix.node(node)?.ok_or(Error::fs(node, FsError::NotFound))?;
-            match n.kind {
+            match Self::existing_node(ix, node)?.kind {
                 NodeKind::File => {}
                 NodeKind::Dir => return Err(Error::fs(node, FsError::IsDir)),
                 _ => return Err(Error::fs(node, FsError::WrongKind)),
             }
             w.line = base.map(|b| (node, b));
             let made = EventId { machine: self.config.machine, seq: w.log.last_seq() + 1 };
-            Ok((vec![(node, Change::Content { size, blocks })], made))
+            Ok((vec![(node, change)], made))
         })
     }
 
@@ -1425,10 +1430,13 @@ impl Engine {
     /// The size of content version `base` of `node` (`None`, or a version
     /// not known here: the size it shows).
     pub fn version_size(&self, node: NodeId, base: Option<EventId>) -> Result<u64> {
-        match self.other_version(node, base)? {
-            Some(loc) => Ok(loc.size),
-            None => Ok(self.node(node)?.size),
-        }
+        self.read_live(|ix| {
+            let n = ix.node(node)?.ok_or(Error::fs(node, FsError::NotFound))?;
+            match base {
+                Some(b) if n.head.map(|h| h.event) != Some(b) => Ok(ix.version(b)?.map_or(n.size, |l| l.size)),
+                _ => Ok(n.size),
+            }
+        })
     }
 
     /// Block `index` of content version `base` of `node` (`None`, or a
@@ -1455,22 +1463,14 @@ impl Engine {
     /// the node shows now), returning the version it makes; see
     /// [`Engine::write_blocks_on`].
     pub fn truncate_on(&self, node: NodeId, base: Option<EventId>, size: u64) -> Result<EventId> {
-        let current = self.node(node)?;
-        match current.kind {
-            NodeKind::File => {}
-            NodeKind::Dir => return Err(Error::fs(node, FsError::IsDir)),
-            _ => return Err(Error::fs(node, FsError::WrongKind)),
-        }
-        // The version the truncate is made on: its size and the block the
-        // cut goes through.
+        // The block that `size` cuts through, in the version the truncate
+        // is made on, keeps only its bytes before the cut, so that a later
+        // extension reads zeros there.
         let bs = self.block_size();
-        let index = size / bs;
-        let (old_size, cut) = (self.version_size(node, base)?, self.version_block(node, base, index)?);
-        // The block that `size` cuts through keeps only its bytes before the
-        // cut, so that a later extension reads zeros there.
-        let keep = (size % bs) as usize;
-        let tail = match cut {
-            Some(b) if size < old_size && keep != 0 && b.len as usize > keep => {
+        let (index, keep) = (size / bs, (size % bs) as usize);
+        let cuts = keep != 0 && size < self.version_size(node, base)?;
+        let tail = match if cuts { self.version_block(node, base, index)? } else { None } {
+            Some(b) if b.len as usize > keep => {
                 let mut data = self.read_block(&b)?;
                 data.truncate(keep);
                 let block = if data.iter().all(|&x| x == 0) { None } else { Some(self.put_block(&data)?) };
@@ -1478,12 +1478,7 @@ impl Engine {
             }
             _ => None,
         };
-        self.mutate(node, |w, ix| {
-            Self::existing_node(ix, node)?;
-            w.line = base.map(|b| (node, b));
-            let made = EventId { machine: self.config.machine, seq: w.log.last_seq() + 1 };
-            Ok((vec![(node, Change::Truncate { size, tail })], made))
-        })
+        self.content_change(node, base, Change::Truncate { size, tail })
     }
 
     /// Renames `parent/name` to `new_parent/new_name`, and says which

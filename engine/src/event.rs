@@ -319,14 +319,7 @@ pub struct EventV1 {
 
 impl From<EventV1> for Event {
     fn from(v1: EventV1) -> Self {
-        Event {
-            node: v1.node,
-            machine: v1.machine,
-            seq: v1.seq,
-            time: Timestamp::from_secs_nanos(v1.time_secs, 0),
-            clock: v1.clock,
-            change: v1.change,
-            base: None,
-        }
+        let time = Timestamp::from_secs_nanos(v1.time_secs, 0);
+        EventV2 { node: v1.node, machine: v1.machine, seq: v1.seq, time, clock: v1.clock, change: v1.change }.into()
     }
 }

@@ -477,7 +477,7 @@ pub fn describe(change: &Change) -> String {
 
 /// `<machine>#<seq>`: how `log inspect` names an event (a valid WHEN).
 pub fn event_name(e: &Event) -> String {
-    format!("{}#{}", e.machine, e.seq)
+    e.id().to_string()
 }
 
 /// The vector clock as `machine:count,...`.
