@@ -54,7 +54,7 @@ pub fn print(dir: &Path) -> Result<()> {
             date_time(c.copy_time)
         );
         println!(
-            "  to end it: syncer resolve {} {} --keep original|copy|both|mine|theirs",
+            "  to end it: syncer resolve {} {} --keep original  (or copy, both, mine, theirs)",
             shell_quote(&dir.display().to_string()),
             shell_quote(&lossy(&c.copy_path))
         );
