@@ -262,6 +262,11 @@ struct Writer {
     /// on, when the caller continues a line of its own (see
     /// [`Engine::write_blocks_on`]); taken by that change.
     line: Option<(NodeId, EventId)>,
+    /// Where the operation whose append failed began: what it appended
+    /// (some of its events, and part of one) is cut before the log is used
+    /// or read again, so an operation is in the log whole or not at all
+    /// (see [`Engine::reopen_failed_log`]).
+    cut_to: Option<LogPos>,
 }
 
 /// Index changes waiting for their group commit (see [`GROUP_WINDOW`]).
@@ -434,6 +439,7 @@ impl Engine {
                     pending: None,
                     index_behind: false,
                     line: None,
+                    cut_to: None,
                 }))
             }
         };
@@ -445,7 +451,7 @@ impl Engine {
         let mut history_lock = None;
         let mut refresh_history = false;
         let (index, mut rebuilt) = match at {
-            None => Index::open(&layout.index())?,
+            None => Index::open_with(&layout.index(), Some(storage.clone()))?,
             Some(_) => {
                 let (lock, exclusive) = lock_history(&layout.history_lock())?;
                 history_lock = Some(lock);
@@ -1085,6 +1091,7 @@ impl Engine {
         f: impl FnOnce(&mut Writer, &IndexWriter) -> Result<(Vec<(NodeId, Change)>, T)>,
     ) -> Result<T> {
         let mut w = self.writer(node)?;
+        self.reopen_failed_log(&mut w)?;
         self.settle_background(&mut w)?;
         if w.index_behind {
             self.recover_index(&mut w, "an earlier change lost its index work")?;
@@ -1157,6 +1164,7 @@ impl Engine {
         let machine = self.config.machine;
         let bs = self.block_size();
         let mut failed = None;
+        let start = w.log.position();
         for (node, change) in changes {
             let prev = ix.node(node)?;
             // A content change is made on the version the node shows, or
@@ -1175,7 +1183,13 @@ impl Engine {
             let now = Timestamp::now();
             let time = if now > w.last_time { now } else { Timestamp(w.last_time.0.saturating_add(1)) };
             let event = Event { node, machine, seq: w.log.last_seq() + 1, time, clock, change, base };
-            let pos = w.log.append(std::slice::from_ref(&event))?;
+            let pos = match w.log.append(std::slice::from_ref(&event)) {
+                Ok(pos) => pos,
+                Err(e) => {
+                    w.cut_to = Some(start);
+                    return Err(e);
+                }
+            };
             let pos = pos.first().copied().ok_or_else(|| Error::Invalid("log append returned no position".into()))?;
             w.last_time = time;
             if let Err(e) = ix.apply(pos, &event, bs) {
@@ -1184,6 +1198,41 @@ impl Engine {
         }
         w.line = None;
         failed.map_or(Ok(()), Err)
+    }
+
+    /// A log writer that failed (a full disk, EIO) refuses every later
+    /// append, since its file may end in part of a record: it is opened
+    /// again. What the failed operation appended is cut first (none of it
+    /// was acknowledged); a failed sync cuts nothing, and its records stay
+    /// (they were not acknowledged either, but the operations that made them
+    /// were, and their index work stands). If the cut or the reopen fails,
+    /// the writer stays failed and the next change tries again.
+    fn reopen_failed_log(&self, w: &mut Writer) -> Result<()> {
+        let Some(why) = w.log.failure().map(str::to_string) else { return Ok(()) };
+        tracing::warn!("{}: our log failed earlier ({why}); opening it again", self.layout.dir.display());
+        if let Some(to) = w.cut_to {
+            let cut = crate::log::cut_at(self.storage.as_ref(), &self.layout.log(), to)?;
+            tracing::warn!("cut {cut} bytes a failed operation appended to our log at {to:?}");
+            w.cut_to = None;
+        }
+        let (log, recovery) =
+            LogWriter::open(self.storage.clone(), &self.layout.log(), self.config.machine, self.config.segment_size)?;
+        if let Some(cut) = recovery.cut {
+            tracing::warn!(
+                "cut {} bytes a failed append left at byte {} of {}",
+                cut.bytes,
+                cut.offset,
+                cut.path.display()
+            );
+        }
+        if log.last_seq() != w.log.last_seq() {
+            // Its index work is redone from the log with the rest.
+            w.pending = None;
+            w.index_behind = true;
+        }
+        w.last_time = w.last_time.max(log.last_time());
+        w.log = log;
+        Ok(())
     }
 
     /// Hands the pending group to a thread of its own to commit, after the
@@ -1253,11 +1302,19 @@ impl Engine {
     /// fails, changes are refused until a later call succeeds.
     fn recover_index(&self, w: &mut Writer, why: &str) -> Result<()> {
         w.index_behind = true;
+        // A failed operation's events are cut before anything is imported.
+        self.reopen_failed_log(w)?;
         // What a failed background group would report is redone here too.
         let _ = self.index.wait_in_flight();
         let _ = self.index.take_failure();
         tracing::warn!("{}: index changes lost ({why}); applying them again from the log", self.layout.dir.display());
-        let caught_up = self.import_locked(w);
+        let mut caught_up = self.import_locked(w);
+        if let Err(e) = &caught_up {
+            // After an I/O failure redb refuses every transaction until the
+            // file is reopened (a full disk that has room again included).
+            tracing::warn!("{}: catching the index up failed ({e}); reopening it", self.layout.dir.display());
+            caught_up = self.index.reopen().and_then(|()| self.import_locked(w));
+        }
         self.has_pending.store(false, Ordering::Release);
         match caught_up {
             Ok(_) => {
@@ -1618,6 +1675,7 @@ impl Engine {
     pub fn sync(&self) -> Result<()> {
         let Some(w) = &self.writer else { return Ok(()) };
         let mut w = lock_writer(w);
+        self.reopen_failed_log(&mut w)?;
         self.blobs.sync_pending()?;
         w.log.sync()
     }
@@ -1641,7 +1699,12 @@ impl Engine {
 
     /// Where the next record of our log will go.
     pub fn log_position(&self) -> Option<LogPos> {
-        self.writer.as_ref().map(|w| lock_writer(w).log.position())
+        // A cut pending (see `Writer::cut_to`) starts there: nothing past it
+        // may be pushed.
+        self.writer.as_ref().map(|w| {
+            let w = lock_writer(w);
+            w.cut_to.unwrap_or_else(|| w.log.position())
+        })
     }
 
     /// The path of `id` from the root (`/a/b`), as it is now (or at the

@@ -86,6 +86,7 @@ use crate::error::{Error, Result};
 use crate::event::{BlockRef, Event, NodeKind};
 use crate::ids::{EventId, LogPos, MachineId, NodeId, Timestamp};
 use crate::merge::{self, Conflict, ConflictKind, OrderKey, TreeStore, VersionLoc};
+use crate::storage::Storage;
 use crate::tree::{self, NodeRecord};
 
 type NodeKey = u128;
@@ -120,6 +121,10 @@ pub const CHECKPOINT_EVERY: usize = 32;
 /// Version of the index layout above. An index of another version is
 /// deleted and rebuilt from the log on open (it is derived data).
 pub const INDEX_VERSION: u64 = 5;
+
+/// How long [`Index::reopen`] waits for the transactions on the old handle.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 const META_VERSION: &str = "index_version";
 const META_NODES: &str = "nodes";
 const META_FILES: &str = "files";
@@ -182,7 +187,9 @@ pub struct EventLocation {
 /// The redb index file.
 #[derive(Debug)]
 pub struct Index {
-    db: Db,
+    /// Replaced whole only by [`Index::reopen`] (after an I/O failure) and
+    /// [`Index::reopen_read_only`].
+    db: std::sync::RwLock<Db>,
     path: PathBuf,
     /// The caches of the last writer that committed (see [`Carried`]).
     carried: Arc<Mutex<Option<Carried>>>,
@@ -197,6 +204,9 @@ pub struct Index {
     /// next commit after its hand-off was that group's (see
     /// [`IndexWriter::held`]).
     commits: Arc<std::sync::atomic::AtomicU64>,
+    /// Where the file is opened through, when not by redb itself (fault
+    /// injection; see [`Storage::index_database`]).
+    storage: Option<Arc<dyn Storage>>,
     /// Unit tests: the next background commit fails without writing.
     #[cfg(test)]
     pub(crate) fail_next_background: std::sync::atomic::AtomicBool,
@@ -319,7 +329,8 @@ fn encode_node(n: &NodeRecord) -> Vec<u8> {
 impl Index {
     fn on(db: Db, path: &Path) -> Index {
         Index {
-            db,
+            storage: None,
+            db: std::sync::RwLock::new(db),
             path: path.to_path_buf(),
             carried: Arc::default(),
             in_flight: Mutex::default(),
@@ -333,8 +344,14 @@ impl Index {
     /// Opens (creating if missing) the index at `path`. Returns whether it
     /// must be rebuilt: new file, or a layout version this build does not write.
     pub fn open(path: &Path) -> Result<(Index, bool)> {
+        Index::open_with(path, None)
+    }
+
+    /// [`Index::open`], through `storage` if it opens indexes itself.
+    pub fn open_with(path: &Path, storage: Option<Arc<dyn Storage>>) -> Result<(Index, bool)> {
         let fresh = !path.exists();
-        let db = match Database::create(path) {
+        let create = || create_db(path, storage.as_deref());
+        let db = match create() {
             Ok(db) => db,
             // Held by another process: not damage, and not ours to replace.
             Err(e) if !fresh && !matches!(e, redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -342,11 +359,12 @@ impl Index {
                 // it came from is replayed by the caller.
                 tracing::warn!("index {} unreadable ({e}); rebuilding it from the log", path.display());
                 std::fs::remove_file(path).map_err(|e| Error::io("remove", path, e))?;
-                Database::create(path).map_err(|e| ix_err(path, e))?
+                create().map_err(|e| ix_err(path, e))?
             }
             Err(e) => return Err(ix_err(path, e)),
         };
-        let index = Index::on(Db::Rw(Arc::new(db)), path);
+        let mut index = Index::on(Db::Rw(Arc::new(db)), path);
+        index.storage = storage;
         let version = index.read()?.meta(META_VERSION)?;
         let rebuild = fresh || version != INDEX_VERSION;
         if rebuild {
@@ -378,15 +396,49 @@ impl Index {
     /// Closes a writable handle cleanly and reopens the file read-only.
     pub fn reopen_read_only(&mut self) -> Result<()> {
         let _ = self.wait_in_flight();
-        if let Db::Rw(db) = std::mem::replace(&mut self.db, Db::Closed) {
+        let slot = self.db.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Db::Rw(db) = std::mem::replace(slot, Db::Closed) {
             let db = Arc::try_unwrap(db).map_err(|_| Error::Index {
                 path: self.path.clone(),
                 reason: "still in use by a writer; cannot reopen it read-only".into(),
             })?;
             db.close().map_err(|e| ix_err(&self.path, e))?;
         }
-        self.db = Db::Ro(redb::ReadOnlyDatabase::open(&self.path).map_err(|e| ix_err(&self.path, e))?);
+        *slot = Db::Ro(redb::ReadOnlyDatabase::open(&self.path).map_err(|e| ix_err(&self.path, e))?);
         Ok(())
+    }
+
+    /// Drops the writable handle and opens the file again. After an I/O
+    /// failure (a full disk, EIO) redb refuses every later transaction
+    /// until the database is reopened; reopening finds the file as its last
+    /// durable commit left it, and the caller applies what the index lacks
+    /// again from the log. The handle is shared with writers and read
+    /// transactions in flight: the file is reopened once they are gone,
+    /// which takes at most `REOPEN_WAIT` (their operations are short), else
+    /// the index stays closed and a later call tries again.
+    pub fn reopen(&self) -> Result<()> {
+        let _ = self.wait_in_flight();
+        *lock_carried(&self.carried) = None;
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if matches!(&*slot, Db::Ro(_)) {
+            return Err(Error::Index { path: self.path.clone(), reason: "open read-only; not reopened".into() });
+        }
+        // Dropped here; the file closes with the last transaction on it.
+        *slot = Db::Closed;
+        let deadline = std::time::Instant::now() + REOPEN_WAIT;
+        loop {
+            match create_db(&self.path, self.storage.as_deref()) {
+                Ok(db) => {
+                    *slot = Db::Rw(Arc::new(db));
+                    tracing::info!("index {} reopened", self.path.display());
+                    return Ok(());
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(ix_err(&self.path, e)),
+            }
+        }
     }
 
     /// Starts a write transaction, after any group still committing in the
@@ -424,14 +476,19 @@ impl Index {
             let _ = self.wait_in_flight();
         }
         self.refuse_after_failure()?;
-        Ok(self.new_writer(self.rw()?.clone(), OnceCell::new(), carried.unwrap_or_default()))
+        Ok(self.new_writer(self.rw()?, OnceCell::new(), carried.unwrap_or_default()))
     }
 
-    fn rw(&self) -> Result<&Arc<Database>> {
-        match &self.db {
-            Db::Rw(db) => Ok(db),
-            _ => Err(Error::Index { path: self.path.clone(), reason: "index is open read-only".into() }),
+    fn rw(&self) -> Result<Arc<Database>> {
+        match &*self.db.read().unwrap_or_else(|e| e.into_inner()) {
+            Db::Rw(db) => Ok(db.clone()),
+            Db::Ro(_) => Err(Error::Index { path: self.path.clone(), reason: "index is open read-only".into() }),
+            Db::Closed => Err(self.closed()),
         }
+    }
+
+    fn closed(&self) -> Error {
+        Error::Index { path: self.path.clone(), reason: "index is closed (reopening it after a failure failed)".into() }
     }
 
     fn begin_write(&self) -> Result<WriteTransaction> {
@@ -441,7 +498,7 @@ impl Index {
     fn writer(&self, txn: WriteTransaction) -> Result<IndexWriter> {
         let held = HeldTxn::open(txn).map_err(|e| self.err(e))?;
         let carried = lock_carried(&self.carried).take().unwrap_or_default();
-        Ok(self.new_writer(self.rw()?.clone(), OnceCell::from(held), carried))
+        Ok(self.new_writer(self.rw()?, OnceCell::from(held), carried))
     }
 
     fn new_writer(&self, db: Arc<Database>, txn: OnceCell<HeldTxn>, carried: Carried) -> IndexWriter {
@@ -554,10 +611,10 @@ impl Index {
     /// still committing in the background.
     pub fn read(&self) -> Result<IndexReader> {
         let _ = self.wait_in_flight();
-        let txn = match &self.db {
+        let txn = match &*self.db.read().unwrap_or_else(|e| e.into_inner()) {
             Db::Rw(db) => db.begin_read(),
             Db::Ro(db) => db.begin_read(),
-            Db::Closed => return Err(Error::Index { path: self.path.clone(), reason: "index is closed".into() }),
+            Db::Closed => return Err(self.closed()),
         };
         let txn = txn.map_err(|e| self.err(e))?;
         Ok(IndexReader::new(txn, self.path.clone()))
@@ -600,6 +657,15 @@ fn reset_tables(txn: &WriteTransaction) -> std::result::Result<(), redb::TableEr
     txn.open_table(CHECKPOINTS)?;
     txn.open_table(VERSIONS)?;
     Ok(())
+}
+
+/// Opens (creating if missing) the redb file at `path`, through `storage`
+/// if it opens indexes itself.
+fn create_db(path: &Path, storage: Option<&dyn Storage>) -> std::result::Result<Database, redb::DatabaseError> {
+    match storage.and_then(|s| s.index_database(path)) {
+        Some(opened) => opened,
+        None => Database::create(path),
+    }
 }
 
 /// An index failure; one the OS caused (a full disk) keeps its I/O error,

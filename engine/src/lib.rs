@@ -17,6 +17,7 @@ pub mod conflicts;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod faults;
 pub mod format;
 pub mod fuzz_bodies;
 pub mod history;

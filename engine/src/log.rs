@@ -782,6 +782,11 @@ impl LogWriter {
         Ok(())
     }
 
+    /// Why the writer refuses further use, if an I/O failure made it.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
     fn usable(&self) -> Result<()> {
         match &self.failed {
             Some(why) => Err(Error::Invalid(format!(

@@ -136,6 +136,10 @@ impl Content {
     pub fn with(mut self, change: &Change, block_size: u64) -> Content {
         match change {
             Change::Content { size, blocks } => {
+                if *size < self.size {
+                    let keep = tree::block_count(*size, block_size);
+                    self.blocks.retain(|&i, _| i < keep);
+                }
                 self.set(blocks);
                 self.size = *size;
             }
@@ -553,7 +557,13 @@ fn apply_step<S: TreeStore>(s: &mut S, e: &Event, block_size: u64) -> Result<Res
             }
             let record = fx.node;
             match &e.change {
-                Change::Content { blocks, .. } => {
+                Change::Content { blocks, size } => {
+                    // Bytes past the end are never stored: a version that
+                    // ends before the one it replaces drops the blocks past
+                    // its end, which an extension would otherwise show.
+                    if record.size < node.size {
+                        s.clear_blocks_from(target, tree::block_count(*size, block_size), e)?;
+                    }
                     for b in blocks {
                         s.set_block(target, b.index, b.block, e)?;
                     }

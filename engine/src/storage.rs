@@ -10,8 +10,9 @@
 //! - a crash may keep any prefix of the unsynced bytes of a file (a torn tail),
 //!   never reorder or invent bytes.
 //!
-//! The redb index is not behind this trait: it is derived from the log and is
-//! rebuilt or caught up after a crash.
+//! The redb index is not behind this trait (but for fault injection, see
+//! [`Storage::index_database`]): it is derived from the log and is rebuilt
+//! or caught up after a crash.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -117,6 +118,12 @@ pub trait Storage: Send + Sync + Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Opens (creating if missing) the redb index at `path` through this
+    /// backend; `None`, the default, lets redb use the file itself. Only
+    /// fault injection ([`crate::faults`]) puts the index behind it.
+    fn index_database(&self, _path: &Path) -> Option<Result<redb::Database, redb::DatabaseError>> {
+        None
+    }
 }
 
 /// The real filesystem.

@@ -305,7 +305,9 @@ pub(crate) struct WriteBack {
     shared: Arc<Shared>,
     tx: Option<Sender<Job>>,
     ahead_tx: Option<Sender<Ahead>>,
+    /// The hashing workers first, then the read-ahead threads.
     workers: Vec<JoinHandle<()>>,
+    hashers: usize,
     files: Mutex<HashMap<NodeId, Arc<FileState>>>,
     /// Files open for writing: how many handles, and the content version
     /// their next commit is made on (see the module docs).
@@ -359,6 +361,7 @@ impl WriteBack {
             tx: Some(tx),
             ahead_tx: Some(ahead_tx),
             workers: handles,
+            hashers: workers,
             files: Mutex::new(HashMap::new()),
             lines: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
@@ -367,6 +370,12 @@ impl WriteBack {
 
     pub(crate) fn block_size(&self) -> u64 {
         self.shared.block_size
+    }
+
+    /// Whether any hashing worker still runs (they end only when the
+    /// write-back is dropped).
+    fn workers_alive(&self) -> bool {
+        self.tx.is_some() && self.workers.iter().take(self.hashers).any(|h| !h.is_finished())
     }
 
     /// Memory held by buffered and in-flight blocks (for tests).
@@ -644,7 +653,13 @@ impl WriteBack {
         let waiting: Vec<(u64, u64)> =
             st.slots.iter().filter(|(_, s)| matches!(s, Slot::Hashing { .. })).map(|(i, s)| (*i, s.seq())).collect();
         while waiting.iter().any(|(i, seq)| matches!(st.slots.get(i), Some(Slot::Hashing { seq: s, .. }) if s == seq)) {
-            file.cond.wait(&mut st);
+            // Every job ends in a notify (a failed or panicking store
+            // included); the timeout only guards against workers that are
+            // gone, which then can never post the result.
+            if file.cond.wait_for(&mut st, Duration::from_secs(1)).timed_out() && !self.workers_alive() {
+                tracing::error!(node = %file.node, "the hashing workers are gone; buffered writes cannot be stored");
+                return Err(Errno::EIO);
+            }
         }
         if let Some(e) = st.error.take() {
             return Err(e);
@@ -1003,7 +1018,20 @@ pub(crate) fn is_no_space(e: Errno) -> bool {
 
 fn worker(shared: Arc<Shared>, rx: Receiver<Job>) {
     for job in rx {
-        let result = if is_zero(&job.data) { Ok(None) } else { shared.engine.put_block(&job.data).map(Some) };
+        // A panic while storing is a failure of this block, reported to
+        // its file like any other: a worker that died instead would leave
+        // the slot `Hashing` and its committer waiting.
+        let store = std::panic::AssertUnwindSafe(|| match is_zero(&job.data) {
+            true => Ok(None),
+            false => shared.engine.put_block(&job.data).map(Some).map_err(|e| {
+                tracing::error!(node = %job.file.node, block = job.index, error = %e, "storing a block failed");
+                errno(&e)
+            }),
+        });
+        let result = std::panic::catch_unwind(store).unwrap_or_else(|_| {
+            tracing::error!(node = %job.file.node, block = job.index, "storing a block panicked");
+            Err(Errno::EIO)
+        });
         let mut st = job.file.st.lock();
         st.in_flight = st.in_flight.saturating_sub(1);
         let current = matches!(st.slots.get(&job.index), Some(Slot::Hashing { seq, .. }) if *seq == job.seq);
@@ -1014,8 +1042,7 @@ fn worker(shared: Arc<Shared>, rx: Receiver<Job>) {
                 }
             }
             Err(e) => {
-                tracing::error!(node = %job.file.node, block = job.index, error = %e, "storing a block failed");
-                st.error = Some(errno(&e));
+                st.error = Some(e);
                 if current {
                     let data = job.data.as_ref().clone();
                     shared.add_mem(data.capacity() as i64);
