@@ -1326,6 +1326,10 @@ impl Engine {
                     "{}: the index is behind the log and changes are refused until it catches up: {e}",
                     self.layout.dir.display()
                 );
+                // A full disk (or EIO, EROFS) reaches the caller as itself.
+                if e.os_error().is_some() {
+                    return Err(e);
+                }
                 Err(Error::Index {
                     path: self.layout.index(),
                     reason: format!("behind the log after {why}, and catching up failed: {e}"),

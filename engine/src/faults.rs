@@ -31,44 +31,31 @@ pub enum Fault {
     NoSpace,
     /// EIO: the disk failed.
     Io,
+    /// The call panics (a bug below the caller): tests that callers
+    /// waiting on it are released.
+    Panic,
 }
 
 impl Fault {
+    /// The error, as the OS gives it (callers read its code).
     fn error(self, what: &str) -> io::Error {
-        let code = match self {
+        tracing::debug!("injected {self:?} at {what}");
+        io::Error::from_raw_os_error(match self {
             Fault::NoSpace => libc::ENOSPC,
             Fault::Io => libc::EIO,
-        };
-        let e = io::Error::from_raw_os_error(code);
-        io::Error::new(e.kind(), InjectedError { source: e, what: what.to_string() })
-    }
-}
-
-/// An injected error: its OS code stays readable through `source`.
-#[derive(Debug)]
-struct InjectedError {
-    source: io::Error,
-    what: String,
-}
-
-impl std::fmt::Display for InjectedError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (injected at {})", self.source, self.what)
-    }
-}
-
-impl std::error::Error for InjectedError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
+            Fault::Panic => panic!("injected panic at {what}"),
+        })
     }
 }
 
 /// Which writes fail: one in `one_in` on average, by a seeded generator, so
 /// a failing run can be replayed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Plan {
     fault: Fault,
     one_in: u32,
+    /// Only writes to paths that contain this fail.
+    only: Option<std::ffi::OsString>,
 }
 
 #[derive(Debug, Default)]
@@ -102,8 +89,16 @@ impl Faults {
     /// one with `one_in` 1), chosen by a generator seeded with `seed`.
     pub fn fail(&self, fault: Fault, one_in: u32, seed: u64) {
         let mut st = self.state();
-        st.plan = Some(Plan { fault, one_in: one_in.max(1) });
+        st.plan = Some(Plan { fault, one_in: one_in.max(1), only: None });
         st.rng = seed | 1;
+    }
+
+    /// From now on, every write to a path containing `part` (`blobs`,
+    /// `log`, `index.redb`) fails with `fault`; others go through.
+    pub fn fail_only(&self, fault: Fault, part: &str) {
+        let mut st = self.state();
+        st.plan = Some(Plan { fault, one_in: 1, only: Some(part.into()) });
+        st.rng = 1;
     }
 
     /// No more faults.
@@ -122,9 +117,15 @@ impl Faults {
     }
 
     /// The fault for the write about to happen, if it is to fail.
-    fn next(&self) -> Option<Fault> {
+    fn next(&self, path: &Path) -> Option<Fault> {
         let mut st = self.state();
-        let Some(plan) = st.plan else {
+        let aimed = |plan: &Plan| {
+            plan.only.as_ref().is_none_or(|part| {
+                let part = part.as_encoded_bytes();
+                part.is_empty() || path.as_os_str().as_encoded_bytes().windows(part.len()).any(|w| w == part)
+            })
+        };
+        let Some(plan) = st.plan.clone().filter(aimed) else {
             st.passed += 1;
             return None;
         };
@@ -144,7 +145,7 @@ impl Faults {
     }
 
     fn check(&self, what: &str, path: &Path) -> io::Result<()> {
-        match self.next() {
+        match self.next(path) {
             Some(f) => Err(f.error(&format!("{what} {}", path.display()))),
             None => Ok(()),
         }
@@ -174,7 +175,7 @@ struct FaultyAppendFile {
 
 impl AppendFile for FaultyAppendFile {
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        match self.faults.next() {
+        match self.faults.next(&self.path) {
             Some(f) => {
                 // A short write lands first, as on a disk that fills midway.
                 let _ = self.inner.append(&data[..data.len() / 2]);
