@@ -23,28 +23,6 @@ fn ok(out: std::process::Output) -> String {
     text
 }
 
-/// A tmpfs of `mib` MiB mounted at `at`, unmounted (lazily) on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn new(at: &Path, mib: u32) -> Tmpfs {
-        std::fs::create_dir_all(at).expect("mkdir");
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(at)
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "mounting a tmpfs needs root");
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// Bytes free for an unprivileged writer on the filesystem at `path`.
 fn free_on(path: &Path) -> u64 {
     engine::blob::disk_space(path).expect("statvfs").0
@@ -67,7 +45,7 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<(), i32> {
 /// binary (detached, its log on the same disk), then filled through the
 /// mount with fsynced 1 MiB files until one is refused.
 struct Full {
-    disk: Tmpfs,
+    disk: support::Tmpfs,
     data: PathBuf,
     mnt: PathBuf,
     ballast: PathBuf,
@@ -80,7 +58,7 @@ struct Full {
 impl Full {
     fn new(tmp: &Path) -> Full {
         support::require_fuse();
-        let disk = Tmpfs::new(&tmp.join("disk"), 48);
+        let disk = support::Tmpfs::new(&tmp.join("disk"), 48);
         let (data, mnt) = (disk.0.join("data"), tmp.join("mnt"));
         std::fs::create_dir(&mnt).expect("mkdir");
         ok(syncer(&[&"init", &data, &"--block-size", &"64KiB"]));
@@ -164,6 +142,117 @@ fn an_unmount_on_a_full_disk_is_clean_and_loses_nothing_acknowledged() {
     full.remount_and_check();
 }
 
+/// An ext4 filesystem in a 64 MiB image on a loop device, mounted with
+/// `errors=remount-ro`, so that an error it reports turns it read-only
+/// under open files, as a failing disk does; unmounted (lazily) on drop.
+struct Ext4 {
+    image: PathBuf,
+    at: PathBuf,
+}
+
+impl Ext4 {
+    fn new(dir: &Path) -> Ext4 {
+        let (image, at) = (dir.join("ext4.img"), dir.join("ext4"));
+        std::fs::create_dir_all(&at).expect("mkdir");
+        std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).expect("image");
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().expect("run");
+            assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(Command::new("mkfs.ext4").arg("-q").arg(&image));
+        let ext4 = Ext4 { image, at };
+        ext4.mount();
+        ext4
+    }
+
+    fn mount(&self) {
+        let out = Command::new("mount")
+            .args(["-o", "loop,errors=remount-ro"])
+            .arg(&self.image)
+            .arg(&self.at)
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "mount ext4 image: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Makes ext4 report an error: it turns itself read-only.
+    fn fail(&self) {
+        let out = Command::new("findmnt").args(["-n", "-o", "SOURCE"]).arg(&self.at).output().expect("findmnt");
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let name = dev.rsplit('/').next().unwrap_or_default().to_string();
+        std::fs::write(format!("/sys/fs/ext4/{name}/trigger_fs_error"), "syncer test\n").expect("trigger_fs_error");
+    }
+
+    /// Unmounts, repairs (as an administrator would) and mounts again.
+    fn repair(&self) {
+        let st = Command::new("umount").arg(&self.at).status().expect("umount");
+        assert!(st.success(), "umount ext4");
+        let st = Command::new("e2fsck").arg("-fy").arg(&self.image).output().expect("e2fsck");
+        assert!(st.status.code().is_some_and(|c| c <= 1), "e2fsck: {}", String::from_utf8_lossy(&st.stdout));
+        self.mount();
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
+/// The disk under the data dir turns read-only while mounted (ext4's
+/// answer to an I/O error): writes get EROFS, not EIO; the daemon stays
+/// up, answers and unmounts; once the disk is repaired, every file
+/// `fsync` acknowledged is intact and `log verify` is clean.
+#[test]
+fn a_disk_that_turns_read_only_gives_erofs_keeps_the_mount_up_and_loses_nothing() {
+    support::require_fuse();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let disk = Ext4::new(tmp.path());
+    let (data, mnt) = (disk.at.join("data"), tmp.path().join("mnt"));
+    std::fs::create_dir(&mnt).expect("mkdir");
+    ok(syncer(&[&"init", &data, &"--block-size", &"64KiB"]));
+    ok(syncer(&[&"mount", &data, &mnt]));
+    let guard = support::MountGuard(&mnt);
+    let mut acked = Vec::new();
+    for i in 0..4u64 {
+        let body = support::pattern(i, 300_000);
+        write_synced(&mnt.join(format!("f{i}")), &body).expect("write before");
+        acked.push((format!("f{i}"), body));
+    }
+    disk.fail();
+    let errs: Vec<i32> = (10..14u64)
+        .map(|i| write_synced(&mnt.join(format!("f{i}")), &support::pattern(i, 300_000)).expect_err("read-only disk"))
+        .collect();
+    assert!(errs.iter().all(|&e| e == libc::EROFS), "errnos {errs:?} (want EROFS)");
+    // The daemon answers. A read gives the acknowledged bytes, or EROFS
+    // when the index could not commit the last changes before the disk
+    // turned read-only (they are in the log): never a missing file or
+    // other bytes.
+    for (name, body) in &acked {
+        match std::fs::read(mnt.join(name)) {
+            Ok(got) => assert!(got == *body, "{name}: other bytes while read-only"),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{name}: {e}"),
+        }
+    }
+    match std::fs::read_dir(&mnt) {
+        Ok(rd) => assert!(rd.count() >= acked.len(), "a listing lacks acknowledged files"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EROFS), "readdir: {e}"),
+    }
+    // The unmount cannot make the index durable on a read-only disk, but
+    // it unmounts: the log holds everything acknowledged.
+    let _ = syncer(&[&"unmount", &mnt]);
+    drop(guard);
+    disk.repair();
+    ok(syncer(&[&"mount", &data, &mnt]));
+    let _guard = support::MountGuard(&mnt);
+    for (name, body) in &acked {
+        assert!(std::fs::read(mnt.join(name)).expect("read after repair") == *body, "{name} after the repair");
+    }
+    write_synced(&mnt.join("after"), b"writable again").expect("a write after the repair");
+    ok(syncer(&[&"unmount", &mnt]));
+    ok(syncer(&[&"log", &"verify", &data]));
+}
+
 /// With a remote: once blocks are pushed, a copy larger than the disk's
 /// free space completes, the blocks on the remote evicted to make room,
 /// and every file reads back whole (evicted blocks fetched again).
@@ -171,7 +260,7 @@ fn an_unmount_on_a_full_disk_is_clean_and_loses_nothing_acknowledged() {
 fn with_a_remote_pushed_blocks_are_evicted_to_make_room() {
     support::require_fuse();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let disk = Tmpfs::new(&tmp.path().join("disk"), 48);
+    let disk = support::Tmpfs::new(&tmp.path().join("disk"), 48);
     let (data, mnt, remote) = (disk.0.join("data"), tmp.path().join("mnt"), tmp.path().join("remote"));
     std::fs::create_dir(&mnt).expect("mkdir");
     // Blocks larger than `small_block` (64 KiB), which are never evicted.

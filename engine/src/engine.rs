@@ -266,7 +266,7 @@ struct Writer {
     /// (some of its events, and part of one) is cut before the log is used
     /// or read again, so an operation is in the log whole or not at all
     /// (see [`Engine::reopen_failed_log`]).
-    cut_to: Option<LogPos>,
+    cut_to: Option<(LogPos, u64)>,
 }
 
 /// Index changes waiting for their group commit (see [`GROUP_WINDOW`]).
@@ -1118,7 +1118,19 @@ impl Engine {
             }
         };
         let (before, n) = (w.log.last_seq(), changes.len() as u64);
-        if let Err(e) = self.record(&mut w, &mut p.ix, changes) {
+        if let Err((e, touched)) = self.record(&mut w, &mut p.ix, changes) {
+            if !touched {
+                // Nothing reached the index: the group goes on, and what
+                // reached the log is cut (now, or before the next change).
+                w.index_behind = false;
+                if p.changes > 0 || p.ix.follows_background_commit() {
+                    w.pending = Some(p);
+                }
+                if let Err(cut) = self.reopen_failed_log(&mut w) {
+                    tracing::warn!("{}: {cut}; trying again before the next change", self.layout.dir.display());
+                }
+                return Err(e);
+            }
             // The transaction may hold part of the change: the group is
             // dropped and what of it reached the log is applied again. The
             // operation succeeded if all of it is in the log.
@@ -1160,13 +1172,23 @@ impl Engine {
     /// Once one fails to apply, the rest are still appended (and applied
     /// as far as they go, for the clocks of the ones after): an operation
     /// is then whole in the log, and the index work is redone from there.
-    fn record(&self, w: &mut Writer, ix: &mut IndexWriter, changes: Vec<(NodeId, Change)>) -> Result<()> {
+    ///
+    /// On failure, also whether `ix` was touched: when the first event's
+    /// append fails (a full or read-only disk), nothing was applied and the
+    /// group stands.
+    fn record(
+        &self,
+        w: &mut Writer,
+        ix: &mut IndexWriter,
+        changes: Vec<(NodeId, Change)>,
+    ) -> std::result::Result<(), (Error, bool)> {
         let machine = self.config.machine;
         let bs = self.block_size();
         let mut failed = None;
-        let start = w.log.position();
-        for (node, change) in changes {
-            let prev = ix.node(node)?;
+        let start = (w.log.position(), w.log.last_seq());
+        for (i, (node, change)) in changes.into_iter().enumerate() {
+            let touched = i > 0;
+            let prev = ix.node(node).map_err(|e| (e, touched))?;
             // A content change is made on the version the node shows, or
             // on the one its caller's line left off at.
             let line = w.line.filter(|(n, _)| *n == node).map(|(_, b)| b);
@@ -1187,17 +1209,20 @@ impl Engine {
                 Ok(pos) => pos,
                 Err(e) => {
                     w.cut_to = Some(start);
-                    return Err(e);
+                    return Err((e, touched));
                 }
             };
-            let pos = pos.first().copied().ok_or_else(|| Error::Invalid("log append returned no position".into()))?;
+            let pos = pos
+                .first()
+                .copied()
+                .ok_or_else(|| (Error::Invalid("log append returned no position".into()), touched))?;
             w.last_time = time;
             if let Err(e) = ix.apply(pos, &event, bs) {
                 failed.get_or_insert(e);
             }
         }
         w.line = None;
-        failed.map_or(Ok(()), Err)
+        failed.map_or(Ok(()), |e| Err((e, true)))
     }
 
     /// A log writer that failed (a full disk, EIO) refuses every later
@@ -1210,10 +1235,14 @@ impl Engine {
     fn reopen_failed_log(&self, w: &mut Writer) -> Result<()> {
         let Some(why) = w.log.failure().map(str::to_string) else { return Ok(()) };
         tracing::warn!("{}: our log failed earlier ({why}); opening it again", self.layout.dir.display());
-        if let Some(to) = w.cut_to {
+        // The seq the reopened log must end at for the index to need no
+        // catch-up: where the cut goes, or where the failed writer stood.
+        let mut expected = w.log.last_seq();
+        if let Some((to, seq)) = w.cut_to {
             let cut = crate::log::cut_at(self.storage.as_ref(), &self.layout.log(), to)?;
             tracing::warn!("cut {cut} bytes a failed operation appended to our log at {to:?}");
             w.cut_to = None;
+            expected = seq;
         }
         let (log, recovery) =
             LogWriter::open(self.storage.clone(), &self.layout.log(), self.config.machine, self.config.segment_size)?;
@@ -1225,7 +1254,7 @@ impl Engine {
                 cut.path.display()
             );
         }
-        if log.last_seq() != w.log.last_seq() {
+        if log.last_seq() != expected {
             // Its index work is redone from the log with the rest.
             w.pending = None;
             w.index_behind = true;
@@ -1315,7 +1344,11 @@ impl Engine {
             tracing::warn!("{}: catching the index up failed ({e}); reopening it", self.layout.dir.display());
             caught_up = self.index.reopen().and_then(|()| self.import_locked(w));
         }
-        self.has_pending.store(false, Ordering::Release);
+        // Until the index has caught up, readers come to the writer (and
+        // try again) rather than read a snapshot lacking acknowledged
+        // changes: on a disk that refuses writes, reads fail with its errno
+        // instead of hiding files.
+        self.has_pending.store(caught_up.is_err(), Ordering::Release);
         match caught_up {
             Ok(_) => {
                 w.index_behind = false;
@@ -1347,34 +1380,43 @@ impl Engine {
     fn read_live<T>(&self, f: impl Fn(&IndexView<'_>) -> Result<T>) -> Result<T> {
         if let (true, Some(w)) = (self.has_pending.load(Ordering::Acquire), &self.writer) {
             let mut w = lock_writer(w);
-            self.settle_background(&mut w)?;
-            if w.index_behind && w.pending.is_none() {
-                // A group was lost (a panic while it was out of the writer).
-                self.recover_index(&mut w, "a change was interrupted")?;
-            }
-            match &w.pending {
-                // A group with changes goes to the background, as from a
-                // change; an empty one (writes have paused) is closed here.
-                Some(p) if p.since.elapsed() >= GROUP_WINDOW && p.changes > 0 => self.commit_in_background(&mut w)?,
-                Some(p) if p.since.elapsed() >= GROUP_WINDOW => self.commit_pending(&mut w)?,
-                _ => {}
-            }
-            if let Some(p) = &w.pending {
-                let read = f(&IndexView::Pending(&p.ix));
-                // A read that needed the transaction fails when the group
-                // before it failed in the background: once that group is
-                // applied again, it reads the recovered index.
-                if read.is_ok() || p.ix.can_commit_in_background() {
-                    return read;
-                }
-                let _ = self.index.wait_in_flight();
-                self.settle_background(&mut w)?;
-                if w.pending.is_some() {
-                    return read;
-                }
+            if let Some(read) = self.read_pending(&mut w, &f)? {
+                return read;
             }
         }
         f(&IndexView::Snapshot(self.index.read()?))
+    }
+
+    /// [`Engine::read_live`] with a group pending: settles and closes
+    /// groups as due; the read, if it must be made on the pending group.
+    fn read_pending<T>(&self, w: &mut Writer, f: &impl Fn(&IndexView<'_>) -> Result<T>) -> Result<Option<Result<T>>> {
+        self.settle_background(w)?;
+        if w.index_behind && w.pending.is_none() {
+            // A group was lost (a panic while it was out of the writer).
+            self.recover_index(w, "a change was interrupted")?;
+        }
+        match &w.pending {
+            // A group with changes goes to the background, as from a
+            // change; an empty one (writes have paused) is closed here.
+            Some(p) if p.since.elapsed() >= GROUP_WINDOW && p.changes > 0 => self.commit_in_background(w)?,
+            Some(p) if p.since.elapsed() >= GROUP_WINDOW => self.commit_pending(w)?,
+            _ => {}
+        }
+        if let Some(p) = &w.pending {
+            let read = f(&IndexView::Pending(&p.ix));
+            // A read that needed the transaction fails when the group
+            // before it failed in the background: once that group is
+            // applied again, it reads the recovered index.
+            if read.is_ok() || p.ix.can_commit_in_background() {
+                return Ok(Some(read));
+            }
+            let _ = self.index.wait_in_flight();
+            self.settle_background(w)?;
+            if w.pending.is_some() {
+                return Ok(Some(read));
+            }
+        }
+        Ok(None)
     }
 
     fn live_node(ix: &IndexWriter, id: NodeId) -> Result<NodeRecord> {
@@ -1707,7 +1749,7 @@ impl Engine {
         // may be pushed.
         self.writer.as_ref().map(|w| {
             let w = lock_writer(w);
-            w.cut_to.unwrap_or_else(|| w.log.position())
+            w.cut_to.map_or_else(|| w.log.position(), |(pos, _)| pos)
         })
     }
 

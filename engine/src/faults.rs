@@ -135,7 +135,7 @@ impl Faults {
         x ^= x >> 7;
         x ^= x << 17;
         st.rng = x;
-        if x % u64::from(plan.one_in) == 0 {
+        if x.is_multiple_of(u64::from(plan.one_in)) {
             st.injected += 1;
             Some(plan.fault)
         } else {

@@ -125,6 +125,10 @@ pub const INDEX_VERSION: u64 = 5;
 /// How long [`Index::reopen`] waits for the transactions on the old handle.
 const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Free bytes [`Index::reopen`] wants before it gives up a failed handle:
+/// opening a file that was not closed cleanly writes to it.
+const REOPEN_ROOM: u64 = 4 << 20;
+
 const META_VERSION: &str = "index_version";
 const META_NODES: &str = "nodes";
 const META_FILES: &str = "files";
@@ -422,6 +426,15 @@ impl Index {
         let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
         if matches!(&*slot, Db::Ro(_)) {
             return Err(Error::Index { path: self.path.clone(), reason: "open read-only; not reopened".into() });
+        }
+        // On a disk that would refuse the reopen (read-only, or full) the
+        // failed handle is kept: redb still reads through it, so readers go
+        // on; a later call reopens once the disk takes writes again.
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        if matches!(&*slot, Db::Rw(_)) {
+            if let Some(e) = crate::blob::refuses_writes(dir, REOPEN_ROOM) {
+                return Err(Error::io("reopen", &self.path, e));
+            }
         }
         // Dropped here; the file closes with the last transaction on it.
         *slot = Db::Closed;

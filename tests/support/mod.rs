@@ -235,3 +235,26 @@ pub fn record_versions(seg: &Path, machine: MachineId, before: usize) -> Vec<u8>
     let scan = engine::log::scan_segment(&bytes, seg, machine, 0, false).expect("scan");
     scan.records.iter().map(|r| r.version).collect()
 }
+
+/// A tmpfs of `mib` MiB mounted at the path it holds (a small disk to
+/// fill), unmounted (lazily) on drop.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn new(at: &Path, mib: u32) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mkdir");
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mounting a tmpfs needs root");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
