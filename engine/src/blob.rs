@@ -703,6 +703,13 @@ impl BlobStore {
         self.reserve.store(bytes, Ordering::Relaxed);
     }
 
+    /// Free bytes on the store's filesystem above the reserve (`None`: the
+    /// filesystem cannot be asked).
+    pub fn room(&self) -> Option<u64> {
+        let (free, total) = disk_space(&self.dir)?;
+        Some(free.saturating_sub(reserve_on(self.reserve.load(Ordering::Relaxed), total)))
+    }
+
     /// Fails with ENOSPC when writing `bytes` would leave less free space on
     /// the store's filesystem than the reserve: the log, the index and a
     /// clean unmount keep that room, so a full disk refuses new data early

@@ -132,8 +132,12 @@ pub struct NodeState {
     pub pinned: bool,
     /// Unlinked (still readable through open handles).
     pub removed: bool,
-    /// Bytes counted for `st_blocks`: the logical size (holes included).
+    /// Bytes counted for `st_blocks`: for a file, those of its stored
+    /// blocks (holes are free); for others, the size.
     pub stored_bytes: u64,
+    /// Directories: how many directories it holds (a directory's link
+    /// count is 2 plus this); 0 for other kinds.
+    pub subdirs: u64,
     /// Volume name (root only).
     pub volname: Vec<u8>,
     /// A conflict copy not yet resolved: the file it is a copy of.
@@ -149,7 +153,8 @@ impl NodeState {
             name: r.name,
             attrs: r.attrs,
             size: r.size,
-            stored_bytes: r.size,
+            stored_bytes: if r.kind == NodeKind::File { r.stored } else { r.size },
+            subdirs: r.subdirs,
             target: r.target,
             xattrs: r.xattrs.into_iter().collect(),
             pinned: r.pinned,
@@ -275,6 +280,12 @@ struct Pending {
     since: Instant,
     changes: u32,
 }
+
+/// Most blocks one content change of [`Engine::zero_range_on`] lists.
+pub const ZERO_RANGE_BATCH: usize = 4096;
+
+/// Most stored blocks of each file one [`Engine::share_blocks_on`] looks at.
+pub const SHARE_BATCH: usize = 1024;
 
 /// Longest time index changes wait for a group commit. A redb commit costs
 /// more than applying one change, so one commit per change would cap
@@ -833,6 +844,22 @@ impl Engine {
             let ev = log::read_record_at(self.storage.as_ref(), &self.layout.log(), pos)?.event;
             state = Some(tree::apply(state.as_ref(), &ev).node);
         }
+        // The counts the merge keeps change with other nodes' events too
+        // (entries made in a directory, blocks of a version routed here):
+        // counted from the history tables as of `at`, once per view.
+        if let Some(n) = state.as_mut() {
+            match n.kind {
+                NodeKind::Dir => {
+                    let entries = ix.read_dir_at(id, at)?;
+                    n.subdirs = entries.iter().filter(|e| e.kind == NodeKind::Dir).count() as u64;
+                }
+                NodeKind::File => {
+                    let blocks = ix.blocks_at(id, 0, u64::MAX, at)?;
+                    n.stored = blocks.iter().map(|(_, b)| u64::from(b.len)).sum();
+                }
+                _ => {}
+            }
+        }
         // A directory's times follow its listing: the checkpoint has them as
         // the merge left them, the fold of the node's own events since does
         // not move them.
@@ -885,6 +912,39 @@ impl Engine {
         match self.at {
             None => self.read_live(|ix| ix.blocks(node, first, count)),
             Some(at) => self.index.read()?.blocks_at(node, first, count, at),
+        }
+    }
+
+    /// The first stored block of file `node` with index at least `from`
+    /// (`None`: only holes from there on). Its cost depends on the blocks
+    /// stored (and, in a point-in-time view, on their history), never on
+    /// the size of a hole: `lseek(SEEK_DATA)` uses it.
+    pub fn next_data(&self, node: NodeId, from: u64) -> Result<Option<u64>> {
+        match self.at {
+            None => self.read_live(|ix| ix.next_block(node, from)),
+            Some(at) => self.index.read()?.next_block_at(node, from, at),
+        }
+    }
+
+    /// The first block index at least `from` that file `node` does not
+    /// store (a hole, or the end of its blocks). Reads the stored blocks
+    /// from `from` on a page at a time while they follow each other, so its
+    /// cost is the length of that run of stored blocks: `lseek(SEEK_HOLE)`
+    /// uses it.
+    pub fn next_hole(&self, node: NodeId, from: u64) -> Result<u64> {
+        const PAGE: u64 = 1024;
+        let mut at = from;
+        loop {
+            let page = self.file_blocks(node, at, PAGE)?;
+            for (i, _) in &page {
+                if *i != at {
+                    return Ok(at);
+                }
+                at += 1;
+            }
+            if (page.len() as u64) < PAGE || at == u64::MAX {
+                return Ok(at);
+            }
         }
     }
 
@@ -971,6 +1031,24 @@ impl Engine {
         let missing = self.missing_blocks(node, from);
         if !missing.is_empty() {
             prefetchers.retain(|tx| tx.send(missing.clone()).is_ok());
+        }
+    }
+
+    /// Fails with ENOSPC when the local disk cannot take `bytes` more
+    /// (above the data dir's reserve): what `fallocate` reserves is checked
+    /// here. Nothing is set aside (blocks are content-addressed and zeros
+    /// are holes), so a later write can still find the disk full.
+    pub fn check_room(&self, node: NodeId, bytes: u64) -> Result<()> {
+        if self.writer.is_none() {
+            return Err(Error::fs(node, FsError::ReadOnly));
+        }
+        match self.blobs.room() {
+            Some(room) if room < bytes => Err(Error::Io {
+                op: "reserve space: the disk has less room than asked for above the data dir's reserve",
+                path: self.blobs.dir().to_path_buf(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -1582,6 +1660,143 @@ impl Engine {
             _ => None,
         };
         self.content_change(node, base, Change::Truncate { size, tail })
+    }
+
+    /// Zeroes `len` bytes of file `node` from `offset` (`fallocate`
+    /// `PUNCH_HOLE` and `ZERO_RANGE`), made on content version `base`
+    /// (`None`: the one it shows), and returns the version it makes (the
+    /// last, when it takes several). Blocks the range covers whole (up to
+    /// the end of the file) become holes; the blocks it cuts through keep
+    /// their other bytes (a hole if nothing else is left). The file grows
+    /// to `offset + len` unless `keep_size`. Recorded as content changes,
+    /// each listing at most [`ZERO_RANGE_BATCH`] blocks: the work and the
+    /// log grow with the blocks stored in the range, never with its length.
+    pub fn zero_range_on(
+        &self,
+        node: NodeId,
+        base: Option<EventId>,
+        offset: u64,
+        len: u64,
+        keep_size: bool,
+    ) -> Result<EventId> {
+        let bs = self.block_size();
+        let end = offset.checked_add(len).ok_or(Error::fs(node, FsError::Invalid))?;
+        let size = self.version_size(node, base)?;
+        let new_size = if keep_size { size } else { size.max(end) };
+        // Past the old end everything reads as zeros already.
+        let zend = end.min(size);
+        let mut changes = Vec::new();
+        if offset < zend {
+            let (first, last) = (offset / bs, (zend - 1) / bs);
+            // A block is wholly zeroed if the range covers it up to the end
+            // of the file; else it keeps its bytes outside the range.
+            let whole = |i: u64| offset <= i * bs && zend >= (i + 1).saturating_mul(bs).min(size);
+            let mut edges = vec![first];
+            if last != first {
+                edges.push(last);
+            }
+            for &i in &edges {
+                if whole(i) {
+                    continue;
+                }
+                let Some(b) = self.version_block(node, base, i)? else { continue };
+                let mut data = self.read_block(&b)?;
+                let from = offset.saturating_sub(i * bs).min(data.len() as u64) as usize;
+                let to = (zend - i * bs).min(data.len() as u64) as usize;
+                data[from..to].fill(0);
+                let block = if data.iter().all(|&x| x == 0) { None } else { Some(self.put_block(&data)?) };
+                changes.push(BlockChange { index: i, block });
+            }
+            // The blocks in between (and the edges covered whole): only
+            // those stored need a change.
+            let lo = if whole(first) { first } else { first + 1 };
+            let hi = if whole(last) { last + 1 } else { last };
+            if lo < hi {
+                for i in self.version_block_indices(node, base, lo, hi - lo)? {
+                    changes.push(BlockChange { index: i, block: None });
+                }
+            }
+            changes.sort_by_key(|c| c.index);
+        }
+        let mut base = base;
+        let mut made = None;
+        let mut batches = changes.chunks(ZERO_RANGE_BATCH).peekable();
+        if batches.peek().is_none() {
+            return self.content_change(node, base, Change::Content { size: new_size, blocks: Vec::new() });
+        }
+        for batch in batches {
+            let m = self.content_change(node, base, Change::Content { size: new_size, blocks: batch.to_vec() })?;
+            base = Some(m);
+            made = Some(m);
+        }
+        made.ok_or(Error::fs(node, FsError::Invalid))
+    }
+
+    /// Indices of the stored blocks of content version `base` of `node`
+    /// (see [`Engine::version_block`]) in `first..first+count`.
+    fn version_block_indices(&self, node: NodeId, base: Option<EventId>, first: u64, count: u64) -> Result<Vec<u64>> {
+        let end = first.saturating_add(count);
+        Ok(match self.other_version(node, base)? {
+            Some(loc) => {
+                let all = self.read_live(|ix| ix.blocks_after(loc.node, loc.key))?;
+                all.range(first..end).map(|(i, _)| *i).collect()
+            }
+            None => self.file_blocks(node, first, count)?.into_iter().map(|(i, _)| i).collect(),
+        })
+    }
+
+    /// Makes blocks `dst_first..` of file `dst` share the blocks
+    /// `src_first..src_first+count` of file `src` as it shows them
+    /// (`copy_file_range` of whole aligned blocks: no byte is read or
+    /// written, the block references are copied, so the copy takes no
+    /// room), made on content version `base` of `dst`. A hole of `src`
+    /// makes a hole in `dst`. The file grows to cover the blocks copied.
+    ///
+    /// At most [`SHARE_BATCH`] stored blocks of each file are looked at: a
+    /// range with more is cut short. Returns how many blocks were copied
+    /// (from the first) and the version made.
+    pub fn share_blocks_on(
+        &self,
+        src: NodeId,
+        src_first: u64,
+        dst: NodeId,
+        base: Option<EventId>,
+        dst_first: u64,
+        count: u64,
+    ) -> Result<(u64, EventId)> {
+        let bs = self.block_size();
+        let from_src = self.read_live(|ix| ix.blocks_limited(src, src_first, count, SHARE_BATCH))?;
+        let mut done = count;
+        if from_src.len() >= SHARE_BATCH {
+            done = done.min(from_src.last().map_or(count, |(i, _)| i - src_first + 1));
+        }
+        let in_dst = match self.other_version(dst, base)? {
+            Some(loc) => {
+                let all = self.read_live(|ix| ix.blocks_after(loc.node, loc.key))?;
+                let end = dst_first.saturating_add(count);
+                all.range(dst_first..end).map(|(i, _)| *i).take(SHARE_BATCH).collect::<Vec<_>>()
+            }
+            None => self
+                .read_live(|ix| ix.blocks_limited(dst, dst_first, count, SHARE_BATCH))?
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect(),
+        };
+        if in_dst.len() >= SHARE_BATCH {
+            done = done.min(in_dst.last().map_or(count, |i| i - dst_first + 1));
+        }
+        let mut changes: BTreeMap<u64, Option<BlockRef>> = BTreeMap::new();
+        for i in in_dst.into_iter().filter(|i| i - dst_first < done) {
+            changes.insert(i, None);
+        }
+        for (i, b) in from_src.into_iter().filter(|(i, _)| i - src_first < done) {
+            changes.insert(i - src_first + dst_first, Some(b));
+        }
+        let blocks = changes.into_iter().map(|(index, block)| BlockChange { index, block }).collect();
+        let covered = dst_first.saturating_add(done).saturating_mul(bs);
+        let size = self.version_size(dst, base)?.max(covered);
+        let made = self.content_change(dst, base, Change::Content { size, blocks })?;
+        Ok((done, made))
     }
 
     /// Renames `parent/name` to `new_parent/new_name`, and says which

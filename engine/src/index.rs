@@ -69,8 +69,10 @@
 //! the event that made it, since no create event of its own does.
 //!
 //! Version history ([`INDEX_VERSION`]): 3 added `checkpoints`; 5 added
-//! `versions` and the content head and conflict mark of [`NodeRecord`]; an
-//! index of an older version is rebuilt from the log on open.
+//! `versions` and the content head and conflict mark of [`NodeRecord`]; 6
+//! added a directory's count of subdirectories and a file's stored bytes
+//! to [`NodeRecord`] (link counts and `st_blocks`); an index of another
+//! version is rebuilt from the log on open.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::BTreeMap;
@@ -120,7 +122,7 @@ pub const CHECKPOINT_EVERY: usize = 32;
 
 /// Version of the index layout above. An index of another version is
 /// deleted and rebuilt from the log on open (it is derived data).
-pub const INDEX_VERSION: u64 = 5;
+pub const INDEX_VERSION: u64 = 6;
 
 /// How long [`Index::reopen`] waits for the transactions on the old handle.
 const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -810,6 +812,71 @@ macro_rules! queries {
             Ok(out)
         }
 
+        /// The first stored (non-hole) block of `node` with index at least
+        /// `from`, if any: one range query, whatever the size of the hole.
+        pub fn next_block(&self, node: NodeId, from: u64) -> Result<Option<u64>> {
+            let t = self.tx()?.open_table(BLOCKS).map_err(|e| ix_err(&self.path, e))?;
+            for item in t.range((node.0, from)..=(node.0, u64::MAX)).map_err(|e| ix_err(&self.path, e))? {
+                let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+                if decode_ref(&self.path, v.value())?.is_some() {
+                    return Ok(Some(k.value().1));
+                }
+            }
+            Ok(None)
+        }
+
+        /// Up to `limit` stored blocks of `node` with index in
+        /// `first..first+count`, in index order.
+        pub fn blocks_limited(
+            &self,
+            node: NodeId,
+            first: u64,
+            count: u64,
+            limit: usize,
+        ) -> Result<Vec<(u64, BlockRef)>> {
+            let t = self.tx()?.open_table(BLOCKS).map_err(|e| ix_err(&self.path, e))?;
+            let end = first.saturating_add(count);
+            let mut out = Vec::new();
+            for item in t.range((node.0, first)..(node.0, end)).map_err(|e| ix_err(&self.path, e))? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+                if let Some(b) = decode_ref(&self.path, v.value())? {
+                    out.push((k.value().1, b));
+                }
+            }
+            Ok(out)
+        }
+
+        /// [`next_block`](Self::next_block) as of `at`: a scan of the block
+        /// history of `node` from `from` on, which stops at the first block
+        /// stored at `at` (its cost is that history's, never the hole's).
+        pub fn next_block_at(&self, node: NodeId, from: u64, at: Timestamp) -> Result<Option<u64>> {
+            let t = self.tx()?.open_table(BLOCK_HISTORY).map_err(|e| ix_err(&self.path, e))?;
+            let range = t
+                .range((node.0, from, i64::MIN, 0, 0)..=(node.0, u64::MAX, i64::MAX, u64::MAX, u64::MAX))
+                .map_err(|e| ix_err(&self.path, e))?;
+            // The latest change at or before `at` of the index being read.
+            let mut current: Option<(u64, bool)> = None;
+            for item in range {
+                let (k, v) = item.map_err(|e| ix_err(&self.path, e))?;
+                let (_, index, time, _, _) = k.value();
+                if let Some((i, stored)) = current {
+                    if i != index && stored {
+                        return Ok(Some(i));
+                    }
+                    if i != index {
+                        current = None;
+                    }
+                }
+                if time <= at.0 {
+                    current = Some((index, !v.value().is_empty()));
+                }
+            }
+            Ok(current.and_then(|(i, stored)| stored.then_some(i)))
+        }
+
         /// The last applied record of machine `m`: (segment, offset, seq).
         pub fn applied(&self, m: MachineId) -> Result<Option<(u64, u64, u64)>> {
             self.flush_buffered(Buffered::Applied)?;
@@ -1190,6 +1257,8 @@ view_queries! {
     lookup(dir: NodeId, name: &[u8]) -> Option<(NodeId, NodeKind)>;
     read_dir(dir: NodeId, after: Option<&[u8]>, limit: usize) -> Vec<DirEntry>;
     blocks(node: NodeId, first: u64, count: u64) -> Vec<(u64, BlockRef)>;
+    next_block(node: NodeId, from: u64) -> Option<u64>;
+    blocks_limited(node: NodeId, first: u64, count: u64, limit: usize) -> Vec<(u64, BlockRef)>;
     counts() -> Counts;
     version(v: EventId) -> Option<VersionLoc>;
     blocks_after(node: NodeId, key: OrderKey) -> BTreeMap<u64, BlockRef>;
@@ -1903,18 +1972,23 @@ impl TreeStore for IndexWriter {
         Ok(())
     }
 
-    fn set_block(&mut self, node: NodeId, index: u64, block: Option<BlockRef>, e: &Event) -> Result<()> {
+    fn set_block(&mut self, node: NodeId, index: u64, block: Option<BlockRef>, e: &Event) -> Result<Option<BlockRef>> {
         let bytes = tree::encode_block_ref(block.as_ref());
-        {
+        let old = {
             let mut t = self.tx()?.open_table(BLOCKS).map_err(|e| self.err(e))?;
-            if block.is_some() {
-                t.insert((node.0, index), bytes.as_slice()).map_err(|e| self.err(e))?;
+            let old = if block.is_some() {
+                t.insert((node.0, index), bytes.as_slice()).map_err(|e| self.err(e))?
             } else {
-                t.remove((node.0, index)).map_err(|e| self.err(e))?;
-            }
+                t.remove((node.0, index)).map_err(|e| self.err(e))?
+            };
+            let old = match old {
+                Some(v) => decode_ref(&self.path, v.value())?,
+                None => None,
+            };
             let mut h = self.tx()?.open_table(BLOCK_HISTORY).map_err(|e| self.err(e))?;
             h.insert((node.0, index, e.time.0, e.machine.0, e.seq), bytes.as_slice()).map_err(|e| self.err(e))?;
-        }
+            old
+        };
         if let Some(b) = block {
             let new = {
                 let mut t = self.tx()?.open_table(BLOBS).map_err(|e| self.err(e))?;
@@ -1929,15 +2003,20 @@ impl TreeStore for IndexWriter {
                 self.add_meta(META_BLOCK_BYTES, i128::from(b.len))?;
             }
         }
-        Ok(())
+        Ok(old)
     }
 
-    fn clear_blocks_from(&mut self, node: NodeId, from: u64, e: &Event) -> Result<()> {
+    fn clear_blocks_from(&mut self, node: NodeId, from: u64, e: &Event) -> Result<u64> {
         let mut gone = Vec::new();
+        let mut bytes = 0u64;
         {
             let mut t = self.tx()?.open_table(BLOCKS).map_err(|e| self.err(e))?;
-            t.retain_in((node.0, from)..=(node.0, u64::MAX), |k, _| {
+            t.retain_in((node.0, from)..=(node.0, u64::MAX), |k, v| {
                 gone.push(k.1);
+                // `len` u32 LE leads every stored ref (see `encode_block_ref`).
+                if let Some(len) = v.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+                    bytes += u64::from(u32::from_le_bytes(len));
+                }
                 false
             })
             .map_err(|e| self.err(e))?;
@@ -1946,7 +2025,7 @@ impl TreeStore for IndexWriter {
         for index in gone {
             h.insert((node.0, index, e.time.0, e.machine.0, e.seq), &[][..]).map_err(|e| self.err(e))?;
         }
-        Ok(())
+        Ok(bytes)
     }
 
     fn conflict(&mut self, c: Conflict) -> Result<()> {

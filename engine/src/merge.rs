@@ -237,10 +237,18 @@ pub trait TreeStore {
         child: Option<(NodeId, NodeKind)>,
         e: &Event,
     ) -> Result<(), Self::Error>;
-    /// Block `index` of `node` now holds `block` (`None`: a hole), because of `e`.
-    fn set_block(&mut self, node: NodeId, index: u64, block: Option<BlockRef>, e: &Event) -> Result<(), Self::Error>;
+    /// Block `index` of `node` now holds `block` (`None`: a hole), because
+    /// of `e`. Returns the block it held before (`None`: a hole).
+    fn set_block(
+        &mut self,
+        node: NodeId,
+        index: u64,
+        block: Option<BlockRef>,
+        e: &Event,
+    ) -> Result<Option<BlockRef>, Self::Error>;
     /// Every block of `node` from `from` on is gone, because of `e`.
-    fn clear_blocks_from(&mut self, node: NodeId, from: u64, e: &Event) -> Result<(), Self::Error>;
+    /// Returns the bytes they held (their uncompressed lengths).
+    fn clear_blocks_from(&mut self, node: NodeId, from: u64, e: &Event) -> Result<u64, Self::Error>;
     /// A name collision was resolved.
     fn conflict(&mut self, c: Conflict) -> Result<(), Self::Error>;
     /// `e` changed nothing, for `reason`.
@@ -331,25 +339,31 @@ impl TreeStore for Merged {
         };
         Ok(())
     }
-    fn set_block(&mut self, node: NodeId, index: u64, block: Option<BlockRef>, e: &Event) -> Result<(), Self::Error> {
-        if let Some(n) = self.nodes.get_mut(&node) {
-            match block {
-                Some(b) => n.blocks.insert(index, b),
-                None => n.blocks.remove(&index),
-            };
-            self.block_history.insert((node, index, order_key(e)), block);
-        }
-        Ok(())
+    fn set_block(
+        &mut self,
+        node: NodeId,
+        index: u64,
+        block: Option<BlockRef>,
+        e: &Event,
+    ) -> Result<Option<BlockRef>, Self::Error> {
+        let Some(n) = self.nodes.get_mut(&node) else { return Ok(None) };
+        let old = match block {
+            Some(b) => n.blocks.insert(index, b),
+            None => n.blocks.remove(&index),
+        };
+        self.block_history.insert((node, index, order_key(e)), block);
+        Ok(old)
     }
-    fn clear_blocks_from(&mut self, node: NodeId, from: u64, e: &Event) -> Result<(), Self::Error> {
-        if let Some(n) = self.nodes.get_mut(&node) {
-            let gone: Vec<u64> = n.blocks.range(from..).map(|(i, _)| *i).collect();
-            n.blocks.retain(|&i, _| i < from);
-            for i in gone {
-                self.block_history.insert((node, i, order_key(e)), None);
-            }
+    fn clear_blocks_from(&mut self, node: NodeId, from: u64, e: &Event) -> Result<u64, Self::Error> {
+        let Some(n) = self.nodes.get_mut(&node) else { return Ok(0) };
+        let gone: Vec<(u64, u32)> = n.blocks.range(from..).map(|(i, b)| (*i, b.len)).collect();
+        n.blocks.retain(|&i, _| i < from);
+        let mut bytes = 0;
+        for (i, len) in gone {
+            bytes += u64::from(len);
+            self.block_history.insert((node, i, order_key(e)), None);
         }
-        Ok(())
+        Ok(bytes)
     }
     fn version(&self, v: EventId) -> Result<Option<VersionLoc>, Self::Error> {
         Ok(self.versions.get(&v).copied())
@@ -507,7 +521,7 @@ fn apply_step<S: TreeStore>(s: &mut S, e: &Event, block_size: u64) -> Result<Res
             for (id, mut n, parent, name) in
                 [(e.node, a.clone(), b.parent, b.name.clone()), (*with, b, a.parent, a.name)]
             {
-                s.set_entry(parent, &name, Some((id, n.kind)), e)?;
+                set_entry_counted(s, parent, &name, Some((id, n.kind)), e)?;
                 n.parent = parent;
                 n.name = name;
                 n.attrs.ctime = e.time;
@@ -555,25 +569,29 @@ fn apply_step<S: TreeStore>(s: &mut S, e: &Event, block_size: u64) -> Result<Res
             if let Some(reason) = fx.ignored {
                 return Ok(Err(reason));
             }
-            let record = fx.node;
+            let mut record = fx.node;
             match &e.change {
                 Change::Content { blocks, size } => {
                     // Bytes past the end are never stored: a version that
                     // ends before the one it replaces drops the blocks past
                     // its end, which an extension would otherwise show.
                     if record.size < node.size {
-                        s.clear_blocks_from(target, tree::block_count(*size, block_size), e)?;
+                        let gone = s.clear_blocks_from(target, tree::block_count(*size, block_size), e)?;
+                        record.stored = record.stored.saturating_sub(gone);
                     }
                     for b in blocks {
-                        s.set_block(target, b.index, b.block, e)?;
+                        let old = s.set_block(target, b.index, b.block, e)?;
+                        record.stored = restored(record.stored, old, b.block);
                     }
                 }
                 Change::Truncate { size, tail } => {
                     if *size < node.size {
-                        s.clear_blocks_from(target, tree::block_count(*size, block_size), e)?;
+                        let gone = s.clear_blocks_from(target, tree::block_count(*size, block_size), e)?;
+                        record.stored = record.stored.saturating_sub(gone);
                     }
                     if let Some(t) = tail {
-                        s.set_block(target, t.index, t.block, e)?;
+                        let old = s.set_block(target, t.index, t.block, e)?;
+                        record.stored = restored(record.stored, old, t.block);
                     }
                 }
                 _ => {}
@@ -660,6 +678,7 @@ fn make_copy<S: TreeStore>(s: &mut S, e: &Event, of: NodeId, base: Content, bloc
     record.clock = e.clock.clone();
     record.conflict_of = Some(of);
     record.copy_of = Some(of);
+    record.stored = content.blocks.values().map(|b| u64::from(b.len)).sum();
     // Not in the tree until `place_named` puts it there.
     record.removed = true;
     record.removed_by = None;
@@ -787,14 +806,14 @@ fn unplace<S: TreeStore>(s: &mut S, id: NodeId, e: &Event) -> Result<(), S::Erro
     if n.removed || s.entry(n.parent, &n.name)? != Some(id) {
         return Ok(());
     }
-    s.set_entry(n.parent, &n.name, None, e)?;
+    set_entry_counted(s, n.parent, &n.name, None, e)?;
     touch(s, n.parent, e)
 }
 
 /// Puts `id` at `parent/name`, a name known to be free.
 fn place_named<S: TreeStore>(s: &mut S, id: NodeId, parent: NodeId, name: &[u8], e: &Event) -> Result<(), S::Error> {
     let Some(mut n) = s.node(id)? else { return Ok(()) };
-    s.set_entry(parent, name, Some((id, n.kind)), e)?;
+    set_entry_counted(s, parent, name, Some((id, n.kind)), e)?;
     n.parent = parent;
     n.name = name.to_vec();
     n.removed = false;
@@ -822,7 +841,7 @@ fn place<S: TreeStore>(s: &mut S, id: NodeId, parent: NodeId, name: &[u8], e: &E
             })?;
         }
     }
-    s.set_entry(parent, &given, Some((id, n.kind)), e)?;
+    set_entry_counted(s, parent, &given, Some((id, n.kind)), e)?;
     n.parent = parent;
     n.name = given;
     n.removed = false;
@@ -830,6 +849,37 @@ fn place<S: TreeStore>(s: &mut S, id: NodeId, parent: NodeId, name: &[u8], e: &E
     n.clock = n.clock.join(&e.clock);
     s.set_node(id, &n, e)?;
     touch(s, parent, e)
+}
+
+/// [`TreeStore::set_entry`], keeping `dir`'s count of subdirectories
+/// ([`NodeRecord::subdirs`]): every entry the merge makes or takes away goes
+/// through here, so the count is that of the live directories listed.
+fn set_entry_counted<S: TreeStore>(
+    s: &mut S,
+    dir: NodeId,
+    name: &[u8],
+    child: Option<(NodeId, NodeKind)>,
+    e: &Event,
+) -> Result<(), S::Error> {
+    let was_dir = match s.entry(dir, name)? {
+        Some(old) => s.node(old)?.is_some_and(|n| n.kind == NodeKind::Dir),
+        None => false,
+    };
+    let is_dir = child.is_some_and(|(_, k)| k == NodeKind::Dir);
+    s.set_entry(dir, name, child, e)?;
+    if was_dir != is_dir {
+        if let Some(mut d) = node_or_root(s, dir)? {
+            d.subdirs = if is_dir { d.subdirs.saturating_add(1) } else { d.subdirs.saturating_sub(1) };
+            s.set_node(dir, &d, e)?;
+        }
+    }
+    Ok(())
+}
+
+/// `stored` bytes after a block `old` was replaced by `new`.
+fn restored(stored: u64, old: Option<BlockRef>, new: Option<BlockRef>) -> u64 {
+    let len = |b: Option<BlockRef>| b.map_or(0, |b| u64::from(b.len));
+    stored.saturating_sub(len(old)).saturating_add(len(new))
 }
 
 /// A directory's mtime and ctime follow changes to its listing.

@@ -77,6 +77,14 @@ pub struct NodeRecord {
     /// A conflict copy, resolved or not: the file it was made beside. A
     /// content change is routed only within one such family.
     pub copy_of: Option<NodeId>,
+    /// Directories: how many live directories it holds (its link count is
+    /// 2 plus this); 0 for other kinds. Kept by the merge as entries come
+    /// and go (see `merge`), never by [`apply`].
+    pub subdirs: u64,
+    /// Files: the bytes of its stored blocks (holes are free), what
+    /// `st_blocks` counts; 0 for other kinds. Kept by the merge as blocks
+    /// change (see `merge`), never by [`apply`].
+    pub stored: u64,
 }
 
 impl NodeRecord {
@@ -99,6 +107,8 @@ impl NodeRecord {
             head: None,
             conflict_of: None,
             copy_of: None,
+            subdirs: 0,
+            stored: 0,
         }
     }
 

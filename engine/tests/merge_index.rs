@@ -115,8 +115,13 @@ fn view_matches(view: &Engine, model: &Merged) -> Result<(), TestCaseError> {
         let got = view.lookup(*dir, name).map(|n| n.id).ok();
         prop_assert_eq!(got, Some(*child), "entry {}/{:?} at {:?}", dir, String::from_utf8_lossy(name), view.at());
         let want = &model.nodes[child];
+        if want.record.kind == engine::event::NodeKind::Dir {
+            let n = view.node(*child).expect("node");
+            prop_assert_eq!(n.subdirs, want.record.subdirs, "subdirectories of {} at {:?}", child, view.at());
+        }
         if want.record.kind == engine::event::NodeKind::File {
             let n = view.node(*child).expect("node");
+            prop_assert_eq!(n.stored_bytes, want.record.stored, "stored bytes of {} at {:?}", child, view.at());
             prop_assert_eq!(n.size, want.record.size, "size of {} at {:?}", child, view.at());
             let blocks = view.file_blocks(*child, 0, u64::MAX).expect("blocks");
             prop_assert!(

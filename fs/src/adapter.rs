@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 
-use crate::ops::{Core, SetAttr};
+use crate::ops::{Caller, Core, SetAttr};
 
 /// How long the kernel may cache entries and attributes of a live mount.
 /// Changes made through the mount update the kernel's caches as they are
@@ -396,7 +397,7 @@ impl Filesystem for SyncerFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -404,12 +405,33 @@ impl Filesystem for SyncerFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty_reply(reply, self.core.do_fallocate(ino.0, offset, length, mode));
+        let caller = Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() };
+        empty_reply(reply, self.core.do_fallocate(ino.0, offset, length, mode, caller));
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
         match self.core.do_lseek(ino.0, offset, whence) {
             Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self.core.do_copy_file_range(ino_in.0, offset_in, ino_out.0, offset_out, len, flags.bits()) {
+            Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }
     }

@@ -41,12 +41,17 @@ pub(crate) struct DirtyView {
     pub size: u64,
     /// Time of the last buffered write.
     pub mtime: Timestamp,
+    /// Bytes of the blocks buffered (each counted whole): added to the
+    /// stored bytes for `st_blocks` until the commit.
+    pub buffered: u64,
 }
 
 /// The attributes reported for `node` under inode number `ino`.
 ///
 /// `dirty` overrides size and mtime/ctime with buffered, uncommitted writes.
 /// atime is whatever the log says: reads never update it (noatime-like).
+/// `st_blocks` counts the bytes stored (holes are free); a directory has
+/// 2 links plus one per subdirectory.
 pub(crate) fn file_attr(ino: u64, node: &NodeState, dirty: Option<DirtyView>, blksize: u64) -> FileAttr {
     let a = &node.attrs;
     let mut size = node.size;
@@ -57,7 +62,9 @@ pub(crate) fn file_attr(ino: u64, node: &NodeState, dirty: Option<DirtyView>, bl
         size = d.size;
         mtime = mtime.max(d.mtime);
         ctime = ctime.max(d.mtime);
-        blocks = blocks.max(size.div_ceil(512));
+        // Buffered blocks may replace stored ones: at most the whole file.
+        let whole = size.div_ceil(blksize.max(1)).saturating_mul(blksize);
+        blocks = node.stored_bytes.saturating_add(d.buffered).min(whole).div_ceil(512);
     }
     if node.kind == NodeKind::Symlink {
         size = node.target.len() as u64;
@@ -74,7 +81,7 @@ pub(crate) fn file_attr(ino: u64, node: &NodeState, dirty: Option<DirtyView>, bl
         perm: (a.mode & 0o7777) as u16,
         nlink: match (node.removed, node.kind) {
             (true, _) => 0,
-            (false, NodeKind::Dir) => 2,
+            (false, NodeKind::Dir) => u32::try_from(node.subdirs.saturating_add(2)).unwrap_or(u32::MAX),
             (false, _) => 1,
         },
         uid: a.uid,
@@ -122,6 +129,7 @@ mod tests {
             pinned: false,
             removed: false,
             stored_bytes: 1000,
+            subdirs: 0,
             volname: Vec::new(),
             conflict_of: None,
         }
@@ -133,12 +141,26 @@ mod tests {
         let a = file_attr(9, &n, None, 1 << 20);
         assert_eq!((a.ino, a.size, a.perm, a.uid, a.gid, a.nlink), (INodeNo(9), 1000, 0o4755, 7, 8, 1));
         assert_eq!(a.kind, FileType::RegularFile);
-        let d = DirtyView { size: 5000, mtime: Timestamp::from_secs_nanos(10, 0) };
+        let d = DirtyView { size: 5000, mtime: Timestamp::from_secs_nanos(10, 0), buffered: 4096 };
         let a = file_attr(9, &n, Some(d), 4096);
         assert_eq!(a.size, 5000);
         assert_eq!(a.mtime, Timestamp::from_secs_nanos(10, 0).to_system_time());
         assert_eq!(a.ctime, Timestamp::from_secs_nanos(10, 0).to_system_time());
         assert_eq!(a.blksize, 4096);
+        assert_eq!(a.blocks, (1000 + 4096u64).div_ceil(512));
+    }
+
+    #[test]
+    fn holes_are_free_and_dirs_count_their_subdirs() {
+        let mut n = state(NodeKind::File);
+        n.size = 1 << 40;
+        n.stored_bytes = 4096;
+        assert_eq!(file_attr(2, &n, None, 4096).blocks, 8);
+        let mut d = state(NodeKind::Dir);
+        d.subdirs = 3;
+        assert_eq!(file_attr(2, &d, None, 4096).nlink, 5);
+        d.removed = true;
+        assert_eq!(file_attr(2, &d, None, 4096).nlink, 0);
     }
 
     #[test]

@@ -485,10 +485,32 @@ impl Core {
         self.engine.sync().map_err(|e| errno(&e))
     }
 
-    pub(crate) fn do_fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> Result<(), Errno> {
+    /// `fallocate`: `mode` 0 extends the file (nothing is set aside:
+    /// blocks are content-addressed and zeros are holes, but the part of
+    /// the range past the end of the file must fit on the local disk, or
+    /// ENOSPC); `KEEP_SIZE` leaves the size; `PUNCH_HOLE` (with
+    /// `KEEP_SIZE`, as Linux requires) and `ZERO_RANGE` zero the range as
+    /// a content change (see `Engine::zero_range_on`). Set-user-id and
+    /// set-group-id go as a write by `caller` would take them. Work is in
+    /// proportion to the blocks stored in the range, never to its length.
+    pub(crate) fn do_fallocate(
+        &self,
+        ino: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        caller: Caller,
+    ) -> Result<(), Errno> {
         let node = self.node_of(ino)?;
-        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 || (punch && (!keep || zero)) {
             return Err(Errno::EOPNOTSUPP);
+        }
+        if length == 0 {
+            return Err(Errno::EINVAL);
         }
         let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
         if end > i64::MAX as u64 {
@@ -500,8 +522,17 @@ impl Core {
             NodeKind::Dir => return Err(Errno::EISDIR),
             _ => return Err(Errno::ENODEV),
         }
-        if mode & libc::FALLOC_FL_KEEP_SIZE != 0 {
-            // Nothing is preallocated: blocks are content-addressed.
+        if self.engine.is_read_only() {
+            return Err(Errno::EROFS);
+        }
+        if punch || zero {
+            self.kill_privs(node, &st, caller)?;
+            return self.wb.zero_range(node, offset, length, keep);
+        }
+        let size = self.wb.dirty_view(node).map_or(st.size, |d| d.size);
+        self.engine.check_room(node, end.saturating_sub(size.max(offset))).map_err(|e| errno(&e))?;
+        self.kill_privs(node, &st, caller)?;
+        if keep {
             return Ok(());
         }
         self.wb.with_committed(node, || {
@@ -513,7 +544,22 @@ impl Core {
         })
     }
 
+    /// Takes set-user-id and set-group-id off file `node` (state `st`) as
+    /// a write by `caller` would (see [`privs_to_kill`]).
+    fn kill_privs(&self, node: NodeId, st: &NodeState, caller: Caller) -> Result<(), Errno> {
+        let in_group = |gid: u32| caller.gid == gid || caller_groups(caller.pid).contains(&gid);
+        let kill = privs_to_kill(st.kind, st.attrs.mode, st.attrs.gid, caller.uid, in_group);
+        if kill == 0 {
+            return Ok(());
+        }
+        let change = AttrChange { mode: Some(st.attrs.mode & !kill & 0o7777), ..AttrChange::default() };
+        self.engine.set_attrs(node, change).map(|_| ()).map_err(|e| errno(&e))
+    }
+
     /// `SEEK_DATA` / `SEEK_HOLE`: holes are blocks the file does not store.
+    /// Buffered writes are committed first; then the next stored block (or
+    /// the end of a run of them) is found through the index, so the cost
+    /// depends on the blocks stored, never on the size of a hole.
     pub(crate) fn do_lseek(&self, ino: u64, offset: i64, whence: i32) -> Result<i64, Errno> {
         let node = self.node_of(ino)?;
         if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
@@ -526,27 +572,97 @@ impl Core {
             if offset >= size {
                 return Err(Errno::ENXIO);
             }
-            let last = (size - 1) / bs;
-            let mut index = offset / bs;
-            while index <= last {
-                let count = (last - index + 1).min(DIR_PAGE as u64);
-                let present = self.engine.file_blocks(node, index, count).map_err(|e| errno(&e))?;
-                let mut set: Vec<u64> = present.into_iter().map(|(i, _)| i).collect();
-                set.sort_unstable();
-                for i in index..index + count {
-                    let stored = set.binary_search(&i).is_ok();
-                    if whence == libc::SEEK_DATA && stored || whence == libc::SEEK_HOLE && !stored {
-                        return Ok(offset.max(i * bs) as i64);
-                    }
+            let index = offset / bs;
+            let found = if whence == libc::SEEK_DATA {
+                match self.engine.next_data(node, index).map_err(|e| errno(&e))? {
+                    Some(i) if i.saturating_mul(bs) < size => offset.max(i * bs),
+                    _ => return Err(Errno::ENXIO),
                 }
-                index += count;
-            }
-            if whence == libc::SEEK_HOLE {
-                Ok(size as i64)
             } else {
-                Err(Errno::ENXIO)
-            }
+                let hole = self.engine.next_hole(node, index).map_err(|e| errno(&e))?;
+                offset.max(hole.saturating_mul(bs)).min(size)
+            };
+            i64::try_from(found).map_err(|_| Errno::EOVERFLOW)
         })
+    }
+
+    /// `copy_file_range`: whole blocks at the same place within a block on
+    /// both sides share the source's blocks (no byte read or written, no
+    /// room taken: the references are copied); the rest is read and
+    /// written. Copies up to the end of the source, at most
+    /// [`COPY_MAX`] bytes a call (fewer when the range holds many stored
+    /// blocks); the caller asks again for the rest, as for a short write.
+    pub(crate) fn do_copy_file_range(
+        &self,
+        ino_in: u64,
+        off_in: u64,
+        ino_out: u64,
+        off_out: u64,
+        len: u64,
+        flags: u64,
+    ) -> Result<u32, Errno> {
+        if flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if self.engine.is_read_only() {
+            return Err(Errno::EROFS);
+        }
+        let (src, dst) = (self.node_of(ino_in)?, self.node_of(ino_out)?);
+        for n in [src, dst] {
+            match self.state(n)?.kind {
+                NodeKind::File => {}
+                NodeKind::Dir => return Err(Errno::EISDIR),
+                _ => return Err(Errno::EINVAL),
+            }
+        }
+        self.wb.flush(src)?;
+        let src_size = self.state(src)?.size;
+        if off_in >= src_size || len == 0 {
+            return Ok(0);
+        }
+        let len = len.min(src_size - off_in).min(COPY_MAX);
+        if src == dst && off_in < off_out.saturating_add(len) && off_out < off_in + len {
+            return Err(Errno::EINVAL);
+        }
+        let end = off_out.checked_add(len).ok_or(Errno::EFBIG)?;
+        if end > i64::MAX as u64 {
+            return Err(Errno::EFBIG);
+        }
+        let bs = self.wb.block_size();
+        let plan = copy_plan(off_in, off_out, len, bs);
+        let mut done = self.copy_bytes(src, off_in, dst, off_out, plan.head)?;
+        if done < plan.head {
+            return Ok(done as u32);
+        }
+        if plan.blocks > 0 {
+            let first_in = (off_in + plan.head) / bs;
+            let first_out = (off_out + plan.head) / bs;
+            let shared = self.wb.share_blocks(src, first_in, dst, first_out, plan.blocks)?;
+            done += shared * bs;
+            if shared < plan.blocks {
+                return Ok(done as u32);
+            }
+        }
+        done += self.copy_bytes(src, off_in + done, dst, off_out + done, plan.tail)?;
+        Ok(done as u32)
+    }
+
+    /// Copies `len` bytes of `src` at `off_in` to `dst` at `off_out`
+    /// through the write-back (as a program's read and write would);
+    /// returns how many (fewer at the end of the source).
+    fn copy_bytes(&self, src: NodeId, off_in: u64, dst: NodeId, off_out: u64, len: u64) -> Result<u64, Errno> {
+        const CHUNK: u64 = 1 << 20;
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK) as u32;
+            let data = self.wb.read(src, off_in + done, n)?;
+            if data.is_empty() {
+                break;
+            }
+            self.wb.write(dst, off_out + done, &data, false)?;
+            done += data.len() as u64;
+        }
+        Ok(done)
     }
 
     // ---- directories -------------------------------------------------
@@ -744,6 +860,76 @@ impl Core {
         let synced = self.engine.close().map_err(|e| errno(&e));
         flushed.and(synced)
     }
+}
+
+/// Most bytes one `copy_file_range` request copies (it answers with a
+/// `u32` count; shared blocks cost nothing, bytes copied through the
+/// write-back do).
+pub(crate) const COPY_MAX: u64 = 1 << 30;
+
+/// Most bytes one `copy_file_range` request copies through the write-back
+/// when no block can be shared (the offsets are not at the same place
+/// within a block).
+const COPY_BYTES_MAX: u64 = 16 << 20;
+
+/// Who made a request: what `fallocate` needs to take set-user-id and
+/// set-group-id off as a write would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// How a `copy_file_range` of `len` bytes from `off_in` to `off_out` is
+/// split: `head` bytes copied, then `blocks` whole blocks shared, then
+/// `tail` bytes copied. Blocks are shared only when both offsets are at
+/// the same place within a block; otherwise everything is copied (at most
+/// [`COPY_BYTES_MAX`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CopyPlan {
+    pub head: u64,
+    pub blocks: u64,
+    pub tail: u64,
+}
+
+pub(crate) fn copy_plan(off_in: u64, off_out: u64, len: u64, bs: u64) -> CopyPlan {
+    if off_in % bs != off_out % bs {
+        return CopyPlan { head: len.min(COPY_BYTES_MAX), blocks: 0, tail: 0 };
+    }
+    let head = ((bs - off_in % bs) % bs).min(len);
+    let blocks = (len - head) / bs;
+    CopyPlan { head, blocks, tail: len - head - blocks * bs }
+}
+
+/// The bits of `mode` (a node of `kind` with group `gid`) that a write by
+/// `uid` takes off, as the kernel's VFS does: none for root (who has
+/// `CAP_FSETID`) or for other than regular files; set-user-id always;
+/// set-group-id when group-execute is set (else it marks mandatory
+/// locking) or when the writer is not in the file's group.
+pub(crate) fn privs_to_kill(kind: NodeKind, mode: u32, gid: u32, uid: u32, in_group: impl Fn(u32) -> bool) -> u32 {
+    if uid == 0 || kind != NodeKind::File {
+        return 0;
+    }
+    let mut kill = mode & libc::S_ISUID;
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !in_group(gid)) {
+        kill |= libc::S_ISGID;
+    }
+    kill
+}
+
+/// The supplementary groups of process `pid` (empty if it cannot be read).
+fn caller_groups(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).map(|s| parse_groups(&s)).unwrap_or_default()
+}
+
+/// The `Groups:` line of a `/proc/<pid>/status`.
+pub(crate) fn parse_groups(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// Whether a handle opened with `flags` may write.
@@ -953,13 +1139,137 @@ mod tests {
     }
 
     #[test]
+    fn copy_plans_share_only_blocks_at_the_same_place() {
+        let bs = 4096;
+        assert_eq!(copy_plan(0, 0, 3 * bs, bs), CopyPlan { head: 0, blocks: 3, tail: 0 });
+        assert_eq!(copy_plan(100, 2 * bs + 100, 3 * bs, bs), CopyPlan { head: bs - 100, blocks: 2, tail: 100 });
+        assert_eq!(copy_plan(100, 100, 50, bs), CopyPlan { head: 50, blocks: 0, tail: 0 });
+        assert_eq!(copy_plan(1, 2, 10, bs), CopyPlan { head: 10, blocks: 0, tail: 0 });
+        assert_eq!(copy_plan(1, 2, 1 << 30, bs).head, COPY_BYTES_MAX);
+        for (a, b, len) in [(0u64, 0u64, 1u64), (5, 5, 3 * bs + 7), (bs - 1, 2 * bs - 1, bs + 2)] {
+            let p = copy_plan(a, b, len, bs);
+            assert_eq!(p.head + p.blocks * bs + p.tail, len);
+            if p.blocks > 0 {
+                assert_eq!((a + p.head) % bs, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn privileges_go_as_the_kernel_takes_them_on_write() {
+        let f = NodeKind::File;
+        let member = |_: u32| true;
+        let stranger = |_: u32| false;
+        assert_eq!(privs_to_kill(f, 0o6777, 5, 0, stranger), 0, "root keeps them");
+        assert_eq!(privs_to_kill(NodeKind::Dir, 0o6777, 5, 7, stranger), 0);
+        assert_eq!(privs_to_kill(f, 0o4666, 5, 7, member), libc::S_ISUID);
+        assert_eq!(privs_to_kill(f, 0o2666, 5, 7, member), 0, "mandatory locking mark, writer in the group");
+        assert_eq!(privs_to_kill(f, 0o2666, 5, 7, stranger), libc::S_ISGID);
+        assert_eq!(privs_to_kill(f, 0o2676, 5, 7, member), libc::S_ISGID);
+        assert_eq!(privs_to_kill(f, 0o6777, 5, 7, member), libc::S_ISUID | libc::S_ISGID);
+        assert_eq!(parse_groups("Name:\tx\nGroups:\t4 24 27 \nNgid: 0\n"), vec![4, 24, 27]);
+        assert_eq!(parse_groups("Groups:\n"), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn an_aligned_copy_shares_blocks_without_buffering_bytes() {
+        let (_t, c) = core(4096);
+        let (a, _) = c.do_create(1, &os("src"), 0o644, 0, libc::O_RDWR, 0, 0).unwrap();
+        let data: Vec<u8> = (0..10 * 4096u32).map(|i| (i % 251) as u8).collect();
+        c.do_write(a.ino.0, 0, &data, libc::O_RDWR).unwrap();
+        let (b, _) = c.do_create(1, &os("dst"), 0o644, 0, libc::O_RDWR, 0, 0).unwrap();
+        assert_eq!(c.do_copy_file_range(a.ino.0, 4096, b.ino.0, 0, 8 * 4096, 0).unwrap(), 8 * 4096);
+        let (src, dst) = (c.inodes.node(a.ino.0).unwrap(), c.inodes.node(b.ino.0).unwrap());
+        assert!(c.wb.dirty_view(dst).is_none(), "no byte went through the write-back");
+        let shared: Vec<_> = c.engine.file_blocks(src, 1, 8).unwrap().into_iter().map(|(_, b)| b).collect();
+        let copied: Vec<_> = c.engine.file_blocks(dst, 0, 8).unwrap().into_iter().map(|(_, b)| b).collect();
+        assert_eq!(shared, copied);
+        assert_eq!(c.do_read(b.ino.0, 0, 8 * 4096).unwrap(), data[4096..9 * 4096].to_vec());
+        // Overlapping ranges of one file are refused, as Linux does.
+        assert_eq!(c.do_copy_file_range(a.ino.0, 0, a.ino.0, 4096, 8192, 0).unwrap_err(), Errno::EINVAL);
+    }
+
+    #[test]
+    fn punched_and_zeroed_ranges_read_as_zeros_and_free_blocks() {
+        let (_t, c) = core(4096);
+        let root = Caller { uid: 0, gid: 0, pid: 0 };
+        let (a, _) = c.do_create(1, &os("f"), 0o644, 0, libc::O_RDWR, 0, 0).unwrap();
+        let ino = a.ino.0;
+        let mut model: Vec<u8> = (0..8 * 4096u32).map(|i| (i % 13 + 1) as u8).collect();
+        c.do_write(ino, 0, &model, libc::O_RDWR).unwrap();
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        c.do_fallocate(ino, 100, 3 * 4096, punch, root).unwrap();
+        model[100..100 + 3 * 4096].fill(0);
+        c.do_fallocate(ino, 7 * 4096 + 5, 10 * 4096, libc::FALLOC_FL_ZERO_RANGE, root).unwrap();
+        model[7 * 4096 + 5..].fill(0);
+        model.resize(17 * 4096 + 5, 0);
+        assert_eq!(c.do_read(ino, 0, 1 << 20).unwrap(), model);
+        let node = c.inodes.node(ino).unwrap();
+        let stored: Vec<u64> = c.engine.file_blocks(node, 0, 100).unwrap().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(stored, vec![0, 3, 4, 5, 6, 7], "blocks 1 and 2 are holes now");
+        assert_eq!(c.engine.node(node).unwrap().stored_bytes, 6 * 4096);
+        assert_eq!(c.do_lseek(ino, 4096, libc::SEEK_DATA).unwrap(), 3 * 4096);
+        assert_eq!(c.do_lseek(ino, 7 * 4096, libc::SEEK_HOLE).unwrap(), 8 * 4096);
+    }
+
+    /// After any mix of writes, truncates and fallocates, the stored bytes
+    /// a file reports are those of its stored blocks.
+    #[test]
+    fn stored_bytes_follow_the_blocks() {
+        let (_t, c) = core(4096);
+        let root = Caller { uid: 0, gid: 0, pid: 0 };
+        let (a, _) = c.do_create(1, &os("f"), 0o644, 0, libc::O_RDWR, 0, 0).unwrap();
+        let ino = a.ino.0;
+        let node = c.inodes.node(ino).unwrap();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut below = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n.max(1)
+        };
+        let modes = [libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, libc::FALLOC_FL_ZERO_RANGE, 0];
+        for step in 0..400u64 {
+            let size = c.do_getattr(ino).unwrap().size;
+            let span = size + 3 * 4096;
+            let (off, len) = (below(span), 1 + below(3 * 4096));
+            let what = match below(4) {
+                0 | 1 => {
+                    let data: Vec<u8> = (0..len).map(|i| (i % 7 + 1) as u8).collect();
+                    c.do_write(ino, off, &data, libc::O_RDWR).unwrap();
+                    "write"
+                }
+                2 => {
+                    c.do_setattr(ino, SetAttr { size: Some(off), ..SetAttr::default() }).unwrap();
+                    "truncate"
+                }
+                _ => {
+                    let mode = modes[below(3) as usize];
+                    c.do_fallocate(ino, off, len, mode, root).unwrap();
+                    "fallocate"
+                }
+            };
+            c.do_fsync(ino).unwrap();
+            let blocks: u64 =
+                c.engine.file_blocks(node, 0, u64::MAX).unwrap().iter().map(|(_, b)| u64::from(b.len)).sum();
+            assert_eq!(c.engine.node(node).unwrap().stored_bytes, blocks, "step {step}: {what} {off}+{len}");
+        }
+    }
+
+    #[test]
     fn errors_of_node_operations() {
         let (_t, c) = core(4096);
         assert_eq!(c.do_mknod(1, &os("x"), libc::S_IFDIR | 0o755, 0, 0, 0, 0).unwrap_err(), Errno::EINVAL);
         assert_eq!(c.do_link().unwrap_err(), Errno::EPERM);
         assert_eq!(c.do_rename(1, &os("a"), 1, &os("b"), libc::RENAME_WHITEOUT).unwrap_err(), Errno::EINVAL);
         let f = c.do_mknod(1, &os("f"), libc::S_IFREG | 0o644, 0, 0, 0, 0).unwrap();
-        assert_eq!(c.do_fallocate(f.ino.0, 0, 10, libc::FALLOC_FL_PUNCH_HOLE).unwrap_err(), Errno::EOPNOTSUPP);
+        let root = Caller { uid: 0, gid: 0, pid: 0 };
+        assert_eq!(c.do_fallocate(f.ino.0, 0, 10, libc::FALLOC_FL_PUNCH_HOLE, root).unwrap_err(), Errno::EOPNOTSUPP);
+        assert_eq!(
+            c.do_fallocate(f.ino.0, 0, 10, libc::FALLOC_FL_COLLAPSE_RANGE, root).unwrap_err(),
+            Errno::EOPNOTSUPP
+        );
+        assert_eq!(c.do_fallocate(f.ino.0, 0, 0, 0, root).unwrap_err(), Errno::EINVAL);
         assert_eq!(c.do_lseek(f.ino.0, 0, libc::SEEK_DATA).unwrap_err(), Errno::ENXIO);
         assert_eq!(c.do_opendir(f.ino.0).unwrap_err(), Errno::ENOTDIR);
         assert_eq!(c.do_open(1, libc::O_RDONLY).unwrap_err(), Errno::EISDIR);

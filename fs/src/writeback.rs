@@ -410,7 +410,8 @@ impl WriteBack {
     pub(crate) fn dirty_view(&self, node: NodeId) -> Option<DirtyView> {
         let f = self.existing(node)?;
         let st = f.st.lock();
-        st.size.map(|size| DirtyView { size, mtime: st.mtime })
+        let buffered = (st.slots.len() as u64).saturating_mul(self.shared.block_size);
+        st.size.map(|size| DirtyView { size, mtime: st.mtime, buffered })
     }
 
     /// Buffers a write of `data` at `offset` (at the end of file if
@@ -746,6 +747,42 @@ impl WriteBack {
         let made = self.engine().truncate_on(node, self.line(node), size).map_err(|e| errno(&e))?;
         self.line_made(node, made);
         Ok(())
+    }
+
+    /// Zeroes `len` bytes of `node` from `offset` (`fallocate` punch hole
+    /// and zero range; see `Engine::zero_range_on`), buffered writes
+    /// committed first, as the next version of its line if it is open.
+    pub(crate) fn zero_range(&self, node: NodeId, offset: u64, len: u64, keep_size: bool) -> Result<(), Errno> {
+        self.with_committed(node, || {
+            let made =
+                self.engine().zero_range_on(node, self.line(node), offset, len, keep_size).map_err(|e| errno(&e))?;
+            self.line_made(node, made);
+            Ok(())
+        })
+    }
+
+    /// Makes `count` blocks of `dst` from `dst_first` on share the blocks
+    /// of `src` from `src_first` on (`copy_file_range` of whole aligned
+    /// blocks; see `Engine::share_blocks_on`), buffered writes of both
+    /// committed first. Returns how many blocks were copied (from the
+    /// first; fewer when the range holds many stored blocks).
+    pub(crate) fn share_blocks(
+        &self,
+        src: NodeId,
+        src_first: u64,
+        dst: NodeId,
+        dst_first: u64,
+        count: u64,
+    ) -> Result<u64, Errno> {
+        self.flush(src)?;
+        self.with_committed(dst, || {
+            let (done, made) = self
+                .engine()
+                .share_blocks_on(src, src_first, dst, self.line(dst), dst_first, count)
+                .map_err(|e| errno(&e))?;
+            self.line_made(dst, made);
+            Ok(done)
+        })
     }
 
     fn forget_if_clean(&self, node: NodeId) {

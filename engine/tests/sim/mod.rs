@@ -234,4 +234,24 @@ pub fn assert_is_tree(m: &Merged) {
         assert_eq!(m.lookup(n.record.parent, &n.record.name), Some(*id), "live node {id} is not listed");
         assert!(!is_under(m, *id, n.record.parent), "{id} is its own ancestor");
     }
+    // The counts the merge keeps in the records: a directory's listed
+    // subdirectories (its link count), a file's stored bytes (st_blocks).
+    let mut subdirs: std::collections::BTreeMap<NodeId, u64> = std::collections::BTreeMap::new();
+    for ((dir, _), child) in &m.dirents {
+        if m.nodes[child].record.kind == NodeKind::Dir {
+            *subdirs.entry(*dir).or_default() += 1;
+        }
+    }
+    for (id, n) in &m.nodes {
+        match n.record.kind {
+            NodeKind::Dir => {
+                assert_eq!(n.record.subdirs, subdirs.get(id).copied().unwrap_or(0), "subdirectories of {id}")
+            }
+            NodeKind::File => {
+                let stored: u64 = n.blocks.values().map(|b| u64::from(b.len)).sum();
+                assert_eq!(n.record.stored, stored, "stored bytes of {id}");
+            }
+            _ => {}
+        }
+    }
 }
