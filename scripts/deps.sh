@@ -3,7 +3,8 @@
 # fusermount3, rsync for the remote, ssh and sshd for the remote over ssh
 # (the test suite starts its own sshd), bindfs for the benchmark baseline,
 # fsx (the File System eXerciser) and sqlite3 for the test suite (a real
-# database edited on two machines), and a C compiler for
+# database edited on two machines), acl (getfacl/setfacl) for the ACL
+# tests, and a C compiler for
 # the crates that build C (zstd, mimalloc). As root it also
 # installs the mount(8) helper scripts/mount.fuse.syncer as
 # /sbin/mount.fuse.syncer (replaced when it differs), so that
@@ -18,6 +19,7 @@ command -v ssh >/dev/null || need_apt+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+command -v setfacl >/dev/null || need_apt+=(acl)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

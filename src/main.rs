@@ -129,7 +129,7 @@ enum Command {
     },
     /// Unmount a syncer mount (every buffered write is committed first).
     Unmount {
-        /// The mountpoint.
+        /// The mountpoint, or a data dir (every syncer mount of it is unmounted).
         mountpoint: PathBuf,
     },
     /// The event log.

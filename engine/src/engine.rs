@@ -1530,7 +1530,26 @@ impl Engine {
         attrs: Attrs,
         target: &[u8],
     ) -> Result<NodeState> {
+        self.create_with_xattrs(parent, name, kind, attrs, target, &[])
+    }
+
+    /// [`Engine::create`] with extended attributes set in the same mutation
+    /// (a new node's inherited POSIX ACLs: it never exists without them).
+    pub fn create_with_xattrs(
+        &self,
+        parent: NodeId,
+        name: &[u8],
+        kind: NodeKind,
+        attrs: Attrs,
+        target: &[u8],
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<NodeState> {
         validate_name(parent, name)?;
+        for (n, v) in xattrs {
+            if n.is_empty() || n.len() > NAME_MAX || v.len() > XATTR_VALUE_MAX {
+                return Err(Error::fs(parent, FsError::Invalid));
+            }
+        }
         let id = self.mutate(parent, |w, ix| {
             if Self::child(ix, parent, name)?.is_some() {
                 return Err(Error::fs(parent, FsError::Exists));
@@ -1546,7 +1565,11 @@ impl Engine {
                 }
             }
             let target = if kind == NodeKind::Symlink { target.to_vec() } else { Vec::new() };
-            Ok((vec![(id, Change::Create { parent, name: name.to_vec(), kind, attrs, target })], id))
+            let mut changes = vec![(id, Change::Create { parent, name: name.to_vec(), kind, attrs, target })];
+            for (name, value) in xattrs {
+                changes.push((id, Change::SetXattr { name: name.clone(), value: value.clone() }));
+            }
+            Ok((changes, id))
         })?;
         self.node(id)
     }
@@ -1916,6 +1939,40 @@ impl Engine {
             }
             Ok((vec![(node, Change::RemoveXattr { name: name.to_vec() })], ()))
         })
+    }
+
+    /// Changes attributes and extended attributes of one node in one
+    /// mutation, so that they land in the log together (a POSIX ACL and the
+    /// permission bits it must agree with). `xattrs` are `(name, Some(value))`
+    /// to set and `(name, None)` to remove; removing a missing one is no
+    /// change. Names and values are checked as in [`Engine::set_xattr`].
+    pub fn change_node(
+        &self,
+        node: NodeId,
+        attrs: AttrChange,
+        xattrs: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<NodeState> {
+        for (name, value) in xattrs {
+            if name.is_empty() || name.len() > NAME_MAX || value.as_ref().is_some_and(|v| v.len() > XATTR_VALUE_MAX) {
+                return Err(Error::fs(node, FsError::Invalid));
+            }
+        }
+        self.mutate(node, |_, ix| {
+            let n = Self::existing_node(ix, node)?;
+            let mut changes = Vec::with_capacity(xattrs.len() + 1);
+            if attrs != AttrChange::default() {
+                changes.push((node, Change::SetAttrs(attrs)));
+            }
+            for (name, value) in xattrs {
+                match value {
+                    Some(value) => changes.push((node, Change::SetXattr { name: name.clone(), value: value.clone() })),
+                    None if n.xattr(name).is_some() => changes.push((node, Change::RemoveXattr { name: name.clone() })),
+                    None => {}
+                }
+            }
+            Ok((changes, ()))
+        })?;
+        self.node(node)
     }
 
     /// Sets the volume name (recorded on the root, so it replicates).

@@ -240,3 +240,47 @@ fn checkpoints(e: &Engine, nodes: &[NodeId]) -> Vec<Option<(Timestamp, MachineId
     }
     out
 }
+
+#[test]
+fn create_with_xattrs_and_change_node_record_everything_in_the_log() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    init(&dir);
+    let before = {
+        let e = Engine::open(&dir).expect("open");
+        let xattrs = vec![(b"system.posix_acl_access".to_vec(), vec![1, 2, 3]), (b"user.k".to_vec(), b"v".to_vec())];
+        let f = e.create_with_xattrs(NodeId::ROOT, b"f", NodeKind::File, file_attrs(), b"", &xattrs).expect("create");
+        assert_eq!(f.xattrs.len(), 2);
+        assert_eq!(f.xattrs.get(&b"user.k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+        let change = engine::event::AttrChange { mode: Some(0o600), ..Default::default() };
+        let set = vec![
+            (b"user.k".to_vec(), None),
+            (b"user.missing".to_vec(), None),
+            (b"system.posix_acl_access".to_vec(), Some(vec![4])),
+        ];
+        let f = e.change_node(f.id, change, &set).expect("change");
+        assert_eq!(f.attrs.mode, 0o600);
+        assert_eq!(f.xattrs.into_iter().collect::<Vec<_>>(), vec![(b"system.posix_acl_access".to_vec(), vec![4])]);
+        let too_long = vec![(vec![b'n'; 256], Some(Vec::new()))];
+        assert_eq!(fs_err(e.change_node(f.id, Default::default(), &too_long)), FsError::Invalid);
+        assert_eq!(
+            fs_err(e.create_with_xattrs(
+                NodeId::ROOT,
+                b"g",
+                NodeKind::File,
+                file_attrs(),
+                b"",
+                &[(Vec::new(), vec![])]
+            )),
+            FsError::Invalid
+        );
+        assert_eq!(fs_err(e.lookup(NodeId::ROOT, b"g")), FsError::NotFound, "a refused create makes nothing");
+        e.close().expect("close");
+        e.dump_tree().expect("dump")
+    };
+    // The log is the truth: a rebuilt index shows the same tree.
+    std::fs::remove_file(dir.join("index.redb")).expect("delete index");
+    let e = Engine::open(&dir).expect("reopen");
+    assert!(e.open_report().index_rebuilt);
+    assert_eq!(e.dump_tree().expect("dump"), before);
+}

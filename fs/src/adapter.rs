@@ -46,12 +46,14 @@ pub(crate) struct SyncerFs {
     pub(crate) core: Arc<Core>,
     /// [`LIVE_TTL`] or [`SNAPSHOT_TTL`].
     ttl: Duration,
+    /// Ask the kernel for POSIX ACLs at init.
+    want_acl: bool,
 }
 
 impl SyncerFs {
-    pub(crate) fn new(core: Arc<Core>) -> Self {
+    pub(crate) fn new(core: Arc<Core>, want_acl: bool) -> Self {
         let ttl = if core.engine.at().is_some() { SNAPSHOT_TTL } else { LIVE_TTL };
-        SyncerFs { core, ttl }
+        SyncerFs { core, ttl, want_acl }
     }
 
     /// The TTL for `attr`: [`BUFFERED_ATTR_TTL`] while the file has
@@ -133,6 +135,17 @@ impl Filesystem for SyncerFs {
         for cap in [InitFlags::FUSE_DO_READDIRPLUS, InitFlags::FUSE_PARALLEL_DIROPS] {
             if let Err(missing) = config.add_capabilities(cap) {
                 tracing::debug!("kernel lacks FUSE capability {missing:?}");
+            }
+        }
+        // ACLs: the kernel enforces them (turning on default_permissions)
+        // and sends modes without the umask applied, for the filesystem to
+        // apply it or a parent's default ACL (see `acl`).
+        if self.want_acl {
+            match config.add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK) {
+                Ok(()) => self.core.acl.store(true, std::sync::atomic::Ordering::Relaxed),
+                Err(missing) => {
+                    tracing::warn!("the kernel lacks {missing:?}: POSIX ACLs are refused (EOPNOTSUPP) on this mount")
+                }
             }
         }
         Ok(())

@@ -12,7 +12,10 @@
 //!   table, and after each import of peers' changes every one of them that
 //!   no longer leads to the same node is invalidated, then every known
 //!   inode's attributes and pages;
-//! - hardlinks are refused with `EPERM` (DESIGN.md: one parent per node).
+//! - hardlinks are refused with `EPERM` (DESIGN.md: one parent per node);
+//! - POSIX ACLs are enforced by the kernel when it agreed to
+//!   `FUSE_POSIX_ACL` at init and [`MountOptions::acl`] asked for it;
+//!   otherwise their xattr names are refused with `EOPNOTSUPP` (see `acl`).
 //!
 //! Layout: `adapter` is the thin `fuser::Filesystem` impl; `ops` holds the
 //! logic as plain `Result<_, Errno>` methods; `errno` is the single engine
@@ -26,6 +29,7 @@ use std::sync::Arc;
 use engine::Engine;
 use fuser::{Config, MountOption, SessionACL};
 
+mod acl;
 mod adapter;
 mod attr;
 mod errno;
@@ -56,6 +60,9 @@ pub struct MountOptions {
     /// The kernel's read-ahead for the mount, in KiB (0: the kernel's
     /// default, 128 KiB for FUSE). See [`set_read_ahead`].
     pub read_ahead_kib: u32,
+    /// POSIX ACLs (`acl`, the default; `noacl` refuses the ACL xattrs with
+    /// EOPNOTSUPP, as a kernel without FUSE_POSIX_ACL makes it).
+    pub acl: bool,
 }
 
 impl MountOptions {
@@ -70,6 +77,7 @@ impl MountOptions {
             dirty_limit: 256 << 20,
             extra: Vec::new(),
             read_ahead_kib: 1024,
+            acl: true,
         }
     }
 }
@@ -185,7 +193,7 @@ fn hash_workers() -> usize {
 fn build(engine: Arc<Engine>, opts: &MountOptions) -> Result<(SyncerFs, Arc<Core>, Config), FsMountError> {
     let config = fuse_config(&engine, opts);
     let core = Arc::new(Core::new(engine, opts.dirty_limit, hash_workers()).map_err(FsMountError::Threads)?);
-    Ok((SyncerFs::new(core.clone()), core, config))
+    Ok((SyncerFs::new(core.clone(), opts.acl), core, config))
 }
 
 /// Keeps the kernel's view live: after each import of peers' changes

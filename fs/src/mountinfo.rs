@@ -17,6 +17,8 @@ pub struct Mount {
     pub mountpoint: PathBuf,
     /// Mounted read-only.
     pub read_only: bool,
+    /// The mount's own options (`rw,nosuid,nodev,noatime`, ...).
+    pub options: Vec<String>,
     /// Filesystem type, e.g. `fuse.syncer`.
     pub fstype: String,
     /// What is mounted (for syncer: the data dir).
@@ -38,6 +40,7 @@ pub fn parse(text: &str) -> Vec<Mount> {
                 dev: (*fields.get(2)?).to_string(),
                 mountpoint: unescape(fields.get(4)?),
                 read_only: fields.get(5)?.split(',').any(|o| o == "ro"),
+                options: fields.get(5)?.split(',').map(str::to_string).collect(),
                 fstype: (*fields.get(sep + 1)?).to_string(),
                 source: unescape(fields.get(sep + 2)?).display().to_string(),
             })
@@ -89,6 +92,7 @@ mod tests {
                 dev: "98:0".into(),
                 mountpoint: PathBuf::from("/mnt x"),
                 read_only: false,
+                options: vec!["rw".into(), "noatime".into()],
                 fstype: "fuse.syncer".into(),
                 source: "/data d".into()
             }

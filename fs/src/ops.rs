@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -94,6 +94,8 @@ pub(crate) struct Core {
     /// that read the tree before the bump may record its name after the
     /// pass read them, so it is redone (see [`Core::remembered`]).
     pub(crate) import_epoch: AtomicU64,
+    /// The kernel enforces POSIX ACLs (see `acl`): set once at init.
+    pub(crate) acl: AtomicBool,
 }
 
 fn now() -> Timestamp {
@@ -121,6 +123,7 @@ impl Core {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             import_epoch: AtomicU64::new(0),
+            acl: AtomicBool::new(false),
         })
     }
 
@@ -136,7 +139,11 @@ impl Core {
     /// included).
     fn attr_of(&self, ino: u64, state: &NodeState) -> FileAttr {
         let dirty = if state.kind == NodeKind::File { self.wb.dirty_view(state.id) } else { None };
-        file_attr(ino, state, dirty, self.wb.block_size())
+        let mut attr = file_attr(ino, state, dirty, self.wb.block_size());
+        if let Some(access) = state.xattrs.get(crate::acl::ACCESS) {
+            attr.perm = crate::acl::mode_with_acl(u32::from(attr.perm), Some(access)) as u16;
+        }
+        attr
     }
 
     /// Whether `ino` is a file with writes not yet committed (its mtime and
@@ -222,7 +229,7 @@ impl Core {
                 // explicit mtime.
                 self.wb.flush(node)?;
             }
-            self.engine.set_attrs(node, change).map_err(|e| errno(&e))?;
+            self.set_attrs_with_acl(node, change)?;
         }
         self.do_getattr(ino)
     }
@@ -239,12 +246,15 @@ impl Core {
         uid: u32,
         gid: u32,
         rdev: u32,
-    ) -> Result<Attrs, Errno> {
+    ) -> Result<(Attrs, crate::acl::Xattrs), Errno> {
         let p = self.state(parent)?;
         if p.kind != NodeKind::Dir {
             return Err(Errno::ENOTDIR);
         }
-        let mut mode = mode & !umask & 0o7777;
+        // A parent's default ACL replaces the umask (the kernel sends both
+        // unapplied when ACLs are on).
+        let inherited = if self.acls() { crate::acl::inherited(&p, kind, mode & 0o7777) } else { None };
+        let (mut mode, xattrs) = inherited.unwrap_or((mode & !umask & 0o7777, Vec::new()));
         let mut gid = gid;
         if p.attrs.mode & libc::S_ISGID != 0 {
             gid = p.attrs.gid;
@@ -253,7 +263,7 @@ impl Core {
             }
         }
         let t = now();
-        Ok(Attrs {
+        let attrs = Attrs {
             mode,
             uid,
             gid,
@@ -264,7 +274,8 @@ impl Core {
             ctime: t,
             crtime: t,
             bkuptime: Timestamp::default(),
-        })
+        };
+        Ok((attrs, xattrs))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -281,8 +292,9 @@ impl Core {
         gid: u32,
     ) -> Result<FileAttr, Errno> {
         let p = self.node_of(parent)?;
-        let attrs = self.new_attrs(p, kind, mode, umask, uid, gid, rdev)?;
-        let st = self.engine.create(p, name_bytes(name), kind, attrs, target).map_err(|e| errno(&e))?;
+        let (attrs, xattrs) = self.new_attrs(p, kind, mode, umask, uid, gid, rdev)?;
+        let st =
+            self.engine.create_with_xattrs(p, name_bytes(name), kind, attrs, target, &xattrs).map_err(|e| errno(&e))?;
         Ok(self.entry(parent, name_bytes(name), &st))
     }
 
@@ -783,12 +795,18 @@ impl Core {
             _ => return Err(Errno::EINVAL),
         };
         let node = self.node_of(ino)?;
+        if let Some(kind) = crate::acl::kind_of(name_bytes(name)) {
+            return self.set_acl(node, kind, value, mode);
+        }
         self.engine.set_xattr(node, name_bytes(name), value, mode).map_err(|e| errno(&e))
     }
 
     /// The value of xattr `name`; the adapter applies the size protocol.
     pub(crate) fn do_getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
         let st = self.state(self.node_of(ino)?)?;
+        if crate::acl::kind_of(name_bytes(name)).is_some() && !self.acls() {
+            return Err(Errno::EOPNOTSUPP);
+        }
         st.xattrs.get(name_bytes(name)).cloned().ok_or(Errno::NO_XATTR)
     }
 
@@ -796,7 +814,10 @@ impl Core {
     pub(crate) fn do_listxattr(&self, ino: u64) -> Result<Vec<u8>, Errno> {
         let st = self.state(self.node_of(ino)?)?;
         let mut out = Vec::new();
-        for name in st.xattrs.keys() {
+        // Without ACLs on the mount their names are as absent as on a
+        // filesystem without them (still in the log, and shown by mounts
+        // that have them).
+        for name in st.xattrs.keys().filter(|n| self.acls() || crate::acl::kind_of(n).is_none()) {
             out.extend_from_slice(name);
             out.push(0);
         }
@@ -805,6 +826,9 @@ impl Core {
 
     pub(crate) fn do_removexattr(&self, ino: u64, name: &OsStr) -> Result<(), Errno> {
         let node = self.node_of(ino)?;
+        if let Some(kind) = crate::acl::kind_of(name_bytes(name)) {
+            return self.remove_acl(node, kind);
+        }
         self.engine.remove_xattr(node, name_bytes(name)).map_err(|e| errno(&e))
     }
 
