@@ -4,7 +4,8 @@
 # (the test suite starts its own sshd), bindfs for the benchmark baseline,
 # fsx (the File System eXerciser) and sqlite3 for the test suite (a real
 # database edited on two machines), acl (getfacl/setfacl) for the ACL
-# tests, and a C compiler for
+# tests, e2fsprogs and util-linux (mkfs.ext4, e2fsck, findmnt) for the
+# test of a disk that turns read-only, and a C compiler for
 # the crates that build C (zstd, mimalloc). As root it also
 # installs the mount(8) helper scripts/mount.fuse.syncer as
 # /sbin/mount.fuse.syncer (replaced when it differs), so that
@@ -20,6 +21,8 @@ command -v ssh >/dev/null || need_apt+=(openssh-client)
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
 command -v setfacl >/dev/null || need_apt+=(acl)
+command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+command -v findmnt >/dev/null || need_apt+=(util-linux)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
