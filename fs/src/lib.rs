@@ -303,6 +303,34 @@ fn session_end(mountpoint: &Path, r: io::Result<()>) -> io::Result<()> {
     }
 }
 
+/// As root, unmounts `mountpoint` itself, waiting up to two seconds while
+/// the kernel calls it busy: a file closed just before may still be held
+/// by a child process another thread forked and has not yet exec'd (its
+/// descriptors close at exec), a reference that goes away on its own.
+/// `None` when not root: fuser's own unmount (fusermount3) is used.
+fn unmount_when_free(mountpoint: &Path) -> Option<io::Result<()>> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return None;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        // SAFETY: `c` is a valid NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            return Some(Ok(()));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) || std::time::Instant::now() >= deadline {
+            return Some(Err(e));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn final_flush(core: &Core, mountpoint: &Path) -> Result<(), FsMountError> {
     core.shutdown_flush().map_err(|e| FsMountError::Flush { mountpoint: mountpoint.to_path_buf(), errno: e.code() })
 }
@@ -374,7 +402,12 @@ impl MountHandle {
         let Some(bg) = self.bg.take() else {
             return Ok(());
         };
-        let served = session_end(&self.mountpoint, bg.umount_and_join())
+        let ended = match unmount_when_free(&self.mountpoint) {
+            Some(Ok(())) => bg.join(),
+            Some(Err(e)) => Err(e),
+            None => bg.umount_and_join(),
+        };
+        let served = session_end(&self.mountpoint, ended)
             .map_err(|source| FsMountError::Unmount { mountpoint: self.mountpoint.clone(), source });
         let flushed = final_flush(&self.core, &self.mountpoint);
         served?;

@@ -444,20 +444,21 @@ fn link_counts_hold(root: &Path) {
     assert_eq!(nlink(root), 2 + subdirs, "{}", root.display());
 }
 
-fn rename_exchange(a: &Path, b: &Path) {
+/// renameat2(2) with `flags`; the errno if it fails.
+fn renameat2(a: &Path, b: &Path, flags: libc::c_uint) -> Result<(), i32> {
     let (a, b) = (cstr(a), cstr(b));
     // SAFETY: valid C strings.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    assert_eq!(r, 0, "renameat2 exchange: errno {}", last_errno());
+    let r =
+        unsafe { libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
+}
+
+fn rename_exchange(a: &Path, b: &Path) {
+    renameat2(a, b, libc::RENAME_EXCHANGE).unwrap_or_else(|e| panic!("renameat2 exchange: errno {e}"));
 }
 
 #[test]
@@ -589,18 +590,6 @@ fn o_tmpfile_and_rename_whiteout_are_refused_clearly() {
     let fd = unsafe { libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR, 0o600) };
     assert_eq!((fd, last_errno()), (-1, libc::EOPNOTSUPP), "O_TMPFILE");
     fs::write(m.p("a"), b"a").unwrap();
-    let (a, b) = (cstr(&m.p("a")), cstr(&m.p("b")));
-    // SAFETY: valid C strings.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_WHITEOUT,
-        )
-    };
-    assert_eq!((r, last_errno()), (-1, libc::EINVAL), "RENAME_WHITEOUT");
+    assert_eq!(renameat2(&m.p("a"), &m.p("b"), libc::RENAME_WHITEOUT), Err(libc::EINVAL), "RENAME_WHITEOUT");
     assert_eq!(fs::read(m.p("a")).unwrap(), b"a");
 }
