@@ -3,6 +3,9 @@
 //!
 //! Exit codes: 0 success; 1 an error (one line on stderr saying what and
 //! where); 2 bad usage; 3 `log verify` found damage.
+//!
+//! How the crates fit together, and the rules every change keeps:
+//! `docs/DESIGN.md`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,7 +1,8 @@
 //! syncer's storage engine: the event log, the blob store, the redb index and
 //! the tree materialized from them. It knows nothing of FUSE or rsync.
 //!
-//! Always true (see `../shared/DESIGN.md` for the rules behind these):
+//! Always true (see `docs/DESIGN.md` at the repository root for the rules
+//! behind these):
 //! - the log is the truth: node state exists only as events; the index is
 //!   derived and can be rebuilt from the log;
 //! - durable I/O goes through [`storage::Storage`], so crash tests can drop

@@ -35,7 +35,7 @@
 //! - Every record in `log/<m>/` is an event of machine `m`; its `seq` is the
 //!   previous record's plus one (the first record of segment 0 has seq 1) and
 //!   its `time` is never before the previous one's.
-//! - Torn tail (DESIGN rule 2): only the *last* segment of a log may end in a
+//! - Torn tail (rule 2 of `docs/DESIGN.md`): only the *last* segment of a log may end in a
 //!   torn record. From a record's offset to end of file, the bytes are torn
 //!   when they are (a) an incomplete frame (header or payload runs past EOF),
 //!   (b) a complete frame whose checksum fails and which ends exactly at EOF,

@@ -14,7 +14,7 @@
 //!   names, an xattr change only its key. A field that only one side
 //!   changed keeps that change; when both changed it concurrently, the later
 //!   in the order (newer time, then higher machine id) wins. This is the
-//!   three-way merge against the common ancestor of DESIGN.md, computed
+//!   three-way merge against the common ancestor of `docs/DESIGN.md`, computed
 //!   without finding the ancestor.
 //! - Content as one value, never block by block (see *Content versions*).
 //! - Moves follow Kleppmann et al. (2021): applied in the total order, and a

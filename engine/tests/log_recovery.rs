@@ -1,5 +1,5 @@
 //! Torn tails are cut on open; every other kind of damage is an error naming
-//! the segment file and byte offset (DESIGN rules 2 and 4).
+//! the segment file and byte offset (rules 2 and 4 of `docs/DESIGN.md`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Segment rotation, random access by position, resume after reopen, and
-//! crash safety under `CrashStorage` (DESIGN rule 2).
+//! crash safety under `CrashStorage` (rule 2 of `docs/DESIGN.md`).
 
 use std::path::Path;
 use std::sync::Arc;

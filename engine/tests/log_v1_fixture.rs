@@ -1,6 +1,6 @@
 //! A checked-in log written with record version 1 (time in whole seconds)
 //! still reads, upgraded, and new appends on top of it are of the current version
-//! (DESIGN rule 5).
+//! (rule 5 of `docs/DESIGN.md`).
 //!
 //! The fixture is `tests/fixtures/v1/log/00000000000000a1/0000000000000000.seg`.
 //! It was produced once by `generate_v1_fixture` (ignored); never regenerate

@@ -12,7 +12,7 @@
 //!   table, and after each import of peers' changes every one of them that
 //!   no longer leads to the same node is invalidated, then every known
 //!   inode's attributes and pages;
-//! - hardlinks are refused with `EPERM` (DESIGN.md: one parent per node);
+//! - hardlinks are refused with `EPERM` (`docs/DESIGN.md`: one parent per node);
 //! - POSIX ACLs are enforced by the kernel when it agreed to
 //!   `FUSE_POSIX_ACL` at init and [`MountOptions::acl`] asked for it;
 //!   otherwise their xattr names are refused with `EOPNOTSUPP` (see `acl`).
@@ -20,7 +20,8 @@
 //! Layout: `adapter` is the thin `fuser::Filesystem` impl; `ops` holds the
 //! logic as plain `Result<_, Errno>` methods; `errno` is the single engine
 //! error → errno mapping; `inodes` the ino table; `writeback` the buffered
-//! write path with its hashing workers.
+//! write path with its hashing workers. How this crate fits with the others,
+//! and the rules every change keeps: `docs/DESIGN.md` at the repository root.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -392,7 +392,7 @@ impl Core {
 
     pub(crate) fn do_link(&self) -> Result<FileAttr, Errno> {
         // Every node has exactly one parent: that is what makes renames
-        // mergeable across machines (DESIGN.md).
+        // mergeable across machines (docs/DESIGN.md).
         Err(Errno::EPERM)
     }
 

@@ -1,4 +1,4 @@
-//! Log growth is proportional to the change (DESIGN.md): a 4 KiB write into
+//! Log growth is proportional to the change (docs/DESIGN.md): a 4 KiB write into
 //! a 10 GiB file adds well under 1 KiB of log, through a real mount.
 
 mod common;

@@ -30,6 +30,9 @@
 //! The rsync binary is `$SYNCER_RSYNC` (default `rsync`), the ssh command
 //! `$SYNCER_SSH` (default `ssh`), so tests can inject failures and point ssh
 //! at their own sshd.
+//!
+//! How this crate fits with the others, and the rules every change keeps:
+//! `docs/DESIGN.md` at the repository root.
 
 pub mod daemon;
 pub mod fetch;
