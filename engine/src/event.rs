@@ -121,85 +121,95 @@ pub struct BlockChange {
     pub block: Option<BlockRef>,
 }
 
-/// The mutation an event records.
-#[derive(Clone, PartialEq, Eq, Hash, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-#[rkyv(derive(Debug))]
-pub enum Change {
-    /// A new node named `name` in directory `parent`.
-    Create {
-        /// Directory it is created in.
-        parent: NodeId,
-        /// Its name there (no `/`, no NUL, 1..=255 bytes).
-        name: Vec<u8>,
-        /// What it is.
-        kind: NodeKind,
-        /// Initial attributes.
-        attrs: Attrs,
-        /// Symlink target (empty for other kinds).
-        target: Vec<u8>,
-    },
-    /// Some attributes changed.
-    SetAttrs(AttrChange),
-    /// A write: the file is now `size` bytes and the listed blocks changed.
-    Content {
-        /// File size after the write.
-        size: u64,
-        /// Blocks that changed.
-        blocks: Vec<BlockChange>,
-    },
-    /// A truncate to `size`: blocks wholly past `size` are gone, and `tail`,
-    /// if given, is the new content of the block that `size` cuts through.
-    Truncate {
-        /// New size.
-        size: u64,
-        /// New content of the partial last block.
-        tail: Option<BlockChange>,
-    },
-    /// Moved or renamed: now `name` in `parent`.
-    Move {
-        /// New parent directory.
-        parent: NodeId,
-        /// New name.
-        name: Vec<u8>,
-    },
-    /// Removed from the tree (its history stays).
-    Remove,
-    /// Extended attribute set.
-    SetXattr {
-        /// Attribute name.
-        name: Vec<u8>,
-        /// Attribute value.
-        value: Vec<u8>,
-    },
-    /// Extended attribute removed.
-    RemoveXattr {
-        /// Attribute name.
-        name: Vec<u8>,
-    },
-    /// Symlink target replaced.
-    SetTarget {
-        /// New target.
-        target: Vec<u8>,
-    },
-    /// The volume name (recorded on the root; macOS `setvolname`).
-    SetVolname {
-        /// New volume name.
-        name: Vec<u8>,
-    },
-    /// The node is pinned (kept local) or unpinned.
-    SetPinned {
-        /// Pinned or not.
-        pinned: bool,
-    },
-    /// The node and `with` swap places (renameat2 `RENAME_EXCHANGE`): one
-    /// event, because two moves would each land on a name the other holds.
-    Exchange {
-        /// The other node.
-        with: NodeId,
-    },
-    /// A conflict copy is accepted as an ordinary file: it is no longer
-    /// listed as a conflict (`syncer resolve --keep both`).
-    Resolve,
+pub use change::{ArchivedChange, Change, ChangeResolver};
+
+// rkyv's derive gives the variants of `ChangeResolver` fields without docs,
+// which `missing_docs` cannot be told to skip item by item; every item here
+// is documented by hand.
+#[allow(missing_docs)]
+mod change {
+    use super::{AttrChange, Attrs, BlockChange, NodeId, NodeKind};
+
+    /// The mutation an event records.
+    #[derive(Clone, PartialEq, Eq, Hash, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    #[rkyv(derive(Debug))]
+    pub enum Change {
+        /// A new node named `name` in directory `parent`.
+        Create {
+            /// Directory it is created in.
+            parent: NodeId,
+            /// Its name there (no `/`, no NUL, 1..=255 bytes).
+            name: Vec<u8>,
+            /// What it is.
+            kind: NodeKind,
+            /// Initial attributes.
+            attrs: Attrs,
+            /// Symlink target (empty for other kinds).
+            target: Vec<u8>,
+        },
+        /// Some attributes changed.
+        SetAttrs(AttrChange),
+        /// A write: the file is now `size` bytes and the listed blocks changed.
+        Content {
+            /// File size after the write.
+            size: u64,
+            /// Blocks that changed.
+            blocks: Vec<BlockChange>,
+        },
+        /// A truncate to `size`: blocks wholly past `size` are gone, and `tail`,
+        /// if given, is the new content of the block that `size` cuts through.
+        Truncate {
+            /// New size.
+            size: u64,
+            /// New content of the partial last block.
+            tail: Option<BlockChange>,
+        },
+        /// Moved or renamed: now `name` in `parent`.
+        Move {
+            /// New parent directory.
+            parent: NodeId,
+            /// New name.
+            name: Vec<u8>,
+        },
+        /// Removed from the tree (its history stays).
+        Remove,
+        /// Extended attribute set.
+        SetXattr {
+            /// Attribute name.
+            name: Vec<u8>,
+            /// Attribute value.
+            value: Vec<u8>,
+        },
+        /// Extended attribute removed.
+        RemoveXattr {
+            /// Attribute name.
+            name: Vec<u8>,
+        },
+        /// Symlink target replaced.
+        SetTarget {
+            /// New target.
+            target: Vec<u8>,
+        },
+        /// The volume name (recorded on the root; macOS `setvolname`).
+        SetVolname {
+            /// New volume name.
+            name: Vec<u8>,
+        },
+        /// The node is pinned (kept local) or unpinned.
+        SetPinned {
+            /// Pinned or not.
+            pinned: bool,
+        },
+        /// The node and `with` swap places (renameat2 `RENAME_EXCHANGE`): one
+        /// event, because two moves would each land on a name the other holds.
+        Exchange {
+            /// The other node.
+            with: NodeId,
+        },
+        /// A conflict copy is accepted as an ordinary file: it is no longer
+        /// listed as a conflict (`syncer resolve --keep both`).
+        Resolve,
+    }
 }
 
 impl Change {

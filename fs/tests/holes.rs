@@ -7,6 +7,9 @@
 //! links plus one per subdirectory, live, after a remount, in a
 //! point-in-time view and after two replicas merge.
 
+// Test code, helpers included: a panic here is a failed test, not a lost file.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs::{self, File, OpenOptions};

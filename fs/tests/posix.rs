@@ -1,6 +1,9 @@
 //! POSIX behaviour of a real mount: names, attributes, errors, xattrs,
 //! renames, readdir, statfs.
 
+// Test code, helpers included: a panic here is a failed test, not a lost file.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeSet;
