@@ -20,6 +20,7 @@
 //! cache_limit     = n           the configured limit
 //! over_limit      = bool        unpushed and pinned blocks alone exceed it
 //! pins            = ["/path"]   pinned nodes
+//! rsync_runs      = n           rsync runs started by this mount so far
 //! ```
 
 use std::path::Path;
@@ -66,6 +67,9 @@ pub struct StatusFile {
     /// Pinned nodes.
     #[serde(default)]
     pub pins: Vec<String>,
+    /// rsync runs started by this mount so far (the idle cost of polling
+    /// shows as its growth).
+    pub rsync_runs: Option<u64>,
 }
 
 impl StatusFile {
