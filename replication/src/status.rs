@@ -3,9 +3,9 @@
 //! # `<data>/status.toml` (version 1)
 //!
 //! Written (temp file + rename) by a mounted data dir's daemon after every
-//! push and eviction pass, so `syncer status` can show it while the mount
-//! holds the data dir. TOML with these keys (all but `version` and
-//! `updated` optional):
+//! push, eviction pass, and pull of peers' changes (or failed look for
+//! them), so `syncer status` can show it while the mount holds the data
+//! dir. TOML with these keys (all but `version` and `updated` optional):
 //!
 //! ```text
 //! version         = 1           newer: refused by `syncer status`
