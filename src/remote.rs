@@ -36,7 +36,8 @@ pub fn start_daemon(engine: &Arc<Engine>) -> Result<Option<Daemon>> {
         return Ok(None);
     }
     let remote = remote_of(engine)?;
-    Ok(Some(Daemon::start(engine.clone(), remote, DaemonOptions::default())))
+    let opts = DaemonOptions::from_config(engine.config(), &remote);
+    Ok(Some(Daemon::start(engine.clone(), remote, opts)))
 }
 
 fn bar(total: u64, what: &str) -> ProgressBar {

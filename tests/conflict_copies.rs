@@ -6,9 +6,10 @@
 //! `syncer conflicts` lists it and `syncer resolve` ends it with events that
 //! replicate like any other.
 //!
-//! "Offline" here: a mount pushes and pulls once when it starts and then
-//! every 10 s, so each edit session waits for that first round to finish and
-//! must end well before the next one (checked, see [`Machine::edit`]); a
+//! "Offline" here: a mount pushes and pulls once when it starts; each data
+//! dir's config sets the push delay and the poll interval to an hour (see
+//! `support::offline`), and each edit session waits for that first round to finish
+//! and ends well within the hour (checked, see [`Machine::edit`]); a
 //! machine's changes reach the remote only through `syncer sync`.
 
 use std::collections::BTreeMap;
@@ -21,9 +22,9 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-/// Longest edit session that stays clear of the mount's second push round
-/// (the daemon pushes every 10 s, see replication's `DaemonOptions`).
-const OFFLINE_WINDOW: Duration = Duration::from_secs(8);
+/// Longest edit session that stays clear of the mount's next push or
+/// pull (an hour away, see `support::offline`).
+const OFFLINE_WINDOW: Duration = Duration::from_secs(600);
 
 /// Runs the `syncer` binary; panics with its output unless it succeeds.
 fn syncer(args: &[&dyn AsRef<OsStr>]) -> String {
@@ -159,9 +160,11 @@ impl Pair {
         let remote = tmp.path().join("remote");
         let (mut a, mut b) = (Machine::new(tmp.path(), "A"), Machine::new(tmp.path(), "B"));
         syncer(&[&"init", &a.data, &"--remote", &remote, &"--block-size", &"64KiB"]);
+        support::offline(&a.data);
         a.edit(setup);
         a.sync();
         syncer(&[&"clone", &b.data, &remote]);
+        support::offline(&b.data);
         a.read_id();
         b.read_id();
         assert_ne!(a.id, b.id);

@@ -81,6 +81,8 @@ fn three_machines_converge_after_concurrent_offline_edits() {
     };
     let (a, b, c) = (machine("a"), machine("b"), machine("c"));
     syncer(&[p("init"), &a.data, p("--remote"), &remote, p("--block-size"), p("64KiB")]);
+    // Edits stay on their machine until `syncer sync`.
+    support::offline(&a.data);
 
     // A shared starting point.
     let big = pattern(1, 4 * BS);
@@ -97,6 +99,8 @@ fn three_machines_converge_after_concurrent_offline_edits() {
     a.sync();
     syncer(&[p("clone"), &b.data, &remote]);
     syncer(&[p("clone"), &c.data, &remote]);
+    support::offline(&b.data);
+    support::offline(&c.data);
 
     // Offline, concurrently (in time order A, B, C).
     let write_at = |path: &Path, block: usize, byte: u8| {

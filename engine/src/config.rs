@@ -17,6 +17,15 @@
 //! | `dirty_limit`       | size          | 256 MiB  | at least `block_size`                         |
 //! | `small_block`       | size          | 64 KiB   | at most `block_size`; blocks this small are never evicted |
 //! | `reserve`           | size          | 64 MiB   | at most 1 TiB; free disk space new blocks never use, at most a sixteenth of the disk (see `blob`) |
+//! | `push_delay`        | duration      | 300ms    | 10ms..=1h; a mount pushes this long after the last change (debounce) |
+//! | `push_max_delay`    | duration      | 3s       | `push_delay`..=24h; ...but at most this long after the first unpushed change, under continuous writes |
+//! | `poll_interval`     | duration      | 1s       | 100ms..=24h; how often a mount checks a local-directory remote for peers' new log bytes (a listing of the remote's `log/`, no rsync run unless something is new) |
+//! | `poll_interval_ssh` | duration      | 2s       | 500ms..=24h; the same over ssh, where each check is one `rsync --list-only` run over the shared connection |
+//!
+//! Durations are strings of a decimal number and a unit: `ms`, `s`, `m` or `h`
+//! (`"300ms"`, `"1.5s"`, `"2m"`), a whole number of milliseconds; see
+//! [`parse_duration`]. The four replication keys are newer than the others:
+//! a file without them (written before they existed) gets the defaults.
 //!
 //! Always true:
 //! - `block_size` and `hash_size` are fixed when a data dir is made (a blob's
@@ -31,6 +40,7 @@
 use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::format::write_file_atomic;
@@ -73,8 +83,25 @@ pub const MAX_COMPRESSION_LEVEL: i32 = 19;
 /// Largest `config.toml` accepted.
 pub const MAX_FILE_LEN: u64 = 64 * KIB;
 
+/// Default `push_delay`.
+pub const DEFAULT_PUSH_DELAY: Duration = Duration::from_millis(300);
+/// Default `push_max_delay`.
+pub const DEFAULT_PUSH_MAX_DELAY: Duration = Duration::from_secs(3);
+/// Default `poll_interval`.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `poll_interval_ssh`.
+pub const DEFAULT_POLL_INTERVAL_SSH: Duration = Duration::from_secs(2);
+/// Range of `push_delay`.
+pub const PUSH_DELAY_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
+/// Largest `push_max_delay` (the smallest is `push_delay`).
+pub const MAX_PUSH_MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+/// Range of `poll_interval`.
+pub const POLL_INTERVAL_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(24 * 3600));
+/// Range of `poll_interval_ssh`.
+pub const POLL_INTERVAL_SSH_RANGE: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(24 * 3600));
+
 /// The keys a config may hold, in the order they are written.
-pub const KEYS: [&str; 10] = [
+pub const KEYS: [&str; 14] = [
     "machine",
     "remote",
     "cache_size",
@@ -85,6 +112,10 @@ pub const KEYS: [&str; 10] = [
     "dirty_limit",
     "small_block",
     "reserve",
+    "push_delay",
+    "push_max_delay",
+    "poll_interval",
+    "poll_interval_ssh",
 ];
 
 /// A data dir's settings (see the module docs for each field's rules).
@@ -111,6 +142,14 @@ pub struct Config {
     /// Free disk space that new blocks never use, so that the log, the
     /// index and a clean unmount always have room.
     pub reserve: u64,
+    /// Quiet time after the last change before a mount pushes.
+    pub push_delay: Duration,
+    /// Longest wait from the first unpushed change to a push.
+    pub push_max_delay: Duration,
+    /// Pause between checks of a local-directory remote for peers' changes.
+    pub poll_interval: Duration,
+    /// Pause between checks of an ssh remote for peers' changes.
+    pub poll_interval_ssh: Duration,
 }
 
 impl Config {
@@ -127,6 +166,10 @@ impl Config {
             dirty_limit: DEFAULT_DIRTY_LIMIT,
             small_block: DEFAULT_SMALL_BLOCK,
             reserve: DEFAULT_RESERVE,
+            push_delay: DEFAULT_PUSH_DELAY,
+            push_max_delay: DEFAULT_PUSH_MAX_DELAY,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            poll_interval_ssh: DEFAULT_POLL_INTERVAL_SSH,
         }
     }
 
@@ -192,6 +235,23 @@ impl Config {
         if self.reserve > MAX_RESERVE {
             return Err(format!("field `reserve`: {} is over {}", format_size(self.reserve), format_size(MAX_RESERVE)));
         }
+        let within = |key: &str, d: Duration, (lo, hi): (Duration, Duration)| {
+            if (lo..=hi).contains(&d) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "field `{key}`: {} is not within {}..={}",
+                    format_duration(d),
+                    format_duration(lo),
+                    format_duration(hi)
+                ))
+            }
+        };
+        within("push_delay", self.push_delay, PUSH_DELAY_RANGE)?;
+        within("push_max_delay", self.push_max_delay, (self.push_delay, MAX_PUSH_MAX_DELAY))
+            .map_err(|e| format!("{e} (it may not be shorter than `push_delay`)"))?;
+        within("poll_interval", self.poll_interval, POLL_INTERVAL_RANGE)?;
+        within("poll_interval_ssh", self.poll_interval_ssh, POLL_INTERVAL_SSH_RANGE)?;
         Ok(())
     }
 
@@ -238,6 +298,16 @@ impl Config {
                 Some(v) => size_value(v).map_err(|e| format!("field `{key}`: {e}")),
             }
         };
+        let duration = |key: &str, default: Duration| -> Result<Duration, String> {
+            match table.get(key) {
+                None => Ok(default),
+                Some(toml::Value::String(s)) => parse_duration(s).map_err(|e| format!("field `{key}`: {e}")),
+                Some(v) => Err(format!(
+                    "field `{key}`: expected a duration string such as \"500ms\" or \"2s\", found {}",
+                    v.type_str()
+                )),
+            }
+        };
         let config = Config {
             machine,
             remote,
@@ -249,6 +319,10 @@ impl Config {
             dirty_limit: size("dirty_limit", DEFAULT_DIRTY_LIMIT)?,
             small_block: size("small_block", DEFAULT_SMALL_BLOCK)?,
             reserve: size("reserve", DEFAULT_RESERVE)?,
+            push_delay: duration("push_delay", DEFAULT_PUSH_DELAY)?,
+            push_max_delay: duration("push_max_delay", DEFAULT_PUSH_MAX_DELAY)?,
+            poll_interval: duration("poll_interval", DEFAULT_POLL_INTERVAL)?,
+            poll_interval_ssh: duration("poll_interval_ssh", DEFAULT_POLL_INTERVAL_SSH)?,
         };
         config.validate()?;
         Ok(config)
@@ -283,6 +357,21 @@ impl Config {
             s,
             "# Free disk space new blocks never use (room for the log, the index, an unmount).\nreserve = {}",
             q(&format_size(self.reserve))
+        );
+        let _ = writeln!(
+            s,
+            "# A mount pushes this long after the last change...\npush_delay = {}\n\
+             # ...but at most this long after the first unpushed one.\npush_max_delay = {}",
+            q(&format_duration(self.push_delay)),
+            q(&format_duration(self.push_max_delay))
+        );
+        let _ = writeln!(
+            s,
+            "# How often a mount looks for peers' changes on a local-directory remote (no rsync run unless \
+             there are some)...\npoll_interval = {}\n# ...and on an ssh remote (one rsync run per look).\n\
+             poll_interval_ssh = {}",
+            q(&format_duration(self.poll_interval)),
+            q(&format_duration(self.poll_interval_ssh))
         );
         s
     }
@@ -337,6 +426,54 @@ fn size_value(v: &toml::Value) -> Result<u64, String> {
         toml::Value::String(s) => parse_size(s),
         v => Err(format!("expected a size (bytes, or a string like \"512MiB\"), found {}", v.type_str())),
     }
+}
+
+/// Parses a duration: a decimal number and a unit, `ms`, `s`, `m` or `h`
+/// (`"300ms"`, `"1.5s"`, `"2m"`), optionally separated by spaces; the
+/// result must be a whole number of milliseconds. A bare number is refused:
+/// its unit would be a guess.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim_start();
+    let ms: u128 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "" => return Err(format!("{s:?} has no unit (write e.g. \"500ms\", \"2s\", \"1m\", \"1h\")")),
+        u => return Err(format!("{s:?}: unknown unit `{u}` (use ms, s, m or h)")),
+    };
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?}: {num:?} is not a number"));
+    }
+    if num.contains('.') && frac.is_empty() || frac.len() > 9 {
+        return Err(format!("{s:?}: {num:?} is not a number"));
+    }
+    let too_long = || format!("{s:?} is too long");
+    let int: u128 = int.parse().map_err(|_| too_long())?;
+    let den = 10u128.pow(frac.len() as u32);
+    let frac: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| format!("{s:?}: bad decimals"))? };
+    if !(frac * ms).is_multiple_of(den) {
+        return Err(format!("{s:?} is not a whole number of milliseconds"));
+    }
+    let total = int.checked_mul(ms).and_then(|w| w.checked_add(frac * ms / den)).ok_or_else(too_long)?;
+    u64::try_from(total).map(Duration::from_millis).map_err(|_| too_long())
+}
+
+/// Formats a duration exactly (whole milliseconds), in the largest unit
+/// that divides it (`"300ms"`, `"2s"`, `"1h"`), so [`parse_duration`]
+/// gives it back.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, m) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1_000)] {
+        if ms >= m && ms.is_multiple_of(m) {
+            return format!("{}{unit}", ms / m);
+        }
+    }
+    format!("{ms}ms")
 }
 
 /// Units [`parse_size`] accepts (case-insensitive) and their byte counts.
@@ -456,5 +593,50 @@ mod tests {
         assert_eq!(format_size(0), "0");
         assert_eq!(format_size_human(3_435_973_837), "3.2 GiB");
         assert_eq!(format_size_human(512), "512 B");
+    }
+
+    #[test]
+    fn durations() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_duration("300ms"), Ok(ms(300)));
+        assert_eq!(parse_duration(" 1.5 s "), Ok(ms(1500)));
+        assert_eq!(parse_duration("2m"), Ok(ms(120_000)));
+        assert_eq!(parse_duration("1h"), Ok(ms(3_600_000)));
+        assert!(parse_duration("2").unwrap_err().contains("no unit"));
+        assert!(parse_duration("2d").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("0.5ms").unwrap_err().contains("whole number"));
+        assert!(parse_duration("1.s").is_err());
+        assert!(parse_duration(".5s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("99999999999999999999999h").is_err());
+        for d in [ms(300), ms(1500), ms(2000), ms(120_000), ms(3_600_000), ms(0)] {
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{}", format_duration(d));
+        }
+    }
+
+    #[test]
+    fn replication_intervals_default_validate_and_round_trip() {
+        let base = Config::new_default(MachineId(7));
+        let text = base.to_toml();
+        assert_eq!(Config::from_toml(&text), Ok(base.clone()));
+        // A file written before the keys existed gets the defaults.
+        let old: String = text
+            .lines()
+            .filter(|l| !["push_delay", "push_max_delay", "poll_interval"].iter().any(|k| l.starts_with(k)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::from_toml(&old).expect("older file");
+        assert_eq!((c.push_delay, c.push_max_delay), (DEFAULT_PUSH_DELAY, DEFAULT_PUSH_MAX_DELAY));
+        assert_eq!((c.poll_interval, c.poll_interval_ssh), (DEFAULT_POLL_INTERVAL, DEFAULT_POLL_INTERVAL_SSH));
+        let with = |extra: &str| Config::from_toml(&format!("{old}{extra}\n"));
+        let c = with("poll_interval = \"250ms\"\npush_delay = \"1s\"").expect("set");
+        assert_eq!((c.poll_interval, c.push_delay), (Duration::from_millis(250), Duration::from_secs(1)));
+        let err = |extra: &str| with(extra).expect_err(extra);
+        assert!(err("poll_interval = \"10ms\"").contains("field `poll_interval`: 10ms is not within 100ms..=24h"));
+        assert!(err("poll_interval_ssh = \"100ms\"").contains("field `poll_interval_ssh`"));
+        assert!(err("push_delay = \"2h\"").contains("field `push_delay`"));
+        assert!(err("push_delay = \"5s\"").contains("field `push_max_delay`"), "shorter than push_delay");
+        assert!(err("push_delay = 300").contains("field `push_delay`: expected a duration string"));
+        assert!(err("poll_interval = \"1\"").contains("field `poll_interval`: \"1\" has no unit"));
     }
 }

@@ -272,6 +272,9 @@ struct Writer {
     /// or read again, so an operation is in the log whole or not at all
     /// (see [`Engine::reopen_failed_log`]).
     cut_to: Option<(LogPos, u64)>,
+    /// Told (without blocking: each channel holds one wake-up) after every
+    /// operation that appended to our log; see [`Engine::watch_log`].
+    log_watchers: Vec<std::sync::mpsc::SyncSender<()>>,
 }
 
 /// Index changes waiting for their group commit (see [`GROUP_WINDOW`]).
@@ -451,6 +454,7 @@ impl Engine {
                     index_behind: false,
                     line: None,
                     cut_to: None,
+                    log_watchers: Vec::new(),
                 }))
             }
         };
@@ -1300,6 +1304,12 @@ impl Engine {
             }
         }
         w.line = None;
+        if w.log.last_seq() != start.1 {
+            // `try_send` on a full channel is a check of an atomic: the
+            // watcher already has a wake-up waiting, and this one adds
+            // nothing to it. A watcher that hung up is dropped.
+            w.log_watchers.retain(|tx| !matches!(tx.try_send(()), Err(std::sync::mpsc::TrySendError::Disconnected(_))));
+        }
         failed.map_or(Ok(()), |e| Err((e, true)))
     }
 
@@ -2013,6 +2023,17 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Sends `()` on `tx` (with `try_send`: never blocking a change, so
+    /// give it a channel of capacity 1) after every operation that appends
+    /// to our log, once its records are written (not yet synced: a reader
+    /// makes them durable with [`Engine::sync`]). A read-only engine never
+    /// sends. Dropping the receiver ends the watch.
+    pub fn watch_log(&self, tx: std::sync::mpsc::SyncSender<()>) {
+        if let Some(w) = &self.writer {
+            lock_writer(w).log_watchers.push(tx);
+        }
     }
 
     /// Where the next record of our log will go.

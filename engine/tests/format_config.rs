@@ -1,6 +1,7 @@
 //! `config.toml`: round trips, and every bad config refused with a clear message.
 
 use std::path::Path;
+use std::time::Duration;
 
 use engine::config::{format_size, parse_size, Config};
 use engine::ids::MachineId;
@@ -35,6 +36,10 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                 dirty_limit: block_size + d % (1 << 40),
                 small_block: sb % (block_size + 1),
                 reserve: sb % (1 << 40),
+                push_delay: Duration::from_millis(10 + m % 3_590_000),
+                push_max_delay: Duration::from_millis(3_600_000 + c % 82_800_000),
+                poll_interval: Duration::from_millis(100 + d % 1_000_000),
+                poll_interval_ssh: Duration::from_millis(500 + sb % 1_000_000),
             }
         })
 }

@@ -1,23 +1,45 @@
-//! Background replication while a data dir is mounted: push (then pull and
-//! import peers' changes), evict and prefetch threads.
+//! Background replication while a data dir is mounted: push, poll (pull
+//! and import peers' changes), evict and prefetch threads.
+//!
+//! # When changes travel
+//!
+//! - **Push**: the engine tells the push thread after every operation that
+//!   appends to our log ([`Engine::watch_log`]). The thread pushes once no
+//!   change has come for [`DaemonOptions::push_delay`], or once the first
+//!   unpushed change is [`DaemonOptions::push_max_delay`] old under
+//!   continuous writes: changes are batched, and one push runs at a time
+//!   (changes made during a push start the next one). With no change, no
+//!   push runs. The push makes the log durable before sending it.
+//! - **Poll**: every [`DaemonOptions::poll_interval`] the poll thread lists
+//!   the lengths of peers' segments on the remote and pulls (then imports)
+//!   only if a segment there is longer than ours. Over a local-directory
+//!   remote the listing is a directory read, so an idle mount starts no
+//!   rsync at all; over ssh it is one `rsync --list-only` run over the
+//!   shared connection, so an idle mount starts `60 / poll_interval` rsync
+//!   runs a minute (30 at the default 2 s).
+//! - At start, one round (push, pull, import) runs before anything else.
 //!
 //! Always true:
 //! - no FUSE call waits on these threads: they share only the engine (whose
-//!   locks are short) and their own channels;
-//! - a failing remote makes the push thread retry with exponential backoff
-//!   (up to [`DaemonOptions::max_backoff`]); the failure is in
-//!   `status.toml` until a success clears it;
+//!   locks are short) and their own channels; the engine's notification is
+//!   a `try_send` on a channel of capacity one;
+//! - at most one push and one pull run at a time;
+//! - a failing remote makes the push and poll threads retry with
+//!   exponential backoff (up to [`DaemonOptions::max_backoff`]); the failure
+//!   is in `status.toml` until a success clears it;
 //! - the engine fetches missing blocks through a [`RemoteSource`], so a read
 //!   of a non-local block fails after the runner's deadline when the remote
 //!   is unreachable; local reads never touch the remote.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver as StdReceiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{after, bounded, select, Receiver, Sender};
 use engine::cache::EvictReport;
+use engine::config::Config;
 use engine::Engine;
 
 use crate::fetch::RemoteSource;
@@ -29,11 +51,15 @@ use crate::Result;
 /// Timing of the background threads.
 #[derive(Clone, Copy, Debug)]
 pub struct DaemonOptions {
-    /// Pause between pushes while all is well.
-    pub push_interval: Duration,
+    /// A push starts this long after the last change...
+    pub push_delay: Duration,
+    /// ...or this long after the first unpushed change, whichever is first.
+    pub push_max_delay: Duration,
+    /// Pause between checks of the remote for peers' new log bytes.
+    pub poll_interval: Duration,
     /// Pause between eviction passes (one also follows every push).
     pub evict_interval: Duration,
-    /// Longest pause between retries of a failing push.
+    /// Longest pause between retries of a failing push or poll.
     pub max_backoff: Duration,
     /// rsync's I/O timeout.
     pub io_timeout: Duration,
@@ -42,13 +68,29 @@ pub struct DaemonOptions {
 }
 
 impl Default for DaemonOptions {
+    /// The config defaults, for a local-directory remote.
     fn default() -> Self {
         DaemonOptions {
-            push_interval: Duration::from_secs(10),
+            push_delay: engine::config::DEFAULT_PUSH_DELAY,
+            push_max_delay: engine::config::DEFAULT_PUSH_MAX_DELAY,
+            poll_interval: engine::config::DEFAULT_POLL_INTERVAL,
             evict_interval: Duration::from_secs(30),
             max_backoff: Duration::from_secs(300),
             io_timeout: Duration::from_secs(30),
             fetch_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+impl DaemonOptions {
+    /// The intervals set in `config` (`push_delay`, `push_max_delay`, and
+    /// `poll_interval` or `poll_interval_ssh` by the kind of `remote`).
+    pub fn from_config(config: &Config, remote: &Remote) -> DaemonOptions {
+        DaemonOptions {
+            push_delay: config.push_delay,
+            push_max_delay: config.push_max_delay,
+            poll_interval: if remote.is_ssh() { config.poll_interval_ssh } else { config.poll_interval },
+            ..DaemonOptions::default()
         }
     }
 }
@@ -59,6 +101,9 @@ struct Shared {
     source: RemoteSource,
     health: Arc<Health>,
     push_lock: Mutex<()>,
+    pull_lock: Mutex<()>,
+    /// The last push failed: a working poll must not clear its error.
+    push_failing: AtomicBool,
     status: Mutex<StatusFile>,
 }
 
@@ -67,6 +112,8 @@ pub struct Daemon {
     shared: Arc<Shared>,
     stop: Sender<()>,
     stopping: Arc<AtomicBool>,
+    /// Wakes the push thread (which also listens to the engine) at stop.
+    wake_push: SyncSender<()>,
     evict_tx: Sender<()>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -82,20 +129,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// One round with the remote: push our new blocks and segments, then
+    /// A full round with the remote: push our new blocks and segments, then
     /// pull peers' segments and merge them into the live tree (the mount
     /// drops its kernel caches for what changed).
+    fn round(&self) -> Result<PushReport> {
+        let report = self.push()?;
+        self.pull(true).map(|_| report)
+    }
+
+    /// Pushes our new blocks and segments (one push at a time).
     fn push(&self) -> Result<PushReport> {
         let _g = lock(&self.push_lock);
-        let r = push::push(&self.engine, &self.rsync, &mut |_| {}).and_then(|report| {
-            let log_root = self.engine.layout().log();
-            crate::pull::pull_log(&self.rsync, &log_root, Some(self.engine.machine()))?;
-            let imported = self.engine.import()?;
-            if imported.applied > 0 {
-                tracing::info!("imported {} events from peers", imported.applied);
-            }
-            Ok(report)
-        });
+        let r = push::push(&self.engine, &self.rsync, &mut |_| {});
+        self.push_failing.store(r.is_err(), Ordering::Relaxed);
         let mut st = lock(&self.status);
         match &r {
             Ok(_) => {
@@ -114,6 +160,35 @@ impl Shared {
         }
         drop(st);
         self.save_status();
+        r
+    }
+
+    /// Pulls peers' segments and imports them: always if `force`, else
+    /// only when a listing of the remote shows log bytes we lack. Returns
+    /// whether it pulled.
+    fn pull(&self, force: bool) -> Result<bool> {
+        let _g = lock(&self.pull_lock);
+        let log_root = self.engine.layout().log();
+        let ours = self.engine.machine();
+        let r = (|| -> Result<bool> {
+            if !force && !crate::pull::has_new_bytes(&crate::pull::remote_peer_lens(&self.rsync, ours)?, &log_root) {
+                return Ok(false);
+            }
+            crate::pull::pull_log(&self.rsync, &log_root, Some(ours))?;
+            let imported = self.engine.import()?;
+            if imported.applied > 0 {
+                tracing::info!("imported {} events from peers", imported.applied);
+            }
+            Ok(true)
+        })();
+        match &r {
+            Ok(_) if !self.push_failing.load(Ordering::Relaxed) => self.health.ok(),
+            Ok(_) => {}
+            Err(e) => self.health.failed(e.to_string()),
+        }
+        if !force && (r.is_err() || r.as_ref().is_ok_and(|pulled| *pulled)) {
+            self.save_status();
+        }
         r
     }
 
@@ -138,6 +213,7 @@ impl Shared {
         st.updated = now_secs();
         st.remote = Some(self.rsync.remote().to_string());
         st.reachable = reachable;
+        st.rsync_runs = Some(self.rsync.invocations());
         if err.is_some() || reachable == Some(true) {
             st.last_error = err;
         }
@@ -194,14 +270,22 @@ impl Daemon {
             source,
             health,
             push_lock: Mutex::new(()),
+            pull_lock: Mutex::new(()),
+            push_failing: AtomicBool::new(false),
             status: Mutex::new(StatusFile { cache_limit: Some(engine.config().cache_size), ..StatusFile::default() }),
         });
         let (stop, stop_rx) = bounded::<()>(0);
         let stopping = Arc::new(AtomicBool::new(false));
+        let (wake_push, changes) = sync_channel::<()>(1);
+        engine.watch_log(wake_push.clone());
         let mut threads = Vec::new();
         {
-            let (s, stop_rx, evict_tx) = (shared.clone(), stop_rx.clone(), evict_tx.clone());
-            threads.push(std::thread::spawn(move || push_loop(&s, &stop_rx, &evict_tx, opts)));
+            let (s, stopping, evict_tx) = (shared.clone(), stopping.clone(), evict_tx.clone());
+            threads.push(std::thread::spawn(move || push_loop(&s, &stopping, &changes, &evict_tx, opts)));
+        }
+        {
+            let (s, stop_rx) = (shared.clone(), stop_rx.clone());
+            threads.push(std::thread::spawn(move || poll_loop(&s, &stop_rx, opts)));
         }
         {
             let (s, stop_rx) = (shared.clone(), stop_rx.clone());
@@ -220,12 +304,13 @@ impl Daemon {
                 }
             }));
         }
-        Daemon { shared, stop, stopping, evict_tx, threads }
+        Daemon { shared, stop, stopping, wake_push, evict_tx, threads }
     }
 
-    /// Pushes now, in the caller's thread (waits for a running push).
+    /// Pushes, pulls and imports now, in the caller's thread (waits for a
+    /// running push or pull).
     pub fn push_now(&self) -> Result<PushReport> {
-        let r = self.shared.push();
+        let r = self.shared.round();
         let _ = self.evict_tx.try_send(());
         r
     }
@@ -249,6 +334,7 @@ impl Daemon {
     fn shutdown(&mut self) {
         self.stopping.store(true, Ordering::Relaxed);
         self.shared.rsync.cancel();
+        let _ = self.wake_push.try_send(());
         // Closing the channel wakes every `select!`.
         let (dead, _) = bounded(0);
         drop(std::mem::replace(&mut self.stop, dead));
@@ -265,15 +351,36 @@ impl Drop for Daemon {
     }
 }
 
-fn push_loop(s: &Shared, stop: &Receiver<()>, evict: &Sender<()>, opts: DaemonOptions) {
-    let mut wait = Duration::ZERO;
+/// Waits for changes and pushes them (see the module docs); the first
+/// push is a whole round. `changes` is the engine's log watch, also woken
+/// at stop.
+fn push_loop(s: &Shared, stopping: &AtomicBool, changes: &StdReceiver<()>, evict: &Sender<()>, opts: DaemonOptions) {
+    let mut first_round = true;
+    let mut debounce = Debounce::default();
+    let mut retry_at: Option<Instant> = None;
     let mut backoff = Duration::from_secs(1);
     loop {
-        select! {
-            recv(stop) -> _ => return,
-            recv(after(wait)) -> _ => {}
+        if stopping.load(Ordering::Relaxed) {
+            return;
         }
-        match s.push() {
+        let due = if first_round { Some(Instant::now()) } else { retry_at.or(debounce.due(&opts)) };
+        let woke = match due {
+            None => changes.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(at) => changes.recv_timeout(at.saturating_duration_since(Instant::now())),
+        };
+        match woke {
+            Ok(()) => {
+                debounce.change(Instant::now());
+                continue;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let r = if first_round { s.round() } else { s.push() };
+        match r {
             Ok(r) => {
                 if r.blocks > 0 || r.log_bytes > 0 || r.repaired > 0 {
                     tracing::info!(
@@ -283,14 +390,61 @@ fn push_loop(s: &Shared, stop: &Receiver<()>, evict: &Sender<()>, opts: DaemonOp
                         r.repaired
                     );
                 }
+                first_round = false;
+                debounce = Debounce::default();
+                retry_at = None;
                 backoff = Duration::from_secs(1);
-                wait = opts.push_interval;
                 let _ = evict.try_send(());
             }
             Err(e) => {
                 tracing::warn!("push failed (retrying in {backoff:?}): {e}");
-                wait = backoff;
+                retry_at = Some(Instant::now() + backoff);
                 backoff = (backoff * 2).min(opts.max_backoff);
+            }
+        }
+    }
+}
+
+/// Changes not yet pushed: when the first and the last came.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Debounce {
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Debounce {
+    fn change(&mut self, now: Instant) {
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    /// When to push: `push_delay` after the last change, but no later than
+    /// `push_max_delay` after the first; `None` with nothing to push.
+    fn due(&self, opts: &DaemonOptions) -> Option<Instant> {
+        let (first, last) = (self.first?, self.last?);
+        Some((last + opts.push_delay).min(first + opts.push_max_delay))
+    }
+}
+
+/// Checks the remote for peers' new log bytes every `poll_interval`, and
+/// pulls and imports them; backs off while the remote fails.
+fn poll_loop(s: &Shared, stop: &Receiver<()>, opts: DaemonOptions) {
+    let mut wait = opts.poll_interval;
+    let mut backoff = opts.poll_interval.max(Duration::from_secs(1));
+    loop {
+        select! {
+            recv(stop) -> _ => return,
+            recv(after(wait)) -> _ => {}
+        }
+        match s.pull(false) {
+            Ok(_) => {
+                wait = opts.poll_interval;
+                backoff = opts.poll_interval.max(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::warn!("checking the remote for peers' changes failed (retrying in {backoff:?}): {e}");
+                wait = backoff;
+                backoff = (backoff * 2).min(opts.max_backoff.max(opts.poll_interval));
             }
         }
     }
@@ -306,5 +460,32 @@ fn evict_loop(s: &Shared, stop: &Receiver<()>, kick: &Receiver<()>, opts: Daemon
         if let Err(e) = s.evict() {
             tracing::warn!("eviction pass: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_after_a_quiet_pause_or_the_longest_wait() {
+        let opts = DaemonOptions {
+            push_delay: Duration::from_millis(300),
+            push_max_delay: Duration::from_secs(3),
+            ..DaemonOptions::default()
+        };
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut d = Debounce::default();
+        assert_eq!(d.due(&opts), None, "nothing to push: no deadline");
+        d.change(ms(0));
+        assert_eq!(d.due(&opts), Some(ms(300)));
+        d.change(ms(200));
+        assert_eq!(d.due(&opts), Some(ms(500)), "each change moves the push back");
+        // Changes every 200 ms forever: the push still goes at 3 s.
+        for t in (400..10_000).step_by(200) {
+            d.change(ms(t));
+        }
+        assert_eq!(d.due(&opts), Some(ms(3000)));
     }
 }

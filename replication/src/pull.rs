@@ -7,13 +7,15 @@
 //! folder synced: an import may make the index durable right after, and a
 //! durable index must never hold events whose log bytes a power cut takes.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
 
 use engine::ids::MachineId;
+use engine::log;
 use engine::storage::{FsStorage, Storage};
 
-use crate::remote::Rsync;
+use crate::remote::{Remote, Rsync};
 use crate::{RemoteError, Result};
 
 /// Pulls every machine's segments except `ours` into `log_root`.
@@ -57,6 +59,110 @@ fn sync_pulled(log_root: &Path, ours: Option<MachineId>) -> Result<()> {
     FsStorage.sync_dir(log_root).map_err(RemoteError::io("sync", log_root))
 }
 
+/// Lengths of peers' segments on the remote (every machine's but `ours`),
+/// by machine and segment number. A local-directory remote is listed
+/// directly (no rsync run); an ssh remote with one `rsync --list-only` run.
+/// Only `<16 hex>/<16 hex>.seg` regular files count, as in [`pull_log`].
+pub fn remote_peer_lens(rsync: &Rsync, ours: MachineId) -> Result<BTreeMap<(MachineId, u64), u64>> {
+    match rsync.remote() {
+        Remote::Local(root) => local_peer_lens(&root.join("log"), ours),
+        Remote::Ssh { .. } => {
+            let what = "listing peers' log segments";
+            let mut root = rsync.remote().spec("");
+            root.push("/");
+            let args: Vec<OsString> = vec![
+                "-r".into(),
+                "--list-only".into(),
+                "--no-human-readable".into(),
+                "--include=/log/".into(),
+                "--include=/log/[0-9a-f]*/".into(),
+                "--include=/log/[0-9a-f]*/[0-9a-f]*.seg".into(),
+                "--exclude=*".into(),
+                root,
+            ];
+            let text = rsync.run_stdout(what, &args, None)?;
+            parse_peer_listing(&text, ours).map_err(|(line, reason)| RemoteError::BadOutput {
+                remote: rsync.remote().to_string(),
+                what: what.to_string(),
+                line,
+                reason,
+            })
+        }
+    }
+}
+
+/// [`remote_peer_lens`] of a local `log/` folder (missing: none).
+fn local_peer_lens(log_root: &Path, ours: MachineId) -> Result<BTreeMap<(MachineId, u64), u64>> {
+    let mut lens = BTreeMap::new();
+    let entries = match std::fs::read_dir(log_root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(lens),
+        Err(e) => return Err(RemoteError::io("list", log_root)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(RemoteError::io("list", log_root))?;
+        let Some(machine) = entry.file_name().to_str().and_then(|n| n.parse::<MachineId>().ok()) else { continue };
+        if machine == ours || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let folder = entry.path();
+        for seg in std::fs::read_dir(&folder).map_err(RemoteError::io("list", &folder))? {
+            let seg = seg.map_err(RemoteError::io("list", &folder))?;
+            let Ok(number) = log::parse_segment_name(&seg.file_name()) else { continue };
+            // A segment that vanished since the listing is simply not counted.
+            match seg.metadata() {
+                Ok(m) if m.is_file() => {
+                    lens.insert((machine, number), m.len());
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(RemoteError::io("stat", seg.path())(e)),
+            }
+        }
+    }
+    Ok(lens)
+}
+
+/// Parses an `rsync --list-only` listing of the remote's root (`<mode>
+/// <size> <date> <time> <path>` per line) into the lengths of peers'
+/// segments `log/<machine>/<segment>.seg`; other lines are skipped. Fails
+/// with the line and why on a segment whose size is not a number.
+fn parse_peer_listing(
+    text: &str,
+    ours: MachineId,
+) -> std::result::Result<BTreeMap<(MachineId, u64), u64>, (String, String)> {
+    let mut lens = BTreeMap::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [mode, size, _date, _time, path @ ..] = fields.as_slice() else { continue };
+        let path = path.join(" ");
+        let Some((machine, name)) = path.strip_prefix("log/").and_then(|p| p.split_once('/')) else { continue };
+        let (Ok(machine), Ok(number)) =
+            (machine.parse::<MachineId>(), log::parse_segment_name(std::ffi::OsStr::new(name)))
+        else {
+            continue;
+        };
+        if machine == ours || !mode.starts_with('-') {
+            continue;
+        }
+        // Older rsyncs group digits even without `--human-readable`.
+        let digits: String = size.chars().filter(|c| !matches!(c, ',' | '.')).collect();
+        let len = digits.parse().map_err(|_| (line.to_string(), "the size is not a number of bytes".to_string()))?;
+        lens.insert((machine, number), len);
+    }
+    Ok(lens)
+}
+
+/// Whether the remote (its peers' segment lengths, from
+/// [`remote_peer_lens`]) holds log bytes that `log_root` lacks: a segment
+/// longer there than here, or missing here. A pull brings exactly those.
+pub fn has_new_bytes(remote: &BTreeMap<(MachineId, u64), u64>, log_root: &Path) -> bool {
+    remote.iter().any(|(&(machine, number), &len)| {
+        let here = std::fs::metadata(log::segment_path(log_root, machine, number)).map_or(0, |m| m.len());
+        len > here
+    })
+}
+
 /// Fetches the remote's `config.toml` (the first machine's settings) into
 /// `dest`.
 pub fn fetch_config(rsync: &Rsync, dest: &Path) -> Result<()> {
@@ -88,4 +194,52 @@ pub fn clone_into(dir: &Path, remote: &str, rsync: &Rsync, cache_size: Option<u6
     engine::Engine::init(dir, config.clone())?;
     pull_log(rsync, &dir.join("log"), Some(config.machine))?;
     Ok(engine::Engine::open(dir)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OURS: MachineId = MachineId(0xab);
+
+    #[test]
+    fn peer_listing_gives_peers_segment_lengths() {
+        let text = "drwxr-xr-x        4096 2026/11/25 12:09:38 .\n\
+                    drwxr-xr-x        4096 2026/11/25 12:09:38 log\n\
+                    -rw-r--r--         100 2026/11/25 12:09:38 log/00000000000000ab/0000000000000000.seg\n\
+                    -rw-r--r--     1234567 2026/11/25 12:09:38 log/00000000000000cd/0000000000000000.seg\n\
+                    -rw-r--r--   1,234,568 2026/11/25 12:09:38 log/00000000000000cd/0000000000000001.seg\n\
+                    -rw-r--r--          99 2026/11/25 12:09:38 log/00000000000000cd/notes.seg\n\
+                    drwxr-xr-x        4096 2026/11/25 12:09:38 log/00000000000000ef/0000000000000000.seg\n";
+        let lens = parse_peer_listing(text, OURS).expect("parses");
+        let cd = MachineId(0xcd);
+        assert_eq!(lens, BTreeMap::from([((cd, 0), 1_234_567), ((cd, 1), 1_234_568)]));
+        let bad = "-rw-r--r-- 1.2M 2026/11/25 12:09:38 log/00000000000000cd/0000000000000000.seg";
+        let (line, reason) = parse_peer_listing(bad, OURS).expect_err("not a byte count");
+        assert_eq!(line, bad);
+        assert!(reason.contains("not a number"), "{reason}");
+    }
+
+    #[test]
+    fn local_listing_and_new_bytes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (remote, here) = (tmp.path().join("remote"), tmp.path().join("here"));
+        assert!(local_peer_lens(&remote, OURS).expect("missing log/ lists empty").is_empty());
+        let cd = MachineId(0xcd);
+        for (m, len) in [(OURS, 10), (cd, 30)] {
+            let p = log::segment_path(&remote, m, 0);
+            std::fs::create_dir_all(p.parent().expect("folder")).expect("mkdir");
+            std::fs::write(p, vec![0u8; len]).expect("write");
+        }
+        std::fs::write(remote.join("junk"), b"x").expect("junk");
+        let lens = local_peer_lens(&remote, OURS).expect("lists");
+        assert_eq!(lens, BTreeMap::from([((cd, 0), 30)]), "ours and junk are not counted");
+        assert!(has_new_bytes(&lens, &here), "missing here");
+        let p = log::segment_path(&here, cd, 0);
+        std::fs::create_dir_all(p.parent().expect("folder")).expect("mkdir");
+        std::fs::write(&p, vec![0u8; 20]).expect("write");
+        assert!(has_new_bytes(&lens, &here), "shorter here");
+        std::fs::write(&p, vec![0u8; 30]).expect("write");
+        assert!(!has_new_bytes(&lens, &here), "all here");
+    }
 }

@@ -3,9 +3,9 @@
 //! # `<data>/status.toml` (version 1)
 //!
 //! Written (temp file + rename) by a mounted data dir's daemon after every
-//! push and eviction pass, so `syncer status` can show it while the mount
-//! holds the data dir. TOML with these keys (all but `version` and
-//! `updated` optional):
+//! push, eviction pass, and pull of peers' changes (or failed look for
+//! them), so `syncer status` can show it while the mount holds the data
+//! dir. TOML with these keys (all but `version` and `updated` optional):
 //!
 //! ```text
 //! version         = 1           newer: refused by `syncer status`
@@ -20,6 +20,7 @@
 //! cache_limit     = n           the configured limit
 //! over_limit      = bool        unpushed and pinned blocks alone exceed it
 //! pins            = ["/path"]   pinned nodes
+//! rsync_runs      = n           rsync runs started by this mount so far
 //! ```
 
 use std::path::Path;
@@ -66,6 +67,9 @@ pub struct StatusFile {
     /// Pinned nodes.
     #[serde(default)]
     pub pins: Vec<String>,
+    /// rsync runs started by this mount so far (the idle cost of polling
+    /// shows as its growth).
+    pub rsync_runs: Option<u64>,
 }
 
 impl StatusFile {

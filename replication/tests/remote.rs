@@ -153,7 +153,9 @@ fn mount_opts(dir: &Path) -> syncer_fs::MountOptions {
 
 fn fast(deadline: Duration) -> DaemonOptions {
     DaemonOptions {
-        push_interval: Duration::from_millis(300),
+        push_delay: Duration::from_millis(50),
+        push_max_delay: Duration::from_millis(300),
+        poll_interval: Duration::from_millis(300),
         evict_interval: Duration::from_millis(300),
         max_backoff: Duration::from_secs(2),
         io_timeout: Duration::from_secs(5),

@@ -258,3 +258,22 @@ impl Drop for Tmpfs {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// Makes the mounts of the data dir `data` push an hour after a change and
+/// look for peers' changes hourly (its `config.toml`), so a mount's edits
+/// stay offline, as if the machine were, until `syncer sync`. A mount
+/// still pushes and pulls once when it starts.
+pub fn offline(data: &Path) {
+    let path = data.join("config.toml");
+    let text = std::fs::read_to_string(&path).expect("read config.toml");
+    let keys = ["push_delay", "push_max_delay", "poll_interval", "poll_interval_ssh"];
+    let mut kept: String = text
+        .lines()
+        .filter(|l| !keys.iter().any(|k| l.split('=').next().is_some_and(|key| key.trim() == *k)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for k in keys {
+        kept.push_str(&format!("{k} = \"1h\"\n"));
+    }
+    std::fs::write(&path, kept).expect("write config.toml");
+}
