@@ -50,6 +50,9 @@
 #   process has committed and exited. Anything else goes to umount(8).
 set -euo pipefail
 
+# All of the script is in main, so that bash has read it whole before it
+# runs: editing the file during a long run does not change the run.
+main() {
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 
@@ -231,7 +234,7 @@ watchdog() {
         sleep 5
         for pid in $(descendants "$check_pid"); do
             [ -r "/proc/$pid/cmdline" ] || continue
-            name="$(tr '\0' ' ' <"/proc/$pid/cmdline" | sed -nE 's#^/bin/bash \./tests/([a-z]+/[0-9]+) .*#\1#p')"
+            name="$(tr '\0' ' ' <"/proc/$pid/cmdline" | sed -nE 's#^/bin/bash (\S*/)?tests/([a-z]+/[0-9]+) .*#\2#p')"
             [ -n "$name" ] || continue
             age="$(ps -o etimes= -p "$pid" 2>/dev/null | tr -d ' ')"
             [ -n "$age" ] && [ "$age" -gt "$timeout_s" ] || continue
@@ -364,16 +367,64 @@ if [ "$run_fsstress" = yes ]; then
     fi
     echo "   fsstress took $(($(date +%s) - start))s"
     # What the tree holds, to compare after the remount: every name with its
-    # type, mode, size and link target, and every regular file's content.
+    # type, mode, owner, mtime, size, link target and xattrs, and every regular
+    # file's content. Content is read through SEEK_DATA/SEEK_HOLE and
+    # all-zero 64 KiB pages are left out, so that files with holes of
+    # gigabytes (as fsstress makes) cost what they store, and the digest
+    # does not depend on where the filesystem reports holes.
     snapshot() {
-        (cd "$m" && find . -printf '%y %m %s %p -> %l\n' | sort &&
-            find . -type f -print0 | sort -z | xargs -0 -r md5sum)
+        python3 - "$m" <<'EOF'
+import hashlib, os, stat, sys
+PAGE = 65536
+ZERO = bytes(PAGE)
+def digest(path):
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size, pos = os.fstat(fd).st_size, 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            off = start - start % PAGE
+            while off < end:
+                buf = os.pread(fd, PAGE, off)
+                if not buf:
+                    break
+                if buf != ZERO[: len(buf)]:
+                    h.update(off.to_bytes(8, "little") + buf)
+                off += len(buf)
+            pos = max(end, off)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+root = sys.argv[1]
+out = []
+for d, dirs, files in os.walk(root):
+    for n in dirs + files:
+        p = os.path.join(d, n)
+        st = os.lstat(p)
+        rel = os.path.relpath(p, root)
+        names = os.listxattr(p, follow_symlinks=False)
+        xattrs = sorted((a, os.getxattr(p, a, follow_symlinks=False)) for a in names)
+        line = f"{rel} mode={st.st_mode:o} uid={st.st_uid} gid={st.st_gid} mtime={st.st_mtime_ns} xattrs={xattrs!r}"
+        if stat.S_ISREG(st.st_mode):
+            line += f" size={st.st_size} sha256={digest(p)}"
+        elif stat.S_ISLNK(st.st_mode):
+            line += f" -> {os.readlink(p)!r}"
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            line += f" rdev={st.st_rdev}"
+        out.append(line)
+print("\n".join(sorted(out)))
+EOF
     }
-    snapshot >"$work/stress.before"
+    snapshot >"$work/stress.before" || { stress_ok=no; echo "   reading the tree failed" >&2; }
     say "unmount, mount again"
     "$SYNCER" unmount "$m"
     mount -t fuse.syncer -o allow_other "$d" "$m"
-    snapshot >"$work/stress.after"
+    snapshot >"$work/stress.after" || { stress_ok=no; echo "   reading the tree after the remount failed" >&2; }
     if cmp -s "$work/stress.before" "$work/stress.after"; then
         echo "   the tree after the remount is the tree before it ($(grep -c '' "$work/stress.before") lines)"
     else
@@ -394,3 +445,7 @@ if [ "$run_fsstress" = yes ]; then
 fi
 
 [ "$stress_ok" = yes ] && [ "$xfstests_status" -eq 0 ] || exit 1
+}
+
+main "$@"
+exit
