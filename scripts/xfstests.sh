@@ -212,11 +212,13 @@ echo "   shims: df=$shim_df umount=$shim_umount"
 
 # --- xfstests ---------------------------------------------------------------
 # Kills a test that has run longer than $timeout_s (and everything it
-# started). A test stuck in a FUSE request cannot die while the request
-# runs, so if it is still there after SIGKILL, the syncer processes of the
-# test and scratch mounts are killed too (the kernel then fails their
-# requests), the mounts are detached, and the test mount is mounted again so
-# that the run goes on. Each timeout is recorded in $work/timeouts.
+# started). check is stopped meanwhile, so that no test runs on a mount
+# being repaired. A test stuck in a FUSE request cannot die while the
+# request runs, so if any of its processes is still there after SIGKILL,
+# the syncer processes of the test and scratch mounts are killed too (the
+# kernel then fails their requests), the mounts are detached, and the test
+# mount is mounted again so that the run goes on. Each timeout is recorded
+# in $work/timeouts.
 descendants() {
     local p
     for p in $(ps -o pid= --ppid "$1" 2>/dev/null); do
@@ -228,31 +230,56 @@ mount_holders() {
     # The processes holding a data dir's writer lock: its mount process.
     fuser "$1/lock" 2>/dev/null | tr -s ' ' '\n' | grep -E '^[0-9]+$' || true
 }
+# The pids of $@ that are still alive (a zombie has died: it only waits for
+# its parent, which is stopped).
+alive() {
+    local p s
+    for p in "$@"; do
+        s="$(ps -o stat= -p "$p" 2>/dev/null)"
+        [ -n "$s" ] && [ "${s:0:1}" != Z ] && echo "$p"
+    done
+}
 watchdog() {
-    local check_pid=$1 pid age name d
+    set +e
+    local check_pid=$1 pid age name d procs stuck i
     while kill -0 "$check_pid" 2>/dev/null; do
         sleep 5
         for pid in $(descendants "$check_pid"); do
-            [ -r "/proc/$pid/cmdline" ] || continue
-            name="$(tr '\0' ' ' <"/proc/$pid/cmdline" | sed -nE 's#^/bin/bash (\S*/)?tests/([a-z]+/[0-9]+) .*#\2#p')"
+            name="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
+                sed -nE 's#^/bin/bash (\S*/)?tests/([a-z]+/[0-9]+) .*#\2#p')"
             [ -n "$name" ] || continue
             age="$(ps -o etimes= -p "$pid" 2>/dev/null | tr -d ' ')"
             [ -n "$age" ] && [ "$age" -gt "$timeout_s" ] || continue
             echo "$(date +%T) $name: still running after ${timeout_s}s, killed" | tee -a "$work/timeouts" >&2
-            kill -KILL $(descendants "$pid") "$pid" 2>/dev/null || true
-            sleep 15
-            if kill -0 "$pid" 2>/dev/null; then
-                echo "$(date +%T) $name: stuck in the filesystem after SIGKILL; killing the mount processes" |
+            kill -STOP "$check_pid"
+            procs="$pid $(descendants "$pid")"
+            # shellcheck disable=SC2086 # a list of pids
+            kill -KILL $procs 2>/dev/null
+            for i in 1 2 3 4 5 6 7 8 9 10; do
+                # shellcheck disable=SC2086
+                stuck="$(alive $procs)"
+                [ -z "$stuck" ] && break
+                sleep 1
+            done
+            if [ -n "$stuck" ]; then
+                echo "$(date +%T) $name: stuck in the filesystem after SIGKILL ($(echo $stuck)); killing the mount processes" |
                     tee -a "$work/timeouts" >&2
                 for d in "$work/test.data" "$work/scratch.data"; do
-                    kill -KILL $(mount_holders "$d") 2>/dev/null || true
+                    # shellcheck disable=SC2046
+                    kill -KILL $(mount_holders "$d") 2>/dev/null
                 done
-                umount -l "$work/test" 2>/dev/null || true
-                umount -l "$work/scratch" 2>/dev/null || true
-                sleep 2
-                mount -t fuse.syncer "$work/test.data" "$work/test" ||
+                for i in 1 2 3 4 5 6 7 8 9 10; do
+                    # shellcheck disable=SC2086
+                    [ -z "$(alive $procs)" ] && break
+                    sleep 1
+                done
+                for d in "$work/test" "$work/scratch"; do
+                    is_mounted "$d" && umount -l "$d"
+                done
+                mount -t fuse.syncer -o allow_other "$work/test.data" "$work/test" ||
                     echo "$(date +%T) remounting the test fs failed" | tee -a "$work/timeouts" >&2
             fi
+            kill -CONT "$check_pid"
         done
     done
 }
@@ -302,9 +329,12 @@ fails = sorted(n for n, (s, _) in status.items() if s == "fail")
 print("failed:", " ".join(fails) if fails else "none")
 for n in fails:
     print(f"  {n}: {status[n][1]}")
+by_reason = {}
+for n in sorted(n for n, (s, _) in status.items() if s == "notrun"):
+    by_reason.setdefault(status[n][1], []).append(n)
 with open(os.path.join(res, "notrun.txt"), "w") as f:
-    for n in sorted(n for n, (s, _) in status.items() if s == "notrun"):
-        f.write(f"{n}: {status[n][1]}\n")
+    for reason, names in sorted(by_reason.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        f.write(f"{len(names):4} {reason}: {' '.join(names)}\n")
 EOF
 }
 
@@ -349,7 +379,7 @@ EOF
     grep -qE '^(Passed all|Failed [0-9]+ of)' "$work/results/check.out" || xfstests_status=1
     say "xfstests result (check exited $check_rc$([ "$xfstests_status" = 0 ] || echo ', without its summary: incomplete'))"
     summarize "$work/results" | tee "$work/results/summary.txt"
-    echo "   not-run reasons: $work/results/notrun.txt; per-test output: $work/results/<test>.{out.bad,full}"
+    echo "   not run, by reason: $work/results/notrun.txt; per-test output: $work/results/<test>.{out.bad,full}"
 fi
 
 # --- fsstress, unmount, remount, verify ------------------------------------
