@@ -477,5 +477,5 @@ fi
 [ "$stress_ok" = yes ] && [ "$xfstests_status" -eq 0 ] || exit 1
 }
 
-main "$@"
-exit
+# On one line, so that bash never reads past it (see main).
+main "$@"; exit $?
