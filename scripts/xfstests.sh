@@ -247,7 +247,7 @@ watchdog() {
     while kill -0 "$check_pid" 2>/dev/null; do
         sleep 5
         for pid in $(descendants "$check_pid"); do
-            name="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
+            name="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" |
                 sed -nE 's#^/bin/bash (\S*/)?tests/([a-z]+/[0-9]+) .*#\2#p')"
             [ -n "$name" ] || continue
             age="$(ps -o etimes= -p "$pid" 2>/dev/null | tr -d ' ')"
