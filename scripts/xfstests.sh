@@ -129,7 +129,7 @@ id 123456-fsgqa >/dev/null 2>&1 || useradd -m -g fsgqa 123456-fsgqa
 unmount_leftovers() {
     local m
     [ -d "$work" ] || return 0
-    for m in $(awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r); do
+    awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
         "$SYNCER" unmount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
 }
@@ -243,7 +243,7 @@ alive() {
 }
 watchdog() {
     set +e
-    local check_pid=$1 pid age name d procs stuck i
+    local check_pid=$1 pid age name d procs stuck _
     while kill -0 "$check_pid" 2>/dev/null; do
         sleep 5
         for pid in $(descendants "$check_pid"); do
@@ -251,26 +251,28 @@ watchdog() {
                 sed -nE 's#^/bin/bash (\S*/)?tests/([a-z]+/[0-9]+) .*#\2#p')"
             [ -n "$name" ] || continue
             age="$(ps -o etimes= -p "$pid" 2>/dev/null | tr -d ' ')"
-            [ -n "$age" ] && [ "$age" -gt "$timeout_s" ] || continue
+            if [ -z "$age" ] || [ "$age" -le "$timeout_s" ]; then
+                continue
+            fi
             echo "$(date +%T) $name: still running after ${timeout_s}s, killed" | tee -a "$work/timeouts" >&2
             kill -STOP "$check_pid"
             procs="$pid $(descendants "$pid")"
             # shellcheck disable=SC2086 # a list of pids
             kill -KILL $procs 2>/dev/null
-            for i in 1 2 3 4 5 6 7 8 9 10; do
+            for _ in 1 2 3 4 5 6 7 8 9 10; do
                 # shellcheck disable=SC2086
                 stuck="$(alive $procs)"
                 [ -z "$stuck" ] && break
                 sleep 1
             done
             if [ -n "$stuck" ]; then
-                echo "$(date +%T) $name: stuck in the filesystem after SIGKILL ($(echo $stuck)); killing the mount processes" |
+                echo "$(date +%T) $name: stuck in the filesystem after SIGKILL (${stuck//$'\n'/ }); killing the mount processes" |
                     tee -a "$work/timeouts" >&2
                 for d in "$work/test.data" "$work/scratch.data"; do
                     # shellcheck disable=SC2046
                     kill -KILL $(mount_holders "$d") 2>/dev/null
                 done
-                for i in 1 2 3 4 5 6 7 8 9 10; do
+                for _ in 1 2 3 4 5 6 7 8 9 10; do
                     # shellcheck disable=SC2086
                     [ -z "$(alive $procs)" ] && break
                     sleep 1
