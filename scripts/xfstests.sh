@@ -156,6 +156,9 @@ probe() {
         probe_notes+=("df -T reports type '$type', the harness wants 'fuse'")
     fi
     echo probe >"$m/f"
+    # Buffered writes that the unmount has to commit, so that a mount at
+    # once finds the previous process still at work unless it waits for it.
+    dd if=/dev/urandom of="$m/big" bs=1M count=64 status=none
     if umount "$d" 2>"$work/probe.err"; then
         if ! mount -t fuse.syncer "$d" "$m" 2>>"$work/probe.err"; then
             shim_umount=yes
