@@ -47,6 +47,14 @@ const MOUNT_WAIT: Duration = Duration::from_secs(30);
 /// committing after `umount`, or a `syncer sync`).
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a mount waits for the writer lock before it says that it waits.
+const QUIET_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a mount of a data dir mounted read-write elsewhere waits for
+/// that mount to leave the mount table (it may be being unmounted) before
+/// it is refused.
+const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
+
 /// How long `unmount` waits for the mount's process to commit and exit.
 /// Committing is bounded by the dirty-write bound (256 MiB by default).
 const EXIT_WAIT: Duration = Duration::from_secs(120);
@@ -159,7 +167,17 @@ fn wait_for_lock(data_dir: &Path) -> Result<()> {
         };
         let lock = engine::engine::Layout { dir: data_dir.to_path_buf() }.lock();
         let pid = flock_pid(&lock);
-        if mounts_of(data_dir)?.any(|m| !m.read_only || pid.is_some_and(|p| serves(p, &m.mountpoint))) {
+        let mounted = |pid: Option<u32>| -> Result<bool> {
+            Ok(mounts_of(data_dir)?.any(|m| !m.read_only || pid.is_some_and(|p| serves(p, &m.mountpoint))))
+        };
+        // A mount on its way out (`umount &`, then a mount at once) stays
+        // in the table for a moment: a mount still there after
+        // `UNMOUNT_GRACE` is a second read-write mount, refused.
+        let grace = Instant::now() + UNMOUNT_GRACE;
+        while mounted(pid)? && Instant::now() < grace {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if mounted(pid)? {
             bail!("{}: {holder}; a data dir is mounted read-write at most once", data_dir.display());
         }
         let who = pid.map(|pid| format!("process {pid} ({})", command_line(pid))).unwrap_or("its holder".into());
@@ -171,7 +189,8 @@ fn wait_for_lock(data_dir: &Path) -> Result<()> {
                 data_dir.join("mount.log").display()
             );
         }
-        if !said {
+        // A short wait (a mount finishing its unmount) goes unsaid.
+        if !said && Instant::now() + LOCK_WAIT > deadline + QUIET_WAIT {
             eprintln!(
                 "syncer: {}: waiting (at most {LOCK_WAIT:?}) for {who} to let go of the writer lock \
                  (an earlier mount still committing after its unmount, or another syncer command)",
