@@ -290,7 +290,7 @@ watchdog() {
                 for d in "$work/test" "$work/scratch"; do
                     is_mounted "$d" && umount -l "$d"
                 done
-                mount -t fuse.syncer -o allow_other "$work/test.data" "$work/test" ||
+                mount -t fuse.syncer -o allow_other,dev,suid "$work/test.data" "$work/test" ||
                     echo "$(date +%T) remounting the test fs failed" | tee -a "$work/timeouts" >&2
             fi
             kill -CONT "$check_pid"
@@ -367,8 +367,8 @@ export TEST_DEV=$work/test.data
 export TEST_DIR=$work/test
 export SCRATCH_DEV=$work/scratch.data
 export SCRATCH_MNT=$work/scratch
-export TEST_FS_MOUNT_OPTS="-o allow_other"
-export MOUNT_OPTIONS="-o allow_other"
+export TEST_FS_MOUNT_OPTS="-o allow_other,dev,suid"
+export MOUNT_OPTIONS="-o allow_other,dev,suid"
 export RESULT_BASE=$work/results
 EOF
     if [ "${#tests[@]}" -eq 0 ]; then
@@ -401,7 +401,7 @@ stress_ok=yes
 if [ "$run_fsstress" = yes ]; then
     d="$work/stress.data" m="$work/stress"
     "$SYNCER" init "$d" >/dev/null
-    mount -t fuse.syncer -o allow_other "$d" "$m"
+    mount -t fuse.syncer -o allow_other,dev,suid "$d" "$m"
     say "fsstress $fsstress_args -s $fsstress_seed on $m"
     start=$(date +%s)
     # shellcheck disable=SC2086 # the arguments are words
@@ -467,7 +467,7 @@ EOF
     snapshot >"$work/stress.before" || { stress_ok=no; echo "   reading the tree failed" >&2; }
     say "unmount, mount again"
     "$SYNCER" unmount "$m"
-    mount -t fuse.syncer -o allow_other "$d" "$m"
+    mount -t fuse.syncer -o allow_other,dev,suid "$d" "$m"
     snapshot >"$work/stress.after" || { stress_ok=no; echo "   reading the tree after the remount failed" >&2; }
     if cmp -s "$work/stress.before" "$work/stress.after"; then
         echo "   the tree after the remount is the tree before it ($(grep -c '' "$work/stress.before") lines)"

@@ -380,9 +380,23 @@ fn mount_t_fuse_syncer_through_the_helper() {
         assert_eq!(Path::new(&source), data.canonicalize().expect("canonical"));
         assert_eq!(fstype, "fuse.syncer");
     };
+    // This mount's kernel flags, from the mount table.
+    let flags = || {
+        let table = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+        let at = mnt.display().to_string();
+        let line = table.lines().find(|l| l.split(' ').nth(1) == Some(at.as_str())).expect("in the table").to_string();
+        line.split(' ').nth(3).unwrap_or_default().split(',').map(str::to_string).collect::<Vec<_>>()
+    };
     let g = Guard::new(&mnt);
     mount_t("");
+    // mount(8)'s defaults hold through it, as for any filesystem it mounts.
+    let f = flags();
+    assert!(!f.iter().any(|o| o == "nodev" || o == "nosuid"), "{f:?}");
     std::fs::write(mnt.join("via-helper"), b"fstab").expect("write");
+    unmount(&mnt);
+    mount_t("nodev,nosuid");
+    let f = flags();
+    assert!(f.iter().any(|o| o == "nodev") && f.iter().any(|o| o == "nosuid"), "{f:?}");
     unmount(&mnt);
     // fstab-style generic options are accepted.
     mount_t("defaults,nofail,noatime");
