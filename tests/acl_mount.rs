@@ -215,6 +215,54 @@ fn a_user_the_acl_denies_gets_eacces() {
     s.unmount();
 }
 
+/// setfacl by the owner keeps set-group-id when the owner is in the
+/// node's group and takes it off when not (the kernel's
+/// `posix_acl_update_mode`, which FUSE leaves to the filesystem), on a
+/// file and a directory, as on the host's own filesystem; root keeps it.
+#[test]
+fn setfacl_by_an_owner_outside_the_group_clears_setgid() {
+    let s = Setup::new();
+    let _g = s.mount("allow_other");
+    let host = s.host("host");
+    for dir in [s.tmp.path(), &s.mnt, &host] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let mut seen = Vec::new();
+    for dir in [&s.mnt, &host] {
+        sh(dir, "touch f && mkdir d && chown 100:100 f d");
+        let mut modes = Vec::new();
+        for name in ["f", "d"] {
+            let p = dir.join(name);
+            // (user, group) running setfacl; the stranger to the group last.
+            for (uid, gid) in [(0, 0), (100, 100), (100, 101)] {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o2755)).expect("chmod 2755");
+                let o = Command::new("setpriv")
+                    .args([&format!("--reuid={uid}"), &format!("--regid={gid}"), "--clear-groups"])
+                    .args(["setfacl", "-m", "u::rwx,g::rwx,o::rwx"])
+                    .arg(&p)
+                    .current_dir("/")
+                    .output()
+                    .expect("run setpriv");
+                assert!(o.status.success(), "setfacl as {uid}:{gid} on {}: {}", p.display(), text(&o));
+                let mode = std::fs::metadata(&p).expect("stat").mode() & 0o7777;
+                modes.push((name, uid, gid, mode));
+            }
+        }
+        seen.push(modes);
+    }
+    let want = |name| vec![(name, 0, 0, 0o2777), (name, 100, 100, 0o2777), (name, 100, 101, 0o777)];
+    let want: Vec<_> = want("f").into_iter().chain(want("d")).collect();
+    assert_eq!(seen[0], want, "in the mount");
+    assert_eq!(seen[1], want, "on the host's filesystem");
+    // The mode is in the log, not only in the kernel's cache.
+    s.unmount();
+    let _g2 = s.mount("allow_other");
+    for name in ["f", "d"] {
+        assert_eq!(std::fs::metadata(s.mnt.join(name)).expect("stat").mode() & 0o7777, 0o777, "{name}");
+    }
+    s.unmount();
+}
+
 #[test]
 fn noacl_refuses_the_acl_names_and_cp_a_keeps_modes() {
     let s = Setup::new();

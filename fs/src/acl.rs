@@ -34,7 +34,7 @@ use engine::{NodeState, XattrMode};
 use fuser::Errno;
 
 use crate::errno::errno;
-use crate::ops::Core;
+use crate::ops::{Caller, Core};
 
 /// The access ACL's xattr name.
 pub(crate) const ACCESS: &[u8] = b"system.posix_acl_access";
@@ -271,6 +271,20 @@ pub(crate) fn inherited(parent: &NodeState, kind: NodeKind, mode: u32) -> Option
     Some((mode, xattrs))
 }
 
+/// The mode (permission and set-id bits) after an access ACL with
+/// permission bits `perm` is set on a node of mode `mode` and group `gid`
+/// by `uid`: the kernel's `posix_acl_update_mode`, which takes
+/// set-group-id off unless the caller is in the group (`in_group`) or has
+/// `CAP_FSETID` (root). The kernel leaves that to a FUSE filesystem unless
+/// it negotiates `FUSE_SETXATTR_EXT`, which fuser cannot parse.
+pub(crate) fn mode_after_acl(mode: u32, perm: u32, gid: u32, uid: u32, in_group: impl Fn(u32) -> bool) -> u32 {
+    let mut mode = (mode & !0o777) | (perm & 0o777);
+    if uid != 0 && mode & libc::S_ISGID != 0 && !in_group(gid) {
+        mode &= !libc::S_ISGID;
+    }
+    mode
+}
+
 impl Core {
     /// Whether the kernel enforces ACLs on this mount (`FUSE_POSIX_ACL`
     /// negotiated at init); without it the ACL names are refused.
@@ -278,8 +292,18 @@ impl Core {
         self.acl.load(Ordering::Relaxed)
     }
 
-    /// `setxattr` of an ACL name.
-    pub(crate) fn set_acl(&self, node: NodeId, kind: Kind, value: &[u8], mode: XattrMode) -> Result<(), Errno> {
+    /// `setxattr` of an ACL name by `caller`. An access ACL sets the
+    /// permission bits and, as the kernel's `posix_acl_update_mode` does,
+    /// takes set-group-id off when the caller is neither root nor in the
+    /// node's group (see [`mode_after_acl`]).
+    pub(crate) fn set_acl(
+        &self,
+        node: NodeId,
+        kind: Kind,
+        value: &[u8],
+        mode: XattrMode,
+        caller: Caller,
+    ) -> Result<(), Errno> {
         if !self.acls() {
             return Err(Errno::EOPNOTSUPP);
         }
@@ -301,7 +325,8 @@ impl Core {
             Kind::Default if st.kind != NodeKind::Dir => return Err(Errno::EACCES),
             Kind::Default => (AttrChange::default(), Some(acl.encode())),
             Kind::Access => {
-                let mode = (st.attrs.mode & !0o777) | acl.perm_bits();
+                let mode =
+                    mode_after_acl(st.attrs.mode, acl.perm_bits(), st.attrs.gid, caller.uid, |g| caller.in_group(g));
                 let value = (!acl.is_minimal()).then(|| acl.encode());
                 (AttrChange { mode: Some(mode), ..AttrChange::default() }, value)
             }
@@ -407,6 +432,17 @@ mod tests {
         for (i, b) in bad.iter().enumerate() {
             assert_eq!(Acl::parse(b), Err(Errno::EINVAL), "case {i}");
         }
+    }
+
+    #[test]
+    fn an_access_acl_by_a_stranger_to_the_group_takes_setgid_off() {
+        let member = |g: u32| g == 5;
+        let stranger = |_: u32| false;
+        assert_eq!(mode_after_acl(0o2755, 0o777, 5, 7, member), 0o2777);
+        assert_eq!(mode_after_acl(0o2755, 0o777, 5, 7, stranger), 0o777);
+        assert_eq!(mode_after_acl(0o2755, 0o777, 5, 0, stranger), 0o2777, "root keeps it");
+        assert_eq!(mode_after_acl(0o6755, 0o770, 5, 7, stranger), 0o4770, "set-user-id stays");
+        assert_eq!(mode_after_acl(0o1755, 0o640, 5, 7, stranger), 0o1640);
     }
 
     #[test]

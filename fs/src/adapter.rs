@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -48,12 +48,26 @@ pub(crate) struct SyncerFs {
     ttl: Duration,
     /// Ask the kernel for POSIX ACLs at init.
     want_acl: bool,
+    /// The session's notifier, set once the session exists (it is made
+    /// from the session, which owns this filesystem).
+    pub(crate) notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 impl SyncerFs {
     pub(crate) fn new(core: Arc<Core>, want_acl: bool) -> Self {
         let ttl = if core.engine.at().is_some() { SNAPSHOT_TTL } else { LIVE_TTL };
-        SyncerFs { core, ttl, want_acl }
+        SyncerFs { core, ttl, want_acl, notifier: Arc::new(OnceLock::new()) }
+    }
+
+    /// Drops the kernel's cached attributes of `ino` (not its pages), for
+    /// a change the reply to the request cannot carry. A failure leaves
+    /// them stale for the TTL at most, so it is only logged.
+    fn forget_attrs(&self, ino: INodeNo) {
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(ino, -1, 0) {
+                tracing::debug!("cannot invalidate the attributes of inode {}: {e}", ino.0);
+            }
+        }
     }
 
     /// The TTL for `attr`: [`BUFFERED_ATTR_TTL`] while the file has
@@ -363,7 +377,7 @@ impl Filesystem for SyncerFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -371,7 +385,8 @@ impl Filesystem for SyncerFs {
         position: u32,
         reply: ReplyEmpty,
     ) {
-        empty_reply(reply, self.core.do_setxattr(ino.0, name, value, flags, position));
+        let caller = Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() };
+        empty_reply(reply, self.core.do_setxattr(ino.0, name, value, flags, position, caller));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -419,7 +434,13 @@ impl Filesystem for SyncerFs {
         reply: ReplyEmpty,
     ) {
         let caller = Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() };
-        empty_reply(reply, self.core.do_fallocate(ino.0, offset, length, mode, caller));
+        let r = self.core.do_fallocate(ino.0, offset, length, mode, caller);
+        // Taking set-id bits off changes the mode behind the kernel's back
+        // (it only invalidates size and times after a fallocate).
+        if r == Ok(true) {
+            self.forget_attrs(ino);
+        }
+        empty_reply(reply, r.map(|_| ()));
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {

@@ -341,8 +341,11 @@ fn final_flush(core: &Core, mountpoint: &Path) -> Result<(), FsMountError> {
 /// committed and `engine.sync()` has run.
 pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: MountOptions) -> Result<(), FsMountError> {
     let (fs, core, config) = build(engine, &opts)?;
+    let notifier = fs.notifier.clone();
     let session = fuser::Session::new(fs, mountpoint, &config)
         .map_err(|source| FsMountError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
+    // Set before any request is served: none is read until run/spawn.
+    let _ = notifier.set(session.notifier());
     spawn_invalidator(&core, session.notifier());
     tune_read_ahead(mountpoint, &opts);
     let served = session_end(mountpoint, session.run());
@@ -354,8 +357,11 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: MountOptions) -> Resu
 /// Mounts `engine` on `mountpoint`, serving from background threads.
 pub fn spawn(engine: Arc<Engine>, mountpoint: &Path, opts: MountOptions) -> Result<MountHandle, FsMountError> {
     let (fs, core, config) = build(engine, &opts)?;
+    let notifier = fs.notifier.clone();
     let session = fuser::Session::new(fs, mountpoint, &config)
         .map_err(|source| FsMountError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
+    // Set before any request is served: none is read until run/spawn.
+    let _ = notifier.set(session.notifier());
     spawn_invalidator(&core, session.notifier());
     tune_read_ahead(mountpoint, &opts);
     let bg =

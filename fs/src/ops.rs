@@ -503,8 +503,11 @@ impl Core {
     /// ENOSPC); `KEEP_SIZE` leaves the size; `PUNCH_HOLE` (with
     /// `KEEP_SIZE`, as Linux requires) and `ZERO_RANGE` zero the range as
     /// a content change (see `Engine::zero_range_on`). Set-user-id and
-    /// set-group-id go as a write by `caller` would take them. Work is in
-    /// proportion to the blocks stored in the range, never to its length.
+    /// set-group-id go as a write by `caller` would take them; the answer
+    /// says whether any went (the kernel's cached mode is then stale: it
+    /// takes set-group-id off only with group-execute, see
+    /// [`privs_to_kill`]). Work is in proportion to the blocks stored in
+    /// the range, never to its length.
     pub(crate) fn do_fallocate(
         &self,
         ino: u64,
@@ -512,7 +515,7 @@ impl Core {
         length: u64,
         mode: i32,
         caller: Caller,
-    ) -> Result<(), Errno> {
+    ) -> Result<bool, Errno> {
         let node = self.node_of(ino)?;
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
@@ -538,14 +541,15 @@ impl Core {
             return Err(Errno::EROFS);
         }
         if punch || zero {
-            self.kill_privs(node, &st, caller)?;
-            return self.wb.zero_range(node, offset, length, keep);
+            let killed = self.kill_privs(node, &st, caller)?;
+            self.wb.zero_range(node, offset, length, keep)?;
+            return Ok(killed);
         }
         let size = self.wb.dirty_view(node).map_or(st.size, |d| d.size);
         self.engine.check_room(node, end.saturating_sub(size.max(offset))).map_err(|e| errno(&e))?;
-        self.kill_privs(node, &st, caller)?;
+        let killed = self.kill_privs(node, &st, caller)?;
         if keep {
-            return Ok(());
+            return Ok(killed);
         }
         self.wb.with_committed(node, || {
             let size = self.state(node)?.size;
@@ -553,19 +557,19 @@ impl Core {
                 self.wb.truncate_committed(node, end)?;
             }
             Ok(())
-        })
+        })?;
+        Ok(killed)
     }
 
     /// Takes set-user-id and set-group-id off file `node` (state `st`) as
-    /// a write by `caller` would (see [`privs_to_kill`]).
-    fn kill_privs(&self, node: NodeId, st: &NodeState, caller: Caller) -> Result<(), Errno> {
-        let in_group = |gid: u32| caller.gid == gid || caller_groups(caller.pid).contains(&gid);
-        let kill = privs_to_kill(st.kind, st.attrs.mode, st.attrs.gid, caller.uid, in_group);
+    /// a write by `caller` would (see [`privs_to_kill`]); whether any went.
+    fn kill_privs(&self, node: NodeId, st: &NodeState, caller: Caller) -> Result<bool, Errno> {
+        let kill = privs_to_kill(st.kind, st.attrs.mode, st.attrs.gid, caller.uid, |gid| caller.in_group(gid));
         if kill == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let change = AttrChange { mode: Some(st.attrs.mode & !kill & 0o7777), ..AttrChange::default() };
-        self.engine.set_attrs(node, change).map(|_| ()).map_err(|e| errno(&e))
+        self.engine.set_attrs(node, change).map(|_| true).map_err(|e| errno(&e))
     }
 
     /// `SEEK_DATA` / `SEEK_HOLE`: holes are blocks the file does not store.
@@ -777,6 +781,8 @@ impl Core {
 
     // ---- xattrs ------------------------------------------------------
 
+    /// `setxattr` of `name` by `caller` (who matters for an access ACL,
+    /// see `Core::set_acl`).
     pub(crate) fn do_setxattr(
         &self,
         ino: u64,
@@ -784,6 +790,7 @@ impl Core {
         value: &[u8],
         flags: i32,
         position: u32,
+        caller: Caller,
     ) -> Result<(), Errno> {
         if position != 0 {
             return Err(Errno::EINVAL);
@@ -796,7 +803,7 @@ impl Core {
         };
         let node = self.node_of(ino)?;
         if let Some(kind) = crate::acl::kind_of(name_bytes(name)) {
-            return self.set_acl(node, kind, value, mode);
+            return self.set_acl(node, kind, value, mode, caller);
         }
         self.engine.set_xattr(node, name_bytes(name), value, mode).map_err(|e| errno(&e))
     }
@@ -896,13 +903,22 @@ pub(crate) const COPY_MAX: u64 = 1 << 30;
 /// within a block).
 const COPY_BYTES_MAX: u64 = 16 << 20;
 
-/// Who made a request: what `fallocate` needs to take set-user-id and
-/// set-group-id off as a write would.
+/// Who made a request: what `fallocate` and `setxattr` of an access ACL
+/// need to take set-user-id and set-group-id off as the kernel would.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+}
+
+impl Caller {
+    /// Whether `gid` is the caller's group or one of its supplementary
+    /// groups (read from `/proc/<pid>/status`: FUSE requests carry only
+    /// the fsuid and fsgid).
+    pub(crate) fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || caller_groups(self.pid).contains(&gid)
+    }
 }
 
 /// How a `copy_file_range` of `len` bytes from `off_in` to `off_out` is
