@@ -479,17 +479,29 @@ fn exited(pid: u32) -> bool {
 }
 
 /// Asks the kernel to end the FUSE session at `mountpoint` (`fusermount3 -u`).
+///
+/// A mount the kernel calls busy is tried again for up to two seconds: a
+/// file closed just before may still be held by a child process that
+/// another program forked and has not yet exec'd (its descriptors close at
+/// exec), a reference that goes away on its own.
 fn detach(mountpoint: &Path) -> Result<()> {
-    let out = Command::new("fusermount3")
-        .arg("-u")
-        .arg(mountpoint)
-        .stdin(Stdio::null())
-        .output()
-        .context("running fusermount3 (apt-get install fuse3)")?;
-    if !out.status.success() {
-        bail!("fusermount3 -u {}: {}", mountpoint.display(), String::from_utf8_lossy(&out.stderr).trim());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let out = Command::new("fusermount3")
+            .arg("-u")
+            .arg(mountpoint)
+            .stdin(Stdio::null())
+            .output()
+            .context("running fusermount3 (apt-get install fuse3)")?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if !why.contains("busy") || Instant::now() >= deadline {
+            bail!("fusermount3 -u {}: {why}", mountpoint.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
 }
 
 /// Unmounts a syncer mount and returns once its process has committed
