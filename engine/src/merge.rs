@@ -571,13 +571,12 @@ fn apply_step<S: TreeStore>(s: &mut S, e: &Event, block_size: u64) -> Result<Res
             }
             let mut record = fx.node;
             match &e.change {
-                Change::Content { blocks, size } => {
+                Change::Content { blocks, .. } => {
                     // Bytes past the end are never stored: a version that
                     // ends before the one it replaces drops the blocks past
                     // its end, which an extension would otherwise show.
                     if record.size < node.size {
-                        let gone = s.clear_blocks_from(target, tree::block_count(*size, block_size), e)?;
-                        record.stored = record.stored.saturating_sub(gone);
+                        cut_past(s, target, &mut record, block_size, e)?;
                     }
                     for b in blocks {
                         let old = s.set_block(target, b.index, b.block, e)?;
@@ -586,8 +585,7 @@ fn apply_step<S: TreeStore>(s: &mut S, e: &Event, block_size: u64) -> Result<Res
                 }
                 Change::Truncate { size, tail } => {
                     if *size < node.size {
-                        let gone = s.clear_blocks_from(target, tree::block_count(*size, block_size), e)?;
-                        record.stored = record.stored.saturating_sub(gone);
+                        cut_past(s, target, &mut record, block_size, e)?;
                     }
                     if let Some(t) = tail {
                         let old = s.set_block(target, t.index, t.block, e)?;
@@ -873,6 +871,20 @@ fn set_entry_counted<S: TreeStore>(
             s.set_node(dir, &d, e)?;
         }
     }
+    Ok(())
+}
+
+/// Drops the blocks of `node` past the end of `record` (its new size),
+/// and their bytes from its `stored` count.
+fn cut_past<S: TreeStore>(
+    s: &mut S,
+    node: NodeId,
+    record: &mut NodeRecord,
+    block_size: u64,
+    e: &Event,
+) -> Result<(), S::Error> {
+    let gone = s.clear_blocks_from(node, tree::block_count(record.size, block_size), e)?;
+    record.stored = record.stored.saturating_sub(gone);
     Ok(())
 }
 
