@@ -8,14 +8,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use engine::config::format_size_human as human;
 use engine::ids::NodeId;
-use engine::Engine;
+use engine::{LiveTree, TreeRead};
 use indicatif::{ProgressBar, ProgressStyle};
 use syncer_replication::push::{self, Progress};
 use syncer_replication::status::{Health, StatusFile};
 use syncer_replication::{Daemon, DaemonOptions, Remote, RemoteSource, Rsync};
 
-fn open(dir: &Path) -> Result<Engine> {
-    match Engine::open(dir) {
+fn open(dir: &Path) -> Result<LiveTree> {
+    match LiveTree::open(dir) {
         Err(engine::Error::Locked { .. }) => {
             bail!("{} is in use (mounted?); unmount it first", dir.display())
         }
@@ -23,7 +23,7 @@ fn open(dir: &Path) -> Result<Engine> {
     }
 }
 
-fn remote_of(e: &Engine) -> Result<Remote> {
+fn remote_of(e: &LiveTree) -> Result<Remote> {
     let Some(r) = e.config().remote.as_deref() else {
         bail!("{} has no remote (set `remote` in {})", e.data_dir().display(), e.layout().config().display())
     };
@@ -31,8 +31,8 @@ fn remote_of(e: &Engine) -> Result<Remote> {
 }
 
 /// Starts background replication for a mounted engine, if it has a remote.
-pub fn start_daemon(engine: &Arc<Engine>) -> Result<Option<Daemon>> {
-    if engine.is_read_only() || engine.config().remote.is_none() {
+pub fn start_daemon(engine: &Arc<LiveTree>) -> Result<Option<Daemon>> {
+    if engine.config().remote.is_none() {
         return Ok(None);
     }
     let remote = remote_of(engine)?;
@@ -51,7 +51,7 @@ fn bar(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
-fn push_with_bar(e: &Engine, rsync: &Rsync) -> Result<push::PushReport> {
+fn push_with_bar(e: &LiveTree, rsync: &Rsync) -> Result<push::PushReport> {
     let pb = bar(0, "push");
     let r = push::push(e, rsync, &mut |p| match p {
         Progress::Blocks { done, total, .. } => {
@@ -121,7 +121,7 @@ pub fn sync(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn resolve(e: &Engine, path: &str) -> Result<NodeId> {
+fn resolve(e: &LiveTree, path: &str) -> Result<NodeId> {
     let mut node = NodeId::ROOT;
     for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
         node = e.lookup(node, part.as_bytes()).with_context(|| format!("{path}: no {part:?}"))?.id;
@@ -179,7 +179,7 @@ pub fn pin(dir: &Path, path: &str, pinned: bool) -> Result<()> {
 
 /// The remote lines of `syncer status`. `engine` is the data dir opened
 /// when not mounted; when mounted, the daemon's `status.toml` is shown.
-pub fn print_status(dir: &Path, engine: Option<&Engine>) -> Result<()> {
+pub fn print_status(dir: &Path, engine: Option<&LiveTree>) -> Result<()> {
     match engine {
         Some(e) => {
             let ev = engine::cache::entries(e)?;

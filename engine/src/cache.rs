@@ -44,9 +44,10 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::blob::HEADER_LEN;
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ids::BlockHash;
+use crate::read::TreeRead;
+use crate::state::TreeEntry;
 
 /// Magic bytes of the pushed-set file.
 pub const PUSHED_MAGIC: &[u8; 6] = b"SYNPSH";
@@ -126,7 +127,7 @@ pub struct EvictReport {
     pub short_of_room: bool,
 }
 
-/// Where [`Engine::read_block`] gets a block that is not in the local
+/// Where [`TreeRead::read_block`] gets a block that is not in the local
 /// store (the replication layer implements it over the remote).
 pub trait BlockSource: Send + Sync {
     /// The blob file of `hash` as stored on the remote (header included),
@@ -292,7 +293,7 @@ impl Cache {
 }
 
 /// Every local blob with its size, last use, pushed and pinned state.
-pub fn entries(engine: &Engine) -> Result<Vec<CacheEntry>> {
+pub fn entries<T: TreeRead + ?Sized>(engine: &T) -> Result<Vec<CacheEntry>> {
     let pinned = pinned_blocks(engine)?;
     let blobs = engine.blobs();
     let mut out = Vec::new();
@@ -317,7 +318,7 @@ pub fn entries(engine: &Engine) -> Result<Vec<CacheEntry>> {
 }
 
 /// Blocks of every file that is pinned or lies under a pinned directory.
-pub fn pinned_blocks(engine: &Engine) -> Result<HashSet<BlockHash>> {
+pub fn pinned_blocks<T: TreeRead + ?Sized>(engine: &T) -> Result<HashSet<BlockHash>> {
     let mut out = HashSet::new();
     for (_, _, blocks) in pinned_files(engine)? {
         out.extend(blocks.iter().map(|(_, b)| b.hash));
@@ -326,7 +327,7 @@ pub fn pinned_blocks(engine: &Engine) -> Result<HashSet<BlockHash>> {
 }
 
 /// Files that are pinned or lie under a pinned directory, with their blocks.
-pub fn pinned_files(engine: &Engine) -> Result<Vec<crate::engine::TreeEntry>> {
+pub fn pinned_files<T: TreeRead + ?Sized>(engine: &T) -> Result<Vec<TreeEntry>> {
     let tree = engine.dump_tree()?;
     let pinned_dirs: Vec<Vec<u8>> = tree.iter().filter(|(_, n, _)| n.pinned).map(|(p, _, _)| p.clone()).collect();
     let under = |p: &[u8]| {
@@ -338,12 +339,12 @@ pub fn pinned_files(engine: &Engine) -> Result<Vec<crate::engine::TreeEntry>> {
 }
 
 /// Nodes carrying a pin, by path.
-pub fn pins(engine: &Engine) -> Result<Vec<Vec<u8>>> {
+pub fn pins<T: TreeRead + ?Sized>(engine: &T) -> Result<Vec<Vec<u8>>> {
     Ok(engine.dump_tree()?.into_iter().filter(|(_, n, _)| n.pinned).map(|(p, _, _)| p).collect())
 }
 
 /// One eviction pass: deletes the blobs [`plan_eviction`] picks.
-pub fn evict(engine: &Engine) -> Result<EvictReport> {
+pub fn evict<T: TreeRead + ?Sized>(engine: &T) -> Result<EvictReport> {
     let cfg = engine.config();
     let entries = entries(engine)?;
     let room = room_limit(engine, &entries);
@@ -370,7 +371,7 @@ pub fn evict(engine: &Engine) -> Result<EvictReport> {
 /// reserve plus sixteen blocks free (room for the writers at work): what
 /// it holds less what the disk lacks (no limit while the disk has that
 /// room, or cannot tell).
-fn room_limit(engine: &Engine, entries: &[CacheEntry]) -> u64 {
+fn room_limit<T: TreeRead + ?Sized>(engine: &T, entries: &[CacheEntry]) -> u64 {
     let cfg = engine.config();
     let Some((free, total)) = crate::blob::disk_space(&engine.layout().blobs()) else { return u64::MAX };
     let want = crate::blob::reserve_on(cfg.reserve, total).saturating_add(cfg.block_size.saturating_mul(16));
