@@ -105,6 +105,8 @@ pub fn restore(data_dir: &Path, path: &str, at: Timestamp, to: Option<&Path>) ->
         ),
         e => anyhow::anyhow!("open {}: {e}", data_dir.display()),
     })?;
+    // A restore onto a full disk evicts pushed blocks, as a mount does.
+    live.set_room_maker(Some(std::sync::Arc::new(|t: &LiveTree| engine::evict::make_room(t))));
     let (dir, name) = match p.iter().rposition(|&b| b == b'/') {
         Some(i) => (&p[..i], &p[i + 1..]),
         None => (&[][..], &p[..]),

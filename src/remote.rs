@@ -115,7 +115,7 @@ pub fn sync(dir: &Path) -> Result<()> {
     for p in e.peer_problems() {
         println!("DAMAGE in a peer's log (its later events not imported): {p}");
     }
-    let ev = engine::cache::evict(&e)?;
+    let ev = engine::evict::evict(&e)?;
     println!("cache: {} of {} ({} blocks evicted)", human(ev.after), human(ev.limit), ev.evicted);
     e.close()?;
     Ok(())
@@ -143,7 +143,7 @@ pub fn pin(dir: &Path, path: &str, pinned: bool) -> Result<()> {
             e.set_block_source(Some(Arc::new(RemoteSource::new(rsync, staging, Arc::new(Health::default())))));
         }
         let prefix = shown.as_bytes();
-        let files: Vec<_> = engine::cache::pinned_files(&e)?
+        let files: Vec<_> = engine::evict::pinned_files(&e)?
             .into_iter()
             .filter(|(p, _, _)| {
                 p.starts_with(prefix) && (p.len() == prefix.len() || prefix == b"/" || p[prefix.len()] == b'/')
@@ -182,18 +182,18 @@ pub fn pin(dir: &Path, path: &str, pinned: bool) -> Result<()> {
 pub fn print_status(dir: &Path, engine: Option<&LiveTree>) -> Result<()> {
     match engine {
         Some(e) => {
-            let ev = engine::cache::entries(e)?;
+            let ev = engine::evict::entries(e)?;
             let local: u64 = ev.iter().map(|c| c.stored_len).sum();
             println!("local blocks: {} of {} limit", human(local), human(e.config().cache_size));
             if e.config().remote.is_some() {
                 let plan = push::plan(e)?;
                 println!("pending:      {} blocks ({}) not yet pushed", plan.blocks.len(), human(plan.bytes));
-                let plan = engine::cache::plan_eviction(&ev, e.config().cache_size, e.config().small_block);
+                let plan = engine::evict::plan_eviction(&ev, e.config().cache_size, e.config().small_block);
                 if plan.after > e.config().cache_size {
                     println!("over limit:   unpushed, pinned and small blocks alone exceed the cache limit");
                 }
             }
-            let pins = engine::cache::pins(e)?;
+            let pins = engine::evict::pins(e)?;
             println!("pins:         {}", if pins.is_empty() { "(none)".to_string() } else { join(&pins) });
         }
         None => match StatusFile::load(dir)? {

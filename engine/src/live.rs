@@ -1,32 +1,24 @@
-//! The live tree: a data dir opened for reading and writing. It validates each tree operation the way POSIX does, turns it
-//! into events, appends them to our log and applies them to the index.
+//! The live tree: a data dir opened for reading and writing. It validates
+//! each tree operation the way POSIX does, turns it into events, appends
+//! them to our log and applies them to the index.
 //!
 //! Always true:
 //! - an operation's events reach the log before the index (the log is the
 //!   truth; on open the index catches up from where it stopped);
 //! - [`LiveTree::sync`] makes blocks durable before the log records that
 //!   reference them, so a durable event never points at a lost block;
-//! - index changes are committed in groups (at most `GROUP_WINDOW` or
-//!   `GROUP_MAX` changes apart): one redb commit costs more than applying
-//!   a change, and the log, not the index, is what a crash must not lose;
-//!   a group is committed on a thread of its own while the next one takes
-//!   changes (the index module says why that is safe), and a group that
-//!   failed there is applied again from the log before the next change or
-//!   read goes on; group commits are not durable; at the first change's group commit
-//!   `INDEX_DURABLE_EVERY` after the last durable one (and at close), the
-//!   blocks, then the log, then the index are made durable, with no group
-//!   pending;
-//! - every read sees every change made before it: on a redb read snapshot
-//!   without any lock when no group is pending, else through the pending
-//!   writer under the writer mutex (a read finding a group older than the
-//!   window closes it, so readers go back to snapshots once writes pause);
+//! - index changes are committed in groups, by the index's group-commit
+//!   pipeline (`index::pipeline`, whose module doc states why that is
+//!   safe): every read sees every change made before it, and a group that
+//!   was lost is applied again from the log before the next change or read
+//!   goes on;
 //! - mutations serialize on one short mutex (validate, append, index); the
 //!   slow parts of a write (hashing, compression, blob I/O) run in
 //!   [`LiveTree::put_block`], outside it, on the caller's thread.
 //!
 //! The parts: this module opens the tree, imports and serves reads;
-//! `group` runs the writer and its group commits; `ops` and `content` are
-//! the tree operations and content changes built on it.
+//! `group` is the writer, which lends our log to the pipeline; `ops` and
+//! `content` are the tree operations and content changes built on it.
 
 mod content;
 mod group;
@@ -35,15 +27,14 @@ mod ops;
 mod tests;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::catchup::{CatchUp, PeerProblems};
 use crate::error::{Error, FsError, Result};
 use crate::event::BlockRef;
 use crate::ids::{EventId, LogPos, NodeId, Timestamp};
-use crate::index::{DirEntry, Index, IndexReader, IndexView, IndexWriter};
+use crate::index::pipeline::{Group, Pipeline};
+use crate::index::{DirEntry, Index, IndexReader, IndexView};
 use crate::log::LogWriter;
 use crate::read::TreeRead;
 use crate::state::{ImportReport, NodeState, OpenReport, Stats};
@@ -52,21 +43,10 @@ use crate::store::{Access, Store};
 
 pub use content::{SHARE_BATCH, ZERO_RANGE_BATCH};
 
-/// How long non-durable index commits may pile up before one durable commit.
-const INDEX_DURABLE_EVERY: Duration = Duration::from_secs(5);
-
 struct Writer {
     log: LogWriter,
     next_counter: u64,
     last_time: Timestamp,
-    last_durable_index: Instant,
-    /// The index transaction holding changes not yet committed.
-    pending: Option<Pending>,
-    /// The index may lack events of our log: a group was lost (a failed
-    /// commit or apply, or a panic while it was out of the writer). Set
-    /// while a mutation has the group out; no change is made until the
-    /// index has caught up from the log again (see `recover_index`).
-    index_behind: bool,
     /// The content version the next content change of this node is made
     /// on, when the caller continues a line of its own (see
     /// [`LiveTree::write_blocks_on`]); taken by that change.
@@ -74,37 +54,31 @@ struct Writer {
     /// Where the operation whose append failed began: what it appended
     /// (some of its events, and part of one) is cut before the log is used
     /// or read again, so an operation is in the log whole or not at all
-    /// (see [`LiveTree::reopen_failed_log`]).
+    /// (see `LogSide::reopen_failed`).
     cut_to: Option<(LogPos, u64)>,
     /// Told (without blocking: each channel holds one wake-up) after every
     /// operation that appended to our log; see [`LiveTree::watch_log`].
     log_watchers: Vec<std::sync::mpsc::SyncSender<()>>,
 }
 
-/// Index changes waiting for their group commit (see [`GROUP_WINDOW`]).
-struct Pending {
-    ix: IndexWriter,
-    since: Instant,
-    changes: u32,
+/// What the writer's mutex guards: our log's writer and the group of index
+/// changes not yet committed.
+struct Locked {
+    w: Writer,
+    group: Group,
 }
 
-/// Longest time index changes wait for a group commit. A redb commit costs
-/// more than applying one change, so one commit per change would cap
-/// creates far below what the FUSE transport carries; the log, not the
-/// index, is what makes a change durable, so waiting risks nothing.
-const GROUP_WINDOW: Duration = Duration::from_millis(20);
-
-/// Most changes in one group commit.
-const GROUP_MAX: u32 = 2048;
+/// Makes room on a full disk for [`LiveTree::put_block`] (see
+/// [`LiveTree::set_room_maker`]): whether the disk has room now or it made
+/// some.
+pub type RoomMaker = dyn Fn(&LiveTree) -> Result<bool> + Send + Sync;
 
 /// A data dir open for reading and writing: the tree as every event known
 /// makes it. `Send + Sync`.
 pub struct LiveTree {
-    index: Index,
-    writer: Mutex<Writer>,
-    /// Whether `writer` holds index changes not yet committed: reads take
-    /// the writer mutex only then.
-    has_pending: AtomicBool,
+    /// The index and its group commits.
+    pipeline: Pipeline,
+    writer: Mutex<Locked>,
     report: OpenReport,
     /// Set by [`LiveTree::abandon`]: drop without syncing.
     abandoned: bool,
@@ -113,6 +87,8 @@ pub struct LiveTree {
     watchers: Mutex<Vec<std::sync::mpsc::Sender<ImportReport>>>,
     /// Damage found in peers' logs (see [`LiveTree::peer_problems`]).
     problems: PeerProblems,
+    /// What a write that finds the disk full asks to make room.
+    room_maker: RwLock<Option<Arc<RoomMaker>>>,
     /// Last, so the writer lock it holds goes after the index.
     store: Store,
 }
@@ -148,16 +124,9 @@ impl LiveTree {
         }
         let last_time = log.last_time();
         let log_seq = log.last_seq();
-        let writer = Mutex::new(Writer {
-            log,
-            next_counter: 1,
-            last_time,
-            last_durable_index: Instant::now(),
-            pending: None,
-            index_behind: false,
-            line: None,
-            cut_to: None,
-            log_watchers: Vec::new(),
+        let writer = Mutex::new(Locked {
+            w: Writer { log, next_counter: 1, last_time, line: None, cut_to: None, log_watchers: Vec::new() },
+            group: Group::new(),
         });
         report.unclean = storage.exists(&layout.dirty());
         storage.write_file(&layout.dirty(), b"").map_err(|e| Error::io("write", layout.dirty(), e))?;
@@ -180,23 +149,23 @@ impl LiveTree {
         let catch_up = CatchUp { store: &store, index: &index, problems: &problems };
         report.caught_up = catch_up.catch_up(check_blocks, &mut report)?;
         let tree = LiveTree {
-            index,
+            pipeline: Pipeline::new(index, layout.index()),
             writer,
-            has_pending: AtomicBool::new(false),
             report,
             abandoned: false,
             watchers: Mutex::new(Vec::new()),
             problems,
+            room_maker: RwLock::new(None),
             store,
         };
         if tree.report.cut_unacknowledged.is_some() {
             // Reopen our log past the cut.
             let (log, _) = LogWriter::open(storage, &layout.log(), config.machine, config.segment_size)?;
-            lock_writer(&tree.writer).log = log;
+            lock_writer(&tree.writer).w.log = log;
         }
         {
-            let ix = tree.index.read()?;
-            let mut w = lock_writer(&tree.writer);
+            let ix = tree.pipeline.index().read()?;
+            let w = &mut lock_writer(&tree.writer).w;
             w.next_counter = ix.max_counter(config.machine)? + 1;
             // Event times form a hybrid logical clock: never below any event
             // seen from any machine, so (time, machine, seq) orders every
@@ -211,11 +180,12 @@ impl LiveTree {
     /// merged again and our clock moves past every imported event. Safe
     /// while mounted: it serializes with local changes on the writer lock.
     pub fn import(&self) -> Result<ImportReport> {
-        let mut w = lock_writer(&self.writer);
+        let mut locked = lock_writer(&self.writer);
+        let Locked { w, group } = &mut *locked;
         // The import writes the index in a transaction of its own.
-        self.commit_pending(&mut w)?;
-        let report = self.import_locked(&mut w)?;
-        w.index_behind = false;
+        self.pipeline.commit_pending(group, &mut self.side(w))?;
+        let report = self.import_locked(w)?;
+        self.pipeline.caught_up(group);
         Ok(report)
     }
 
@@ -224,7 +194,7 @@ impl LiveTree {
     /// group may be pending.
     fn import_locked(&self, w: &mut Writer) -> Result<ImportReport> {
         let (applied, replayed, _) = self.catch_up().apply_new_events(false)?;
-        w.last_time = w.last_time.max(self.index.read()?.max_event_time()?);
+        w.last_time = w.last_time.max(self.pipeline.index().read()?.max_event_time()?);
         let report = ImportReport { applied, replayed };
         if applied > 0 {
             let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
@@ -249,7 +219,7 @@ impl LiveTree {
 
     /// The catch-up of the live index with the logs.
     fn catch_up(&self) -> CatchUp<'_> {
-        CatchUp { store: &self.store, index: &self.index, problems: &self.problems }
+        CatchUp { store: &self.store, index: self.pipeline.index(), problems: &self.problems }
     }
 
     /// Fails with ENOSPC when the local disk cannot take `bytes` more
@@ -270,9 +240,10 @@ impl LiveTree {
     /// Stores a block (hash, compress, write; not yet durable). Takes no
     /// engine lock: call it from many threads.
     ///
-    /// When the disk has no room (or only the data dir's reserve) and
-    /// there is a remote, blocks already pushed there are evicted to make
-    /// room (see `cache`), and the put is tried once more.
+    /// When the disk has no room (or only the data dir's reserve), there
+    /// is a remote and a room maker is installed (see
+    /// [`LiveTree::set_room_maker`]), it is asked to make room (evicting
+    /// blocks already pushed), and the put is tried again.
     pub fn put_block(&self, data: &[u8]) -> Result<BlockRef> {
         // Other writers may take the room made before this one's next try:
         // a few passes, while they evict something.
@@ -289,29 +260,26 @@ impl LiveTree {
         Ok(self.store.blobs().put(data)?.block)
     }
 
-    /// One eviction pass, which gives up pushed blocks while the disk is
-    /// short of room; one at a time (the writers that found the disk full
-    /// at once wait for it, then find the room it made). Returns whether
-    /// the disk has room now or the pass made some.
+    /// Installs (or removes) what a write that finds the disk full asks to
+    /// make room: the eviction policy, which lives above the engine
+    /// (`evict::make_room`). It returns whether the disk has room now or it
+    /// made some; the write is then tried again.
+    pub fn set_room_maker(&self, maker: Option<Arc<RoomMaker>>) {
+        *self.room_maker.write().unwrap_or_else(|e| e.into_inner()) = maker;
+    }
+
+    /// Asks the room maker, if one is installed, to make room.
     fn make_room(&self) -> Result<bool> {
-        static EVICTING: Mutex<()> = Mutex::new(());
-        let _one = EVICTING.lock().unwrap_or_else(|e| e.into_inner());
-        let r = crate::cache::evict(self)?;
-        if r.evicted > 0 {
-            tracing::info!(
-                evicted = r.evicted,
-                after = r.after,
-                "the disk was full: evicted pushed blocks to make room"
-            );
-        }
-        Ok(r.evicted > 0 || !r.short_of_room)
+        let maker = self.room_maker.read().unwrap_or_else(|e| e.into_inner()).clone();
+        maker.map_or(Ok(false), |make| make(self))
     }
 
     /// Makes everything committed so far durable: blocks first, then the
     /// log records that reference them.
     pub fn sync(&self) -> Result<()> {
-        let mut w = lock_writer(&self.writer);
-        self.reopen_failed_log(&mut w)?;
+        let mut locked = lock_writer(&self.writer);
+        let Locked { w, group } = &mut *locked;
+        self.pipeline.reopen_log(group, &mut self.side(w))?;
         self.store.blobs().sync_pending()?;
         w.log.sync()
     }
@@ -319,10 +287,12 @@ impl LiveTree {
     /// Syncs and makes the index durable too (at unmount and exit), then
     /// marks the shutdown clean.
     pub fn close(&self) -> Result<()> {
-        // `make_index_durable` syncs the blocks, then the log, first.
-        let mut w = lock_writer(&self.writer);
-        self.commit_pending(&mut w)?;
-        self.make_index_durable(&mut w)?;
+        let mut locked = lock_writer(&self.writer);
+        let Locked { w, group } = &mut *locked;
+        // Making the index durable syncs the blocks, then the log, first.
+        let mut side = self.side(w);
+        self.pipeline.commit_pending(group, &mut side)?;
+        self.pipeline.make_durable(group, &mut side)?;
         let dirty = self.store.layout().dirty();
         let storage = self.store.storage();
         if storage.exists(&dirty) {
@@ -338,14 +308,14 @@ impl LiveTree {
     /// to our log, once its records are written (not yet synced: a reader
     /// makes them durable with [`LiveTree::sync`]). Dropping the receiver ends the watch.
     pub fn watch_log(&self, tx: std::sync::mpsc::SyncSender<()>) {
-        lock_writer(&self.writer).log_watchers.push(tx);
+        lock_writer(&self.writer).w.log_watchers.push(tx);
     }
 
     /// Where the next record of our log will go.
     pub fn log_position(&self) -> LogPos {
         // A cut pending (see `Writer::cut_to`) starts there: nothing past it
         // may be pushed.
-        let w = lock_writer(&self.writer);
+        let w = &lock_writer(&self.writer).w;
         w.cut_to.map_or_else(|| w.log.position(), |(pos, _)| pos)
     }
 }
@@ -369,9 +339,9 @@ impl Drop for LiveTree {
         }
         // An uncommitted group is dropped (as a crash would) before the
         // database it belongs to.
-        lock_writer(&self.writer).pending = None;
+        lock_writer(&self.writer).group.abandon();
         // Before the database goes: a group may still be committing.
-        let _ = self.index.wait_in_flight();
+        self.pipeline.wait_in_flight();
     }
 }
 
@@ -391,10 +361,12 @@ impl TreeRead for LiveTree {
     /// A read snapshot of the index (a pending group is committed first;
     /// with none, no lock is taken, as in every live read).
     fn index(&self) -> Result<IndexReader> {
-        if self.has_pending.load(Ordering::Acquire) {
-            self.commit_pending(&mut lock_writer(&self.writer))?;
+        if self.pipeline.has_pending() {
+            let mut locked = lock_writer(&self.writer);
+            let Locked { w, group } = &mut *locked;
+            self.pipeline.commit_pending(group, &mut self.side(w))?;
         }
-        self.index.read()
+        self.pipeline.index().read()
     }
 
     fn node(&self, id: NodeId) -> Result<NodeState> {
@@ -442,7 +414,7 @@ fn live_dir(ix: &IndexView<'_>, dir: NodeId) -> Result<()> {
     }
 }
 
-fn lock_writer(w: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+fn lock_writer(w: &Mutex<Locked>) -> MutexGuard<'_, Locked> {
     // A panic while holding the writer leaves the log and the index as they
     // were at the last append, which open() can always recover from.
     w.lock().unwrap_or_else(|e| e.into_inner())

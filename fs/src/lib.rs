@@ -234,6 +234,11 @@ fn hash_workers() -> usize {
 }
 
 fn build(tree: Tree, opts: &MountOptions) -> Result<(SyncerFs, Arc<Core>, Config), FsMountError> {
+    if let Some(live) = tree.live() {
+        // A write that finds the disk full evicts pushed blocks (the policy
+        // lives above the engine) and tries again.
+        live.set_room_maker(Some(Arc::new(|t: &LiveTree| engine::evict::make_room(t))));
+    }
     let config = fuse_config(&tree, opts);
     let core = Arc::new(Core::new(tree, opts.dirty_limit, hash_workers()).map_err(FsMountError::Threads)?);
     Ok((SyncerFs::new(core.clone(), opts.acl), core, config))

@@ -38,8 +38,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{after, bounded, select, Receiver, Sender};
-use engine::cache::EvictReport;
 use engine::config::Config;
+use engine::evict::EvictReport;
 use engine::{LiveTree, TreeRead};
 
 use crate::fetch::RemoteSource;
@@ -193,8 +193,8 @@ impl Shared {
     }
 
     fn evict(&self) -> Result<EvictReport> {
-        let r = engine::cache::evict(&*self.engine)?;
-        let pins = engine::cache::pins(&*self.engine)?;
+        let r = engine::evict::evict(&*self.engine)?;
+        let pins = engine::evict::pins(&*self.engine)?;
         {
             let mut st = lock(&self.status);
             st.local_bytes = Some(r.after);

@@ -528,7 +528,7 @@ fn fetched_blocks_can_be_evicted() {
         .expect("clone");
     b.set_block_source(Some(source(&b, &remote)));
     assert!(read_file(&b, "f").expect("on demand") == data);
-    let ev = engine::cache::evict(&b).expect("evict");
+    let ev = engine::evict::evict(&b).expect("evict");
     assert!(!ev.over_limit && ev.evicted > 0 && ev.after <= BS, "{ev:?}");
     assert!(read_file(&b, "f").expect("fetched again") == data);
 }

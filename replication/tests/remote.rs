@@ -26,7 +26,7 @@ fn no_progress() -> impl FnMut(Progress) {
 }
 
 fn store_bytes(e: &LiveTree) -> u64 {
-    engine::cache::entries(e).expect("entries").iter().map(|c| c.stored_len).sum()
+    engine::evict::entries(e).expect("entries").iter().map(|c| c.stored_len).sum()
 }
 
 #[test]
@@ -118,7 +118,7 @@ fn corrupt_remote_block_is_refused_and_never_returned() {
     let data = random(2 * BS as usize);
     let f = write_file(&e, NodeId::ROOT, "f", &data);
     push::push(&e, &rsync(&remote), &mut no_progress()).expect("push");
-    let ev = engine::cache::evict(&e).expect("evict");
+    let ev = engine::evict::evict(&e).expect("evict");
     assert_eq!(ev.evicted, 2, "a one-block cache holds no full block with its header");
     assert_eq!(store_bytes(&e), 0);
 
@@ -213,16 +213,16 @@ fn unpushed_blocks_stay_and_status_says_over_limit() {
     let e = LiveTree::open(&dir).expect("open");
     let data = random(400_000);
     let f = write_file(&e, NodeId::ROOT, "f", &data);
-    let ev = engine::cache::evict(&e).expect("evict");
+    let ev = engine::evict::evict(&e).expect("evict");
     assert_eq!(ev.evicted, 0, "nothing pushed, nothing evicted");
     assert!(ev.over_limit);
     assert_eq!(read_file(&e, f).expect("still local"), data);
     // Pinned blocks stay too, even once pushed.
     e.set_pinned(f, true).expect("pin");
     push::push(&e, &rsync(&remote), &mut no_progress()).expect("push");
-    assert_eq!(engine::cache::evict(&e).expect("evict").evicted, 0);
+    assert_eq!(engine::evict::evict(&e).expect("evict").evicted, 0);
     e.set_pinned(f, false).expect("unpin");
-    let ev = engine::cache::evict(&e).expect("evict");
+    let ev = engine::evict::evict(&e).expect("evict");
     assert!(ev.evicted > 0 && !ev.over_limit, "{ev:?}");
 }
 
@@ -234,7 +234,7 @@ fn unreachable_remote_gives_eio_in_bounded_time_and_local_data_stays_readable() 
     let e = Arc::new(LiveTree::open(&dir).expect("open"));
     write_file(&e, NodeId::ROOT, "remote-only", &random(200_000));
     push::push(&e, &rsync(&remote), &mut no_progress()).expect("push");
-    engine::cache::evict(&*e).expect("evict");
+    engine::evict::evict(&*e).expect("evict");
     let local = random(200_000);
     write_file(&e, NodeId::ROOT, "local", &local);
 
