@@ -6,6 +6,7 @@
 //! tree, and every version of every node stays in history (`syncer
 //! history`, `syncer restore --at`).
 
+use engine::TreeRead;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -32,7 +33,7 @@ fn date_time(t: engine::ids::Timestamp) -> String {
 
 /// Prints the conflicts of the data dir at `dir`.
 pub fn print(dir: &Path) -> Result<()> {
-    let e = engine::Engine::open(dir).with_context(|| format!("open {}", dir.display()))?;
+    let e = engine::LiveTree::open(dir).with_context(|| format!("open {}", dir.display()))?;
     let open = e.content_conflicts()?;
     let conflicts = e.index()?.conflicts()?;
     if conflicts.is_empty() {
@@ -113,7 +114,7 @@ pub enum KeepArg {
     Theirs,
 }
 
-fn lookup(e: &engine::Engine, path: &str) -> Result<NodeId> {
+fn lookup(e: &engine::LiveTree, path: &str) -> Result<NodeId> {
     let mut node = NodeId::ROOT;
     for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
         node = e.lookup(node, part.as_bytes()).with_context(|| format!("{path}: no {part:?}"))?.id;
@@ -123,7 +124,7 @@ fn lookup(e: &engine::Engine, path: &str) -> Result<NodeId> {
 
 /// The open conflict that `path` names: its copy, or its original when that
 /// has exactly one open copy.
-fn find(e: &engine::Engine, path: &str) -> Result<ContentConflict> {
+fn find(e: &engine::LiveTree, path: &str) -> Result<ContentConflict> {
     let node = lookup(e, path)?;
     let open = e.content_conflicts()?;
     if let Some(c) = open.iter().find(|c| c.copy == node) {
@@ -142,7 +143,7 @@ fn find(e: &engine::Engine, path: &str) -> Result<ContentConflict> {
 
 /// `syncer resolve`.
 pub fn resolve(dir: &Path, path: &str, keep: KeepArg) -> Result<()> {
-    let e = engine::Engine::open(dir).with_context(|| format!("open {}", dir.display()))?;
+    let e = engine::LiveTree::open(dir).with_context(|| format!("open {}", dir.display()))?;
     let c = find(&e, path)?;
     let me = e.machine();
     let keep = match keep {

@@ -1,7 +1,7 @@
 //! `syncer history` and `syncer restore`, and the WHEN handling shared with
 //! `mount --at` and `log inspect`.
 //!
-//! Every read goes through a point-in-time view (`Engine::open_at`), which
+//! Every read goes through a point-in-time view (`PastView::open`), which
 //! never takes the writer lock, so these commands run beside a live mount.
 //! `restore` without `--to` writes into the live tree, which needs the
 //! writer lock: with a live mount of the data dir it fails and says to
@@ -14,14 +14,14 @@ use anyhow::{bail, Context, Result};
 use engine::event::{BlockChange, NodeKind};
 use engine::history::{self, When};
 use engine::ids::Timestamp;
-use engine::Engine;
+use engine::{LiveTree, PastView, TreeRead};
 
 /// The latest time a view can show (every event).
 pub const LATEST: Timestamp = Timestamp(i64::MAX);
 
 /// A point-in-time view of `data_dir` (every event when `at` is `None`).
-pub fn open_view(data_dir: &Path, at: Option<Timestamp>) -> Result<Engine> {
-    let e = Engine::open_at(data_dir, at.unwrap_or(LATEST))
+pub fn open_view(data_dir: &Path, at: Option<Timestamp>) -> Result<PastView> {
+    let e = PastView::open(data_dir, at.unwrap_or(LATEST))
         .with_context(|| format!("open {} (read-only view)", data_dir.display()))?;
     if let Some(note) = &e.open_report().stale_history {
         eprintln!("syncer: note: {note}");
@@ -97,7 +97,7 @@ pub fn restore(data_dir: &Path, path: &str, at: Timestamp, to: Option<&Path>) ->
         (0..count).map(|index| BlockChange { index, block: stored.get(&index).copied() }).collect()
     };
     drop(view);
-    let live = Engine::open(data_dir).map_err(|e| match e {
+    let live = LiveTree::open(data_dir).map_err(|e| match e {
         engine::Error::Locked { .. } => anyhow::anyhow!(
             "{}: {e}. Restoring into the live tree needs the data dir to itself: unmount it first, \
              or restore a copy with --to DEST (then copy it into the mount)",
@@ -105,6 +105,8 @@ pub fn restore(data_dir: &Path, path: &str, at: Timestamp, to: Option<&Path>) ->
         ),
         e => anyhow::anyhow!("open {}: {e}", data_dir.display()),
     })?;
+    // A restore onto a full disk evicts pushed blocks, as a mount does.
+    live.set_room_maker(Some(std::sync::Arc::new(|t: &LiveTree| engine::evict::make_room(t))));
     let (dir, name) = match p.iter().rposition(|&b| b == b'/') {
         Some(i) => (&p[..i], &p[i + 1..]),
         None => (&[][..], &p[..]),

@@ -7,6 +7,7 @@
 //! cannot be brought up to date (damage stops the strict reader) it falls
 //! back to the full tolerant scan.
 
+use engine::TreeRead;
 use std::io::Write;
 use std::path::Path;
 
@@ -98,7 +99,7 @@ fn filter(data_dir: &Path, a: &InspectArgs) -> Result<Filter> {
 /// The records of the filter's nodes through the history index, in merge
 /// order; `None` when the index cannot be used.
 fn node_records(data_dir: &Path, nodes: &[NodeId]) -> Option<Vec<Inspected>> {
-    let view = match engine::Engine::open_at(data_dir, crate::history_cmd::LATEST) {
+    let view = match engine::PastView::open(data_dir, crate::history_cmd::LATEST) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("syncer: note: history index unavailable ({e}); scanning the whole log");
@@ -130,7 +131,7 @@ pub fn select(data_dir: &Path, a: &InspectArgs) -> Result<Vec<Inspected>> {
     let by_node = if f.nodes.is_empty() { None } else { node_records(data_dir, &f.nodes) };
     let all = match by_node {
         Some(r) => r,
-        None => history::inspect_log(&FsStorage, &engine::engine::Layout { dir: data_dir.to_path_buf() }.log())?,
+        None => history::inspect_log(&FsStorage, &engine::Layout { dir: data_dir.to_path_buf() }.log())?,
     };
     Ok(all.into_iter().filter(|r| f.matches(r)).collect())
 }

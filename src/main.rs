@@ -7,6 +7,7 @@
 //! How the crates fit together, and the rules every change keeps:
 //! `docs/DESIGN.md`.
 
+use engine::TreeRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -269,7 +270,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config.hash_size = hash_size;
             config.compression_level = compression_level;
             config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-            engine::Engine::init(&data_dir, config.clone()).with_context(|| format!("init {}", data_dir.display()))?;
+            engine::Store::init(&data_dir, config.clone()).with_context(|| format!("init {}", data_dir.display()))?;
             println!("initialized {} (machine {})", data_dir.display(), config.machine);
             if config.remote.is_some() {
                 remote::initial_push(&data_dir)?;
@@ -324,11 +325,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             conflicts::resolve(&data_dir, &path, keep).map(|()| ExitCode::SUCCESS)
         }
         Command::Index { command: IndexCommand::Rebuild { data_dir } } => {
-            let index = engine::engine::Layout { dir: data_dir.clone() }.index();
-            let e = engine::Engine::open(&data_dir).with_context(|| format!("open {}", data_dir.display()))?;
+            let index = engine::Layout { dir: data_dir.clone() }.index();
+            let e = engine::LiveTree::open(&data_dir).with_context(|| format!("open {}", data_dir.display()))?;
             drop(e);
             std::fs::remove_file(&index).with_context(|| format!("remove {}", index.display()))?;
-            let e = engine::Engine::open(&data_dir).with_context(|| format!("rebuild {}", data_dir.display()))?;
+            let e = engine::LiveTree::open(&data_dir).with_context(|| format!("rebuild {}", data_dir.display()))?;
             let s = e.stats()?;
             println!("rebuilt {}: {} events, {} nodes", index.display(), e.open_report().caught_up, s.nodes);
             Ok(ExitCode::SUCCESS)

@@ -29,6 +29,7 @@
 //! - SIGINT, SIGTERM and SIGHUP detach the mount (lazily when files are
 //!   still open); the process then commits and exits as after an unmount.
 
+use engine::LiveTree;
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -93,7 +94,7 @@ const ATIME_MODES: &[&str] = &["atime", "strictatime", "relatime", "lazytime", "
 const KERNEL_REPORTED: &[&str] = &["user_id=", "group_id=", "rootmode=", "max_read=", "blksize=", "allow_other"];
 
 /// Mounts `data_dir` on `mountpoint`.
-/// With `at`, mounts the tree as it stood then, read-only (see `Engine::open_at`).
+/// With `at`, mounts the tree as it stood then, read-only (see `LiveTree::open_at`).
 pub fn mount(
     data_dir: &Path,
     mountpoint: &Path,
@@ -165,7 +166,7 @@ fn wait_for_lock(data_dir: &Path) -> Result<()> {
             }
             return Ok(());
         };
-        let lock = engine::engine::Layout { dir: data_dir.to_path_buf() }.lock();
+        let lock = engine::Layout { dir: data_dir.to_path_buf() }.lock();
         let pid = flock_pid(&lock);
         let mounted = |pid: Option<u32>| -> Result<bool> {
             Ok(mounts_of(data_dir)?.any(|m| !m.read_only || pid.is_some_and(|p| serves(p, &m.mountpoint))))
@@ -287,7 +288,7 @@ fn remount(data_dir: &Path, mountpoint: &Path, options: &[String]) -> Result<()>
         }
     }
     if flags & libc::MS_RDONLY == 0 {
-        let lock = engine::engine::Layout { dir: PathBuf::from(&m.source) }.lock();
+        let lock = engine::Layout { dir: PathBuf::from(&m.source) }.lock();
         if !flock_pid(&lock).is_some_and(|pid| serves(pid, &mountpoint)) {
             bail!(
                 "-o remount,rw: {} was mounted read-only (ro or --at), so its process cannot write; unmount it \
@@ -315,17 +316,18 @@ fn run_foreground(
     opts: syncer_fs::MountOptions,
     at: Option<engine::ids::Timestamp>,
 ) -> Result<()> {
-    let engine = if let Some(at) = at {
-        engine::Engine::open_at(data_dir, at)
-    } else if opts.read_only {
-        engine::Engine::open_at(data_dir, engine::ids::Timestamp::now())
-    } else {
-        engine::Engine::open(data_dir)
-    }
-    .with_context(|| format!("open {}", data_dir.display()))?;
-    let engine = Arc::new(engine);
+    // A read-only mount without a time shows the tree as it is now.
+    let opened = || format!("open {}", data_dir.display());
+    let tree: syncer_fs::Tree = match at.or(opts.read_only.then(engine::ids::Timestamp::now)) {
+        Some(at) => Arc::new(engine::PastView::open(data_dir, at).with_context(opened)?).into(),
+        None => Arc::new(LiveTree::open(data_dir).with_context(opened)?).into(),
+    };
+    let live = tree.live();
     // Push, evict and prefetch in the background while mounted.
-    let replication = crate::remote::start_daemon(&engine)?;
+    let replication = match &live {
+        Some(live) => crate::remote::start_daemon(live)?,
+        None => None,
+    };
     // A signal unmounts; the kernel then ends the session and `mount`
     // returns after committing every buffered write. An unmount from
     // outside (fusermount3 -u, umount) ends it the same way.
@@ -347,10 +349,12 @@ fn run_foreground(
         }
     });
     crate::daemon_log::line(&format!("syncer: mounting {} on {}", data_dir.display(), mountpoint.display()));
-    syncer_fs::mount(engine.clone(), mountpoint, opts)
+    syncer_fs::mount(tree, mountpoint, opts)
         .with_context(|| format!("mount {} on {}", data_dir.display(), mountpoint.display()))?;
     drop(replication);
-    engine.close().context("committing buffered state")?;
+    if let Some(live) = live {
+        live.close().context("committing buffered state")?;
+    }
     crate::daemon_log::line(&format!("syncer: {}: {CLEAN_LINE}", mountpoint.display()));
     Ok(())
 }
@@ -427,7 +431,7 @@ fn mounts() -> Result<Vec<Mount>> {
 /// Who holds the writer lock of `data_dir`, if anyone: `None` when the lock
 /// can be taken right now (it is let go again at once).
 fn lock_holder(data_dir: &Path) -> Result<Option<String>> {
-    let path = engine::engine::Layout { dir: data_dir.to_path_buf() }.lock();
+    let path = engine::Layout { dir: data_dir.to_path_buf() }.lock();
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
         // Never opened read-write yet: nobody holds it.
@@ -539,7 +543,7 @@ fn unmount_one(mountpoint: &Path) -> Result<()> {
         bail!("{} is a {} mount, not a syncer one", mountpoint.display(), m.fstype);
     }
     let data_dir = PathBuf::from(&m.source);
-    let lock = engine::engine::Layout { dir: data_dir.clone() }.lock();
+    let lock = engine::Layout { dir: data_dir.clone() }.lock();
     // Only a mount opened read-write holds the writer lock; a read-only one
     // has nothing to commit. One remounted read-only still holds it.
     let holder = flock_pid(&lock).filter(|&pid| !m.read_only || serves(pid, &mountpoint));

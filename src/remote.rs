@@ -8,14 +8,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use engine::config::format_size_human as human;
 use engine::ids::NodeId;
-use engine::Engine;
+use engine::{LiveTree, TreeRead};
 use indicatif::{ProgressBar, ProgressStyle};
 use syncer_replication::push::{self, Progress};
 use syncer_replication::status::{Health, StatusFile};
 use syncer_replication::{Daemon, DaemonOptions, Remote, RemoteSource, Rsync};
 
-fn open(dir: &Path) -> Result<Engine> {
-    match Engine::open(dir) {
+fn open(dir: &Path) -> Result<LiveTree> {
+    match LiveTree::open(dir) {
         Err(engine::Error::Locked { .. }) => {
             bail!("{} is in use (mounted?); unmount it first", dir.display())
         }
@@ -23,7 +23,7 @@ fn open(dir: &Path) -> Result<Engine> {
     }
 }
 
-fn remote_of(e: &Engine) -> Result<Remote> {
+fn remote_of(e: &LiveTree) -> Result<Remote> {
     let Some(r) = e.config().remote.as_deref() else {
         bail!("{} has no remote (set `remote` in {})", e.data_dir().display(), e.layout().config().display())
     };
@@ -31,8 +31,8 @@ fn remote_of(e: &Engine) -> Result<Remote> {
 }
 
 /// Starts background replication for a mounted engine, if it has a remote.
-pub fn start_daemon(engine: &Arc<Engine>) -> Result<Option<Daemon>> {
-    if engine.is_read_only() || engine.config().remote.is_none() {
+pub fn start_daemon(engine: &Arc<LiveTree>) -> Result<Option<Daemon>> {
+    if engine.config().remote.is_none() {
         return Ok(None);
     }
     let remote = remote_of(engine)?;
@@ -51,7 +51,7 @@ fn bar(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
-fn push_with_bar(e: &Engine, rsync: &Rsync) -> Result<push::PushReport> {
+fn push_with_bar(e: &LiveTree, rsync: &Rsync) -> Result<push::PushReport> {
     let pb = bar(0, "push");
     let r = push::push(e, rsync, &mut |p| match p {
         Progress::Blocks { done, total, .. } => {
@@ -115,13 +115,13 @@ pub fn sync(dir: &Path) -> Result<()> {
     for p in e.peer_problems() {
         println!("DAMAGE in a peer's log (its later events not imported): {p}");
     }
-    let ev = engine::cache::evict(&e)?;
+    let ev = engine::evict::evict(&e)?;
     println!("cache: {} of {} ({} blocks evicted)", human(ev.after), human(ev.limit), ev.evicted);
     e.close()?;
     Ok(())
 }
 
-fn resolve(e: &Engine, path: &str) -> Result<NodeId> {
+fn resolve(e: &LiveTree, path: &str) -> Result<NodeId> {
     let mut node = NodeId::ROOT;
     for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
         node = e.lookup(node, part.as_bytes()).with_context(|| format!("{path}: no {part:?}"))?.id;
@@ -143,7 +143,7 @@ pub fn pin(dir: &Path, path: &str, pinned: bool) -> Result<()> {
             e.set_block_source(Some(Arc::new(RemoteSource::new(rsync, staging, Arc::new(Health::default())))));
         }
         let prefix = shown.as_bytes();
-        let files: Vec<_> = engine::cache::pinned_files(&e)?
+        let files: Vec<_> = engine::evict::pinned_files(&e)?
             .into_iter()
             .filter(|(p, _, _)| {
                 p.starts_with(prefix) && (p.len() == prefix.len() || prefix == b"/" || p[prefix.len()] == b'/')
@@ -179,21 +179,21 @@ pub fn pin(dir: &Path, path: &str, pinned: bool) -> Result<()> {
 
 /// The remote lines of `syncer status`. `engine` is the data dir opened
 /// when not mounted; when mounted, the daemon's `status.toml` is shown.
-pub fn print_status(dir: &Path, engine: Option<&Engine>) -> Result<()> {
+pub fn print_status(dir: &Path, engine: Option<&LiveTree>) -> Result<()> {
     match engine {
         Some(e) => {
-            let ev = engine::cache::entries(e)?;
+            let ev = engine::evict::entries(e)?;
             let local: u64 = ev.iter().map(|c| c.stored_len).sum();
             println!("local blocks: {} of {} limit", human(local), human(e.config().cache_size));
             if e.config().remote.is_some() {
                 let plan = push::plan(e)?;
                 println!("pending:      {} blocks ({}) not yet pushed", plan.blocks.len(), human(plan.bytes));
-                let plan = engine::cache::plan_eviction(&ev, e.config().cache_size, e.config().small_block);
+                let plan = engine::evict::plan_eviction(&ev, e.config().cache_size, e.config().small_block);
                 if plan.after > e.config().cache_size {
                     println!("over limit:   unpushed, pinned and small blocks alone exceed the cache limit");
                 }
             }
-            let pins = engine::cache::pins(e)?;
+            let pins = engine::evict::pins(e)?;
             println!("pins:         {}", if pins.is_empty() { "(none)".to_string() } else { join(&pins) });
         }
         None => match StatusFile::load(dir)? {

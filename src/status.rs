@@ -1,5 +1,6 @@
 //! `syncer status`.
 
+use engine::TreeRead;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -9,7 +10,7 @@ use engine::config::format_size_human as human;
 /// holds the data dir (a live mount owns it); otherwise counts are omitted.
 pub fn print(dir: &Path) -> Result<()> {
     let storage = engine::storage::FsStorage;
-    let layout = engine::engine::Layout { dir: dir.to_path_buf() };
+    let layout = engine::Layout { dir: dir.to_path_buf() };
     let version = engine::format::read(&storage, dir).with_context(|| format!("status {}", dir.display()))?;
     let config = engine::config::Config::load(&storage, &layout.config())?;
     println!("data dir:     {}", dir.display());
@@ -25,7 +26,7 @@ pub fn print(dir: &Path) -> Result<()> {
         let full = if room == 0 { " (full: new data is refused; see README, A full disk)" } else { "" };
         println!("disk room:    {} for new data, before the reserve of {}{full}", human(room), human(reserve));
     }
-    match engine::Engine::open(dir) {
+    match engine::LiveTree::open(dir) {
         Ok(e) => {
             let s = e.stats()?;
             println!("state:        not mounted");

@@ -28,7 +28,7 @@ fn init(tmp: &Path) -> PathBuf {
 fn populate(data: &Path) {
     use engine::event::{Attrs, BlockChange, NodeKind};
     use engine::ids::NodeId;
-    let e = engine::Engine::open(data).expect("open");
+    let e = engine::LiveTree::open(data).expect("open");
     for i in 0..5u8 {
         let f =
             e.create(NodeId::ROOT, format!("f{i}").as_bytes(), NodeKind::File, Attrs::default(), b"").expect("create");

@@ -6,7 +6,7 @@
 //!
 //! - `syncer log verify` is clean (a torn tail is allowed: it is cut on open);
 //! - the index on disk (caught up on open) equals the index rebuilt from the
-//!   log alone (`Engine::dump_tree` before and after deleting `index.redb`);
+//!   log alone (`LiveTree::dump_tree` before and after deleting `index.redb`);
 //! - the tree is a tree (every entry's node names that entry, no duplicates);
 //! - after the remount, every acknowledged file has exactly its acknowledged
 //!   content, and the one operation in flight at the kill ended in one of
@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use engine::Engine;
+use engine::{LiveTree, TreeRead};
 use rand::{Rng, SeedableRng};
 
 fn syncer() -> Command {
@@ -282,7 +282,7 @@ fn check_offline(data: &Path) -> Vec<String> {
         ));
     }
     let dump = |what: &str| -> Result<_, String> {
-        let e = Engine::open(data).map_err(|e| format!("{what}: open: {e}"))?;
+        let e = LiveTree::open(data).map_err(|e| format!("{what}: open: {e}"))?;
         let d = e.dump_tree().map_err(|e| format!("{what}: dump: {e}"))?;
         e.close().map_err(|e| format!("{what}: close: {e}"))?;
         Ok(d)
@@ -291,7 +291,7 @@ fn check_offline(data: &Path) -> Vec<String> {
         Ok(d) => d,
         Err(e) => return [bad, vec![e]].concat(),
     };
-    let index = engine::engine::Layout { dir: data.to_path_buf() }.index();
+    let index = engine::Layout { dir: data.to_path_buf() }.index();
     if let Err(e) = std::fs::remove_file(&index) {
         bad.push(format!("remove {}: {e}", index.display()));
     }

@@ -1,28 +1,29 @@
 //! Hostile and malformed input, table-driven: each row is one input and the
 //! exact error it must get. Decoders and the log's folder/file name parsing
 //! are driven directly; names, symlink targets, xattrs and deep trees go
-//! through `Engine` and through a real FUSE mount (errno as Linux reports
+//! through `LiveTree` and through a real FUSE mount (errno as Linux reports
 //! it).
 
 mod support;
 
+use engine::{LiveTree, Store, TreeRead};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use engine::blob::{self, BlobError};
-use engine::engine::{NAME_MAX, XATTR_VALUE_MAX};
 use engine::event::{Attrs, NodeKind};
 use engine::ids::{MachineId, NodeId};
 use engine::record::{self, RecordError};
 use engine::storage::FsStorage;
-use engine::{log, Engine, Error, FsError, RenameFlags, XattrMode};
+use engine::{log, Error, FsError, RenameFlags, XattrMode};
+use engine::{NAME_MAX, XATTR_VALUE_MAX};
 use support::{getxattr, setxattr, Mounted};
 
-fn engine_dir() -> (tempfile::TempDir, Engine) {
+fn engine_dir() -> (tempfile::TempDir, LiveTree) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
-    Engine::init(&data, engine::config::Config::new_default(MachineId(0xa11ce))).expect("init");
-    let e = Engine::open(&data).expect("open");
+    Store::init(&data, engine::config::Config::new_default(MachineId(0xa11ce))).expect("init");
+    let e = LiveTree::open(&data).expect("open");
     (tmp, e)
 }
 

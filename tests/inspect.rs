@@ -1,6 +1,7 @@
 //! `syncer log inspect`, `log graph` and `history` through the binary, on a
 //! history whose events are known one by one.
 
+use engine::TreeRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -46,7 +47,7 @@ fn fixture() -> Fixture {
     let data = tmp.path().join("data");
     let o = run(&["init", data.to_str().expect("utf8"), "--block-size", "4KiB"]);
     assert!(o.status.success());
-    let e = engine::Engine::open(&data).expect("open");
+    let e = engine::LiveTree::open(&data).expect("open");
     let a = e.create(NodeId::ROOT, b"a", NodeKind::File, Attrs::default(), b"").expect("create").id;
     let b0 = e.put_block(&[1u8; 4096]).expect("put");
     let b1 = e.put_block(&[2u8; 100]).expect("put");

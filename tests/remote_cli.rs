@@ -6,7 +6,7 @@ use std::process::Command;
 
 use engine::event::{Attrs, BlockChange, NodeKind};
 use engine::ids::NodeId;
-use engine::Engine;
+use engine::LiveTree;
 
 fn syncer(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_syncer")).args(args).output().expect("run syncer");
@@ -32,7 +32,7 @@ fn init_sync_clone_pin_unpin_status() {
     assert!(tmp.path().join("remote/config.toml").exists(), "init --remote pushes the initial state");
     let data: Vec<u8> = (0..500_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     {
-        let e = Engine::open(&tmp.path().join("a")).expect("open");
+        let e = LiveTree::open(&tmp.path().join("a")).expect("open");
         let d = e.create(NodeId::ROOT, b"thumbs", NodeKind::Dir, Attrs::default(), b"").expect("mkdir").id;
         let f = e.create(d, b"t.jpg", NodeKind::File, Attrs::default(), b"").expect("create").id;
         let blocks = data

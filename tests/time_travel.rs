@@ -6,6 +6,7 @@
 //! EROFS; `restore` writes old versions out byte for byte and records a
 //! restore into the tree as a new event.
 
+use engine::TreeRead;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -43,7 +44,7 @@ enum Entry {
 
 /// The whole tree under `root`: path → kind, permissions and content. Times
 /// are left out: directory times differ between live and point-in-time views
-/// by design (see `Engine::open_at`).
+/// by design (see `LiveTree::open_at`).
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -225,15 +226,12 @@ fn every_mutation_of_an_at_mount_fails_with_erofs() {
     assert_eq!(std::fs::read(v.join("d/f")).expect("read"), b"content");
     unmount(view);
 
-    // The engine refuses too, whatever the kernel lets through.
-    let e = engine::Engine::open_at(&data, Timestamp::now()).expect("open_at");
+    // Whatever the kernel lets through, the engine cannot change a view:
+    // `PastView` has no mutations at all (the compiler holds that), and the
+    // view still reads what it showed.
+    let e = engine::PastView::open(&data, Timestamp::now()).expect("open a view");
     let f = e.lookup(e.lookup(engine::ids::NodeId::ROOT, b"d").expect("d").id, b"f").expect("f");
-    let ro =
-        |r: engine::Result<()>| assert!(matches!(r, Err(engine::Error::Fs { err: engine::FsError::ReadOnly, .. })));
-    ro(e.truncate(f.id, 0).map(drop));
-    ro(e.set_xattr(f.id, b"user.k", b"v", engine::XattrMode::Any));
-    ro(e.unlink(f.parent, b"f"));
-    ro(e.create(engine::ids::NodeId::ROOT, b"x", engine::event::NodeKind::File, Default::default(), b"").map(drop));
+    assert_eq!(e.read_file(f.id).expect("read"), b"content");
 }
 
 #[test]
@@ -244,7 +242,7 @@ fn restore_round_trip_is_byte_exact_and_recorded() {
     let data = init(tmp.path());
     let old: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
     let (node, t_old) = {
-        let e = engine::Engine::open(&data).expect("open");
+        let e = engine::LiveTree::open(&data).expect("open");
         let f =
             e.create(NodeId::ROOT, b"f", NodeKind::File, Attrs { mode: 0o644, ..Attrs::default() }, b"").expect("c");
         let bs = e.block_size() as usize;
@@ -261,7 +259,7 @@ fn restore_round_trip_is_byte_exact_and_recorded() {
         e.close().expect("close");
         (f.id, t_old)
     };
-    let writes_before = engine::Engine::open_at(&data, Timestamp(i64::MAX))
+    let writes_before = engine::PastView::open(&data, Timestamp(i64::MAX))
         .expect("view")
         .index()
         .expect("ix")
@@ -269,7 +267,7 @@ fn restore_round_trip_is_byte_exact_and_recorded() {
         .expect("h")
         .len();
     ok(&[os("restore"), data.as_os_str(), os("/f"), os("--at"), os(&when(t_old))]);
-    let e = engine::Engine::open(&data).expect("open");
+    let e = engine::LiveTree::open(&data).expect("open");
     let n = e.lookup(NodeId::ROOT, b"f").expect("f");
     assert_eq!(n.id, node, "restored in place");
     assert_eq!(n.size, old.len() as u64);
@@ -294,19 +292,19 @@ fn views_share_history_redb_and_refresh_it_when_alone() {
     use engine::ids::NodeId;
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = init(tmp.path());
-    let live = engine::Engine::open(&data).expect("open");
+    let live = engine::LiveTree::open(&data).expect("open");
     live.create(NodeId::ROOT, b"a", NodeKind::File, Attrs::default(), b"").expect("create");
     let latest = Timestamp(i64::MAX);
-    let v1 = engine::Engine::open_at(&data, latest).expect("view beside the live writer");
+    let v1 = engine::PastView::open(&data, latest).expect("view beside the live writer");
     assert!(v1.open_report().stale_history.is_none());
     assert!(v1.lookup(NodeId::ROOT, b"a").is_ok());
     live.create(NodeId::ROOT, b"b", NodeKind::File, Attrs::default(), b"").expect("create");
-    let v2 = engine::Engine::open_at(&data, latest).expect("second view");
+    let v2 = engine::PastView::open(&data, latest).expect("second view");
     assert!(v2.open_report().stale_history.is_some(), "v1 holds history.redb: v2 cannot update it");
     assert!(v2.lookup(NodeId::ROOT, b"a").is_ok());
     assert!(matches!(v2.lookup(NodeId::ROOT, b"b"), Err(engine::Error::Fs { err: engine::FsError::NotFound, .. })));
     drop((v1, v2));
-    let v3 = engine::Engine::open_at(&data, latest).expect("third view");
+    let v3 = engine::PastView::open(&data, latest).expect("third view");
     assert!(v3.open_report().stale_history.is_none());
     assert!(v3.lookup(NodeId::ROOT, b"b").is_ok(), "alone, a view brings history.redb up to date");
     assert!(live.create(NodeId::ROOT, b"c", NodeKind::File, Attrs::default(), b"").is_ok(), "writer unaffected");
@@ -320,7 +318,7 @@ fn views_of_a_long_history_match_the_live_states() {
     use engine::ids::NodeId;
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = init(tmp.path());
-    let live = engine::Engine::open(&data).expect("open");
+    let live = engine::LiveTree::open(&data).expect("open");
     let f = live.create(NodeId::ROOT, b"f", NodeKind::File, Attrs::default(), b"").expect("create").id;
     let d = live.create(NodeId::ROOT, b"d", NodeKind::Dir, Attrs::default(), b"").expect("mkdir").id;
     let mut moments = Vec::new();
@@ -344,7 +342,7 @@ fn views_of_a_long_history_match_the_live_states() {
         }
     }
     for (t, expected, entries) in moments {
-        let view = engine::Engine::open_at(&data, t).expect("view");
+        let view = engine::PastView::open(&data, t).expect("view");
         let got = view.node(f).expect("f at t");
         assert_eq!((got.size, got.attrs.mode), (expected.size, expected.attrs.mode), "at {t:?}");
         assert_eq!(view.read_dir(d, None, usize::MAX).expect("ls").len(), entries, "at {t:?}");

@@ -11,6 +11,7 @@
 
 use engine::event::{AttrChange, Attrs, BlockChange, NodeKind};
 use engine::ids::{MachineId, NodeId};
+use engine::TreeRead;
 
 mod support;
 
@@ -21,7 +22,7 @@ const M: MachineId = MachineId(0x0000_0000_0000_00c2);
 fn generate_v1_1_datadir() {
     let dir = support::fixture("v1.1-datadir");
     support::init_fixture(&dir, M);
-    let e = engine::Engine::open(&dir).expect("open");
+    let e = engine::LiveTree::open(&dir).expect("open");
     let attrs = |mode| Attrs { mode, ..Attrs::default() };
     let docs = e.create(NodeId::ROOT, b"docs", NodeKind::Dir, attrs(0o755), b"").expect("mkdir").id;
     let f = e.create(docs, b"notes.txt", NodeKind::File, attrs(0o644), b"").expect("create").id;
@@ -46,7 +47,7 @@ fn generate_v1_1_datadir() {
     }
 }
 
-fn read_all(e: &engine::Engine, node: NodeId) -> Vec<u8> {
+fn read_all(e: &engine::LiveTree, node: NodeId) -> Vec<u8> {
     let size = e.node(node).expect("node").size as usize;
     let mut out = Vec::new();
     for (i, b) in e.file_blocks(node, 0, u64::MAX).expect("blocks") {
@@ -67,7 +68,7 @@ fn a_format_1_1_data_dir_opens_upgraded_and_its_files_take_part_in_conflicts() {
     assert!(out.status.success(), "{text}");
     assert_eq!(std::fs::read(data.join("FORMAT")).expect("FORMAT"), b"syncer-data 2.0.0\n");
 
-    let e = engine::Engine::open(&data).expect("open");
+    let e = engine::LiveTree::open(&data).expect("open");
     let docs = e.lookup(NodeId::ROOT, b"docs").expect("docs");
     let notes = e.lookup(docs.id, b"notes.txt").expect("notes");
     assert_eq!((notes.size, notes.attrs.mode), (8000, 0o600));

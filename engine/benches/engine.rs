@@ -1,4 +1,4 @@
-//! Engine benchmark: prints figures, asserts nothing. Run with
+//! LiveTree benchmark: prints figures, asserts nothing. Run with
 //! `cargo bench -p syncer-engine --bench engine` (SYNCER_BENCH_SCALE=0.1 for
 //! a quick pass). Every figure is measured in this run, next to its baseline
 //! where one makes sense.
@@ -14,7 +14,7 @@ use std::time::Instant;
 use engine::config::Config;
 use engine::event::{Attrs, NodeKind};
 use engine::ids::{MachineId, NodeId};
-use engine::Engine;
+use engine::{LiveTree, Store, TreeRead};
 use rand::{Rng, RngCore, SeedableRng};
 
 fn scale() -> f64 {
@@ -31,9 +31,9 @@ fn wanted(n: u32) -> bool {
     std::env::var("SYNCER_BENCH_SECTIONS").map_or(true, |s| s.split(',').any(|p| p.trim() == n.to_string()))
 }
 
-fn fresh(dir: &Path) -> Engine {
-    Engine::init(dir, Config::new_default(MachineId::random())).expect("init");
-    Engine::open(dir).expect("open")
+fn fresh(dir: &Path) -> LiveTree {
+    Store::init(dir, Config::new_default(MachineId::random())).expect("init");
+    LiveTree::open(dir).expect("open")
 }
 
 /// Half random (incompressible) blocks, half text-like ones (compressible).

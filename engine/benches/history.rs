@@ -15,7 +15,7 @@ use std::time::Instant;
 use engine::config::Config;
 use engine::event::{AttrChange, Attrs, BlockChange, NodeKind};
 use engine::ids::{MachineId, NodeId, Timestamp};
-use engine::Engine;
+use engine::{LiveTree, PastView, Store, TreeRead};
 
 fn scale() -> f64 {
     std::env::var("SYNCER_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0)
@@ -30,7 +30,7 @@ fn ms(t: Instant) -> f64 {
 }
 
 /// First `ls -l` of `dir`: list it, stat every entry.
-fn ls(e: &Engine, dir: NodeId) -> usize {
+fn ls(e: &dyn TreeRead, dir: NodeId) -> usize {
     let entries = e.read_dir(dir, None, usize::MAX).expect("read_dir");
     for en in &entries {
         e.node(en.node).expect("stat");
@@ -50,10 +50,10 @@ fn main() {
     let mut config = Config::new_default(MachineId::random());
     config.block_size = 4096;
     config.small_block = 4096;
-    Engine::init(&dir, config).expect("init");
+    Store::init(&dir, config).expect("init");
     let t = Instant::now();
     let (middle, hot, big) = {
-        let e = Engine::open(&dir).expect("open");
+        let e = LiveTree::open(&dir).expect("open");
         let block = e.put_block(&[7u8; 4096]).expect("put");
         let other = e.put_block(&[9u8; 4096]).expect("put");
         let big = e.create(NodeId::ROOT, b"big", NodeKind::Dir, Attrs::default(), b"").expect("mkdir").id;
@@ -100,7 +100,7 @@ fn main() {
 
     // The first view ever builds history.redb from the log, once.
     let t = Instant::now();
-    let e = Engine::open_at(&dir, middle).expect("open_at");
+    let e = PastView::open(&dir, middle).expect("open_at");
     println!(
         "first open_at (builds history.redb from the log, once per new events): {:.0} ms, history.redb {:.0} MiB",
         ms(t),
@@ -111,7 +111,7 @@ fn main() {
     // mount --at <middle> to first ls: what every later view pays.
     for round in 1..=3 {
         let t = Instant::now();
-        let e = Engine::open_at(&dir, middle).expect("open_at");
+        let e = PastView::open(&dir, middle).expect("open_at");
         let open = ms(t);
         let t = Instant::now();
         let root = ls(&e, NodeId::ROOT);
@@ -127,7 +127,7 @@ fn main() {
     }
 
     // The hot file: stat folds its history up to the view's time, once.
-    let e = Engine::open_at(&dir, middle).expect("open_at");
+    let e = PastView::open(&dir, middle).expect("open_at");
     let t = Instant::now();
     let n = e.node(hot).expect("stat");
     let first = ms(t);
@@ -141,7 +141,7 @@ fn main() {
     );
 
     // log inspect --node <hot>: its positions from history.redb, each record read and checked.
-    let latest = Engine::open_at(&dir, Timestamp(i64::MAX)).expect("open_at");
+    let latest = PastView::open(&dir, Timestamp(i64::MAX)).expect("open_at");
     let t = Instant::now();
     let positions = latest.index().expect("ix").history(hot, Timestamp(i64::MAX)).expect("history");
     let mut bytes = 0usize;

@@ -23,7 +23,7 @@ use engine::event::{AttrChange, Attrs, BlockChange, BlockRef, Change, Event, Nod
 use engine::ids::{BlockHash, EventId, MachineId, NodeId, Timestamp};
 use engine::log::LogWriter;
 use engine::storage::FsStorage;
-use engine::Engine;
+use engine::{LiveTree, Store, TreeRead};
 
 fn scaled(n: u64) -> u64 {
     let s: f64 = std::env::var("SYNCER_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
@@ -157,7 +157,7 @@ fn write_log(dir: &Path, events: &[Event]) {
 fn fresh(dir: &Path) {
     let mut c = Config::new_default(MachineId(0xbe_0000));
     c.block_size = 1 << 20;
-    Engine::init(dir, c).expect("init");
+    Store::init(dir, c).expect("init");
 }
 
 fn main() {
@@ -185,7 +185,7 @@ fn main() {
     write_log(&dir, &s);
     write_log(&dir, &a);
     let t = Instant::now();
-    let e = Engine::open(&dir).expect("open");
+    let e = LiveTree::open(&dir).expect("open");
     let secs = t.elapsed().as_secs_f64();
     println!(
         "import: {} events of one peer in {secs:.2}s = {:.0} events/s",

@@ -6,8 +6,8 @@ fn main() {
     let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let tmp = tempfile::tempdir_in(".").expect("tempdir");
     let dir = tmp.path().join("d");
-    engine::Engine::init(&dir, engine::config::Config::new_default(MachineId::random())).expect("init");
-    let e = engine::Engine::open(&dir).expect("open");
+    engine::Store::init(&dir, engine::config::Config::new_default(MachineId::random())).expect("init");
+    let e = engine::LiveTree::open(&dir).expect("open");
     let t = std::time::Instant::now();
     for i in 0..n {
         e.create(NodeId::ROOT, format!("f{i}").as_bytes(), NodeKind::File, Attrs::default(), b"").expect("create");

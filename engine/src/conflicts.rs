@@ -11,7 +11,8 @@ use crate::error::{Error, FsError, Result};
 use crate::event::{BlockChange, Change, NodeKind};
 use crate::ids::{MachineId, NodeId, Timestamp};
 use crate::merge::ConflictKind;
-use crate::Engine;
+use crate::read::TreeRead;
+use crate::LiveTree;
 
 /// An open content conflict: the original kept its name and version, the
 /// copy holds the other machine's whole version.
@@ -46,7 +47,7 @@ pub enum Keep {
     Both,
 }
 
-impl Engine {
+impl LiveTree {
     /// Every open content conflict, oldest first.
     pub fn content_conflicts(&self) -> Result<Vec<ContentConflict>> {
         let mut out = Vec::new();
@@ -73,7 +74,7 @@ impl Engine {
     /// Ends the open content conflict of `copy` (see [`Keep`]), in one
     /// group of events: the other version stays in history.
     pub fn resolve_conflict(&self, copy: NodeId, keep: Keep) -> Result<()> {
-        self.change(copy, |ix| {
+        self.change(|ix| {
             let c = ix.node(copy)?.filter(|c| !c.removed).ok_or(Error::fs(copy, FsError::NotFound))?;
             let Some(original) = c.conflict_of else {
                 return Err(Error::Invalid(format!("{copy} is not an open conflict copy")));

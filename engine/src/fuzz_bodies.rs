@@ -30,6 +30,7 @@ use crate::format;
 use crate::ids::{BlockHash, MachineId, NodeId, Timestamp};
 use crate::log;
 use crate::merge::{self, Merged};
+use crate::read::TreeRead;
 use crate::record::{self, RecordError};
 use crate::tree::{self, NodeRecord};
 
@@ -829,7 +830,7 @@ impl PeerHarness {
         }
         let config = Config::new_default(US);
         let ours = our_events(config.hash_size);
-        crate::Engine::init(&dir, config.clone()).unwrap_or_else(|e| fail("init", &e));
+        crate::Store::init(&dir, config.clone()).unwrap_or_else(|e| fail("init", &e));
         let storage = std::sync::Arc::new(crate::storage::FsStorage);
         let (mut w, _) = log::LogWriter::open(storage, &dir.join("log"), US, config.segment_size)
             .unwrap_or_else(|e| fail("opening our log in", &e));
@@ -840,7 +841,7 @@ impl PeerHarness {
         drop(w);
         // Our index as a data dir has it before a pull, copied back for each
         // input: cheaper than building it again every time.
-        let e = crate::Engine::open(&dir).unwrap_or_else(|e| fail("opening", &e));
+        let e = crate::LiveTree::open(&dir).unwrap_or_else(|e| fail("opening", &e));
         e.close().unwrap_or_else(|e| fail("closing", &e));
         drop(e);
         std::fs::copy(dir.join("index.redb"), dir.join(PEER_INDEX_TEMPLATE))
@@ -902,8 +903,8 @@ impl PeerHarness {
         copied.unwrap_or_else(|e| fail(&index, e));
     }
 
-    fn open(&self, when: &str) -> crate::Engine {
-        crate::Engine::open(&self.dir).unwrap_or_else(|e| panic!("opening our data dir {when} failed: {e}"))
+    fn open(&self, when: &str) -> crate::LiveTree {
+        crate::LiveTree::open(&self.dir).unwrap_or_else(|e| panic!("opening our data dir {when} failed: {e}"))
     }
 
     /// What the logs under `log/` hold now, read with the same functions the
@@ -944,7 +945,7 @@ impl PeerHarness {
 
     /// Every property that must hold of `e` after an import of what
     /// `seen` observed.
-    fn check(&self, e: &crate::Engine, plan: &PeerPlan, seen: &Observed, when: &str) {
+    fn check(&self, e: &crate::LiveTree, plan: &PeerPlan, seen: &Observed, when: &str) {
         let peers: Vec<&Event> = seen.accepted.values().flatten().collect();
         let model = merge::merge(self.ours.iter().chain(peers.iter().copied()), e.block_size());
         if let Err(why) = check_tree(&model) {
@@ -978,7 +979,7 @@ impl PeerHarness {
 
     /// Our nodes in a group no accepted peer event names (and no name
     /// conflict involves) are exactly what our events alone make them.
-    fn check_untouched(&self, e: &crate::Engine, peers: &[&Event], when: &str) {
+    fn check_untouched(&self, e: &crate::LiveTree, peers: &[&Event], when: &str) {
         let ix = e.index().unwrap_or_else(|err| panic!("{when}: reading the index: {err}"));
         let conflicts = ix.conflicts().unwrap_or_else(|err| panic!("{when}: reading conflicts: {err}"));
         let touched: std::collections::BTreeSet<usize> = peers
@@ -1026,7 +1027,7 @@ fn remove_stale_dirs(base: &Path) {
 
 /// Whether the live index of `e` holds exactly the tree `model`: every
 /// node's record and blocks, every entry, the live count and the conflicts.
-pub fn engine_matches(e: &crate::Engine, model: &Merged) -> Result<(), String> {
+pub fn engine_matches(e: &crate::LiveTree, model: &Merged) -> Result<(), String> {
     let ix = e.index().map_err(|err| err.to_string())?;
     let s = |err: crate::Error| err.to_string();
     for (id, want) in &model.nodes {
@@ -1045,7 +1046,7 @@ pub fn engine_matches(e: &crate::Engine, model: &Merged) -> Result<(), String> {
             return Err(format!("entry {dir}/{name:?}: the index has {got:?}, the merge {child}"));
         }
     }
-    // Counted without the root (`Engine::stats` adds it).
+    // Counted without the root (`LiveTree::stats` adds it).
     let live = model.nodes.iter().filter(|(id, n)| **id != NodeId::ROOT && !n.record.removed).count() as u64;
     let counts = ix.counts().map_err(s)?;
     if counts.nodes != live {
@@ -1066,7 +1067,7 @@ pub fn engine_matches(e: &crate::Engine, model: &Merged) -> Result<(), String> {
 
 /// Target `peer_import`: peers' logs pulled into a real data dir (made once
 /// per thread under `/dev/shm`, reset between inputs) and imported by a
-/// live [`crate::Engine`], the way `syncer sync` does: the input builds 0
+/// live [`crate::LiveTree`], the way `syncer sync` does: the input builds 0
 /// to 3 peers' logs of 1 to 3 segments each (built from events with hostile
 /// names, clocks and sizes, then maybe damaged, or raw bytes) and up to 2
 /// hostile entries (folders that are no machine id, bad segment names,
@@ -1136,7 +1137,7 @@ fn run_peer_import(h: &PeerHarness, plan: &PeerPlan) -> PeerImportOutcome {
         before = now;
         replayed |= report.replayed;
     }
-    let dump = |e: &crate::Engine, when: &str| e.dump_tree().unwrap_or_else(|err| panic!("{when}: dump_tree: {err}"));
+    let dump = |e: &crate::LiveTree, when: &str| e.dump_tree().unwrap_or_else(|err| panic!("{when}: dump_tree: {err}"));
     let live = dump(&e, "after the second import");
     let again = e.import().unwrap_or_else(|err| panic!("third import failed: {err}"));
     assert_eq!((again.applied, again.replayed), (0, false), "a repeated import applied events");

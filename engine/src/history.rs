@@ -3,7 +3,7 @@
 //!
 //! - [`parse_when`] turns a WHEN argument into a [`When`]; [`resolve_when`]
 //!   turns that into the [`Timestamp`] a point-in-time view is cut at. A
-//!   point-in-time view ([`Engine::open_at`]) shows every event of every
+//!   point-in-time view ([`PastView::open`]) shows every event of every
 //!   machine with `time <= T`. A log position or an event number resolves
 //!   to that event's time, so the view shows that event and everything of
 //!   any machine not later than it. A WHEN before the first event gives the
@@ -17,17 +17,17 @@
 //!   change; [`causal_dot`] draws a node's causal history from the vector
 //!   clocks as Graphviz DOT.
 //!
-//! [`Engine::open_at`]: crate::Engine::open_at
+//! [`PastView::open`]: crate::PastView::open
 
 use std::path::Path;
 
 use crate::clock::Causality;
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::event::{BlockChange, Change, Event};
 use crate::ids::{LogPos, MachineId, NodeId, Timestamp};
 use crate::index::IndexReader;
 use crate::log::{self, SEGMENT_HEADER_LEN};
+use crate::read::TreeRead;
 use crate::record;
 use crate::storage::Storage;
 use crate::tree;
@@ -269,7 +269,7 @@ pub fn resolve_when(
 }
 
 /// The node at `path` (`/a/b`; `/` is the root) in `engine`'s view.
-pub fn node_at_path(engine: &Engine, path: &[u8]) -> Result<NodeId> {
+pub fn node_at_path<T: TreeRead + ?Sized>(engine: &T, path: &[u8]) -> Result<NodeId> {
     let mut cur = NodeId::ROOT;
     for part in path.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
         cur = engine.lookup(cur, part)?.id;
@@ -547,7 +547,7 @@ pub struct Version {
 
 /// Every version of `node` in `engine`'s view, oldest first (the fold of its
 /// events in merge order, as point-in-time views fold them).
-pub fn versions(engine: &Engine, node: NodeId) -> Result<Vec<Version>> {
+pub fn versions<T: TreeRead + ?Sized>(engine: &T, node: NodeId) -> Result<Vec<Version>> {
     let until = engine.at().unwrap_or(Timestamp(i64::MAX));
     let history = engine.index()?.history(node, until)?;
     let mut state = (node == NodeId::ROOT).then(tree::NodeRecord::root);

@@ -74,6 +74,7 @@
 //! to [`NodeRecord`] (link counts and `st_blocks`); an index of another
 //! version is rebuilt from the log on open.
 
+pub(crate) mod pipeline;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

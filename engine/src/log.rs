@@ -844,7 +844,7 @@ impl LogWriter {
 
 /// Cuts our own log at `pos`: the segment is truncated there and every later
 /// segment removed. Only for records that recovery proved were never
-/// acknowledged (see `Engine::open`); returns how many bytes were dropped.
+/// acknowledged (see `LiveTree::open`); returns how many bytes were dropped.
 pub fn cut_at(storage: &dyn Storage, log_root: &Path, pos: LogPos) -> Result<u64> {
     let segments = list_segments(storage, log_root, pos.machine)?;
     let mut dropped = 0;

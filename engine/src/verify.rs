@@ -8,11 +8,11 @@ use std::path::Path;
 
 use crate::blob::BlobStore;
 use crate::config::Config;
-use crate::engine::Layout;
 use crate::error::{Error, Result};
 use crate::event::BlockRef;
 use crate::ids::BlockHash;
 use crate::storage::{FsStorage, Storage};
+use crate::store::Layout;
 use crate::{format, log};
 
 /// What `verify` found.

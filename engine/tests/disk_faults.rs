@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use engine::config::Config;
-use engine::engine::RenameFlags;
 use engine::event::{Attrs, BlockChange, NodeKind};
 use engine::faults::{Fault, Faults, FaultyStorage};
 use engine::ids::{MachineId, NodeId};
 use engine::storage::FsStorage;
-use engine::Engine;
+use engine::RenameFlags;
+use engine::{LiveTree, Store, TreeRead};
 use proptest::prelude::*;
 
 const BS: u64 = 4096;
@@ -64,7 +64,7 @@ fn content(len: usize, fill: u8) -> Vec<u8> {
     (0..len).map(|i| fill.wrapping_add((i / 97) as u8)).collect()
 }
 
-fn lookup(e: &Engine, name: &[u8]) -> engine::Result<Option<NodeId>> {
+fn lookup(e: &LiveTree, name: &[u8]) -> engine::Result<Option<NodeId>> {
     match e.lookup(NodeId::ROOT, name) {
         Ok(n) => Ok(Some(n.id)),
         Err(err) if err.fs_error() == Some(engine::error::FsError::NotFound) => Ok(None),
@@ -74,7 +74,7 @@ fn lookup(e: &Engine, name: &[u8]) -> engine::Result<Option<NodeId>> {
 
 /// Writes the whole file `name`, as the mount does: blocks first (a
 /// failure there leaves nothing in the log), then one content change.
-fn write(e: &Engine, name: &[u8], data: &[u8]) -> engine::Result<()> {
+fn write(e: &LiveTree, name: &[u8], data: &[u8]) -> engine::Result<()> {
     let Some(id) = lookup(e, name)? else { return Ok(()) };
     let mut blocks = Vec::new();
     for (i, chunk) in data.chunks(BS as usize).enumerate() {
@@ -95,7 +95,7 @@ fn steps(op: &Op) -> Vec<Op> {
 
 /// Applies `op` (one engine call) to the engine; `Err` if the engine
 /// refused it. Model changes are made by the caller.
-fn run(e: &Engine, op: &Op) -> engine::Result<()> {
+fn run(e: &LiveTree, op: &Op) -> engine::Result<()> {
     match op {
         Op::Create { name } => match lookup(e, &file_name(*name))? {
             Some(_) => Ok(()),
@@ -158,13 +158,13 @@ fn apply(model: &Model, op: &Op) -> (Model, Vec<Vec<u8>>) {
     (m, touched)
 }
 
-fn read(e: &Engine, name: &[u8]) -> Option<Vec<u8>> {
+fn read(e: &LiveTree, name: &[u8]) -> Option<Vec<u8>> {
     let id = lookup(e, name).expect("lookup with the faults off")?;
     Some(e.read_file(id).expect("read with the faults off"))
 }
 
 /// Every file of the root, read back.
-fn tree(e: &Engine) -> Model {
+fn tree(e: &LiveTree) -> Model {
     let entries = e.read_dir(NodeId::ROOT, None, 1000).expect("read_dir with the faults off");
     entries
         .into_iter()
@@ -187,7 +187,7 @@ fn same(seen: &Model, model: &Model, when: &str) {
 
 /// A change that must succeed once the faults are off: the engine took
 /// changes again without a restart.
-fn probe(e: &Engine) {
+fn probe(e: &LiveTree) {
     e.create(NodeId::ROOT, b"probe", NodeKind::File, Attrs { mode: 0o644, ..Attrs::default() }, b"")
         .expect("a change succeeds once the faults stop");
     e.unlink(NodeId::ROOT, b"probe").expect("and another");
@@ -199,10 +199,10 @@ fn check(ops: Vec<Op>) {
     let mut config = Config::new_default(MachineId::random());
     config.block_size = BS;
     config.small_block = BS;
-    Engine::init(&dir, config).expect("init");
+    Store::init(&dir, config).expect("init");
     let faults = Faults::new();
     let storage = Arc::new(FaultyStorage::new(Arc::new(FsStorage), faults.clone()));
-    let e = Engine::open_with(storage, &dir).expect("open");
+    let e = LiveTree::open_with(storage, &dir).expect("open");
     let mut model = Model::new();
     let mut plan = None;
     for (step, op) in ops.iter().enumerate() {
@@ -248,7 +248,7 @@ fn check(ops: Vec<Op>) {
     same(&tree(&e), &model, "live tree after the faults stopped");
     e.close().expect("close with the faults off");
     drop(e);
-    let e = Engine::open(&dir).expect("reopen");
+    let e = LiveTree::open(&dir).expect("reopen");
     same(&tree(&e), &model, "after a reopen");
     drop(e);
     let report = engine::verify::verify(&dir).expect("verify");

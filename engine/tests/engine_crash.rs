@@ -11,12 +11,12 @@ use engine::config::Config;
 use engine::event::{Attrs, BlockChange, NodeKind};
 use engine::ids::{MachineId, NodeId};
 use engine::storage::CrashStorage;
-use engine::{Engine, RenameFlags};
+use engine::{LiveTree, RenameFlags, Store, TreeRead};
 use rand::{Rng, SeedableRng};
 
 type Dump = Vec<(Vec<u8>, engine::NodeState, Vec<(u64, engine::event::BlockRef)>)>;
 
-fn check_blocks(e: &Engine, dump: &Dump) {
+fn check_blocks(e: &LiveTree, dump: &Dump) {
     for (path, _, blocks) in dump {
         for (i, b) in blocks {
             let data =
@@ -33,8 +33,8 @@ fn one_run(seed: u64, dir: &Path) -> (usize, bool) {
     config.small_block = 1024;
     config.segment_size = 1 << 20;
     std::fs::create_dir_all(dir).expect("mkdir");
-    Engine::init_with(&storage, dir, config).expect("init");
-    let e = Engine::open_with(Arc::new(storage.clone()), dir).expect("open");
+    Store::init_with(&storage, dir, config).expect("init");
+    let e = LiveTree::open_with(Arc::new(storage.clone()), dir).expect("open");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut snapshots: Vec<Dump> = vec![e.dump_tree().expect("dump")];
     let mut synced = 0usize;
@@ -83,7 +83,7 @@ fn one_run(seed: u64, dir: &Path) -> (usize, bool) {
     // A power cut also takes the index back to its last durable commit; the
     // oldest such state is the empty index, which is what we model here.
     std::fs::remove_file(dir.join("index.redb")).expect("drop index");
-    let e = Engine::open_with(Arc::new(storage.clone()), dir).expect("reopen after crash");
+    let e = LiveTree::open_with(Arc::new(storage.clone()), dir).expect("reopen after crash");
     let got = e.dump_tree().expect("dump");
     let k = snapshots
         .iter()
@@ -92,7 +92,7 @@ fn one_run(seed: u64, dir: &Path) -> (usize, bool) {
     assert!(k >= synced, "seed {seed}: recovered state {k} lost synced operations (synced up to {synced})");
     check_blocks(&e, &got);
     drop(e);
-    let e = Engine::open_with(Arc::new(storage.clone()), dir).expect("second reopen");
+    let e = LiveTree::open_with(Arc::new(storage.clone()), dir).expect("second reopen");
     assert_eq!(e.dump_tree().expect("dump"), got, "seed {seed}: second recovery differs");
     (k, had_unsynced)
 }

@@ -4,14 +4,15 @@
 use engine::config::Config;
 use engine::event::{Attrs, BlockChange, NodeKind};
 use engine::ids::{MachineId, NodeId, Timestamp};
-use engine::{Engine, FsError, RenameFlags, XattrMode};
+use engine::{FsError, RenameFlags, XattrMode};
+use engine::{LiveTree, Store, TreeRead};
 use std::path::Path;
 
 fn init(dir: &Path) {
     let mut c = Config::new_default(MachineId::random());
     c.block_size = 4096;
     c.small_block = 1024;
-    Engine::init(dir, c).expect("init");
+    Store::init(dir, c).expect("init");
 }
 
 fn file_attrs() -> Attrs {
@@ -30,7 +31,7 @@ fn operations_refuse_like_posix() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
     init(&dir);
-    let e = Engine::open(&dir).expect("open");
+    let e = LiveTree::open(&dir).expect("open");
     let d = e.create(NodeId::ROOT, b"d", NodeKind::Dir, Attrs { mode: 0o755, ..Attrs::default() }, b"").expect("mkdir");
     let f = e.create(d.id, b"f", NodeKind::File, file_attrs(), b"").expect("create");
     assert_eq!(fs_err(e.create(d.id, b"f", NodeKind::File, file_attrs(), b"")), FsError::Exists);
@@ -66,7 +67,7 @@ fn writes_survive_reopen_and_truncate_cuts_the_tail_block() {
     let dir = tmp.path().join("data");
     init(&dir);
     let id = {
-        let e = Engine::open(&dir).expect("open");
+        let e = LiveTree::open(&dir).expect("open");
         let f = e.create(NodeId::ROOT, b"f", NodeKind::File, file_attrs(), b"").expect("create");
         let b0 = e.put_block(&[7u8; 4096]).expect("put");
         let b2 = e.put_block(&[9u8; 100]).expect("put");
@@ -76,7 +77,7 @@ fn writes_survive_reopen_and_truncate_cuts_the_tail_block() {
         e.sync().expect("sync");
         f.id
     };
-    let e = Engine::open(&dir).expect("reopen");
+    let e = LiveTree::open(&dir).expect("reopen");
     let n = e.node(id).expect("node");
     assert_eq!(n.size, 4000);
     let blocks = e.file_blocks(id, 0, 10).expect("blocks");
@@ -85,30 +86,30 @@ fn writes_survive_reopen_and_truncate_cuts_the_tail_block() {
     assert_eq!(e.read_file(id).expect("read file"), vec![7u8; 4000]);
     // Extending leaves a hole that reads as zeros.
     drop(e);
-    let e = Engine::open(&dir).expect("reopen");
+    let e = LiveTree::open(&dir).expect("reopen");
     e.truncate(id, 9000).expect("extend");
     let mut want = vec![7u8; 4000];
     want.resize(9000, 0);
     assert_eq!(e.read_file(id).expect("read file"), want);
-    assert!(matches!(Engine::open(&dir), Err(engine::Error::Locked { .. })));
+    assert!(matches!(LiveTree::open(&dir), Err(engine::Error::Locked { .. })));
 }
 
 /// An engine on a new data dir of `block`-byte blocks whose block store
 /// has no compression slot: every compressible block is stored raw first.
-fn engine_storing_raw(block: usize) -> (tempfile::TempDir, Engine) {
+fn engine_storing_raw(block: usize) -> (tempfile::TempDir, LiveTree) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
     let mut c = Config::new_default(MachineId::random());
     c.block_size = block as u64;
-    Engine::init(&dir, c).expect("init");
-    let e = Engine::open(&dir).expect("open");
+    Store::init(&dir, c).expect("init");
+    let e = LiveTree::open(&dir).expect("open");
     e.blobs().set_compress_slots(0);
     (tmp, e)
 }
 
 /// Waits until the engine's thread has compressed a blob stored raw;
 /// fails after 30 s from `since`.
-fn wait_until_one_is_compressed(e: &Engine, since: std::time::Instant) {
+fn wait_until_one_is_compressed(e: &LiveTree, since: std::time::Instant) {
     while e.blobs().deferral_stats().compressed_later == 0 {
         assert!(since.elapsed() < std::time::Duration::from_secs(30), "never compressed");
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -167,7 +168,7 @@ fn rebuilt_index_gives_the_same_tree_on_10000_events() {
     let dir = tmp.path().join("data");
     init(&dir);
     let before = {
-        let e = Engine::open(&dir).expect("open");
+        let e = LiveTree::open(&dir).expect("open");
         let mut dirs = vec![NodeId::ROOT];
         let mut files = Vec::new();
         let mut events = 0;
@@ -218,7 +219,7 @@ fn rebuilt_index_gives_the_same_tree_on_10000_events() {
     let distinct: std::collections::BTreeSet<_> = checkpoints_before.iter().flatten().collect();
     assert!(distinct.len() >= 8, "the history has checkpoints to compare: {}", distinct.len());
     std::fs::remove_file(dir.join("index.redb")).expect("delete index");
-    let e = Engine::open(&dir).expect("reopen");
+    let e = LiveTree::open(&dir).expect("reopen");
     assert!(e.open_report().index_rebuilt);
     assert!(e.open_report().caught_up >= 10_000);
     assert_eq!(e.dump_tree().expect("dump"), before);
@@ -230,7 +231,7 @@ fn rebuilt_index_gives_the_same_tree_on_10000_events() {
 /// For each node and each event of its history: the key of the latest
 /// checkpoint at that event's time.
 #[allow(clippy::type_complexity)]
-fn checkpoints(e: &Engine, nodes: &[NodeId]) -> Vec<Option<(Timestamp, MachineId, u64)>> {
+fn checkpoints(e: &LiveTree, nodes: &[NodeId]) -> Vec<Option<(Timestamp, MachineId, u64)>> {
     let ix = e.index().expect("index");
     let mut out = Vec::new();
     for &n in nodes {
@@ -247,7 +248,7 @@ fn create_with_xattrs_and_change_node_record_everything_in_the_log() {
     let dir = tmp.path().join("data");
     init(&dir);
     let before = {
-        let e = Engine::open(&dir).expect("open");
+        let e = LiveTree::open(&dir).expect("open");
         let xattrs = vec![(b"system.posix_acl_access".to_vec(), vec![1, 2, 3]), (b"user.k".to_vec(), b"v".to_vec())];
         let f = e.create_with_xattrs(NodeId::ROOT, b"f", NodeKind::File, file_attrs(), b"", &xattrs).expect("create");
         assert_eq!(f.xattrs.len(), 2);
@@ -280,7 +281,7 @@ fn create_with_xattrs_and_change_node_record_everything_in_the_log() {
     };
     // The log is the truth: a rebuilt index shows the same tree.
     std::fs::remove_file(dir.join("index.redb")).expect("delete index");
-    let e = Engine::open(&dir).expect("reopen");
+    let e = LiveTree::open(&dir).expect("reopen");
     assert!(e.open_report().index_rebuilt);
     assert_eq!(e.dump_tree().expect("dump"), before);
 }

@@ -13,7 +13,7 @@ use engine::config::Config;
 use engine::event::{Attrs, NodeKind};
 use engine::ids::{MachineId, NodeId};
 use engine::storage::{AppendFile, FsStorage, Storage};
-use engine::Engine;
+use engine::{LiveTree, Store, TreeRead};
 
 /// The real disk, with faults to switch on: appending to a log segment
 /// fails, syncing blobs fails, listing `log/` fails.
@@ -100,21 +100,21 @@ impl Storage for Faulty {
     }
 }
 
-fn create(e: &Engine, name: &[u8]) -> engine::Result<engine::NodeState> {
+fn create(e: &LiveTree, name: &[u8]) -> engine::Result<engine::NodeState> {
     e.create(NodeId::ROOT, name, NodeKind::File, Attrs { mode: 0o644, ..Attrs::default() }, b"")
 }
 
-fn names(e: &Engine) -> Vec<Vec<u8>> {
+fn names(e: &LiveTree) -> Vec<Vec<u8>> {
     e.read_dir(NodeId::ROOT, None, 100).expect("read_dir").into_iter().map(|d| d.name).collect()
 }
 
 /// A new data dir in a temp dir, opened through [`Faulty`].
-fn open_faulty() -> (tempfile::TempDir, Arc<Faulty>, Engine) {
+fn open_faulty() -> (tempfile::TempDir, Arc<Faulty>, LiveTree) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
-    Engine::init(&dir, Config::new_default(MachineId::random())).expect("init");
+    Store::init(&dir, Config::new_default(MachineId::random())).expect("init");
     let faults = Arc::new(Faulty::default());
-    let e = Engine::open_with(faults.clone(), &dir).expect("open");
+    let e = LiveTree::open_with(faults.clone(), &dir).expect("open");
     (tmp, faults, e)
 }
 
@@ -141,13 +141,13 @@ fn a_failed_append_keeps_the_group_and_the_log_writer_recovers() {
     let live = e.dump_tree().expect("dump");
     drop(e);
 
-    let e = Engine::open(&dir).expect("reopen");
+    let e = LiveTree::open(&dir).expect("reopen");
     assert_eq!(e.dump_tree().expect("dump"), live, "reopen");
     create(&e, b"d").expect("create d after the reopen");
     let live = e.dump_tree().expect("dump");
     drop(e);
     std::fs::remove_file(dir.join("index.redb")).expect("delete index");
-    let e = Engine::open(&dir).expect("rebuild");
+    let e = LiveTree::open(&dir).expect("rebuild");
     assert!(e.open_report().index_rebuilt);
     assert_eq!(e.dump_tree().expect("dump"), live, "rebuild");
 }
@@ -168,7 +168,7 @@ fn a_failed_durable_commit_loses_nothing() {
     e.close().expect("close once the disk is back");
     let live = e.dump_tree().expect("dump");
     drop(e);
-    let e = Engine::open(&dir).expect("reopen");
+    let e = LiveTree::open(&dir).expect("reopen");
     assert!(!e.open_report().unclean, "the second close was clean");
     assert_eq!(e.dump_tree().expect("dump"), live);
     assert_eq!(e.read_file(f).expect("read"), b"a block that cannot be synced yet");

@@ -13,7 +13,7 @@ use engine::ids::MachineId;
 use engine::log::LogWriter;
 use engine::merge::{merge, Merged};
 use engine::storage::FsStorage;
-use engine::Engine;
+use engine::{LiveTree, PastView, Store, TreeRead};
 use proptest::prelude::*;
 use sim::*;
 
@@ -40,7 +40,7 @@ fn write_logs(dir: &std::path::Path, events: &[Event], written: &mut BTreeMap<Ma
 /// The index holds exactly what the model merged: every node record and
 /// block list, every entry, the live count and the conflicts
 /// (`fuzz_bodies::engine_matches`, shared with the fuzz targets).
-fn assert_same(e: &Engine, model: &Merged) -> Result<(), TestCaseError> {
+fn assert_same(e: &LiveTree, model: &Merged) -> Result<(), TestCaseError> {
     engine::fuzz_bodies::engine_matches(e, model).map_err(TestCaseError::fail)
 }
 
@@ -59,7 +59,7 @@ proptest! {
         let mut config = engine::config::Config::new_default(MachineId(0xfeed));
         config.block_size = BS;
         config.small_block = 1024;
-        Engine::init(&dir, config).expect("init");
+        Store::init(&dir, config).expect("init");
         let mut written = BTreeMap::new();
         let all = |reps: &[Replica]| -> Vec<Event> {
             let mut m = BTreeMap::new();
@@ -74,7 +74,7 @@ proptest! {
         }
         let first = all(&reps);
         write_logs(&dir, &first, &mut written);
-        let e = Engine::open(&dir).expect("open");
+        let e = LiveTree::open(&dir).expect("open");
         assert_same(&e, &merge(&first, BS))?;
         // Round two, imported into the open engine: the rest, including
         // older events of slow machines.
@@ -92,7 +92,7 @@ proptest! {
         drop(e);
         // And the same again from the logs alone.
         std::fs::remove_file(dir.join("index.redb")).expect("drop index");
-        let e = Engine::open(&dir).expect("reopen");
+        let e = LiveTree::open(&dir).expect("reopen");
         assert_same(&e, &model)?;
         drop(e);
         // A past moment shows the merge of the events up to it: names, and
@@ -102,7 +102,7 @@ proptest! {
         times.dedup();
         for t in times.iter().step_by(times.len().div_ceil(4).max(1)).chain(times.last()) {
             let past: Vec<Event> = everything.iter().filter(|e| e.time <= *t).cloned().collect();
-            let view = Engine::open_at(&dir, *t).expect("open_at");
+            let view = PastView::open(&dir, *t).expect("open_at");
             view_matches(&view, &merge(&past, BS))?;
         }
     }
@@ -110,7 +110,7 @@ proptest! {
 
 /// The point-in-time `view` lists what `model` lists, and every file in it
 /// has the model's size and blocks.
-fn view_matches(view: &Engine, model: &Merged) -> Result<(), TestCaseError> {
+fn view_matches(view: &dyn TreeRead, model: &Merged) -> Result<(), TestCaseError> {
     for ((dir, name), child) in &model.dirents {
         let got = view.lookup(*dir, name).map(|n| n.id).ok();
         prop_assert_eq!(got, Some(*child), "entry {}/{:?} at {:?}", dir, String::from_utf8_lossy(name), view.at());

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use engine::config::Config as EngineConfig;
 use engine::ids::MachineId;
-use engine::Engine;
+use engine::{LiveTree, Store, TreeRead};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
     MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
@@ -381,7 +381,7 @@ enum Mounted {
     Null(fuser::BackgroundSession),
     Bindfs(PathBuf),
     /// The mount, and its engine (for the figures of compression later).
-    Syncer(syncer_fs::MountHandle, Arc<Engine>),
+    Syncer(syncer_fs::MountHandle, Arc<LiveTree>),
 }
 
 struct Target {
@@ -434,8 +434,8 @@ fn mount_target(name: &'static str, root: &Path) -> Target {
         "syncer" => {
             let data = base.join("data");
             let mnt = mkdir(&base.join("mnt"));
-            Engine::init(&data, EngineConfig::new_default(MachineId::random())).expect("init data dir");
-            let engine = Arc::new(Engine::open(&data).expect("open data dir"));
+            Store::init(&data, EngineConfig::new_default(MachineId::random())).expect("init data dir");
+            let engine = Arc::new(LiveTree::open(&data).expect("open data dir"));
             if let Some(n) = std::env::var("SYNCER_BENCH_COMPRESS_SLOTS").ok().and_then(|s| s.parse().ok()) {
                 engine.blobs().set_compress_slots(n);
             }
@@ -509,7 +509,7 @@ fn mixed_pool(seed: u64) -> Vec<Vec<u8>> {
 /// long that took after the write (its idle wait included): that CPU time
 /// is spent after the write, so the next target is measured only once it
 /// is done.
-fn report_compressed_later(engine: &Engine, deferred_before: u64) {
+fn report_compressed_later(engine: &LiveTree, deferred_before: u64) {
     let during = engine.blobs().deferral_stats().deferred - deferred_before;
     if during == 0 {
         println!("  syncer  compressed every block of the write as it came");

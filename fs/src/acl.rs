@@ -308,7 +308,7 @@ impl Core {
             return Err(Errno::EOPNOTSUPP);
         }
         let acl = Acl::parse(value)?;
-        let st = self.engine.node(node).map_err(|e| errno(&e))?;
+        let st = self.tree.node(node).map_err(|e| errno(&e))?;
         let name = match kind {
             Kind::Access => ACCESS,
             Kind::Default => DEFAULT,
@@ -331,7 +331,7 @@ impl Core {
                 (AttrChange { mode: Some(mode), ..AttrChange::default() }, value)
             }
         };
-        self.engine.change_node(node, attrs, &[(name.to_vec(), value)]).map(|_| ()).map_err(|e| errno(&e))
+        self.live()?.change_node(node, attrs, &[(name.to_vec(), value)]).map(|_| ()).map_err(|e| errno(&e))
     }
 
     /// `removexattr` of an ACL name. Removing the access ACL leaves the
@@ -340,7 +340,7 @@ impl Core {
         if !self.acls() {
             return Err(Errno::EOPNOTSUPP);
         }
-        let st = self.engine.node(node).map_err(|e| errno(&e))?;
+        let st = self.tree.node(node).map_err(|e| errno(&e))?;
         let (name, attrs) = match kind {
             Kind::Access => {
                 let mode = mode_with_acl(st.attrs.mode, st.xattrs.get(ACCESS).map(Vec::as_slice));
@@ -351,7 +351,7 @@ impl Core {
         if !st.xattrs.contains_key(name) {
             return Err(Errno::NO_XATTR);
         }
-        self.engine.change_node(node, attrs, &[(name.to_vec(), None)]).map(|_| ()).map_err(|e| errno(&e))
+        self.live()?.change_node(node, attrs, &[(name.to_vec(), None)]).map(|_| ()).map_err(|e| errno(&e))
     }
 
     /// `setattr` of `change` on `node`: a new mode rewrites the access ACL
@@ -359,7 +359,7 @@ impl Core {
     pub(crate) fn set_attrs_with_acl(&self, node: NodeId, change: AttrChange) -> Result<(), Errno> {
         let acl = match change.mode {
             Some(mode) => {
-                let st = self.engine.node(node).map_err(|e| errno(&e))?;
+                let st = self.tree.node(node).map_err(|e| errno(&e))?;
                 match st.xattrs.get(ACCESS).map(|v| Acl::parse(v)) {
                     Some(Ok(Some(mut acl))) => {
                         acl.chmod(mode);
@@ -370,9 +370,10 @@ impl Core {
             }
             None => None,
         };
+        let live = self.live()?;
         match acl {
-            Some(acl) => self.engine.change_node(node, change, &[(ACCESS.to_vec(), Some(acl))]),
-            None => self.engine.set_attrs(node, change),
+            Some(acl) => live.change_node(node, change, &[(ACCESS.to_vec(), Some(acl))]),
+            None => live.set_attrs(node, change),
         }
         .map(|_| ())
         .map_err(|e| errno(&e))

@@ -55,7 +55,7 @@ pub(crate) struct SyncerFs {
 
 impl SyncerFs {
     pub(crate) fn new(core: Arc<Core>, want_acl: bool) -> Self {
-        let ttl = if core.engine.at().is_some() { SNAPSHOT_TTL } else { LIVE_TTL };
+        let ttl = if core.tree.at().is_some() { SNAPSHOT_TTL } else { LIVE_TTL };
         SyncerFs { core, ttl, want_acl, notifier: Arc::new(OnceLock::new()) }
     }
 

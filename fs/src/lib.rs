@@ -1,4 +1,5 @@
-//! syncer's FUSE adapter: mounts an [`engine::Engine`] as a POSIX tree.
+//! syncer's FUSE adapter: mounts a [`Tree`] (the live tree, read-write, or a
+//! point-in-time view, read-only) as a POSIX tree.
 //!
 //! Always true:
 //! - every mutation goes through the engine (so into the log); the only
@@ -27,7 +28,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use engine::Engine;
+use engine::{LiveTree, PastView, TreeRead};
 use fuser::{Config, MountOption, SessionACL};
 
 mod acl;
@@ -43,12 +44,53 @@ use adapter::SyncerFs;
 pub use adapter::LIVE_TTL;
 use ops::Core;
 
+/// What a mount serves: reads go through [`TreeRead`], changes through the
+/// live tree, which a point-in-time view does not have (so every change is
+/// refused with EROFS, and the mount is read-only).
+#[derive(Clone, Debug)]
+pub enum Tree {
+    /// The live tree, read-write.
+    Live(Arc<LiveTree>),
+    /// A point-in-time view, read-only.
+    Past(Arc<PastView>),
+}
+
+impl Tree {
+    /// What reads go through.
+    pub fn reads(&self) -> Arc<dyn TreeRead> {
+        match self {
+            Tree::Live(t) => t.clone(),
+            Tree::Past(v) => v.clone(),
+        }
+    }
+
+    /// What changes go through, if anything.
+    pub fn live(&self) -> Option<Arc<LiveTree>> {
+        match self {
+            Tree::Live(t) => Some(t.clone()),
+            Tree::Past(_) => None,
+        }
+    }
+}
+
+impl From<Arc<LiveTree>> for Tree {
+    fn from(t: Arc<LiveTree>) -> Tree {
+        Tree::Live(t)
+    }
+}
+
+impl From<Arc<PastView>> for Tree {
+    fn from(v: Arc<PastView>) -> Tree {
+        Tree::Past(v)
+    }
+}
+
 /// How to mount.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountOptions {
     /// Let other users than the mounting one in (`allow_other`).
     pub allow_other: bool,
-    /// Mount read-only (always so for a point-in-time engine).
+    /// Mount read-only (always so for a point-in-time view).
     pub read_only: bool,
     /// The source shown in `/proc/mounts`: the data dir path.
     pub fsname: String,
@@ -153,9 +195,9 @@ fn parse_option(s: &str) -> MountOption {
     }
 }
 
-/// The fuser configuration for `opts` on `engine`.
-fn fuse_config(engine: &Engine, opts: &MountOptions) -> Config {
-    let read_only = opts.read_only || engine.is_read_only();
+/// The fuser configuration for `opts` on `tree`.
+fn fuse_config(tree: &Tree, opts: &MountOptions) -> Config {
+    let read_only = opts.read_only || tree.live().is_none();
     let mut mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
         // fuser's direct mount(2) path ignores `Subtype`; the kernel takes
@@ -191,20 +233,27 @@ fn hash_workers() -> usize {
     std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(4).clamp(4, 8)
 }
 
-fn build(engine: Arc<Engine>, opts: &MountOptions) -> Result<(SyncerFs, Arc<Core>, Config), FsMountError> {
-    let config = fuse_config(&engine, opts);
-    let core = Arc::new(Core::new(engine, opts.dirty_limit, hash_workers()).map_err(FsMountError::Threads)?);
+fn build(tree: Tree, opts: &MountOptions) -> Result<(SyncerFs, Arc<Core>, Config), FsMountError> {
+    if let Some(live) = tree.live() {
+        // A write that finds the disk full evicts pushed blocks (the policy
+        // lives above the engine) and tries again.
+        live.set_room_maker(Some(Arc::new(|t: &LiveTree| engine::evict::make_room(t))));
+    }
+    let config = fuse_config(&tree, opts);
+    let core = Arc::new(Core::new(tree, opts.dirty_limit, hash_workers()).map_err(FsMountError::Threads)?);
     Ok((SyncerFs::new(core.clone(), opts.acl), core, config))
 }
 
 /// Keeps the kernel's view live: after each import of peers' changes
-/// (`Engine::import`), every dentry the kernel may hold that no longer names
+/// (`LiveTree::import`), every dentry the kernel may hold that no longer names
 /// the same node is dropped, then the cached attributes and pages of every
 /// inode the kernel knows, so lookups and reads see the merged tree without
 /// a remount and without waiting for the TTL. The thread ends with the
-/// session (the notifier fails once the mount is gone) or the engine.
+/// session (the notifier fails once the mount is gone) or the engine. A
+/// point-in-time view never changes, so it gets none.
 fn spawn_invalidator(core: &Arc<Core>, notifier: fuser::Notifier) {
-    let imports = core.engine.watch_imports();
+    let Some(live) = &core.live else { return };
+    let imports = live.watch_imports();
     // Weak, so that the thread never keeps the engine (and its lock) alive
     // after the mount is gone.
     let core = Arc::downgrade(core);
@@ -240,7 +289,7 @@ fn invalidate_after_import(core: &Core, notifier: &fuser::Notifier) -> io::Resul
                 .inodes
                 .node(name.0)
                 .ok()
-                .and_then(|parent| core.engine.lookup(parent, &name.1).ok())
+                .and_then(|parent| core.tree.lookup(parent, &name.1).ok())
                 .is_some_and(|st| st.id == node);
             if !still {
                 use std::os::unix::ffi::OsStrExt;
@@ -336,11 +385,11 @@ fn final_flush(core: &Core, mountpoint: &Path) -> Result<(), FsMountError> {
     core.shutdown_flush().map_err(|e| FsMountError::Flush { mountpoint: mountpoint.to_path_buf(), errno: e.code() })
 }
 
-/// Mounts `engine` on `mountpoint` and serves it until it is unmounted
+/// Mounts `tree` on `mountpoint` and serves it until it is unmounted
 /// (`fusermount3 -u`, `umount`). On return every buffered write is
-/// committed and `engine.sync()` has run.
-pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: MountOptions) -> Result<(), FsMountError> {
-    let (fs, core, config) = build(engine, &opts)?;
+/// committed and the live tree's `sync()` has run.
+pub fn mount(tree: impl Into<Tree>, mountpoint: &Path, opts: MountOptions) -> Result<(), FsMountError> {
+    let (fs, core, config) = build(tree.into(), &opts)?;
     let notifier = fs.notifier.clone();
     let session = fuser::Session::new(fs, mountpoint, &config)
         .map_err(|source| FsMountError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
@@ -354,9 +403,9 @@ pub fn mount(engine: Arc<Engine>, mountpoint: &Path, opts: MountOptions) -> Resu
     flushed
 }
 
-/// Mounts `engine` on `mountpoint`, serving from background threads.
-pub fn spawn(engine: Arc<Engine>, mountpoint: &Path, opts: MountOptions) -> Result<MountHandle, FsMountError> {
-    let (fs, core, config) = build(engine, &opts)?;
+/// Mounts `tree` on `mountpoint`, serving from background threads.
+pub fn spawn(tree: impl Into<Tree>, mountpoint: &Path, opts: MountOptions) -> Result<MountHandle, FsMountError> {
+    let (fs, core, config) = build(tree.into(), &opts)?;
     let notifier = fs.notifier.clone();
     let session = fuser::Session::new(fs, mountpoint, &config)
         .map_err(|source| FsMountError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;

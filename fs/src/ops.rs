@@ -26,7 +26,7 @@ use std::time::SystemTime;
 
 use engine::event::{AttrChange, Attrs, NodeKind};
 use engine::ids::{NodeId, Timestamp};
-use engine::{Engine, NodeState, RenameFlags, XattrMode};
+use engine::{LiveTree, NodeState, RenameFlags, TreeRead, XattrMode};
 use fuser::{Errno, FileAttr, FileType, TimeOrNow};
 use parking_lot::Mutex;
 
@@ -84,7 +84,10 @@ pub(crate) struct StatFs {
 
 /// The state of one mount.
 pub(crate) struct Core {
-    pub(crate) engine: Arc<Engine>,
+    /// What every read goes through: the live tree or a point-in-time view.
+    pub(crate) tree: Arc<dyn TreeRead>,
+    /// What every change goes through; `None` for a view (read-only).
+    pub(crate) live: Option<Arc<LiveTree>>,
     pub(crate) inodes: Inodes,
     pub(crate) wb: WriteBack,
     dirs: Mutex<HashMap<u64, Arc<Mutex<DirHandle>>>>,
@@ -114,10 +117,11 @@ fn name_bytes(name: &OsStr) -> &[u8] {
 }
 
 impl Core {
-    pub(crate) fn new(engine: Arc<Engine>, dirty_limit: u64, workers: usize) -> std::io::Result<Self> {
-        let wb = WriteBack::new(engine.clone(), dirty_limit, workers)?;
+    pub(crate) fn new(tree: crate::Tree, dirty_limit: u64, workers: usize) -> std::io::Result<Self> {
+        let wb = WriteBack::new(tree.clone(), dirty_limit, workers)?;
         Ok(Core {
-            engine,
+            tree: tree.reads(),
+            live: tree.live(),
             inodes: Inodes::new(),
             wb,
             dirs: Mutex::new(HashMap::new()),
@@ -127,12 +131,22 @@ impl Core {
         })
     }
 
+    /// The live tree, for a change; EROFS on a point-in-time view.
+    pub(crate) fn live(&self) -> Result<&LiveTree, Errno> {
+        self.live.as_deref().ok_or(Errno::EROFS)
+    }
+
+    /// Whether changes are refused (a point-in-time view).
+    fn is_read_only(&self) -> bool {
+        self.live.is_none()
+    }
+
     fn node_of(&self, ino: u64) -> Result<NodeId, Errno> {
         self.inodes.node(ino)
     }
 
     fn state(&self, node: NodeId) -> Result<NodeState, Errno> {
-        self.engine.node(node).map_err(|e| errno(&e))
+        self.tree.node(node).map_err(|e| errno(&e))
     }
 
     /// Attributes of `state` as the kernel should see them (buffered writes
@@ -189,7 +203,7 @@ impl Core {
 
     pub(crate) fn do_lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let p = self.node_of(parent)?;
-        self.remembered(parent, name_bytes(name), || self.engine.lookup(p, name_bytes(name)).map_err(|e| errno(&e)))
+        self.remembered(parent, name_bytes(name), || self.tree.lookup(p, name_bytes(name)).map_err(|e| errno(&e)))
     }
 
     pub(crate) fn do_forget(&self, ino: u64, n: u64) {
@@ -293,8 +307,10 @@ impl Core {
     ) -> Result<FileAttr, Errno> {
         let p = self.node_of(parent)?;
         let (attrs, xattrs) = self.new_attrs(p, kind, mode, umask, uid, gid, rdev)?;
-        let st =
-            self.engine.create_with_xattrs(p, name_bytes(name), kind, attrs, target, &xattrs).map_err(|e| errno(&e))?;
+        let st = self
+            .live()?
+            .create_with_xattrs(p, name_bytes(name), kind, attrs, target, &xattrs)
+            .map_err(|e| errno(&e))?;
         Ok(self.entry(parent, name_bytes(name), &st))
     }
 
@@ -354,12 +370,12 @@ impl Core {
 
     pub(crate) fn do_unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
         let p = self.node_of(parent)?;
-        self.engine.unlink(p, name_bytes(name)).map_err(|e| errno(&e))
+        self.live()?.unlink(p, name_bytes(name)).map_err(|e| errno(&e))
     }
 
     pub(crate) fn do_rmdir(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
         let p = self.node_of(parent)?;
-        self.engine.rmdir(p, name_bytes(name)).map_err(|e| errno(&e))
+        self.live()?.rmdir(p, name_bytes(name)).map_err(|e| errno(&e))
     }
 
     pub(crate) fn do_rename(
@@ -379,7 +395,7 @@ impl Core {
         let np = self.node_of(new_parent)?;
         let (name, new_name) = (name_bytes(name), name_bytes(new_name));
         let r =
-            self.engine.rename(p, name, np, new_name, RenameFlags { noreplace, exchange }).map_err(|e| errno(&e))?;
+            self.live()?.rename(p, name, np, new_name, RenameFlags { noreplace, exchange }).map_err(|e| errno(&e))?;
         // The kernel moves its dentries as the engine moved the nodes; the
         // inode table's name lists (what the import invalidation checks)
         // follow.
@@ -406,7 +422,7 @@ impl Core {
             NodeKind::Symlink => return Err(Errno::ELOOP),
             _ => {}
         }
-        if flags & libc::O_ACCMODE != libc::O_RDONLY && self.engine.is_read_only() {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY && self.is_read_only() {
             return Err(Errno::EROFS);
         }
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY && st.kind == NodeKind::File {
@@ -460,7 +476,7 @@ impl Core {
     }
 
     pub(crate) fn do_write(&self, ino: u64, offset: u64, data: &[u8], open_flags: i32) -> Result<u32, Errno> {
-        if self.engine.is_read_only() {
+        if self.is_read_only() {
             return Err(Errno::EROFS);
         }
         let node = self.node_of(ino)?;
@@ -489,12 +505,12 @@ impl Core {
     pub(crate) fn do_fsync(&self, ino: u64) -> Result<(), Errno> {
         let node = self.node_of(ino)?;
         self.wb.flush(node)?;
-        self.engine.sync().map_err(|e| errno(&e))
+        self.live.as_ref().map_or(Ok(()), |l| l.sync()).map_err(|e| errno(&e))
     }
 
     pub(crate) fn do_fsyncdir(&self, ino: u64) -> Result<(), Errno> {
         self.node_of(ino)?;
-        self.engine.sync().map_err(|e| errno(&e))
+        self.live.as_ref().map_or(Ok(()), |l| l.sync()).map_err(|e| errno(&e))
     }
 
     /// `fallocate`: `mode` 0 extends the file (nothing is set aside:
@@ -502,7 +518,7 @@ impl Core {
     /// the range past the end of the file must fit on the local disk, or
     /// ENOSPC); `KEEP_SIZE` leaves the size; `PUNCH_HOLE` (with
     /// `KEEP_SIZE`, as Linux requires) and `ZERO_RANGE` zero the range as
-    /// a content change (see `Engine::zero_range_on`). Set-user-id and
+    /// a content change (see `LiveTree::zero_range_on`). Set-user-id and
     /// set-group-id go as a write by `caller` would take them; the answer
     /// says whether any went (the kernel's cached mode is then stale: it
     /// takes set-group-id off only with group-execute, see
@@ -537,7 +553,7 @@ impl Core {
             NodeKind::Dir => return Err(Errno::EISDIR),
             _ => return Err(Errno::ENODEV),
         }
-        if self.engine.is_read_only() {
+        if self.is_read_only() {
             return Err(Errno::EROFS);
         }
         if punch || zero {
@@ -546,7 +562,7 @@ impl Core {
             return Ok(killed);
         }
         let size = self.wb.dirty_view(node).map_or(st.size, |d| d.size);
-        self.engine.check_room(node, end.saturating_sub(size.max(offset))).map_err(|e| errno(&e))?;
+        self.live()?.check_room(end.saturating_sub(size.max(offset))).map_err(|e| errno(&e))?;
         let killed = self.kill_privs(node, &st, caller)?;
         if keep {
             return Ok(killed);
@@ -569,7 +585,7 @@ impl Core {
             return Ok(false);
         }
         let change = AttrChange { mode: Some(st.attrs.mode & !kill & 0o7777), ..AttrChange::default() };
-        self.engine.set_attrs(node, change).map(|_| true).map_err(|e| errno(&e))
+        self.live()?.set_attrs(node, change).map(|_| true).map_err(|e| errno(&e))
     }
 
     /// `SEEK_DATA` / `SEEK_HOLE`: holes are blocks the file does not store.
@@ -590,12 +606,12 @@ impl Core {
             }
             let index = offset / bs;
             let found = if whence == libc::SEEK_DATA {
-                match self.engine.next_data(node, index).map_err(|e| errno(&e))? {
+                match self.tree.next_data(node, index).map_err(|e| errno(&e))? {
                     Some(i) if i.saturating_mul(bs) < size => offset.max(i * bs),
                     _ => return Err(Errno::ENXIO),
                 }
             } else {
-                let hole = self.engine.next_hole(node, index).map_err(|e| errno(&e))?;
+                let hole = self.tree.next_hole(node, index).map_err(|e| errno(&e))?;
                 offset.max(hole.saturating_mul(bs)).min(size)
             };
             i64::try_from(found).map_err(|_| Errno::EOVERFLOW)
@@ -620,7 +636,7 @@ impl Core {
         if flags != 0 {
             return Err(Errno::EINVAL);
         }
-        if self.engine.is_read_only() {
+        if self.is_read_only() {
             return Err(Errno::EROFS);
         }
         let (src, dst) = (self.node_of(ino_in)?, self.node_of(ino_out)?);
@@ -712,7 +728,7 @@ impl Core {
         ];
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page = self.engine.read_dir(dir, after.as_deref(), DIR_PAGE).map_err(|e| errno(&e))?;
+            let page = self.tree.read_dir(dir, after.as_deref(), DIR_PAGE).map_err(|e| errno(&e))?;
             let n = page.len();
             for e in page {
                 after = Some(e.name.clone());
@@ -762,12 +778,12 @@ impl Core {
     pub(crate) fn plus_entry(&self, dir: u64, entry: &Listed) -> Option<(FileAttr, bool)> {
         let dots = entry.name == b"." || entry.name == b"..";
         if dots {
-            let st = self.engine.node(entry.node).ok()?;
+            let st = self.tree.node(entry.node).ok()?;
             let ino = self.inodes.d_ino(entry.node);
             return Some((self.attr_of(ino, &st), false));
         }
         let parent = self.node_of(dir).ok()?;
-        let resolve = || match self.engine.lookup(parent, &entry.name) {
+        let resolve = || match self.tree.lookup(parent, &entry.name) {
             Ok(st) if st.id == entry.node => Ok(st),
             _ => Err(Errno::ENOENT),
         };
@@ -805,7 +821,7 @@ impl Core {
         if let Some(kind) = crate::acl::kind_of(name_bytes(name)) {
             return self.set_acl(node, kind, value, mode, caller);
         }
-        self.engine.set_xattr(node, name_bytes(name), value, mode).map_err(|e| errno(&e))
+        self.live()?.set_xattr(node, name_bytes(name), value, mode).map_err(|e| errno(&e))
     }
 
     /// The value of xattr `name`; the adapter applies the size protocol.
@@ -836,7 +852,7 @@ impl Core {
         if let Some(kind) = crate::acl::kind_of(name_bytes(name)) {
             return self.remove_acl(node, kind);
         }
-        self.engine.remove_xattr(node, name_bytes(name)).map_err(|e| errno(&e))
+        self.live()?.remove_xattr(node, name_bytes(name)).map_err(|e| errno(&e))
     }
 
     pub(crate) fn do_access(&self, ino: u64) -> Result<(), Errno> {
@@ -848,8 +864,8 @@ impl Core {
     // ---- filesystem --------------------------------------------------
 
     pub(crate) fn do_statfs(&self) -> Result<StatFs, Errno> {
-        let stats = self.engine.stats().map_err(|e| errno(&e))?;
-        let path = CString::new(self.engine.data_dir().as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let stats = self.tree.stats().map_err(|e| errno(&e))?;
+        let path = CString::new(self.tree.data_dir().as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
         // SAFETY: `path` is a valid NUL-terminated string and `vfs` a plain
         // C struct that statvfs fills in.
         let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -859,13 +875,13 @@ impl Core {
         }
         #[allow(clippy::unnecessary_cast)] // statvfs fields are 32-bit on some targets
         let total = (vfs.f_blocks as u64).saturating_mul(vfs.f_frsize as u64);
-        let reserve = engine::blob::reserve_on(self.engine.config().reserve, total);
+        let reserve = engine::blob::reserve_on(self.tree.config().reserve, total);
         Ok(statfs_from(&vfs, stats.logical_bytes, stats.nodes, reserve))
     }
 
     #[cfg_attr(not(target_os = "macos"), allow(dead_code))]
     pub(crate) fn do_setvolname(&self, name: &OsStr) -> Result<(), Errno> {
-        self.engine.set_volname(name_bytes(name)).map_err(|e| errno(&e))
+        self.live()?.set_volname(name_bytes(name)).map_err(|e| errno(&e))
     }
 
     #[cfg_attr(not(target_os = "macos"), allow(dead_code))]
@@ -888,7 +904,7 @@ impl Core {
             }
             other => other,
         };
-        let synced = self.engine.close().map_err(|e| errno(&e));
+        let synced = self.live.as_ref().map_or(Ok(()), |l| l.close()).map_err(|e| errno(&e));
         flushed.and(synced)
     }
 }
@@ -1037,9 +1053,9 @@ mod tests {
         let mut c = Config::new_default(MachineId::random());
         c.block_size = bs;
         c.small_block = c.small_block.min(bs);
-        Engine::init(&data, c).unwrap();
-        let engine = Arc::new(Engine::open(&data).unwrap());
-        (tmp, Core::new(engine, 0, 2).unwrap())
+        engine::Store::init(&data, c).unwrap();
+        let engine = Arc::new(LiveTree::open(&data).unwrap());
+        (tmp, Core::new(engine.into(), 0, 2).unwrap())
     }
 
     fn os(s: &str) -> OsString {
@@ -1056,7 +1072,7 @@ mod tests {
         c.do_write(ino, 1, b"ab", libc::O_WRONLY).unwrap();
         assert_eq!(c.do_getattr(ino).unwrap().size, 10_003);
         let node = c.inodes.node(ino).unwrap();
-        assert_eq!(c.engine.node(node).unwrap().size, 0, "nothing committed yet");
+        assert_eq!(c.tree.node(node).unwrap().size, 0, "nothing committed yet");
         let back = c.do_read(ino, 0, 20_000).unwrap();
         let mut want = vec![0u8; 10_003];
         want[1..3].copy_from_slice(b"ab");
@@ -1066,10 +1082,10 @@ mod tests {
         c.do_write(ino, 0, b"!", libc::O_WRONLY | libc::O_APPEND).unwrap();
         c.do_flush(ino).unwrap();
         want.push(b'!');
-        assert_eq!(c.engine.node(node).unwrap().size, 10_004);
+        assert_eq!(c.tree.node(node).unwrap().size, 10_004);
         assert_eq!(c.do_read(ino, 0, 20_000).unwrap(), want);
         // The middle blocks were never written: holes, nothing stored.
-        assert_eq!(c.engine.file_blocks(node, 0, 3).unwrap().iter().map(|b| b.0).collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(c.tree.file_blocks(node, 0, 3).unwrap().iter().map(|b| b.0).collect::<Vec<_>>(), vec![0, 2]);
         c.do_release(ino, libc::O_RDWR).unwrap();
         assert_eq!(c.wb.dirty_bytes(), 0);
     }
@@ -1172,7 +1188,7 @@ mod tests {
     fn macos_volname_and_xtimes_helpers() {
         let (_t, c) = core(4096);
         c.do_setvolname(&os("Vol")).unwrap();
-        assert_eq!(c.engine.node(NodeId::ROOT).unwrap().volname, b"Vol");
+        assert_eq!(c.tree.node(NodeId::ROOT).unwrap().volname, b"Vol");
         let a = c.do_mkdir(1, &os("d"), 0o755, 0, 0, 0).unwrap();
         let (crtime, _bkup) = c.do_getxtimes(a.ino.0).unwrap();
         assert_eq!(crtime, a.crtime);
@@ -1221,8 +1237,8 @@ mod tests {
         assert_eq!(c.do_copy_file_range(a.ino.0, 4096, b.ino.0, 0, 8 * 4096, 0).unwrap(), 8 * 4096);
         let (src, dst) = (c.inodes.node(a.ino.0).unwrap(), c.inodes.node(b.ino.0).unwrap());
         assert!(c.wb.dirty_view(dst).is_none(), "no byte went through the write-back");
-        let shared: Vec<_> = c.engine.file_blocks(src, 1, 8).unwrap().into_iter().map(|(_, b)| b).collect();
-        let copied: Vec<_> = c.engine.file_blocks(dst, 0, 8).unwrap().into_iter().map(|(_, b)| b).collect();
+        let shared: Vec<_> = c.tree.file_blocks(src, 1, 8).unwrap().into_iter().map(|(_, b)| b).collect();
+        let copied: Vec<_> = c.tree.file_blocks(dst, 0, 8).unwrap().into_iter().map(|(_, b)| b).collect();
         assert_eq!(shared, copied);
         assert_eq!(c.do_read(b.ino.0, 0, 8 * 4096).unwrap(), data[4096..9 * 4096].to_vec());
         // Overlapping ranges of one file are refused, as Linux does.
@@ -1245,9 +1261,9 @@ mod tests {
         model.resize(17 * 4096 + 5, 0);
         assert_eq!(c.do_read(ino, 0, 1 << 20).unwrap(), model);
         let node = c.inodes.node(ino).unwrap();
-        let stored: Vec<u64> = c.engine.file_blocks(node, 0, 100).unwrap().into_iter().map(|(i, _)| i).collect();
+        let stored: Vec<u64> = c.tree.file_blocks(node, 0, 100).unwrap().into_iter().map(|(i, _)| i).collect();
         assert_eq!(stored, vec![0, 3, 4, 5, 6, 7], "blocks 1 and 2 are holes now");
-        assert_eq!(c.engine.node(node).unwrap().stored_bytes, 6 * 4096);
+        assert_eq!(c.tree.node(node).unwrap().stored_bytes, 6 * 4096);
         assert_eq!(c.do_lseek(ino, 4096, libc::SEEK_DATA).unwrap(), 3 * 4096);
         assert_eq!(c.do_lseek(ino, 7 * 4096, libc::SEEK_HOLE).unwrap(), 8 * 4096);
     }
@@ -1291,8 +1307,8 @@ mod tests {
             };
             c.do_fsync(ino).unwrap();
             let blocks: u64 =
-                c.engine.file_blocks(node, 0, u64::MAX).unwrap().iter().map(|(_, b)| u64::from(b.len)).sum();
-            assert_eq!(c.engine.node(node).unwrap().stored_bytes, blocks, "step {step}: {what} {off}+{len}");
+                c.tree.file_blocks(node, 0, u64::MAX).unwrap().iter().map(|(_, b)| u64::from(b.len)).sum();
+            assert_eq!(c.tree.node(node).unwrap().stored_bytes, blocks, "step {step}: {what} {off}+{len}");
         }
     }
 

@@ -48,7 +48,7 @@ use crossbeam_channel::{Receiver, Sender};
 use engine::event::{BlockChange, BlockRef};
 use engine::ids::{BlockHash, EventId, NodeId, Timestamp};
 use engine::storage::ByteWindow;
-use engine::Engine;
+use engine::{LiveTree, TreeRead};
 use fuser::Errno;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -164,7 +164,11 @@ struct Job {
 
 /// What workers and writers share.
 struct Shared {
-    engine: Arc<Engine>,
+    /// Where reads go: the live tree or a point-in-time view.
+    tree: Arc<dyn TreeRead>,
+    /// Where changes go; `None` for a view (the mount refuses every write
+    /// before it gets here).
+    live: Option<Arc<LiveTree>>,
     block_size: u64,
     dirty_limit: u64,
     dirty_bytes: AtomicU64,
@@ -227,7 +231,7 @@ impl Shared {
         // Removes the entry however this ends, a panic included, so that
         // no reader waits for a load nobody is doing.
         let _loading = Loading { shared: self, hash: block.hash };
-        self.engine.read_block_window(block, ahead).map_err(|e| errno(&e)).map(|data| {
+        self.tree.read_block_window(block, ahead).map_err(|e| errno(&e)).map(|data| {
             let data = Arc::new(data);
             self.insert_cached(block.hash, data.clone());
             data
@@ -254,21 +258,22 @@ impl Shared {
 
     /// Loads the stored block `index` of `node` into the cache (a
     /// read-ahead; failures are left for the real read to report). A block
-    /// not stored here is fetched by one read-ahead thread at a time: each
-    /// fetch also brings the file's next missing blocks, which the other
-    /// threads then find here instead of fetching them again.
+    /// not stored here is fetched by one read-ahead thread at a time; the
+    /// window past this one was handed to the prefetchers already (see
+    /// [`WriteBack::maybe_read_ahead`]), so once a stream is under way its
+    /// blocks are local by the time these threads come to them.
     fn read_ahead(&self, node: NodeId, index: u64) {
         if self.stopping.load(Ordering::Acquire) {
             return;
         }
-        let Ok(blocks) = self.engine.file_blocks(node, index, 1) else {
+        let Ok(blocks) = self.tree.file_blocks(node, index, 1) else {
             return;
         };
         for (_, b) in blocks {
             if self.busy_or_cached(&b.hash) {
                 continue;
             }
-            if self.engine.blobs().contains(&b.hash) {
+            if self.tree.blobs().contains(&b.hash) {
                 let _ = self.load_with(&b, true);
                 continue;
             }
@@ -317,13 +322,21 @@ pub(crate) struct WriteBack {
     streams: Mutex<HashMap<NodeId, Stream>>,
 }
 
+impl Shared {
+    /// The live tree, for a change; EROFS on a point-in-time view.
+    fn live(&self) -> Result<&LiveTree, Errno> {
+        self.live.as_deref().ok_or(Errno::EROFS)
+    }
+}
+
 impl WriteBack {
     /// Starts `workers` hashing threads.
-    pub(crate) fn new(engine: Arc<Engine>, dirty_limit: u64, workers: usize) -> std::io::Result<Self> {
-        let block_size = engine.block_size().max(4096);
+    pub(crate) fn new(tree: crate::Tree, dirty_limit: u64, workers: usize) -> std::io::Result<Self> {
+        let block_size = tree.reads().block_size().max(4096);
         let workers = workers.max(1);
         let shared = Arc::new(Shared {
-            engine,
+            tree: tree.reads(),
+            live: tree.live(),
             block_size,
             dirty_limit: dirty_limit.max(block_size * 4),
             dirty_bytes: AtomicU64::new(0),
@@ -383,8 +396,14 @@ impl WriteBack {
         self.shared.dirty_bytes.load(Ordering::Acquire)
     }
 
-    fn engine(&self) -> &Engine {
-        &self.shared.engine
+    /// The tree reads go through.
+    fn tree(&self) -> &dyn TreeRead {
+        &*self.shared.tree
+    }
+
+    /// The live tree, for a change; EROFS on a point-in-time view.
+    fn live(&self) -> Result<&LiveTree, Errno> {
+        self.shared.live()
     }
 
     fn existing(&self, node: NodeId) -> Option<Arc<FileState>> {
@@ -453,7 +472,7 @@ impl WriteBack {
         let bs = self.shared.block_size;
         let size = match st.size {
             Some(s) => s,
-            None => self.engine().version_size(file.node, base).map_err(|e| errno(&e))?,
+            None => self.live()?.version_size(file.node, base).map_err(|e| errno(&e))?,
         };
         let offset = if append { size } else { offset };
         let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
@@ -526,7 +545,7 @@ impl WriteBack {
             }
             Some(Slot::Ready { .. }) => Some(Vec::new()),
             None if covers || existing == 0 => Some(Vec::new()),
-            None => match self.engine().version_block(file.node, base, index).map_err(|e| errno(&e))? {
+            None => match self.live()?.version_block(file.node, base, index).map_err(|e| errno(&e))? {
                 Some(b) => {
                     let loaded = self.shared.load(&b)?;
                     let v = loaded[..existing.min(loaded.len())].to_vec();
@@ -678,7 +697,7 @@ impl WriteBack {
         }
         drop(st);
         let made =
-            self.engine().write_blocks_on(file.node, self.line(file.node), size, changes).map_err(|e| errno(&e))?;
+            self.live()?.write_blocks_on(file.node, self.line(file.node), size, changes).map_err(|e| errno(&e))?;
         self.line_made(file.node, made);
         let mut st = file.st.lock();
         for (i, seq) in committed {
@@ -699,7 +718,7 @@ impl WriteBack {
             line.writers += 1;
             return;
         }
-        let now = self.engine().content_version(node).ok().flatten();
+        let now = self.shared.live.as_ref().and_then(|l| l.content_version(node).ok().flatten());
         self.lines.lock().entry(node).or_insert(Line { writers: 0, version: now }).writers += 1;
     }
 
@@ -744,18 +763,18 @@ impl WriteBack {
     /// [`WriteBack::truncate`] for a caller already inside
     /// [`WriteBack::with_committed`].
     pub(crate) fn truncate_committed(&self, node: NodeId, size: u64) -> Result<(), Errno> {
-        let made = self.engine().truncate_on(node, self.line(node), size).map_err(|e| errno(&e))?;
+        let made = self.live()?.truncate_on(node, self.line(node), size).map_err(|e| errno(&e))?;
         self.line_made(node, made);
         Ok(())
     }
 
     /// Zeroes `len` bytes of `node` from `offset` (`fallocate` punch hole
-    /// and zero range; see `Engine::zero_range_on`), buffered writes
+    /// and zero range; see `LiveTree::zero_range_on`), buffered writes
     /// committed first, as the next version of its line if it is open.
     pub(crate) fn zero_range(&self, node: NodeId, offset: u64, len: u64, keep_size: bool) -> Result<(), Errno> {
         self.with_committed(node, || {
             let made =
-                self.engine().zero_range_on(node, self.line(node), offset, len, keep_size).map_err(|e| errno(&e))?;
+                self.live()?.zero_range_on(node, self.line(node), offset, len, keep_size).map_err(|e| errno(&e))?;
             self.line_made(node, made);
             Ok(())
         })
@@ -763,7 +782,7 @@ impl WriteBack {
 
     /// Makes `count` blocks of `dst` from `dst_first` on share the blocks
     /// of `src` from `src_first` on (`copy_file_range` of whole aligned
-    /// blocks; see `Engine::share_blocks_on`), buffered writes of both
+    /// blocks; see `LiveTree::share_blocks_on`), buffered writes of both
     /// committed first. Returns how many blocks were copied (from the
     /// first; fewer when the range holds many stored blocks).
     pub(crate) fn share_blocks(
@@ -777,7 +796,7 @@ impl WriteBack {
         self.flush(src)?;
         self.with_committed(dst, || {
             let (done, made) = self
-                .engine()
+                .live()?
                 .share_blocks_on(src, src_first, dst, self.line(dst), dst_first, count)
                 .map_err(|e| errno(&e))?;
             self.line_made(dst, made);
@@ -844,7 +863,7 @@ impl WriteBack {
         let out = match buffered {
             Some(out) => out,
             None => {
-                let size = self.engine().node(node).map_err(|e| errno(&e))?.size;
+                let size = self.tree().node(node).map_err(|e| errno(&e))?.size;
                 let end = size.min(offset.saturating_add(u64::from(len)));
                 if let Some(whole) = self.read_in_one_block(node, offset, end, size)? {
                     return Ok(whole);
@@ -867,7 +886,7 @@ impl WriteBack {
             return Ok(None);
         }
         self.maybe_read_ahead(node, index, index, size.div_ceil(bs));
-        let stored = self.engine().file_blocks(node, index, 1).map_err(|e| errno(&e))?;
+        let stored = self.tree().file_blocks(node, index, 1).map_err(|e| errno(&e))?;
         let Some((_, block)) = stored.first() else { return Ok(None) };
         let data = self.shared.load(block)?;
         let (from, to) = ((offset - index * bs) as usize, (end - index * bs) as usize);
@@ -899,7 +918,7 @@ impl WriteBack {
         let last = (end - 1) / bs;
         self.maybe_read_ahead(node, first, last, size.div_ceil(bs));
         if (last - first + 1) as usize > covered.len() {
-            let stored = self.engine().file_blocks(node, first, last - first + 1).map_err(|e| errno(&e))?;
+            let stored = self.tree().file_blocks(node, first, last - first + 1).map_err(|e| errno(&e))?;
             refs.extend(stored.into_iter().filter(|(i, _)| covered.binary_search(i).is_err()));
         }
         for (i, b) in refs {
@@ -911,11 +930,15 @@ impl WriteBack {
 }
 
 impl WriteBack {
-    /// Asks the read-ahead threads for the blocks of the read-ahead window
-    /// past `last` (of the file's `blocks`) that no earlier read asked for,
-    /// when a read of `first..=last` continues a sequential stream (see
-    /// [`ahead_step`]). Each block goes out as its own request, so the
-    /// threads load a stream's blocks side by side.
+    /// The one read-ahead planner. When a read of `first..=last` continues
+    /// a sequential stream (see [`ahead_step`]), asks the read-ahead threads
+    /// for the blocks of the read-ahead window past `last` (of the file's
+    /// `blocks`) that no earlier read asked for, and the engine's
+    /// prefetchers ([`TreeRead::prefetch`]) for the window after that, so
+    /// blocks not stored here are fetched from the remote, many to a round
+    /// trip, before the threads come to them. Each block goes out to the
+    /// threads as its own request, so they load a stream's blocks side by
+    /// side.
     fn maybe_read_ahead(&self, node: NodeId, first: u64, last: u64, blocks: u64) {
         let window = ahead_window(self.shared.block_size);
         let ask = {
@@ -927,6 +950,9 @@ impl WriteBack {
             streams.insert(node, stream);
             ask.start..ask.end.min(blocks)
         };
+        if !ask.is_empty() {
+            self.tree().prefetch(node, ask.end..ask.end.saturating_add(window).min(blocks));
+        }
         if let Some(tx) = &self.ahead_tx {
             // A full queue means the threads are behind: the reader loads
             // the rest itself.
@@ -1060,9 +1086,11 @@ fn worker(shared: Arc<Shared>, rx: Receiver<Job>) {
         // the slot `Hashing` and its committer waiting.
         let store = std::panic::AssertUnwindSafe(|| match is_zero(&job.data) {
             true => Ok(None),
-            false => shared.engine.put_block(&job.data).map(Some).map_err(|e| {
-                tracing::error!(node = %job.file.node, block = job.index, error = %e, "storing a block failed");
-                errno(&e)
+            false => shared.live().and_then(|l| {
+                l.put_block(&job.data).map(Some).map_err(|e| {
+                    tracing::error!(node = %job.file.node, block = job.index, error = %e, "storing a block failed");
+                    errno(&e)
+                })
             }),
         });
         let result = std::panic::catch_unwind(store).unwrap_or_else(|_| {
@@ -1193,15 +1221,15 @@ mod failure_tests {
         let mut c = Config::new_default(MachineId::random());
         c.block_size = BS;
         c.small_block = BS;
-        Engine::init(&data, c).expect("init");
+        engine::Store::init(&data, c).expect("init");
         let faults = Faults::new();
         let storage = Arc::new(FaultyStorage::new(Arc::new(FsStorage), faults.clone()));
-        let engine = Arc::new(Engine::open_with(storage, &data).expect("open"));
+        let engine = Arc::new(LiveTree::open_with(storage, &data).expect("open"));
         let node = engine
             .create(NodeId::ROOT, b"f", NodeKind::File, Attrs { mode: 0o644, ..Attrs::default() }, b"")
             .expect("create")
             .id;
-        (faults, Arc::new(WriteBack::new(engine, 1 << 20, 2).expect("write-back")), node)
+        (faults, Arc::new(WriteBack::new(engine.into(), 1 << 20, 2).expect("write-back")), node)
     }
 
     /// Runs `f` on a thread of its own; its result, or a failure if it is
@@ -1220,7 +1248,7 @@ mod failure_tests {
         bounded("write, commit and sync", move || {
             wb.write(node, 0, &vec![fill; 3 * BS as usize], false)?;
             wb.flush(node)?;
-            wb.engine().sync().map_err(|e| errno(&e))
+            wb.live()?.sync().map_err(|e| errno(&e))
         })
     }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use common::*;
 use engine::ids::Timestamp;
-use engine::Engine;
+use engine::{LiveTree, PastView, Store};
 
 const BS: u64 = 64 << 10;
 
@@ -283,8 +283,8 @@ fn fallocate_beyond_the_free_space_is_enospc() {
     fs::create_dir(&mnt).unwrap();
     let mut config = engine::config::Config::new_default(engine::ids::MachineId::random());
     config.block_size = BS;
-    Engine::init(&data, config).unwrap();
-    let engine = Arc::new(Engine::open(&data).unwrap());
+    Store::init(&data, config).unwrap();
+    let engine = Arc::new(LiveTree::open(&data).unwrap());
     let handle = syncer_fs::spawn(engine, &mnt, syncer_fs::MountOptions::new(data.display().to_string())).unwrap();
     let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(mnt.join("f")).unwrap();
     f.write_all_at(b"kept", 0).unwrap();
@@ -529,7 +529,7 @@ fn directory_link_counts_follow_subdirectories() {
     // A point-in-time view at t1 counts as the tree was then.
     let at_mnt = m.tmp.path().join("at");
     fs::create_dir(&at_mnt).unwrap();
-    let view = Arc::new(Engine::open_at(&m.data, t1).unwrap());
+    let view = Arc::new(PastView::open(&m.data, t1).unwrap());
     let handle = syncer_fs::spawn(view, &at_mnt, syncer_fs::MountOptions::new("at".to_string())).unwrap();
     assert_eq!(
         (nlink(&at_mnt), nlink(&at_mnt.join("a")), nlink(&at_mnt.join("a/c")), nlink(&at_mnt.join("p"))),

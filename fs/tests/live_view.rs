@@ -1,5 +1,5 @@
 //! A mounted tree picks up peers' changes without a remount: after
-//! `Engine::import`, stale dentries, cached pages and attributes are dropped,
+//! `LiveTree::import`, stale dentries, cached pages and attributes are dropped,
 //! so lookups and reads through the mount see the merged tree long before
 //! the kernel's caches would run out (`syncer_fs::LIVE_TTL`).
 
@@ -7,18 +7,18 @@ use std::sync::Arc;
 
 use engine::event::{BlockChange, Change, Event};
 use engine::ids::{MachineId, NodeId, Timestamp};
-use engine::Engine;
+use engine::{LiveTree, Store, TreeRead};
 use syncer_fs::MountOptions;
 
 const PEER: MachineId = MachineId(0x00be_ef00);
 
 /// A data dir and a live mount of it.
-fn mounted(tmp: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, Arc<Engine>, syncer_fs::MountHandle) {
+fn mounted(tmp: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, Arc<LiveTree>, syncer_fs::MountHandle) {
     assert!(unsafe { libc::geteuid() } == 0 && std::path::Path::new("/dev/fuse").exists(), "needs root and /dev/fuse");
     let (data, mnt) = (tmp.join("data"), tmp.join("mnt"));
     std::fs::create_dir(&mnt).expect("mkdir");
-    Engine::init(&data, engine::config::Config::new_default(MachineId::random())).expect("init");
-    let engine = Arc::new(Engine::open(&data).expect("open"));
+    Store::init(&data, engine::config::Config::new_default(MachineId::random())).expect("init");
+    let engine = Arc::new(LiveTree::open(&data).expect("open"));
     let handle = syncer_fs::spawn(engine.clone(), &mnt, MountOptions::new(data.display().to_string())).expect("mount");
     (data, mnt, engine, handle)
 }
@@ -49,7 +49,7 @@ fn write_peer_log(data: &std::path::Path, events: &[Event]) {
 
 /// [`PEER`], having seen the version `notes.txt` shows now, rewrites it
 /// to `bytes` (one block); its log arrives and is imported.
-fn peer_rewrites_notes(data: &std::path::Path, engine: &Engine, bytes: &[u8]) {
+fn peer_rewrites_notes(data: &std::path::Path, engine: &LiveTree, bytes: &[u8]) {
     let file = engine.lookup(NodeId::ROOT, b"notes.txt").expect("lookup").id;
     let shown = engine.content_version(file).expect("version").expect("a file has one");
     let block = engine.put_block(bytes).expect("put");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use engine::config::Config;
 use engine::event::{Attrs, BlockChange, NodeKind};
 use engine::ids::{MachineId, NodeId};
-use engine::Engine;
+use engine::{LiveTree, Store, TreeRead};
 use syncer_replication::push;
 use syncer_replication::{Daemon, DaemonOptions, Remote, Rsync};
 
@@ -20,18 +20,18 @@ fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn engine(dir: &std::path::Path, remote: &std::path::Path, block_size: u64, cache: u64) -> Engine {
+fn engine(dir: &std::path::Path, remote: &std::path::Path, block_size: u64, cache: u64) -> LiveTree {
     let mut c = Config::new_default(MachineId::random());
     c.remote = Some(remote.display().to_string());
     c.block_size = block_size;
     c.cache_size = cache;
     c.small_block = 4 << 10;
     c.compression_level = 0;
-    Engine::init(dir, c).expect("init");
-    Engine::open(dir).expect("open")
+    Store::init(dir, c).expect("init");
+    LiveTree::open(dir).expect("open")
 }
 
-fn write_random_file(e: &Engine, name: &str, blocks: u64, bs: u64) -> NodeId {
+fn write_random_file(e: &LiveTree, name: &str, blocks: u64, bs: u64) -> NodeId {
     let n = e.create(NodeId::ROOT, name.as_bytes(), NodeKind::File, Attrs::default(), b"").expect("create").id;
     let mut buf = vec![0u8; bs as usize];
     let mut batch = Vec::new();

@@ -4,7 +4,7 @@
 //! # When changes travel
 //!
 //! - **Push**: the engine tells the push thread after every operation that
-//!   appends to our log ([`Engine::watch_log`]). The thread pushes once no
+//!   appends to our log ([`LiveTree::watch_log`]). The thread pushes once no
 //!   change has come for [`DaemonOptions::push_delay`], or once the first
 //!   unpushed change is [`DaemonOptions::push_max_delay`] old under
 //!   continuous writes: changes are batched, and one push runs at a time
@@ -38,9 +38,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{after, bounded, select, Receiver, Sender};
-use engine::cache::EvictReport;
 use engine::config::Config;
-use engine::Engine;
+use engine::evict::EvictReport;
+use engine::{LiveTree, TreeRead};
 
 use crate::fetch::RemoteSource;
 use crate::push::{self, PushReport};
@@ -96,7 +96,7 @@ impl DaemonOptions {
 }
 
 struct Shared {
-    engine: Arc<Engine>,
+    engine: Arc<LiveTree>,
     rsync: Arc<Rsync>,
     source: RemoteSource,
     health: Arc<Health>,
@@ -193,8 +193,8 @@ impl Shared {
     }
 
     fn evict(&self) -> Result<EvictReport> {
-        let r = engine::cache::evict(&self.engine)?;
-        let pins = engine::cache::pins(&self.engine)?;
+        let r = engine::evict::evict(&*self.engine)?;
+        let pins = engine::evict::pins(&*self.engine)?;
         {
             let mut st = lock(&self.status);
             st.local_bytes = Some(r.after);
@@ -249,13 +249,13 @@ impl Shared {
 impl Daemon {
     /// Starts the threads for `engine` and `remote`, and makes the engine
     /// fetch missing blocks from it.
-    pub fn start(engine: Arc<Engine>, remote: Remote, opts: DaemonOptions) -> Daemon {
+    pub fn start(engine: Arc<LiveTree>, remote: Remote, opts: DaemonOptions) -> Daemon {
         Self::start_with(engine, Rsync::new(remote), opts)
     }
 
     /// [`Daemon::start`] with a given runner (its timeouts are set from
     /// `opts`).
-    pub fn start_with(engine: Arc<Engine>, mut rsync: Rsync, opts: DaemonOptions) -> Daemon {
+    pub fn start_with(engine: Arc<LiveTree>, mut rsync: Rsync, opts: DaemonOptions) -> Daemon {
         rsync.io_timeout = opts.io_timeout;
         rsync.fetch_deadline = opts.fetch_deadline;
         let rsync = Arc::new(rsync);
@@ -293,7 +293,7 @@ impl Daemon {
         }
         {
             let (s, stopping) = (shared.clone(), stopping.clone());
-            let rx = engine.prefetch_requests();
+            let rx = engine.store().prefetch_requests();
             threads.push(std::thread::spawn(move || {
                 while !stopping.load(Ordering::Relaxed) {
                     match rx.recv_timeout(Duration::from_millis(200)) {

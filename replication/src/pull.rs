@@ -175,7 +175,7 @@ pub fn fetch_config(rsync: &Rsync, dest: &Path) -> Result<()> {
 /// every machine's log (so the index holds the whole tree) and no content;
 /// blocks come on demand. `cache_size` overrides the remote's limit.
 /// `rsync` is the runner for `remote`.
-pub fn clone_into(dir: &Path, remote: &str, rsync: &Rsync, cache_size: Option<u64>) -> Result<engine::Engine> {
+pub fn clone_into(dir: &Path, remote: &str, rsync: &Rsync, cache_size: Option<u64>) -> Result<engine::LiveTree> {
     // Unique per call: clones running at once in one process must not share it.
     static CLONES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = CLONES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -191,9 +191,9 @@ pub fn clone_into(dir: &Path, remote: &str, rsync: &Rsync, cache_size: Option<u6
     if let Some(c) = cache_size {
         config.cache_size = c;
     }
-    engine::Engine::init(dir, config.clone())?;
+    engine::Store::init(dir, config.clone())?;
     pull_log(rsync, &dir.join("log"), Some(config.machine))?;
-    Ok(engine::Engine::open(dir)?)
+    Ok(engine::LiveTree::open(dir)?)
 }
 
 #[cfg(test)]

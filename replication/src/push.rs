@@ -73,6 +73,7 @@
 //! Written through a temp file and a rename. Missing means nothing was
 //! pushed. Version history: v1 (current); any other version is refused.
 
+use engine::{LiveTree, TreeRead};
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -80,7 +81,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use engine::ids::{BlockHash, LogPos, MachineId};
-use engine::{log, Engine};
+use engine::log;
 
 use crate::remote::Rsync;
 use crate::{RemoteError, Result};
@@ -137,16 +138,16 @@ pub enum Progress {
 }
 
 /// Folder for files staged for rsync (never inside `log/`).
-pub fn staging_dir(engine: &Engine) -> PathBuf {
+pub fn staging_dir(engine: &LiveTree) -> PathBuf {
     engine.data_dir().join("remote-staging")
 }
 
-fn pos_path(engine: &Engine) -> PathBuf {
+fn pos_path(engine: &LiveTree) -> PathBuf {
     engine.data_dir().join("push.pos")
 }
 
 /// Where the last push stopped (the start of our log if none did).
-pub fn load_pos(engine: &Engine) -> Result<LogPos> {
+pub fn load_pos(engine: &LiveTree) -> Result<LogPos> {
     let path = pos_path(engine);
     let machine = engine.machine();
     let bytes = match std::fs::read(&path) {
@@ -169,7 +170,7 @@ pub fn load_pos(engine: &Engine) -> Result<LogPos> {
     Ok(LogPos { machine, segment: u(8..16), offset: u(16..24) })
 }
 
-fn save_pos(engine: &Engine, pos: LogPos) -> Result<()> {
+fn save_pos(engine: &LiveTree, pos: LogPos) -> Result<()> {
     let path = pos_path(engine);
     let tmp = path.with_extension("pos.tmp");
     let mut b = Vec::with_capacity(24);
@@ -182,11 +183,9 @@ fn save_pos(engine: &Engine, pos: LogPos) -> Result<()> {
 }
 
 /// Syncs the engine and works out what a push would send.
-pub fn plan(engine: &Engine) -> Result<PushPlan> {
+pub fn plan(engine: &LiveTree) -> Result<PushPlan> {
     let from = load_pos(engine)?;
-    let Some(to) = engine.log_position() else {
-        return Ok(PushPlan { from, to: from, blocks: Vec::new(), bytes: 0 });
-    };
+    let to = engine.log_position();
     // Everything before `to` is durable once this returns.
     engine.sync()?;
     let storage = engine.storage().as_ref();
@@ -227,7 +226,7 @@ pub fn plan(engine: &Engine) -> Result<PushPlan> {
 
 /// Pushes our new blocks, then our log up to the point where all its
 /// blocks are on the remote (see the module docs).
-pub fn push(engine: &Engine, rsync: &Rsync, progress: &mut dyn FnMut(Progress)) -> Result<PushReport> {
+pub fn push(engine: &LiveTree, rsync: &Rsync, progress: &mut dyn FnMut(Progress)) -> Result<PushReport> {
     let runs_before = rsync.invocations();
     let staging = staging_dir(engine);
     std::fs::create_dir_all(&staging).map_err(RemoteError::io("create", &staging))?;
@@ -246,7 +245,7 @@ pub fn push(engine: &Engine, rsync: &Rsync, progress: &mut dyn FnMut(Progress)) 
     Ok(report)
 }
 
-fn ensure_layout(engine: &Engine, rsync: &Rsync, staging: &Path) -> Result<()> {
+fn ensure_layout(engine: &LiveTree, rsync: &Rsync, staging: &Path) -> Result<()> {
     if rsync.layout_ok.load(Ordering::Relaxed) && pos_path(engine).exists() {
         return Ok(());
     }
@@ -261,7 +260,7 @@ fn ensure_layout(engine: &Engine, rsync: &Rsync, staging: &Path) -> Result<()> {
 
 /// Sends `blocks` from the local store, [`BLOCKS_PER_RUN`] per rsync run.
 pub fn send_blocks(
-    engine: &Engine,
+    engine: &LiveTree,
     rsync: &Rsync,
     staging: &Path,
     blocks: &[BlockHash],
@@ -299,7 +298,7 @@ pub fn send_blocks(
 /// Checks our segments on the remote against our log up to `to`, stages
 /// those to send and sends them (see the module docs). Returns the log bytes
 /// newly staged and how many remote segments were repaired.
-fn send_log(engine: &Engine, rsync: &Rsync, staging: &Path, from: LogPos, to: LogPos) -> Result<(u64, u64)> {
+fn send_log(engine: &LiveTree, rsync: &Rsync, staging: &Path, from: LogPos, to: LogPos) -> Result<(u64, u64)> {
     let machine = engine.machine();
     let log_root = engine.layout().log();
     let remote_lens = remote_segment_lens(rsync, machine)?;

@@ -4,13 +4,14 @@
 //! block replaced by garbage. Each ends in a clear error or a retry, and
 //! the local data dir keeps its tree, reads back, and verifies clean.
 
+use engine::{LiveTree, TreeRead};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
 use engine::ids::NodeId;
+use engine::log;
 use engine::storage::FsStorage;
-use engine::{log, Engine};
 use syncer_replication::push::{self, Progress};
 use syncer_replication::{pull, Remote, RemoteError, RemoteSource, Rsync};
 
@@ -22,11 +23,11 @@ fn init(root: &Path, name: &str, remote: &Path) -> PathBuf {
     common::init(root, name, remote, engine::config::DEFAULT_CACHE_SIZE)
 }
 
-fn write_file(e: &Engine, name: &str, data: &[u8]) -> NodeId {
+fn write_file(e: &LiveTree, name: &str, data: &[u8]) -> NodeId {
     common::write_file(e, NodeId::ROOT, name, data)
 }
 
-fn read_file(e: &Engine, name: &str) -> engine::Result<Vec<u8>> {
+fn read_file(e: &LiveTree, name: &str) -> engine::Result<Vec<u8>> {
     e.read_file(e.lookup(NodeId::ROOT, name.as_bytes())?.id)
 }
 
@@ -37,12 +38,12 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     p
 }
 
-fn push_with(e: &Engine, r: &Rsync) -> syncer_replication::Result<push::PushReport> {
+fn push_with(e: &LiveTree, r: &Rsync) -> syncer_replication::Result<push::PushReport> {
     push::push(e, r, &mut |_: Progress| {})
 }
 
 /// Paths, kinds, sizes and block lists: what "the local tree" means here.
-fn tree(e: &Engine) -> Vec<String> {
+fn tree(e: &LiveTree) -> Vec<String> {
     e.dump_tree()
         .expect("dump_tree")
         .into_iter()
@@ -52,7 +53,7 @@ fn tree(e: &Engine) -> Vec<String> {
 
 /// Closes the engine and checks the data dir verifies clean (peers' blocks
 /// not fetched yet count as on the remote).
-fn close_and_verify(e: Engine, dir: &Path) {
+fn close_and_verify(e: LiveTree, dir: &Path) {
     e.close().expect("close");
     let v = engine::verify::verify(dir).expect("verify");
     assert!(v.is_clean(), "{:?}", v.problems);
@@ -78,7 +79,7 @@ fn remote_blobs_all_decode(remote: &Path) -> usize {
     n
 }
 
-fn source(e: &Engine, remote: &Path) -> Arc<RemoteSource> {
+fn source(e: &LiveTree, remote: &Path) -> Arc<RemoteSource> {
     common::source(e, rsync(remote))
 }
 
@@ -155,7 +156,7 @@ fn remote_disk_full_is_a_clear_error_and_a_push_completes_once_there_is_room() {
     let remote = tmp.path().join("remote");
     let disk = Tmpfs::mount(&remote, "1m");
     let dir = init(tmp.path(), "a", &remote);
-    let e = Engine::open(&dir).expect("open");
+    let e = LiveTree::open(&dir).expect("open");
     let small = random(100_000);
     write_file(&e, "small", &small);
     push_with(&e, &rsync(&remote)).expect("what fits goes");
@@ -186,16 +187,16 @@ fn remote_disk_full_is_a_clear_error_and_a_push_completes_once_there_is_room() {
 }
 
 /// `peer`'s segment 0 on the remote.
-fn remote_segment(remote: &Path, peer: &Engine) -> PathBuf {
+fn remote_segment(remote: &Path, peer: &LiveTree) -> PathBuf {
     log::segment_path(&remote.join("log"), peer.machine(), 0)
 }
 
-fn pull_into(e: &Engine, remote: &Path) {
+fn pull_into(e: &LiveTree, remote: &Path) {
     pull::pull_log(&rsync(remote), &e.layout().log(), Some(e.machine())).expect("pull");
 }
 
 /// Paths and sizes of the files of `e` named `f*` (a peer's files).
-fn peer_files(e: &Engine) -> Vec<(Vec<u8>, u64)> {
+fn peer_files(e: &LiveTree) -> Vec<(Vec<u8>, u64)> {
     e.dump_tree()
         .expect("tree")
         .into_iter()
@@ -206,11 +207,11 @@ fn peer_files(e: &Engine) -> Vec<(Vec<u8>, u64)> {
 
 /// Machine `a` of a local-directory remote: the temp dir holding both,
 /// the remote, `a`'s data dir, and `a` open.
-fn one_machine() -> (tempfile::TempDir, PathBuf, PathBuf, Engine) {
+fn one_machine() -> (tempfile::TempDir, PathBuf, PathBuf, LiveTree) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let remote = tmp.path().join("remote");
     let dir = init(tmp.path(), "a", &remote);
-    let e = Engine::open(&dir).expect("open a");
+    let e = LiveTree::open(&dir).expect("open a");
     (tmp, remote, dir, e)
 }
 
@@ -219,8 +220,8 @@ fn one_machine() -> (tempfile::TempDir, PathBuf, PathBuf, Engine) {
 struct TwoMachines {
     tmp: tempfile::TempDir,
     remote: PathBuf,
-    a: Engine,
-    b: Engine,
+    a: LiveTree,
+    b: LiveTree,
     b_dir: PathBuf,
     mine: Vec<u8>,
 }
@@ -228,9 +229,9 @@ struct TwoMachines {
 fn two_machines() -> TwoMachines {
     let tmp = tempfile::tempdir().expect("tempdir");
     let remote = tmp.path().join("remote");
-    let a = Engine::open(&init(tmp.path(), "a", &remote)).expect("open a");
+    let a = LiveTree::open(&init(tmp.path(), "a", &remote)).expect("open a");
     let b_dir = init(tmp.path(), "b", &remote);
-    let b = Engine::open(&b_dir).expect("open b");
+    let b = LiveTree::open(&b_dir).expect("open b");
     let mine = random(150_000);
     write_file(&b, "mine", &mine);
     TwoMachines { tmp, remote, a, b, b_dir, mine }
@@ -323,7 +324,7 @@ fn peer_segment_extended_with_junk_on_the_remote_is_refused_naming_segment_and_o
 }
 
 /// Regression (docs/RELIABILITY.md, remote faults): junk pulled into
-/// `log/<peer>/` once made `Engine::open` fail (a peer's damaged log was
+/// `log/<peer>/` once made `LiveTree::open` fail (a peer's damaged log was
 /// fatal), and `rsync --append` never shrinks the local copy. Now the
 /// peer's events before the damage import, the damage is reported, and our
 /// data dir opens.
@@ -335,7 +336,7 @@ fn junk_in_a_pulled_peer_segment_keeps_the_data_dir_openable() {
     assert_eq!(b.peer_problems().len(), 1);
     b.close().expect("close");
     drop(b);
-    let b = Engine::open(&b_dir).expect("a peer's damaged log must not keep our own data dir from opening");
+    let b = LiveTree::open(&b_dir).expect("a peer's damaged log must not keep our own data dir from opening");
     assert_eq!(b.peer_problems().len(), 1, "the damage is still reported");
     assert!(read_file(&b, "mine").expect("own data") == mine);
     // Once the local copy is clean again, the next import reports nothing.
@@ -364,7 +365,7 @@ fn push_over_junk_in_our_own_remote_segment_is_noticed() {
 }
 
 /// A's segment 0: (here, on the remote).
-fn segment_bytes(a: &Engine, remote: &Path) -> (Vec<u8>, Vec<u8>) {
+fn segment_bytes(a: &LiveTree, remote: &Path) -> (Vec<u8>, Vec<u8>) {
     let here = std::fs::read(log::segment_path(&a.layout().log(), a.machine(), 0)).expect("our segment");
     (here, std::fs::read(remote_segment(remote, a)).expect("remote segment"))
 }
@@ -516,7 +517,7 @@ fn garbage_remote_block_is_refused_on_demand_in_a_clone() {
 
 /// Blocks a clone fetched on demand are on the remote, so they count as
 /// pushed and the evictor may take them (before the fix in
-/// `Engine::fetch_block` and the daemon's prefetch they never left).
+/// `LiveTree::fetch_block` and the daemon's prefetch they never left).
 #[test]
 fn fetched_blocks_can_be_evicted() {
     let (tmp, remote, _, a) = one_machine();
@@ -527,7 +528,7 @@ fn fetched_blocks_can_be_evicted() {
         .expect("clone");
     b.set_block_source(Some(source(&b, &remote)));
     assert!(read_file(&b, "f").expect("on demand") == data);
-    let ev = engine::cache::evict(&b).expect("evict");
+    let ev = engine::evict::evict(&b).expect("evict");
     assert!(!ev.over_limit && ev.evicted > 0 && ev.after <= BS, "{ev:?}");
     assert!(read_file(&b, "f").expect("fetched again") == data);
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use engine::event::{Attrs, NodeKind};
 use engine::ids::NodeId;
-use engine::Engine;
+use engine::{LiveTree, TreeRead};
 use syncer_replication::push::{self, Progress};
 use syncer_replication::{Daemon, DaemonOptions, Remote, Rsync};
 
@@ -17,7 +17,7 @@ mod common;
 
 use common::{init, random, remote_events_all_have_blocks, rsync, source, write_file, BS};
 
-fn read_file(e: &Engine, node: NodeId) -> engine::Result<Vec<u8>> {
+fn read_file(e: &LiveTree, node: NodeId) -> engine::Result<Vec<u8>> {
     e.read_file(node)
 }
 
@@ -25,8 +25,8 @@ fn no_progress() -> impl FnMut(Progress) {
     |_| {}
 }
 
-fn store_bytes(e: &Engine) -> u64 {
-    engine::cache::entries(e).expect("entries").iter().map(|c| c.stored_len).sum()
+fn store_bytes(e: &LiveTree) -> u64 {
+    engine::evict::entries(e).expect("entries").iter().map(|c| c.stored_len).sum()
 }
 
 #[test]
@@ -34,7 +34,7 @@ fn clone_sees_the_full_tree_and_fetches_content_on_demand() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let remote = tmp.path().join("remote");
     let a_dir = init(tmp.path(), "a", &remote, 1 << 30);
-    let a = Engine::open(&a_dir).expect("open a");
+    let a = LiveTree::open(&a_dir).expect("open a");
     let d = a.create(NodeId::ROOT, b"docs", NodeKind::Dir, Attrs::default(), b"").expect("mkdir").id;
     let mut want = HashMap::new();
     for (i, len) in [0usize, 100, 70_000, 300_000].into_iter().enumerate() {
@@ -85,7 +85,7 @@ fn push_order_never_leaves_an_event_without_its_blocks() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let remote = tmp.path().join("remote");
     let dir = init(tmp.path(), "a", &remote, 1 << 30);
-    let e = Engine::open(&dir).expect("open");
+    let e = LiveTree::open(&dir).expect("open");
     write_file(&e, NodeId::ROOT, "one", &random(200_000));
     push::push(&e, &rsync(&remote), &mut no_progress()).expect("push");
     let first = remote_events_all_have_blocks(&remote);
@@ -114,11 +114,11 @@ fn corrupt_remote_block_is_refused_and_never_returned() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let remote = tmp.path().join("remote");
     let dir = init(tmp.path(), "a", &remote, BS);
-    let e = Engine::open(&dir).expect("open");
+    let e = LiveTree::open(&dir).expect("open");
     let data = random(2 * BS as usize);
     let f = write_file(&e, NodeId::ROOT, "f", &data);
     push::push(&e, &rsync(&remote), &mut no_progress()).expect("push");
-    let ev = engine::cache::evict(&e).expect("evict");
+    let ev = engine::evict::evict(&e).expect("evict");
     assert_eq!(ev.evicted, 2, "a one-block cache holds no full block with its header");
     assert_eq!(store_bytes(&e), 0);
 
@@ -169,7 +169,7 @@ fn mount_over_the_cache_limit_stays_bounded_and_reads_everything_back() {
     let remote = tmp.path().join("remote");
     let limit = 1 << 20;
     let dir = init(tmp.path(), "a", &remote, limit);
-    let e = Arc::new(Engine::open(&dir).expect("open"));
+    let e = Arc::new(LiveTree::open(&dir).expect("open"));
     let daemon = Daemon::start_with(e.clone(), rsync(&remote), fast(Duration::from_secs(20)));
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
@@ -210,19 +210,19 @@ fn unpushed_blocks_stay_and_status_says_over_limit() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let remote = tmp.path().join("remote");
     let dir = init(tmp.path(), "a", &remote, 100_000);
-    let e = Engine::open(&dir).expect("open");
+    let e = LiveTree::open(&dir).expect("open");
     let data = random(400_000);
     let f = write_file(&e, NodeId::ROOT, "f", &data);
-    let ev = engine::cache::evict(&e).expect("evict");
+    let ev = engine::evict::evict(&e).expect("evict");
     assert_eq!(ev.evicted, 0, "nothing pushed, nothing evicted");
     assert!(ev.over_limit);
     assert_eq!(read_file(&e, f).expect("still local"), data);
     // Pinned blocks stay too, even once pushed.
     e.set_pinned(f, true).expect("pin");
     push::push(&e, &rsync(&remote), &mut no_progress()).expect("push");
-    assert_eq!(engine::cache::evict(&e).expect("evict").evicted, 0);
+    assert_eq!(engine::evict::evict(&e).expect("evict").evicted, 0);
     e.set_pinned(f, false).expect("unpin");
-    let ev = engine::cache::evict(&e).expect("evict");
+    let ev = engine::evict::evict(&e).expect("evict");
     assert!(ev.evicted > 0 && !ev.over_limit, "{ev:?}");
 }
 
@@ -231,10 +231,10 @@ fn unreachable_remote_gives_eio_in_bounded_time_and_local_data_stays_readable() 
     let tmp = tempfile::tempdir().expect("tempdir");
     let remote = tmp.path().join("remote");
     let dir = init(tmp.path(), "a", &remote, BS);
-    let e = Arc::new(Engine::open(&dir).expect("open"));
+    let e = Arc::new(LiveTree::open(&dir).expect("open"));
     write_file(&e, NodeId::ROOT, "remote-only", &random(200_000));
     push::push(&e, &rsync(&remote), &mut no_progress()).expect("push");
-    engine::cache::evict(&e).expect("evict");
+    engine::evict::evict(&*e).expect("evict");
     let local = random(200_000);
     write_file(&e, NodeId::ROOT, "local", &local);
 
@@ -333,7 +333,7 @@ fn push_and_clone_over_real_ssh() {
     let over_ssh = || Rsync::with_program(Remote::parse(&remote_str).expect("remote"), "rsync", ssh.clone());
 
     let a_dir = init(tmp.path(), "a", &remote_path, 1 << 30);
-    let a = Engine::open(&a_dir).expect("open");
+    let a = LiveTree::open(&a_dir).expect("open");
     let data = random(150_000);
     write_file(&a, NodeId::ROOT, "f", &data);
     let rs = over_ssh();

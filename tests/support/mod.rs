@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use engine::config::Config;
 use engine::ids::MachineId;
-use engine::Engine;
+use engine::{LiveTree, Store};
 use syncer_fs::{MountHandle, MountOptions};
 
 /// FUSE tests mount for real: they need root and /dev/fuse, and fail (never
@@ -39,14 +39,14 @@ impl Mounted {
         let mut config = Config::new_default(MachineId::random());
         config.block_size = 64 << 10;
         config.small_block = 64 << 10;
-        Engine::init(&data, config).expect("init");
+        Store::init(&data, config).expect("init");
         let mut m = Mounted { tmp, data, mnt, handle: None };
         m.mount();
         m
     }
 
     pub fn mount(&mut self) {
-        let engine = Arc::new(Engine::open(&self.data).expect("open"));
+        let engine = Arc::new(LiveTree::open(&self.data).expect("open"));
         let opts = MountOptions::new(self.data.display().to_string());
         self.handle = Some(syncer_fs::spawn(engine, &self.mnt, opts).expect("mount"));
     }
@@ -212,7 +212,7 @@ pub fn init_fixture(dir: &Path, machine: MachineId) {
     let mut config = Config::new_default(machine);
     config.block_size = 4096;
     config.small_block = 1024;
-    Engine::init(dir, config).expect("init");
+    Store::init(dir, config).expect("init");
 }
 
 /// The checked-in fixture `tests/fixtures/<name>`.

@@ -280,7 +280,7 @@ fn make_copy<S: TreeStore>(s: &mut S, e: &Event, of: NodeId, base: Content, bloc
 /// that carries one is ignored.
 pub fn valid_name(name: &[u8]) -> bool {
     !name.is_empty()
-        && name.len() <= crate::engine::NAME_MAX
+        && name.len() <= crate::limits::NAME_MAX
         && name != b"."
         && name != b".."
         && !name.iter().any(|&b| b == b'/' || b == 0)
@@ -488,7 +488,7 @@ fn free_conflict_name<S: TreeStore>(s: &S, parent: NodeId, name: &[u8], e: &Even
         let tag = if n == 1 { String::new() } else { format!(" {n}") };
         let suffix = format!(" (conflict from {} {y:04}-{mo:02}-{d:02}{tag})", e.machine);
         // Names are at most 255 bytes: keep the suffix, shorten the stem.
-        let room = crate::engine::NAME_MAX.saturating_sub(suffix.len() + ext.len());
+        let room = crate::limits::NAME_MAX.saturating_sub(suffix.len() + ext.len());
         let mut out = stem[..stem.len().min(room)].to_vec();
         out.extend_from_slice(suffix.as_bytes());
         out.extend_from_slice(ext);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use engine::config::Config;
 use engine::ids::MachineId;
-use engine::Engine;
+use engine::{LiveTree, Store};
 use syncer_fs::{MountHandle, MountOptions};
 
 /// A mounted fresh data dir. Unmounts on drop.
@@ -49,7 +49,7 @@ impl Mounted {
         std::fs::create_dir(&mnt).expect("mkdir mnt");
         let mut config = Config::new_default(MachineId::random());
         cfg(&mut config);
-        Engine::init(&data, config).expect("init");
+        Store::init(&data, config).expect("init");
         let mut o = MountOptions::new(data.display().to_string());
         o.threads = 4;
         opts(&mut o);
@@ -59,7 +59,7 @@ impl Mounted {
     }
 
     pub fn mount(&mut self) {
-        let engine = Arc::new(Engine::open(&self.data).expect("open"));
+        let engine = Arc::new(LiveTree::open(&self.data).expect("open"));
         self.handle = Some(syncer_fs::spawn(engine, &self.mnt, self.opts.clone()).expect("mount"));
     }
 

@@ -2,14 +2,15 @@
 //! remote, files written through the engine, and checks of the remote.
 #![allow(dead_code)]
 
+use engine::{LiveTree, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engine::config::Config;
 use engine::event::{Attrs, BlockChange, NodeKind};
 use engine::ids::{MachineId, NodeId};
+use engine::log;
 use engine::storage::FsStorage;
-use engine::{log, Engine};
 use syncer_replication::push;
 use syncer_replication::status::Health;
 use syncer_replication::{Remote, RemoteSource, Rsync};
@@ -31,7 +32,7 @@ pub fn config(remote: &Path, cache: u64) -> Config {
 /// A new data dir `root/name` whose remote is the folder `remote`.
 pub fn init(root: &Path, name: &str, remote: &Path, cache: u64) -> PathBuf {
     let dir = root.join(name);
-    Engine::init(&dir, config(remote, cache)).expect("init");
+    Store::init(&dir, config(remote, cache)).expect("init");
     dir
 }
 
@@ -42,7 +43,7 @@ pub fn random(len: usize) -> Vec<u8> {
 }
 
 /// Creates `parent/name` holding `data`, synced.
-pub fn write_file(e: &Engine, parent: NodeId, name: &str, data: &[u8]) -> NodeId {
+pub fn write_file(e: &LiveTree, parent: NodeId, name: &str, data: &[u8]) -> NodeId {
     let n = e.create(parent, name.as_bytes(), NodeKind::File, Attrs::default(), b"").expect("create").id;
     let blocks = data
         .chunks(BS as usize)
@@ -60,7 +61,7 @@ pub fn rsync(remote: &Path) -> Rsync {
 }
 
 /// Fetches blocks missing in `e` from the remote `rsync` reaches.
-pub fn source(e: &Engine, rsync: Rsync) -> Arc<RemoteSource> {
+pub fn source(e: &LiveTree, rsync: Rsync) -> Arc<RemoteSource> {
     Arc::new(RemoteSource::new(Arc::new(rsync), push::staging_dir(e), Arc::new(Health::default())))
 }
 

@@ -1,0 +1,343 @@
+//! A point-in-time view: a data dir read-only as it stood at a time, over
+//! the history index `history.redb` (see [`PastView::open`]).
+//!
+//! Always true:
+//! - a view never opens `index.redb` and never takes the writer lock, so
+//!   any number of views run beside one live writer;
+//! - what a view shows never changes once it is open: node states are
+//!   folded once and kept in a cache bounded by [`NODE_CACHE_BYTES`]
+//!   (memory is set by a budget, not by the size of the tree); a state the
+//!   cache dropped is folded again, to the same result;
+//! - a view has no mutations: it is a [`TreeRead`] and nothing more.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::catchup::{CatchUp, PeerProblems};
+use crate::error::{Error, FsError, Result};
+use crate::event::{BlockRef, NodeKind};
+use crate::ids::{LogPos, NodeId, Timestamp};
+use crate::index::{DirEntry, Index, IndexReader};
+use crate::log;
+use crate::read::TreeRead;
+use crate::state::{NodeState, OpenReport};
+use crate::storage::{FsStorage, Storage};
+use crate::store::{lock_history, take_lock, Access, Layout, Store};
+use crate::tree::{self, NodeRecord};
+
+/// Bytes of folded node states a view keeps (an estimate: each state's
+/// names, target and xattrs plus a fixed part). A constant rather than a
+/// config key: it bounds memory, and folding a dropped state again costs
+/// only the reads of its events since its last checkpoint.
+pub const NODE_CACHE_BYTES: usize = 64 << 20;
+
+/// A data dir as it stood at a past time, read-only. `Send + Sync`.
+pub struct PastView {
+    index: Index,
+    at: Timestamp,
+    report: OpenReport,
+    problems: PeerProblems,
+    /// Node states folded once each (see [`NodeCache`]).
+    nodes: Mutex<NodeCache>,
+    /// Held shared while the view reads `history.redb`.
+    _history_lock: File,
+    store: Store,
+}
+
+impl std::fmt::Debug for PastView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PastView").field("dir", &self.store.data_dir()).field("at", &self.at).finish_non_exhaustive()
+    }
+}
+
+impl PastView {
+    /// Opens `dir` read-only as it stood at `at`.
+    ///
+    /// A view never opens `index.redb` (a live writer in another process
+    /// holds it exclusively). It reads `history.redb`, a
+    /// second index derived from the log by the same code: the first view to
+    /// open while no other view is open brings it up to date (applying only
+    /// the events it has not seen, never replaying the whole log unless
+    /// events arrived out of order) and then every view reads it read-only,
+    /// so any number of views and one live writer run at once. A view opened
+    /// while other views hold `history.redb` cannot update it and shows the
+    /// log as of the last update ([`OpenReport::stale_history`] says so).
+    /// A missing `history.redb` is seeded with a copy of `index.redb` when
+    /// no writer has the data dir (taking the writer lock for the copy) and
+    /// the last one closed cleanly; otherwise it is built from the log once.
+    ///
+    /// What a view shows: every name and block as of `at` exactly (from the
+    /// history tables); each node's attributes as its latest checkpoint
+    /// before `at` (the merged record, see `index`) with its own events
+    /// since folded in, in merge order. A directory's times can lag the live
+    /// tree's: entries created, renamed or removed after that checkpoint do
+    /// not move them in the view.
+    pub fn open(dir: &Path, at: Timestamp) -> Result<PastView> {
+        let storage: Arc<dyn Storage> = Arc::new(FsStorage);
+        let (store, upgraded_from) = Store::open(dir, storage, Access::Read)?;
+        let mut report = OpenReport { upgraded_from, ..OpenReport::default() };
+        let layout = store.layout().clone();
+        let (history_lock, exclusive) = lock_history(&layout.history_lock())?;
+        // A view that took the lock in the instant another one was
+        // turning its exclusive lock into a shared one (flock does
+        // not convert atomically) finds the file held: it reads it.
+        if exclusive && !layout.history_index().exists() {
+            seed_history(&layout);
+        }
+        let writable = if exclusive { Index::open(&layout.history_index()).ok() } else { None };
+        let refresh = writable.is_some();
+        let mut index = match writable {
+            Some((opened, rebuilt)) => {
+                // A crash can cut a writer's unacknowledged tail after a
+                // view indexed it: then the view's index is rebuilt.
+                if index_diverged(store.storage().as_ref(), &layout.log(), &opened)? {
+                    tracing::warn!(
+                        "{}: the log lost events it had indexed; rebuilding it",
+                        layout.history_index().display()
+                    );
+                    opened.clear()?;
+                    report.index_rebuilt = true;
+                } else {
+                    report.index_rebuilt = rebuilt;
+                }
+                opened
+            }
+            None => {
+                report.stale_history = Some(format!(
+                    "{}: other point-in-time views hold it, so events logged since they opened are not shown",
+                    layout.history_index().display()
+                ));
+                Index::open_read_only(&layout.history_index())?
+            }
+        };
+        let problems = PeerProblems::default();
+        if refresh {
+            let catch_up = CatchUp { store: &store, index: &index, problems: &problems };
+            report.caught_up = catch_up.catch_up(false, &mut report)?;
+            index.reopen_read_only()?;
+            history_lock.lock_shared().map_err(|e| Error::io("lock", layout.history_lock(), e))?;
+        }
+        Ok(PastView {
+            index,
+            at,
+            report,
+            problems,
+            nodes: Mutex::new(NodeCache::new(NODE_CACHE_BYTES)),
+            _history_lock: history_lock,
+            store,
+        })
+    }
+
+    /// Damage found in peers' logs (each names the segment and offset)
+    /// while this view brought `history.redb` up to date.
+    pub fn peer_problems(&self) -> Vec<String> {
+        self.problems.list()
+    }
+
+    /// Folds `id`'s events up to the view's time, read back from the log
+    /// (once per node while the cache keeps it).
+    fn node_record(&self, id: NodeId) -> Result<Option<NodeRecord>> {
+        if let Some(r) = self.nodes.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return Ok(r);
+        }
+        let state = self.fold_node(id)?;
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, state.clone());
+        Ok(state)
+    }
+
+    /// The latest checkpoint (see `index`) then the node's events since.
+    fn fold_node(&self, id: NodeId) -> Result<Option<NodeRecord>> {
+        let at = self.at;
+        let ix = self.index.read()?;
+        let (mut state, after) = match ix.checkpoint_at(id, at)? {
+            Some((key, record)) => (Some(record), Some(key)),
+            None => ((id == NodeId::ROOT).then(NodeRecord::root), None),
+        };
+        for pos in ix.history_after(id, after, at)? {
+            let ev = log::read_record_at(self.store.storage().as_ref(), &self.store.layout().log(), pos)?.event;
+            state = Some(tree::apply(state.as_ref(), &ev).node);
+        }
+        // The counts the merge keeps change with other nodes' events too
+        // (entries made in a directory, blocks of a version routed here):
+        // counted from the history tables as of `at`, once per view.
+        if let Some(n) = state.as_mut() {
+            match n.kind {
+                NodeKind::Dir => {
+                    let entries = ix.read_dir_at(id, at)?;
+                    n.subdirs = entries.iter().filter(|e| e.kind == NodeKind::Dir).count() as u64;
+                }
+                NodeKind::File => {
+                    let blocks = ix.blocks_at(id, 0, u64::MAX, at)?;
+                    n.stored = blocks.iter().map(|(_, b)| u64::from(b.len)).sum();
+                }
+                _ => {}
+            }
+        }
+        // A directory's times follow its listing: the checkpoint has them as
+        // the merge left them, the fold of the node's own events since does
+        // not move them.
+        Ok(state)
+    }
+}
+
+impl TreeRead for PastView {
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn at(&self) -> Option<Timestamp> {
+        Some(self.at)
+    }
+
+    fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    fn index(&self) -> Result<IndexReader> {
+        self.index.read()
+    }
+
+    fn node(&self, id: NodeId) -> Result<NodeState> {
+        let record = self.node_record(id)?;
+        record.map(|r| NodeState::from_record(id, r)).ok_or(Error::fs(id, FsError::NotFound))
+    }
+
+    fn lookup(&self, dir: NodeId, name: &[u8]) -> Result<NodeState> {
+        let (child, _) = self.index.read()?.lookup_at(dir, name, self.at)?.ok_or(Error::fs(dir, FsError::NotFound))?;
+        self.node(child)
+    }
+
+    fn read_dir(&self, dir: NodeId, after: Option<&[u8]>, limit: usize) -> Result<Vec<DirEntry>> {
+        let all = self.index.read()?.read_dir_at(dir, self.at)?;
+        Ok(all.into_iter().filter(|e| after.is_none_or(|a| e.name.as_slice() > a)).take(limit).collect())
+    }
+
+    fn file_blocks(&self, node: NodeId, first: u64, count: u64) -> Result<Vec<(u64, BlockRef)>> {
+        self.index.read()?.blocks_at(node, first, count, self.at)
+    }
+
+    fn next_data(&self, node: NodeId, from: u64) -> Result<Option<u64>> {
+        self.index.read()?.next_block_at(node, from, self.at)
+    }
+}
+
+/// Folded node states within a byte budget: two generations, each up to
+/// half the budget. New states go into the young one; when it is full it
+/// becomes the old one (the old one is dropped) and a new young one
+/// starts; a state found in the old one moves back to the young one. So
+/// the states in use stay, the others leave, and the cache never holds
+/// more than its budget (as estimated by [`record_bytes`]), at O(1) a use.
+#[derive(Debug)]
+struct NodeCache {
+    young: HashMap<NodeId, Option<NodeRecord>>,
+    old: HashMap<NodeId, Option<NodeRecord>>,
+    young_bytes: usize,
+    /// Bytes each generation may hold.
+    half: usize,
+}
+
+impl NodeCache {
+    fn new(budget: usize) -> NodeCache {
+        NodeCache { young: HashMap::new(), old: HashMap::new(), young_bytes: 0, half: budget / 2 }
+    }
+
+    fn get(&mut self, id: NodeId) -> Option<Option<NodeRecord>> {
+        if let Some(r) = self.young.get(&id) {
+            return Some(r.clone());
+        }
+        let r = self.old.remove(&id)?;
+        self.insert(id, r.clone());
+        Some(r)
+    }
+
+    fn insert(&mut self, id: NodeId, record: Option<NodeRecord>) {
+        let bytes = record_bytes(record.as_ref());
+        if self.young_bytes + bytes > self.half {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+        if self.young.insert(id, record).is_none() {
+            self.young_bytes += bytes;
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+}
+
+/// What a cached state costs, roughly: its variable parts and a fixed
+/// part for the record, its clocks and the map entry.
+fn record_bytes(record: Option<&NodeRecord>) -> usize {
+    const FIXED: usize = 512;
+    record.map_or(FIXED, |r| {
+        FIXED
+            + r.name.len()
+            + r.target.len()
+            + r.volname.len()
+            + r.xattrs.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
+    })
+}
+
+/// Seeds a missing `history.redb` with a copy of `index.redb` when no writer
+/// has the data dir open and the last one closed cleanly: copying is far
+/// faster than replaying a long log, and catching up does the rest. Best
+/// effort: without a seed, the view builds `history.redb` from the log.
+fn seed_history(layout: &Layout) {
+    // Held while copying, so no writer changes the file under the copy.
+    let Ok(_writer) = take_lock(&layout.lock()) else { return };
+    if layout.dirty().exists() || !layout.index().exists() {
+        return;
+    }
+    let tmp = layout.dir.join("history.redb.tmp");
+    if std::fs::copy(layout.index(), &tmp).and_then(|_| std::fs::rename(&tmp, layout.history_index())).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Whether `ix` was applied up to an event that the log no longer has where
+/// it was (a crash cut it and the writer may have logged another event there).
+fn index_diverged(storage: &dyn Storage, log_root: &Path, ix: &Index) -> Result<bool> {
+    let r = ix.read()?;
+    for m in r.machines()? {
+        let Some((segment, offset, seq)) = r.applied(m)? else { continue };
+        let known = r.event_location(m, seq)?;
+        let found = log::read_record_at(storage, log_root, LogPos { machine: m, segment, offset }).ok();
+        let same = match (known, found) {
+            (Some(k), Some(d)) => d.event.seq == seq && d.event.time == k.time && d.event.node == k.node,
+            _ => false,
+        };
+        if !same {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name_len: usize) -> Option<NodeRecord> {
+        let mut r = NodeRecord::root();
+        r.name = vec![b'x'; name_len];
+        Some(r)
+    }
+
+    #[test]
+    fn the_node_cache_stays_within_its_budget_and_keeps_what_is_used() {
+        let budget = 100 * record_bytes(record(10).as_ref());
+        let mut c = NodeCache::new(budget);
+        let hot = NodeId::new(1, crate::ids::MachineId(7));
+        c.insert(hot, record(10));
+        for i in 2..10_000u64 {
+            c.insert(NodeId::new(i, crate::ids::MachineId(7)), record(10));
+            assert!(c.get(hot).is_some(), "a state in use stays (after {i} others)");
+            assert!(c.len() <= 100, "{} states over a budget of 100", c.len());
+        }
+        assert!(c.get(NodeId::new(2, crate::ids::MachineId(7))).is_none(), "an unused state left");
+    }
+}
