@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::ids::{BlockHash, NodeId};
+use crate::index::IndexError;
 
 /// Result with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -127,12 +128,13 @@ pub enum Error {
     #[error("blob {0} is not stored locally")]
     MissingBlob(BlockHash),
     /// The redb index failed.
-    #[error("index {path}: {reason}")]
+    #[error("index {path}: {source}")]
     Index {
         /// The index file.
         path: PathBuf,
-        /// redb's message.
-        reason: String,
+        /// What failed (redb's own error, when redb failed).
+        #[source]
+        source: IndexError,
     },
     /// Another process holds the data dir's writer lock.
     #[error("{path}: data dir is in use by another syncer process ({reason})")]
@@ -161,6 +163,7 @@ impl Error {
     pub fn os_error(&self) -> Option<i32> {
         match self {
             Error::Io { source, .. } => source.raw_os_error(),
+            Error::Index { source, .. } => source.os_error(),
             _ => None,
         }
     }

@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Index, IndexView, IndexWriter};
+use super::{Index, IndexError, IndexView, IndexWriter};
 use crate::error::{Error, Result};
 
 /// Longest time index changes wait for a group commit. A redb commit costs
@@ -312,7 +312,7 @@ impl Pipeline {
                 }
                 Err(Error::Index {
                     path: self.path.clone(),
-                    reason: format!("behind the log after {why}, and catching up failed: {e}"),
+                    source: IndexError::Behind { why: why.to_string(), source: Box::new(e) },
                 })
             }
         }
