@@ -325,7 +325,22 @@ fn run_foreground(
     .with_context(|| format!("open {}", data_dir.display()))?;
     let engine = Arc::new(engine);
     // Push, evict and prefetch in the background while mounted.
-    let replication = crate::remote::start_daemon(&engine)?;
+    let replication = crate::remote::start_daemon(&engine)?.map(Arc::new);
+    let refresh = syncer_fs::CacheRefresh::new();
+    // Commands that need the writer reach it through the control socket
+    // (see `control`); a read-only mount has no writer to offer.
+    let control = if engine.is_read_only() {
+        None
+    } else {
+        let ctx = crate::control::handlers::MountCtx {
+            engine: engine.clone(),
+            data_dir: data_dir.to_path_buf(),
+            mountpoint: mountpoint.to_path_buf(),
+            daemon: replication.clone(),
+            refresh: refresh.clone(),
+        };
+        Some(crate::control::server::Server::start(Arc::new(ctx))?)
+    };
     // A signal unmounts; the kernel then ends the session and `mount`
     // returns after committing every buffered write. An unmount from
     // outside (fusermount3 -u, umount) ends it the same way.
@@ -347,8 +362,13 @@ fn run_foreground(
         }
     });
     crate::daemon_log::line(&format!("syncer: mounting {} on {}", data_dir.display(), mountpoint.display()));
-    syncer_fs::mount(engine.clone(), mountpoint, opts)
-        .with_context(|| format!("mount {} on {}", data_dir.display(), mountpoint.display()))?;
+    let served = syncer_fs::mount_with_refresh(engine.clone(), mountpoint, opts, &refresh)
+        .with_context(|| format!("mount {} on {}", data_dir.display(), mountpoint.display()));
+    // Before the daemon and the engine go: commands still running use them.
+    if let Some(c) = control {
+        c.stop();
+    }
+    served?;
     drop(replication);
     engine.close().context("committing buffered state")?;
     crate::daemon_log::line(&format!("syncer: {}: {CLEAN_LINE}", mountpoint.display()));
