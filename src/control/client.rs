@@ -70,13 +70,16 @@ fn call_once(stream: UnixStream, req: &Request, out: &mut dyn Output) -> Result<
     let mut line = serde_json::to_vec(&RequestLine { version: VERSION, request: req.clone() })?;
     line.push(b'\n');
     let mut w = &stream;
-    w.write_all(&line).context("sending the request to the mount")?;
+    // A mount that refuses at once (busy, not allowed) may close before it
+    // read the request: its answer is still there to read.
+    let sent = w.write_all(&line);
     let mut reader = BufReader::new(&stream);
     let mut buf = Vec::new();
     loop {
         buf.clear();
         let n = (&mut reader).take(MAX_REPLY_LINE).read_until(b'\n', &mut buf).context("reading the mount's answer")?;
         if n == 0 {
+            sent.context("sending the request to the mount")?;
             bail!("the mount closed the control connection before the end of its answer (see its mount.log)");
         }
         let reply: ReplyLine = serde_json::from_slice(&buf)
