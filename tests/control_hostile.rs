@@ -279,3 +279,25 @@ fn another_user_is_refused_and_logged() {
     assert!(log.contains(&format!("refused uid {}", user.uid)), "the refusal is logged: {log}");
     m.healthy();
 }
+
+/// A socket left by a mount that died (nobody listens on it) makes no
+/// command fail: they run in-process; the next mount replaces it.
+#[test]
+fn a_stale_socket_is_ignored_then_replaced() {
+    require_fuse();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    ok(&[OsStr::new("init"), data.as_os_str()]);
+    drop(std::os::unix::net::UnixListener::bind(data.join("control.sock")).expect("bind"));
+    assert!(data.join("control.sock").exists(), "a stale socket file");
+    let out = ok(&[OsStr::new("status"), data.as_os_str()]);
+    assert!(out.contains("state:        not mounted"), "{out}");
+    ok(&[OsStr::new("mount"), data.as_os_str(), mnt.as_os_str()]);
+    let m = Mounted { tmp, data, mnt };
+    let log = std::fs::read_to_string(m.data.join("mount.log")).expect("mount.log");
+    assert!(log.contains("replaced a stale"), "{log}");
+    std::fs::write(m.mnt.join("file"), pattern(7, 200_000)).expect("write");
+    m.healthy();
+}

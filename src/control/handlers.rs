@@ -98,8 +98,8 @@ pub fn local(data_dir: &Path, req: &Request, out: &mut dyn Output) -> Result<u8>
 fn open_live(dir: &Path) -> Result<Engine> {
     match Engine::open(dir) {
         Err(engine::Error::Locked { .. }) => bail!(
-            "{} is in use by another syncer process (not a mount: no control socket answers); try again once it \
-             ends",
+            "{} is in use by another syncer process that serves no control socket (a running `syncer sync` or \
+             `pin`, or a mount by an older syncer); try again once it ends",
             dir.display()
         ),
         r => r.with_context(|| format!("open {}", dir.display())),
