@@ -243,10 +243,13 @@ fn read_request(stream: &mut UnixStream) -> Result<Vec<u8>, ReadError> {
                 let start = buf.len();
                 buf.extend_from_slice(&chunk[..n]);
                 if let Some(i) = buf[start..].iter().position(|&b| b == b'\n') {
+                    if start + i + 1 > MAX_LINE {
+                        return Err(ReadError::Bad(format!("request line longer than {MAX_LINE} bytes: refused")));
+                    }
                     buf.truncate(start + i);
                     return Ok(buf);
                 }
-                if buf.len() > MAX_LINE {
+                if buf.len() >= MAX_LINE {
                     return Err(ReadError::Bad(format!("request line longer than {MAX_LINE} bytes: refused")));
                 }
             }
@@ -354,6 +357,27 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read_line_of(len: usize) -> Result<Vec<u8>, ReadError> {
+        let (mut a, mut b) = UnixStream::pair().expect("socketpair");
+        let writer = std::thread::spawn(move || {
+            let mut line = vec![b'x'; len - 1];
+            line.push(b'\n');
+            let _ = b.write_all(&line);
+        });
+        let r = read_request(&mut a);
+        drop(a);
+        writer.join().expect("writer");
+        r
+    }
+
+    #[test]
+    fn a_request_line_is_at_most_max_line_bytes() {
+        assert!(matches!(read_line_of(MAX_LINE), Ok(l) if l.len() == MAX_LINE - 1));
+        assert!(matches!(read_line_of(MAX_LINE + 1), Err(ReadError::Bad(e)) if e.contains("longer than")));
+        assert!(matches!(read_line_of(MAX_LINE * 4), Err(ReadError::Bad(e)) if e.contains("longer than")));
+        assert!(matches!(read_line_of(1), Ok(l) if l.is_empty()));
+    }
 
     #[test]
     fn requests_are_checked() {
