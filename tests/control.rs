@@ -195,6 +195,19 @@ fn sync_while_writes_continue() {
         shapes.push(out);
         std::thread::sleep(Duration::from_millis(200));
     }
+    // On the wire: progress lines streamed from the mount, then the end.
+    {
+        use std::io::BufRead;
+        let mut s = std::os::unix::net::UnixStream::connect(a.data.join("control.sock")).expect("connect");
+        s.write_all(b"{\"version\":1,\"request\":{\"command\":\"sync\"}}\n").expect("send");
+        let lines: Vec<serde_json::Value> = std::io::BufReader::new(&s)
+            .lines()
+            .map(|l| serde_json::from_str(&l.expect("line")).expect("a JSON line"))
+            .collect();
+        assert!(lines.iter().any(|l| l["progress"]["what"].is_string()), "progress is streamed: {lines:?}");
+        assert!(lines.iter().any(|l| l["out"].as_str().is_some_and(|o| o.starts_with("pushed "))), "{lines:?}");
+        assert_eq!(lines.last().expect("end")["end"]["exit"], 0, "{lines:?}");
+    }
     let before_last = written.load(Ordering::SeqCst);
     let summary: serde_json::Value = serde_json::from_str(&a.ok(&["sync"], &["--json"])).expect("sync --json");
     assert!(summary["pushed_blocks"].is_u64() && summary["imported_events"].is_u64(), "{summary}");
@@ -205,7 +218,12 @@ fn sync_while_writes_continue() {
     let b = tmp.path().join("b");
     let remote = tmp.path().join("remote");
     ok(&[os("clone"), os(&b), os(&remote)]);
-    for i in 0..before_last {
+    let cloned: serde_json::Value =
+        serde_json::from_str(&ok(&[os("status"), os(&b), os("--json")])).expect("status --json");
+    let files = cloned["files"].as_u64().expect("files") as usize;
+    assert!(files >= before_last, "{files} files on the remote, {before_last} written before the last sync");
+    // Files are written in order: the first and the last before the sync.
+    for i in [0, before_last - 1] {
         let rel = format!("/w/f{i}");
         let h = ok(&[os("history"), os(&b), os(&rel), os("--json")]);
         let h: serde_json::Value = serde_json::from_str(&h).expect("history --json");
