@@ -7,20 +7,21 @@
 //! How the crates fit together, and the rules every change keeps:
 //! `docs/DESIGN.md`.
 
-use engine::TreeRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use engine::TreeRead;
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use control::Request;
 
 mod conflicts;
+mod control;
 mod daemon_log;
 mod history_cmd;
 mod log_cmd;
 mod mount;
 mod remote;
-mod status;
 
 const EXIT_HELP: &str = "Exit codes: 0 success; 1 error (one line on stderr: what failed and where); \
 2 bad usage; 3 `log verify` found damage.";
@@ -56,10 +57,13 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         compression_level: i32,
     },
-    /// Show machine id, format, sizes and counts.
+    /// Show machine id, format, sizes and counts (mounted or not).
     Status {
         /// The data dir.
         data_dir: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Make a new machine from a remote: log and metadata now, content on demand.
     Clone {
@@ -71,24 +75,36 @@ enum Command {
         #[arg(long)]
         cache_size: Option<String>,
     },
-    /// Push to and pull from the remote once, in the foreground.
+    /// Push to and pull from the remote once, now (done by the mount when mounted).
     Sync {
-        /// The data dir (not mounted).
+        /// The data dir.
         data_dir: PathBuf,
+        /// The summary as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Keep a file or a whole directory local (fetched now, never evicted).
     Pin {
-        /// The data dir (not mounted).
+        /// The data dir.
         data_dir: PathBuf,
         /// Path inside the tree, e.g. /photos/thumbs.
         path: String,
     },
     /// Undo `pin` for a path and everything below it.
     Unpin {
-        /// The data dir (not mounted).
+        /// The data dir.
         data_dir: PathBuf,
         /// Path inside the tree.
         path: String,
+    },
+    /// Trim the local block store now: blocks already on the remote, least
+    /// recently used first (never pinned, small or unpushed ones).
+    Evict {
+        /// The data dir.
+        data_dir: PathBuf,
+        /// Trim to this size, e.g. 2GiB (default: the cache limit).
+        #[arg(long)]
+        size: Option<String>,
     },
     /// Mount the tree (in the background unless --foreground).
     Mount {
@@ -116,9 +132,12 @@ enum Command {
         /// Find the node at PATH as of WHEN (default: now).
         #[arg(long, value_name = "WHEN")]
         at: Option<String>,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Write out a file as it was at WHEN: to DEST, or back into the live tree as new events
-    /// (needs the data dir unmounted; use --to while it is mounted).
+    /// (through the mount when mounted: open files show it at once).
     Restore {
         /// The data dir.
         data_dir: PathBuf,
@@ -146,6 +165,9 @@ enum Command {
     Conflicts {
         /// The data dir.
         data_dir: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// End a content conflict: keep one version (or both) under the
     /// original's name, with ordinary events that replicate; history keeps
@@ -172,6 +194,9 @@ enum LogCommand {
     Verify {
         /// The data dir.
         data_dir: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Show events (damaged records too) as an aligned table or JSON lines.
     Inspect {
@@ -215,7 +240,7 @@ enum LogCommand {
 
 #[derive(Subcommand, Debug)]
 enum IndexCommand {
-    /// Delete index.redb and rebuild it from the log.
+    /// Delete index.redb and rebuild it from the log (not while mounted).
     Rebuild {
         /// The data dir.
         data_dir: PathBuf,
@@ -277,24 +302,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { data_dir } => status::print(&data_dir).map(|()| ExitCode::SUCCESS),
+        Command::Status { data_dir, json } => via_mount(&data_dir, Request::Status { json }),
         Command::Clone { data_dir, remote, cache_size } => {
             remote::clone(&data_dir, &remote, cache_size.as_deref()).map(|()| ExitCode::SUCCESS)
         }
-        Command::Sync { data_dir } => remote::sync(&data_dir).map(|()| ExitCode::SUCCESS),
-        Command::Pin { data_dir, path } => remote::pin(&data_dir, &path, true).map(|()| ExitCode::SUCCESS),
-        Command::Unpin { data_dir, path } => remote::pin(&data_dir, &path, false).map(|()| ExitCode::SUCCESS),
+        Command::Sync { data_dir, json } => via_mount(&data_dir, Request::Sync { json }),
+        Command::Pin { data_dir, path } => via_mount(&data_dir, Request::Pin { path }),
+        Command::Unpin { data_dir, path } => via_mount(&data_dir, Request::Unpin { path }),
+        Command::Evict { data_dir, size } => {
+            let size = size
+                .map(|s| engine::config::parse_size(&s).map_err(|e| anyhow::anyhow!("--size {s:?}: {e}")))
+                .transpose()?;
+            via_mount(&data_dir, Request::Evict { size })
+        }
         Command::Mount { data_dir, mountpoint, foreground, options, at } => {
             let at = at.map(|w| history_cmd::resolve(&data_dir, &w)).transpose()?;
             mount::mount(&data_dir, &mountpoint, foreground, &options, at).map(|()| ExitCode::SUCCESS)
         }
-        Command::History { data_dir, path, at } => {
+        Command::History { data_dir, path, at, json } => {
             let at = at.map(|w| history_cmd::resolve(&data_dir, &w)).transpose()?;
-            history_cmd::print_history(&data_dir, &path, at).map(|()| ExitCode::SUCCESS)
+            history_cmd::print_history(&data_dir, &path, at, json).map(|()| ExitCode::SUCCESS)
         }
         Command::Restore { data_dir, path, at, to } => {
             let at = history_cmd::resolve(&data_dir, &at)?;
-            history_cmd::restore(&data_dir, &path, at, to.as_deref()).map(|()| ExitCode::SUCCESS)
+            match to {
+                Some(dest) => history_cmd::restore_to(&data_dir, &path, at, &dest).map(|()| ExitCode::SUCCESS),
+                None => via_mount(&data_dir, Request::Restore { path, at: at.0 }),
+            }
         }
         Command::Log {
             command: LogCommand::Inspect { data_dir, node, path, at, machine, since, until, kinds, json },
@@ -306,25 +340,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             log_cmd::graph(&data_dir, &node).map(|()| ExitCode::SUCCESS)
         }
         Command::Unmount { mountpoint } => mount::unmount(&mountpoint).map(|()| ExitCode::SUCCESS),
-        Command::Log { command: LogCommand::Verify { data_dir } } => {
-            let r = engine::verify::verify(&data_dir).with_context(|| format!("verify {}", data_dir.display()))?;
-            println!(
-                "{} machines, {} segments, {} records, {} blocks ({} ok, {} on the remote only)",
-                r.machines, r.segments, r.records, r.blocks, r.blocks_ok, r.blocks_remote
-            );
-            for t in &r.torn_tails {
-                println!("note: {t} (cut off on next open)");
-            }
-            for p in &r.problems {
-                println!("DAMAGE: {p}");
-            }
-            Ok(if r.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+        Command::Log { command: LogCommand::Verify { data_dir, json } } => {
+            via_mount(&data_dir, Request::Verify { json })
         }
-        Command::Conflicts { data_dir } => conflicts::print(&data_dir).map(|()| ExitCode::SUCCESS),
+        Command::Conflicts { data_dir, json } => via_mount(&data_dir, Request::Conflicts { json }),
         Command::Resolve { data_dir, path, keep } => {
-            conflicts::resolve(&data_dir, &path, keep).map(|()| ExitCode::SUCCESS)
+            via_mount(&data_dir, Request::Resolve { path, keep: keep.name().to_string() })
         }
         Command::Index { command: IndexCommand::Rebuild { data_dir } } => {
+            if control::client::is_mounted(&data_dir)? {
+                bail!(
+                    "{} is mounted: `index rebuild` deletes the index the mount is serving from, so it cannot run \
+                     while mounted; unmount it first (`syncer unmount {}`), then run it again",
+                    data_dir.display(),
+                    data_dir.display()
+                );
+            }
             let index = engine::Layout { dir: data_dir.clone() }.index();
             let e = engine::LiveTree::open(&data_dir).with_context(|| format!("open {}", data_dir.display()))?;
             drop(e);
@@ -335,4 +366,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs `req` in the mount that serves `data_dir` (through its control
+/// socket), or in this process when nothing serves it; the output and the
+/// exit code are the same either way.
+fn via_mount(data_dir: &std::path::Path, req: Request) -> Result<ExitCode> {
+    // As the mount names it, so both ways print the same paths.
+    let data_dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
+    let mut term = control::Terminal::new();
+    let code = match control::client::connect(&data_dir)? {
+        Some(stream) => control::client::call(&data_dir, stream, &req, &mut term)?,
+        None => control::handlers::local(&data_dir, &req, &mut term)?,
+    };
+    Ok(ExitCode::from(code))
 }

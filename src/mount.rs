@@ -29,7 +29,6 @@
 //! - SIGINT, SIGTERM and SIGHUP detach the mount (lazily when files are
 //!   still open); the process then commits and exits as after an unmount.
 
-use engine::LiveTree;
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -94,7 +93,7 @@ const ATIME_MODES: &[&str] = &["atime", "strictatime", "relatime", "lazytime", "
 const KERNEL_REPORTED: &[&str] = &["user_id=", "group_id=", "rootmode=", "max_read=", "blksize=", "allow_other"];
 
 /// Mounts `data_dir` on `mountpoint`.
-/// With `at`, mounts the tree as it stood then, read-only (see `LiveTree::open_at`).
+/// With `at`, mounts the tree as it stood then, read-only (see `PastView::open`).
 pub fn mount(
     data_dir: &Path,
     mountpoint: &Path,
@@ -320,13 +319,29 @@ fn run_foreground(
     let opened = || format!("open {}", data_dir.display());
     let tree: syncer_fs::Tree = match at.or(opts.read_only.then(engine::ids::Timestamp::now)) {
         Some(at) => Arc::new(engine::PastView::open(data_dir, at).with_context(opened)?).into(),
-        None => Arc::new(LiveTree::open(data_dir).with_context(opened)?).into(),
+        None => Arc::new(engine::LiveTree::open(data_dir).with_context(opened)?).into(),
     };
     let live = tree.live();
     // Push, evict and prefetch in the background while mounted.
     let replication = match &live {
-        Some(live) => crate::remote::start_daemon(live)?,
+        Some(live) => crate::remote::start_daemon(live)?.map(Arc::new),
         None => None,
+    };
+    let refresh = syncer_fs::CacheRefresh::new();
+    // Commands that need the writer reach it through the control socket
+    // (see `control`); a read-only mount has no writer to offer.
+    let control = match &live {
+        None => None,
+        Some(live) => {
+            let ctx = crate::control::handlers::MountCtx {
+                engine: live.clone(),
+                data_dir: data_dir.to_path_buf(),
+                mountpoint: mountpoint.to_path_buf(),
+                daemon: replication.clone(),
+                refresh: refresh.clone(),
+            };
+            Some(crate::control::server::Server::start(Arc::new(ctx))?)
+        }
     };
     // A signal unmounts; the kernel then ends the session and `mount`
     // returns after committing every buffered write. An unmount from
@@ -349,8 +364,13 @@ fn run_foreground(
         }
     });
     crate::daemon_log::line(&format!("syncer: mounting {} on {}", data_dir.display(), mountpoint.display()));
-    syncer_fs::mount(tree, mountpoint, opts)
-        .with_context(|| format!("mount {} on {}", data_dir.display(), mountpoint.display()))?;
+    let served = syncer_fs::mount_with_refresh(tree, mountpoint, opts, &refresh)
+        .with_context(|| format!("mount {} on {}", data_dir.display(), mountpoint.display()));
+    // Before the daemon and the engine go: commands still running use them.
+    if let Some(c) = control {
+        c.stop();
+    }
+    served?;
     drop(replication);
     if let Some(live) = live {
         live.close().context("committing buffered state")?;

@@ -413,3 +413,35 @@ fn resolve_each_choice_converges() {
         }
     }
 }
+
+/// `conflicts` and `resolve` while the data dir is mounted: they run in
+/// the mount (through its control socket), print what they print
+/// unmounted, and the mount shows the resolution at once.
+#[test]
+fn conflicts_and_resolve_through_a_mount() {
+    let (pair, dates) = pair_with_appends();
+    pair.sync("ABA");
+    let copy = only_copy(&pair.converged_tree(), NOTES, &pair.b, &dates);
+    let unmounted = pair.a.conflicts();
+    let unmounted_json = syncer(&[&"conflicts", &pair.a.data, &"--json"]);
+    assert_eq!(open_conflicts(&unmounted), 1, "{unmounted}");
+    pair.a.edit(|mnt| {
+        assert!(pair.a.data.join("control.sock").exists(), "the mount serves its control socket");
+        assert_eq!(pair.a.conflicts(), unmounted, "conflicts, mounted and not");
+        assert_eq!(syncer(&[&"conflicts", &pair.a.data, &"--json"]), unmounted_json);
+        let json: serde_json::Value = serde_json::from_str(&unmounted_json).expect("conflicts --json");
+        assert_eq!(json["open_content"], 1, "{json}");
+        assert_eq!(json["open"][0]["copy"], format!("/{copy}"), "{json}");
+        // Seen by the kernel before the resolve: it must drop what it holds.
+        assert!(mnt.join(&copy).exists());
+        let before = std::fs::read_to_string(mnt.join(NOTES)).expect("read");
+        assert_eq!(before, format!("{SHARED}from A\n"));
+        let out = syncer(&[&"resolve", &pair.a.data, &format!("/{copy}"), &"--keep", &"copy"]);
+        assert!(out.contains("now holds the version of"), "{out}");
+        assert_eq!(std::fs::read_to_string(mnt.join(NOTES)).expect("read"), format!("{SHARED}from B\n"));
+        assert!(!mnt.join(&copy).exists(), "the copy is gone from the mount");
+        assert!(pair.a.conflicts().contains("0 open content conflicts"));
+    });
+    let listed = pair.a.conflicts();
+    assert_eq!(open_conflicts(&listed), 0, "{listed}");
+}

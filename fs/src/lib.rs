@@ -306,6 +306,46 @@ fn invalidate_after_import(core: &Core, notifier: &fuser::Notifier) -> io::Resul
     Ok(())
 }
 
+/// A handle by which the mount's owner makes it drop the kernel's caches
+/// now, after it changed the tree through the engine itself (a restore in
+/// place, a resolve): the same pass as after an import of peers' changes
+/// (see [`spawn_invalidator`]), so a program holding a file open reads the
+/// new content at its next read. Cloning it shares the one mount it is
+/// given to ([`mount_with_refresh`]); before that, and once the mount is
+/// gone, [`CacheRefresh::refresh`] does nothing.
+#[derive(Clone, Default)]
+pub struct CacheRefresh(Arc<std::sync::Mutex<Option<Attached>>>);
+
+/// The mount a [`CacheRefresh`] acts on.
+type Attached = (std::sync::Weak<Core>, fuser::Notifier);
+
+impl std::fmt::Debug for CacheRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheRefresh").finish_non_exhaustive()
+    }
+}
+
+impl CacheRefresh {
+    /// A handle not yet given to a mount.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn attach(&self, core: &Arc<Core>, notifier: fuser::Notifier) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((Arc::downgrade(core), notifier));
+    }
+
+    /// Drops every name the kernel may hold that no longer leads to the
+    /// same node, then the cached attributes and pages of every inode it
+    /// knows. `Ok(false)` when no mount is attached (or it is gone).
+    pub fn refresh(&self) -> io::Result<bool> {
+        let held = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some((core, notifier)) = held else { return Ok(false) };
+        let Some(core) = core.upgrade() else { return Ok(false) };
+        invalidate_after_import(&core, &notifier).map(|()| true)
+    }
+}
+
 /// Sets the kernel's read-ahead for the FUSE mount on `mountpoint` to `kib`
 /// (through `/sys/class/bdi/<dev>/read_ahead_kb`; needs root). FUSE mounts
 /// start at 128 KiB whatever the filesystem asks for at init, so a
@@ -389,6 +429,17 @@ fn final_flush(core: &Core, mountpoint: &Path) -> Result<(), FsMountError> {
 /// (`fusermount3 -u`, `umount`). On return every buffered write is
 /// committed and the live tree's `sync()` has run.
 pub fn mount(tree: impl Into<Tree>, mountpoint: &Path, opts: MountOptions) -> Result<(), FsMountError> {
+    mount_with_refresh(tree, mountpoint, opts, &CacheRefresh::new())
+}
+
+/// [`mount`], with `refresh` attached to the mount for as long as it is
+/// served (see [`CacheRefresh`]).
+pub fn mount_with_refresh(
+    tree: impl Into<Tree>,
+    mountpoint: &Path,
+    opts: MountOptions,
+    refresh: &CacheRefresh,
+) -> Result<(), FsMountError> {
     let (fs, core, config) = build(tree.into(), &opts)?;
     let notifier = fs.notifier.clone();
     let session = fuser::Session::new(fs, mountpoint, &config)
@@ -396,6 +447,7 @@ pub fn mount(tree: impl Into<Tree>, mountpoint: &Path, opts: MountOptions) -> Re
     // Set before any request is served: none is read until run/spawn.
     let _ = notifier.set(session.notifier());
     spawn_invalidator(&core, session.notifier());
+    refresh.attach(&core, session.notifier());
     tune_read_ahead(mountpoint, &opts);
     let served = session_end(mountpoint, session.run());
     let flushed = final_flush(&core, mountpoint);

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, bounded, select, Receiver, Sender};
 use engine::config::Config;
 use engine::evict::EvictReport;
-use engine::{LiveTree, TreeRead};
+use engine::{ImportReport, LiveTree, TreeRead};
 
 use crate::fetch::RemoteSource;
 use crate::push::{self, PushReport};
@@ -139,8 +139,13 @@ impl Shared {
 
     /// Pushes our new blocks and segments (one push at a time).
     fn push(&self) -> Result<PushReport> {
+        self.push_with(&mut |_| {})
+    }
+
+    /// [`Shared::push`], telling `progress` how it goes.
+    fn push_with(&self, progress: &mut dyn FnMut(push::Progress)) -> Result<PushReport> {
         let _g = lock(&self.push_lock);
-        let r = push::push(&self.engine, &self.rsync, &mut |_| {});
+        let r = push::push(&self.engine, &self.rsync, progress);
         self.push_failing.store(r.is_err(), Ordering::Relaxed);
         let mut st = lock(&self.status);
         match &r {
@@ -167,26 +172,32 @@ impl Shared {
     /// only when a listing of the remote shows log bytes we lack. Returns
     /// whether it pulled.
     fn pull(&self, force: bool) -> Result<bool> {
+        self.pull_report(force).map(|r| r.is_some())
+    }
+
+    /// [`Shared::pull`], returning what the import did (`None`: nothing
+    /// was pulled).
+    fn pull_report(&self, force: bool) -> Result<Option<ImportReport>> {
         let _g = lock(&self.pull_lock);
         let log_root = self.engine.layout().log();
         let ours = self.engine.machine();
-        let r = (|| -> Result<bool> {
+        let r = (|| -> Result<Option<ImportReport>> {
             if !force && !crate::pull::has_new_bytes(&crate::pull::remote_peer_lens(&self.rsync, ours)?, &log_root) {
-                return Ok(false);
+                return Ok(None);
             }
             crate::pull::pull_log(&self.rsync, &log_root, Some(ours))?;
             let imported = self.engine.import()?;
             if imported.applied > 0 {
                 tracing::info!("imported {} events from peers", imported.applied);
             }
-            Ok(true)
+            Ok(Some(imported))
         })();
         match &r {
             Ok(_) if !self.push_failing.load(Ordering::Relaxed) => self.health.ok(),
             Ok(_) => {}
             Err(e) => self.health.failed(e.to_string()),
         }
-        if !force && (r.is_err() || r.as_ref().is_ok_and(|pulled| *pulled)) {
+        if !force && (r.is_err() || r.as_ref().is_ok_and(|pulled| pulled.is_some())) {
             self.save_status();
         }
         r
@@ -313,6 +324,15 @@ impl Daemon {
         let r = self.shared.round();
         let _ = self.evict_tx.try_send(());
         r
+    }
+
+    /// `syncer sync` while mounted: pushes (telling `progress`), then pulls
+    /// and imports, in the caller's thread, serialized with the background
+    /// push and pull (it waits for a running one).
+    pub fn sync_now(&self, progress: &mut dyn FnMut(push::Progress)) -> Result<(PushReport, ImportReport)> {
+        let pushed = self.shared.push_with(progress)?;
+        let imported = self.shared.pull_report(true)?.unwrap_or_default();
+        Ok((pushed, imported))
     }
 
     /// Runs an eviction pass now, in the caller's thread.
