@@ -10,10 +10,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use engine::TreeRead;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use control::Request;
+use engine::TreeRead;
 
 mod conflicts;
 mod control;
