@@ -69,7 +69,7 @@ fn oversized_lengths_are_refused_before_allocating() {
     let mut seg = log::segment_header(m, 0).to_vec();
     seg.extend_from_slice(&header_with_len(u32::MAX));
     seg.extend_from_slice(&[1; 64]);
-    match log::scan_segment(&seg, Path::new("x.seg"), m, 0, true) {
+    match log::SegmentReader::new(&seg, Path::new("x.seg"), m, 0, log::ReadMode::Recover).scan() {
         Err(Error::CorruptRecord { offset: 32, reason, .. }) => {
             assert_eq!(reason, format!("record payload of {} bytes is over the 16777216-byte limit", u32::MAX))
         }

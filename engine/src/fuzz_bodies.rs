@@ -254,13 +254,15 @@ pub fn record_decode(data: &[u8]) {
     }
 }
 
-/// Target `segment_scan`: `log::scan_segment`, tail tolerated and not, on
+/// Target `segment_scan`: `log::SegmentReader` in every mode, on
 /// raw bytes (first byte even) or on a well-formed segment of events built
 /// from the input, then damaged by truncation, zeroing, byte flips or junk
 /// (first byte odd).
 ///
-/// Properties: never panics; a scan that succeeds without tolerating a
-/// tail gives the same answer with it; records are back to back from the
+/// Properties: never panics; a forensic read never fails; a strict read
+/// that succeeds gives the same answer in recover mode; a recover read that
+/// succeeds gives the same records and torn tail in forensic mode, with the
+/// torn tail as its only damage; records are back to back from the
 /// header on and `valid_len` ends the last one; a torn tail is only ever
 /// reported when tolerated, and at `valid_len`; recovery is idempotent
 /// (scanning the first `valid_len` bytes finds the same records and no
@@ -284,8 +286,15 @@ pub fn segment_scan(data: &[u8]) {
         let (b, written, crash_only) = damaged_segment(&mut u, machine, number);
         (b, Some(written), crash_only)
     };
-    let strict = log::scan_segment(&bytes, path, machine, number, false);
-    let tolerant = log::scan_segment(&bytes, path, machine, number, true);
+    let read = |bytes, mode| log::SegmentReader::new(bytes, path, machine, number, mode).scan();
+    let strict = read(&bytes, log::ReadMode::Strict);
+    let tolerant = read(&bytes, log::ReadMode::Recover);
+    let forensic = read(&bytes, log::ReadMode::Forensic).unwrap_or_else(|e| panic!("a forensic read failed: {e}"));
+    if let Ok(s) = &tolerant {
+        assert_eq!(forensic.records, s.records, "forensic and recover reads disagree on the records");
+        assert_eq!(forensic.torn_tail, s.torn_tail, "forensic and recover reads disagree on the torn tail");
+        assert_eq!(forensic.damage.len(), usize::from(s.torn_tail.is_some()), "{:?}", forensic.damage);
+    }
     if let Ok(s) = &strict {
         assert!(s.torn_tail.is_none(), "torn tail reported when not tolerated");
         assert_eq!(tolerant.as_ref().ok(), Some(s), "tolerating a tail changed a clean scan");
@@ -314,8 +323,8 @@ pub fn segment_scan(data: &[u8]) {
             assert_eq!(t, s.valid_len, "torn tail not at valid_len");
         }
         let cut = &bytes[..usize::try_from(s.valid_len).unwrap_or(usize::MAX).min(bytes.len())];
-        let again = log::scan_segment(cut, path, machine, number, s.valid_len == 0)
-            .unwrap_or_else(|e| panic!("the recovered prefix does not scan: {e}"));
+        let mode = if s.valid_len == 0 { log::ReadMode::Recover } else { log::ReadMode::Strict };
+        let again = read(cut, mode).unwrap_or_else(|e| panic!("the recovered prefix does not scan: {e}"));
         assert_eq!(again.records, s.records, "recovery is not idempotent");
         assert_eq!(again.torn_tail, None, "the recovered prefix still has a torn tail");
     }

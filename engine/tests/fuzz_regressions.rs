@@ -236,7 +236,9 @@ fn segment_zero_filled_from_inside_a_record_is_a_torn_tail() {
     }
     let cut = ends[0] + 30;
     seg[cut..].fill(0);
-    let scan = log::scan_segment(&seg, std::path::Path::new("x.seg"), m, 0, true).expect("a torn tail, not damage");
+    let scan = log::SegmentReader::new(&seg, std::path::Path::new("x.seg"), m, 0, log::ReadMode::Recover)
+        .scan()
+        .expect("a torn tail, not damage");
     assert_eq!(scan.records.len(), 1);
     assert_eq!(scan.torn_tail, Some(ends[0] as u64));
 }

@@ -232,7 +232,8 @@ pub fn multiples(i: u8, len: u32) -> Vec<u8> {
 pub fn record_versions(seg: &Path, machine: MachineId, before: usize) -> Vec<u8> {
     let bytes = std::fs::read(seg).expect("read the segment");
     assert_eq!(bytes[before..before + 4], [b'S', b'Y', b'R', engine::record::CURRENT_VERSION]);
-    let scan = engine::log::scan_segment(&bytes, seg, machine, 0, false).expect("scan");
+    let scan =
+        engine::log::SegmentReader::new(&bytes, seg, machine, 0, engine::log::ReadMode::Strict).scan().expect("scan");
     scan.records.iter().map(|r| r.version).collect()
 }
 
