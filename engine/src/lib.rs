@@ -20,7 +20,6 @@ pub mod error;
 pub mod event;
 pub mod faults;
 pub mod format;
-pub mod fuzz_bodies;
 pub mod history;
 pub mod ids;
 pub mod index;

@@ -178,6 +178,10 @@ fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> Error {
     Error::CorruptRecord { path: path.to_path_buf(), offset, reason: reason.into() }
 }
 
+fn record_error(path: &Path, offset: u64, source: record::RecordError, context: impl Into<String>) -> Error {
+    Error::Record { path: path.to_path_buf(), offset, source, context: context.into() }
+}
+
 fn bad_segment(path: &Path, reason: impl Into<String>) -> Error {
     Error::BadSegment { path: path.to_path_buf(), reason: reason.into() }
 }
@@ -256,9 +260,9 @@ pub fn read_record_at(storage: &dyn Storage, log_root: &Path, pos: LogPos) -> Re
         return Err(Error::Invalid(format!("{}: no record at {pos} (inside the segment header)", path.display())));
     }
     let head = storage.read_at(&path, pos.offset, record::HEADER_LEN).map_err(io("read", &path))?;
-    let header = record::parse_header(&head).map_err(|e| corrupt(&path, pos.offset, e.to_string()))?;
+    let header = record::parse_header(&head).map_err(|e| record_error(&path, pos.offset, e, ""))?;
     let frame = storage.read_at(&path, pos.offset, header.frame_len()).map_err(io("read", &path))?;
-    let d = record::decode(&frame).map_err(|e| corrupt(&path, pos.offset, e.to_string()))?;
+    let d = record::decode(&frame).map_err(|e| record_error(&path, pos.offset, e, ""))?;
     if d.event.machine != pos.machine {
         return Err(corrupt(
             &path,

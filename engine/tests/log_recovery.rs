@@ -167,7 +167,12 @@ fn expect_corrupt(r: Result<impl std::fmt::Debug, Error>, path: &Path, offset: u
             assert_eq!((p.as_path(), o), (path, offset), "{reason}");
             reason
         }
-        other => panic!("expected CorruptRecord at {} byte {offset}, got {other:?}", path.display()),
+        // A frame that does not decode keeps the decoder's typed error.
+        Err(Error::Record { path: p, offset: o, source, context }) => {
+            assert_eq!((p.as_path(), o), (path, offset), "{source}{context}");
+            format!("{source}{context}")
+        }
+        other => panic!("expected CorruptRecord or Record at {} byte {offset}, got {other:?}", path.display()),
     }
 }
 

@@ -63,9 +63,10 @@ fn modes_differ_as_documented_on_a_torn_tail() {
     let torn_at = offsets[2];
     // Strict: damage in a sealed segment, named by file and offset.
     match scan(&bytes, ReadMode::Strict) {
-        Err(Error::CorruptRecord { offset, reason, .. }) => {
+        Err(Error::Record { offset, source, context, .. }) => {
             assert_eq!(offset, torn_at);
-            assert!(reason.contains("sealed segment"), "{reason}");
+            assert!(matches!(source, record::RecordError::Incomplete { .. }), "{source:?}");
+            assert!(context.contains("sealed segment"), "{context}");
         }
         other => panic!("strict read of a torn segment: {other:?}"),
     }
@@ -139,8 +140,8 @@ fn a_successor_after_an_incomplete_frame_is_damage_in_every_mode_but_forensic() 
     for mode in [ReadMode::Strict, ReadMode::Recover] {
         let r = scan(&bytes, mode);
         assert!(
-            matches!(&r, Err(Error::CorruptRecord { offset, reason, .. })
-                if *offset == cut_at && reason.contains("damaged length")),
+            matches!(&r, Err(Error::Record { offset, source: record::RecordError::Incomplete { .. }, context, .. })
+                if *offset == cut_at && context.contains("damaged length")),
             "{mode:?}: {r:?}"
         );
     }
@@ -168,7 +169,7 @@ fn the_hashing_budget_bounds_the_search_in_every_mode() {
     assert_eq!(forensic.records, recover.records);
     assert_eq!(forensic.stop, recover.stop);
     let strict = scan(&bytes, ReadMode::Strict);
-    assert!(matches!(&strict, Err(Error::CorruptRecord { offset, .. }) if *offset == cut_at), "{strict:?}");
+    assert!(matches!(&strict, Err(Error::Record { offset, .. }) if *offset == cut_at), "{strict:?}");
     // Unbounded, this would hash 4 GiB per read.
     eprintln!("two reads of a {} byte hostile segment took {elapsed:?}", bytes.len());
 }

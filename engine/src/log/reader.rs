@@ -54,7 +54,7 @@ use crate::error::{Error, Result};
 use crate::ids::{MachineId, Timestamp};
 use crate::record::{self, RecordError};
 
-use super::{bad_segment, corrupt, header_problem, ScannedRecord, SEGMENT_HEADER_LEN};
+use super::{bad_segment, corrupt, header_problem, record_error, ScannedRecord, SEGMENT_HEADER_LEN};
 
 /// How a [`SegmentReader`] treats a torn tail and damage (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,18 +327,25 @@ impl<'a> SegmentReader<'a> {
                     return Ok(SegmentEnd { valid_len: valid, stop: Stop::Torn { offset: pos, cause }, last: prev });
                 }
                 (Ok(cause), ReadMode::Strict) => {
-                    return Err(corrupt(
-                        self.path,
-                        pos,
-                        format!("torn record ({cause}) in a sealed segment: only the last segment may end torn"),
-                    ));
+                    const SEALED: &str = "only the last segment may end torn";
+                    return Err(match cause {
+                        TornCause::Incomplete(e) | TornCause::Checksum(e) | TornCause::ThenZeros(e) => {
+                            record_error(self.path, pos, e, format!(" (a torn record in a sealed segment: {SEALED})"))
+                        }
+                        cause => {
+                            corrupt(self.path, pos, format!("torn record ({cause}) in a sealed segment: {SEALED}"))
+                        }
+                    });
                 }
                 (Ok(cause), ReadMode::Forensic) => {
                     f(Item::Damaged { offset: pos, why: format!("torn tail: {cause}") })?;
                     return Ok(SegmentEnd { valid_len: valid, stop: Stop::Torn { offset: pos, cause }, last: prev });
                 }
-                (Err(why), ReadMode::Strict | ReadMode::Recover) => return Err(corrupt(self.path, pos, why)),
-                (Err(why), ReadMode::Forensic) => {
+                (Err((e, why)), ReadMode::Strict | ReadMode::Recover) => {
+                    return Err(record_error(self.path, pos, e, why));
+                }
+                (Err((e, why)), ReadMode::Forensic) => {
+                    let why = format!("{e}{why}");
                     valid_len = None;
                     let machine = self.machine;
                     match find_frame(rest, &mut budget, |ev| ev.machine == machine) {
@@ -387,8 +394,9 @@ impl<'a> SegmentReader<'a> {
 
 /// The torn-tail definition (see the module docs), applied to a frame at
 /// byte `pos`, the start of `rest`, that failed to decode with `err`: `Ok` when `rest` is a
-/// torn tail, `Err` with what is wrong when it is damage. `prev_seq` is the
-/// seq of the record before, when known.
+/// torn tail, `Err` with the decoder's error and why it is damage (empty, or
+/// starting with a separator) when it is damage. `prev_seq` is the seq of
+/// the record before, when known.
 pub fn classify(
     rest: &[u8],
     pos: u64,
@@ -396,7 +404,7 @@ pub fn classify(
     machine: MachineId,
     prev_seq: Option<u64>,
     budget: &mut Budget,
-) -> std::result::Result<TornCause, String> {
+) -> std::result::Result<TornCause, (RecordError, String)> {
     if rest.iter().all(|&b| b == 0) {
         return Ok(TornCause::Zeros { len: rest.len() as u64 });
     }
@@ -410,7 +418,8 @@ pub fn classify(
             };
             match find_frame(rest, budget, successor) {
                 Found::At(at) => {
-                    Err(format!("{err}, yet a valid record follows at byte {}: damaged length", pos + at as u64))
+                    let why = format!(", yet a valid record follows at byte {}: damaged length", pos + at as u64);
+                    Err((err, why))
                 }
                 Found::Nothing | Found::OverBudget => Ok(TornCause::Incomplete(err)),
             }
@@ -420,11 +429,11 @@ pub fn classify(
             if at_eof || zero_filled(rest) {
                 Ok(TornCause::Checksum(err))
             } else {
-                Err(format!("{err}; more data follows, so it is not a torn tail"))
+                Err((err, "; more data follows, so it is not a torn tail".into()))
             }
         }
         e if zero_filled(rest) => Ok(TornCause::ThenZeros(e)),
-        e => Err(e.to_string()),
+        e => Err((e, String::new())),
     }
 }
 
