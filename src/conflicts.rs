@@ -61,7 +61,7 @@ pub fn print(dir: &Path) -> Result<()> {
     }
     let (mut names, mut concurrent, mut content) = (0, 0, 0);
     for c in &conflicts {
-        let (y, m, d) = engine::merge::civil_date(c.time);
+        let (y, m, d) = engine::calendar::civil_date(c.time);
         let dir_path = lossy(&e.path_of(c.parent)?);
         let join = |name: &[u8]| {
             let base = if dir_path == "/" { String::new() } else { dir_path.clone() };

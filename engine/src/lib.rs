@@ -12,6 +12,7 @@
 
 pub mod blob;
 pub mod cache;
+pub mod calendar;
 pub mod clock;
 pub mod config;
 pub mod conflicts;

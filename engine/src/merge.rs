@@ -102,6 +102,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::calendar::civil_date;
 use crate::clock::Causality;
 use crate::event::{BlockChange, BlockRef, Change, Event, NodeKind};
 use crate::ids::{EventId, MachineId, NodeId, Timestamp};
@@ -926,33 +927,5 @@ fn free_conflict_name<S: TreeStore>(s: &S, parent: NodeId, name: &[u8], e: &Even
             return Ok(out);
         }
         n += 1;
-    }
-}
-
-/// The UTC calendar date of a timestamp (Hinnant's days-to-civil).
-pub fn civil_date(t: Timestamp) -> (i64, u32, u32) {
-    let days = t.secs().div_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    (y, mo, d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_date_matches_known_days() {
-        assert_eq!(civil_date(Timestamp(0)), (1970, 1, 1));
-        assert_eq!(civil_date(Timestamp::from_secs_nanos(1_795_600_000, 0)), (2026, 11, 25));
-        assert_eq!(civil_date(Timestamp::from_secs_nanos(951_782_400, 0)), (2000, 2, 29));
-        assert_eq!(civil_date(Timestamp::from_secs_nanos(-86_400, 0)), (1969, 12, 31));
     }
 }
