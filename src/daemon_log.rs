@@ -126,3 +126,40 @@ mod tests {
         assert!(after >= before + 2, "dropped {before} -> {after}");
     }
 }
+
+/// `e` and its causes joined by ": ", as `{:#}` prints them, except that a
+/// cause whose message is already in the text is skipped: engine errors
+/// repeat their typed cause's message (see `engine::error`).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::error_chain;
+    use anyhow::Context;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_printed_once() {
+        let source = engine::record::RecordError::TooLarge(1 << 40);
+        let e = engine::Error::Record { path: "x.seg".into(), offset: 32, source, context: String::new() };
+        let e = Err::<(), _>(e).context("reading the log").expect_err("an error");
+        let got = error_chain(&e);
+        assert_eq!(
+            got,
+            "reading the log: x.seg at byte 32: record payload of 1099511627776 bytes is over the 16777216-byte limit"
+        );
+        assert_eq!(got.matches("over the").count(), 1, "{got}");
+    }
+}

@@ -1,11 +1,11 @@
 //! `syncer log inspect` and `syncer log graph`: the forensic view of the log.
 //!
-//! `inspect` without `--node`/`--path` reads every segment with the tolerant
-//! scanner (`engine::history::scan_tolerant`): damaged records are listed in
-//! place with what is wrong, never fatal. With `--node`/`--path` it reads
+//! `inspect` without `--node`/`--path` reads every segment with the log's
+//! segment reader in forensic mode (`engine::history::inspect_segment`):
+//! damaged records are listed in place with what is wrong, never fatal. With `--node`/`--path` it reads
 //! only that node's records, found through the history index; if the index
 //! cannot be brought up to date (damage stops the strict reader) it falls
-//! back to the full tolerant scan.
+//! back to the full forensic read.
 
 use engine::TreeRead;
 use std::io::Write;

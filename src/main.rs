@@ -275,7 +275,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            daemon_log::line(&format!("syncer: {e:#}"));
+            daemon_log::line(&format!("syncer: {}", daemon_log::error_chain(&e)));
             ExitCode::from(1)
         }
     }

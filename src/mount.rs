@@ -358,7 +358,7 @@ fn run_foreground(
             crate::daemon_log::line(&format!("syncer: signal {sig}; unmounting {}", mp.display()));
             if let Err(e) = detach(&mp) {
                 // Busy (open files): detach now, finish when they close.
-                crate::daemon_log::line(&format!("syncer: {e:#}; detaching lazily"));
+                crate::daemon_log::line(&format!("syncer: {}; detaching lazily", crate::daemon_log::error_chain(&e)));
                 let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&mp).status();
             }
         }

@@ -179,7 +179,7 @@ fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
 /// Runs `ops` on a fresh mount and a fresh plain directory; `Err` names the
 /// first step where they differ.
 fn run(ops: &[Op]) -> Result<(), String> {
-    let mut m = Mounted::new();
+    let mut m = Mounted::small_blocks();
     let plain = m.tmp.path().join("plain");
     std::fs::create_dir(&plain).expect("mkdir plain");
     // The plain side starts with the mount's root mode.

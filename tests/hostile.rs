@@ -70,9 +70,10 @@ fn oversized_lengths_are_refused_before_allocating() {
     let mut seg = log::segment_header(m, 0).to_vec();
     seg.extend_from_slice(&header_with_len(u32::MAX));
     seg.extend_from_slice(&[1; 64]);
-    match log::scan_segment(&seg, Path::new("x.seg"), m, 0, true) {
-        Err(Error::CorruptRecord { offset: 32, reason, .. }) => {
-            assert_eq!(reason, format!("record payload of {} bytes is over the 16777216-byte limit", u32::MAX))
+    match log::SegmentReader::new(&seg, Path::new("x.seg"), m, 0, log::ReadMode::Recover).scan() {
+        Err(Error::Record { offset: 32, source, context, .. }) => {
+            assert_eq!(source, engine::record::RecordError::TooLarge(u64::from(u32::MAX)));
+            assert_eq!(context, "");
         }
         other => panic!("oversized length in a segment: {other:?}"),
     }
@@ -182,7 +183,7 @@ fn symlink_targets_are_data_stored_verbatim() {
         let n = e.create(NodeId::ROOT, format!("l{i}").as_bytes(), NodeKind::Symlink, Attrs::default(), t).expect("ln");
         assert_eq!(e.node(n.id).expect("node").target, *t);
     }
-    let mut m = Mounted::new();
+    let mut m = Mounted::small_blocks();
     for (i, t) in targets.iter().enumerate() {
         std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(t), m.p(&format!("l{i}"))).expect("symlink");
     }
@@ -200,7 +201,7 @@ fn symlink_targets_are_data_stored_verbatim() {
 
 #[test]
 fn names_through_a_mount() {
-    let m = Mounted::new();
+    let m = Mounted::small_blocks();
     let rows: [(&str, usize, i32); 4] = [
         ("255 bytes", 255, 0),
         ("256 bytes", 256, libc::ENAMETOOLONG),
@@ -246,7 +247,7 @@ fn huge_xattrs() {
     assert_eq!(e.node(f.id).expect("node").xattrs[b"user.a".as_slice()].len(), XATTR_VALUE_MAX);
 
     // Through a mount: Linux's limits (XATTR_SIZE_MAX, XATTR_NAME_MAX) apply first.
-    let m = Mounted::new();
+    let m = Mounted::small_blocks();
     let p = m.p("f");
     std::fs::write(&p, b"x").expect("write");
     // (what, name, value length, setxattr's result: Ok or errno)
@@ -272,7 +273,7 @@ fn huge_xattrs() {
 #[test]
 fn deep_trees() {
     const DEPTH: usize = 200;
-    let m = Mounted::new();
+    let m = Mounted::small_blocks();
     let mut p = m.mnt.clone();
     for _ in 0..DEPTH {
         p.push("d");
@@ -374,5 +375,5 @@ fn hostile_peer_create_inside_itself_is_refused_quickly() {
     };
     let m = engine::merge::merge([&create], 4096);
     assert_eq!(m.ignored, vec![((peer, 1), "create of a node inside itself")]);
-    engine::fuzz_bodies::check_tree(&m).unwrap_or_else(|e| panic!("{e}"));
+    testkit::fuzz::check_tree(&m).unwrap_or_else(|e| panic!("{e}"));
 }

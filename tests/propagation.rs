@@ -149,73 +149,6 @@ fn a_change_on_one_mount_is_seen_on_the_other_without_any_command() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-/// A private sshd on localhost, killed on drop.
-struct Sshd(std::process::Child);
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn keygen(path: &Path) {
-    let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .status()
-        .expect("ssh-keygen (apt-get install openssh-client)");
-    assert!(ok.success());
-}
-
-/// Starts sshd on a free port of 127.0.0.1 for root with a new key; returns
-/// it and the ssh command that reaches it.
-fn sshd(dir: &Path) -> (Sshd, String) {
-    let sshd_bin = Path::new("/usr/sbin/sshd");
-    assert!(sshd_bin.exists(), "openssh-server is not installed (.ci/run installs it); this must not skip");
-    std::fs::create_dir(dir).expect("mkdir");
-    keygen(&dir.join("host"));
-    keygen(&dir.join("user"));
-    std::fs::copy(dir.join("user.pub"), dir.join("authorized_keys")).expect("authorized_keys");
-    let port = free_port();
-    let conf = dir.join("sshd_config");
-    std::fs::write(
-        &conf,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {h}\nAuthorizedKeysFile {a}\nPermitRootLogin prohibit-password\n\
-             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile {p}\n",
-            h = dir.join("host").display(),
-            a = dir.join("authorized_keys").display(),
-            p = dir.join("sshd.pid").display()
-        ),
-    )
-    .expect("sshd_config");
-    std::fs::create_dir_all("/run/sshd").expect("privilege separation dir");
-    let child = Command::new(sshd_bin)
-        .arg("-D")
-        .arg("-E")
-        .arg(dir.join("sshd.log"))
-        .arg("-f")
-        .arg(&conf)
-        .spawn()
-        .expect("sshd");
-    let server = Sshd(child);
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "sshd did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let ssh = format!(
-        "ssh -p {port} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
-        dir.join("user").display()
-    );
-    (server, ssh)
-}
-
 const PROBES: usize = 20;
 const IDLE: Duration = Duration::from_secs(30);
 
@@ -266,7 +199,8 @@ fn propagation_benchmark() {
     };
     let over_ssh = tmp.path().join("ssh");
     std::fs::create_dir(&over_ssh).expect("mkdir");
-    let (_server, ssh) = sshd(&over_ssh.join("keys"));
+    let server = testkit::sshd::start(&over_ssh.join("keys"));
+    let ssh = server.ssh.clone();
     let (_, s_max) = {
         let remote = format!("localhost:{}", over_ssh.join("remote").display());
         let p = pair(&over_ssh, &remote, Some(&ssh));

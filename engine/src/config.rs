@@ -400,7 +400,11 @@ impl Config {
     }
 }
 
-fn check_remote(r: &str) -> Result<(), String> {
+/// Whether `r` can be a remote at all, whatever the transport: not empty,
+/// no control character, not starting with `-` (rsync and ssh would read it
+/// as an option). The one check behind `config.toml`'s `remote` and the
+/// replication crate's remote parser.
+pub fn check_remote(r: &str) -> Result<(), String> {
     if r.trim().is_empty() {
         return Err("must not be empty".to_string());
     }

@@ -1,11 +1,18 @@
 //! The engine's errors. Each says what failed and where (file, offset, id),
 //! so a user can act on it; `Fs` errors are the POSIX conditions that the
 //! FUSE adapter maps to errno in one place.
+//!
+//! An error that wraps a typed cause from another layer keeps it as its
+//! [`source`](std::error::Error::source) (a [`RecordError`], a remote's
+//! failure), so callers can match on it; its message also ends with the
+//! cause's, so a bare `{}` says everything. Printers that walk the source
+//! chain skip a cause whose message is already printed (the CLI does).
 
 use std::path::PathBuf;
 
 use crate::ids::{BlockHash, NodeId};
 use crate::index::IndexError;
+use crate::record::RecordError;
 
 /// Result with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -106,6 +113,21 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A log record's frame does not decode (header, checksum or payload)
+    /// and it is not a torn tail (those are cut off on open).
+    #[error("{path} at byte {offset}: {source}{context}")]
+    Record {
+        /// The segment file.
+        path: PathBuf,
+        /// Offset of the damaged record's frame.
+        offset: u64,
+        /// What the frame decoder found.
+        #[source]
+        source: RecordError,
+        /// Why it is damage and not a torn tail, when that needs saying
+        /// (empty, or starting with a separator: `; more data follows ...`).
+        context: String,
+    },
     /// A segment file's header is damaged or does not belong where it is.
     #[error("{path}: {reason}")]
     BadSegment {
@@ -151,6 +173,16 @@ pub enum Error {
         node: NodeId,
         /// The condition.
         err: FsError,
+    },
+    /// The remote that holds blocks not stored locally did not deliver them:
+    /// unreachable, too slow, or failing. Local data is untouched.
+    #[error("{what}: {source}")]
+    RemoteUnavailable {
+        /// What was being fetched.
+        what: String,
+        /// The transport's own error (for rsync, a `RemoteError`).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// A caller passed an invalid argument (e.g. an unknown log position).
     #[error("{0}")]

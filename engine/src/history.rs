@@ -9,10 +9,10 @@
 //!   any machine not later than it. A WHEN before the first event gives the
 //!   empty tree (the root alone); a WHEN in the future gives the current
 //!   tree. Both are valid views, not errors.
-//! - [`scan_tolerant`] reads a segment whatever its state: every record is
-//!   reported in place, good or damaged, and after a damaged one the scan
-//!   resyncs at the next frame that decodes. It never fails and never
-//!   panics (the strict reader is `log::for_each_record`).
+//! - [`inspect_segment`] reads a segment whatever its state, with the log's
+//!   one segment reader in forensic mode: every record is reported in place,
+//!   good or damaged, and after a damaged one the read resyncs at the next
+//!   frame that decodes. It never fails and never panics.
 //! - [`Filter`] selects events for `log inspect`; [`describe`] prints a
 //!   change; [`causal_dot`] draws a node's causal history from the vector
 //!   clocks as Graphviz DOT.
@@ -21,14 +21,14 @@
 
 use std::path::Path;
 
+use crate::calendar::{civil_from_days, days_from_civil, days_in_month};
 use crate::clock::Causality;
 use crate::error::{Error, Result};
 use crate::event::{BlockChange, Change, Event};
 use crate::ids::{LogPos, MachineId, NodeId, Timestamp};
 use crate::index::IndexReader;
-use crate::log::{self, SEGMENT_HEADER_LEN};
+use crate::log;
 use crate::read::TreeRead;
-use crate::record;
 use crate::storage::Storage;
 use crate::tree;
 
@@ -139,39 +139,6 @@ fn parse_relative(s: &str) -> std::result::Result<Option<i64>, String> {
     };
     let n: i64 = num.parse().map_err(|e| format!("{s:?}: {e}"))?;
     n.checked_mul(unit_nanos).map(Some).ok_or_else(|| format!("{s:?}: too far back"))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number (inverse of [`days_from_civil`]).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
-}
-
-fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
 }
 
 /// Parses an RFC 3339 time (`T` or a space between date and time; `Z`,
@@ -291,65 +258,25 @@ pub struct Inspected {
 }
 
 /// Every record of segment `number` of `machine` (its bytes in `bytes`),
-/// good and damaged, in file order. A damaged record is reported at its
-/// offset; the scan then resyncs at the next offset where a record of
-/// `machine` decodes. Trailing zeros and an incomplete last frame are
-/// reported as a torn tail. Pure; never panics.
-pub fn scan_tolerant(bytes: &[u8], machine: MachineId, number: u64) -> Vec<Inspected> {
+/// good and damaged, in file order: the forensic read of
+/// [`log::SegmentReader`] ([`log::ReadMode::Forensic`]). A damaged record
+/// is reported at its offset and the read resyncs at the next frame of
+/// `machine` that decodes; a torn tail (as the log defines it) is reported
+/// as one damaged entry starting "torn tail". Pure; never panics.
+pub fn inspect_segment(bytes: &[u8], machine: MachineId, number: u64) -> Vec<Inspected> {
     let at = |offset: u64| LogPos { machine, segment: number, offset };
-    let damaged = |offset: u64, why: String| Inspected { pos: at(offset), event: None, damage: Some(why) };
+    let name = log::segment_file_name(number);
+    let reader = log::SegmentReader::new(bytes, Path::new(&name), machine, number, log::ReadMode::Forensic);
     let mut out = Vec::new();
-    let header = log::segment_header(machine, number);
-    let hl = SEGMENT_HEADER_LEN as usize;
-    if bytes.len() < hl || bytes[..hl] != header {
-        out.push(damaged(0, "bad or short segment header".into()));
-    }
-    let mut pos = hl.min(bytes.len());
-    while pos < bytes.len() {
-        let rest = &bytes[pos..];
-        if rest.iter().all(|&b| b == 0) {
-            out.push(damaged(pos as u64, format!("torn tail: {} zero bytes", rest.len())));
-            break;
-        }
-        match record::decode(rest) {
-            Ok(d) if d.event.machine == machine => {
-                out.push(Inspected { pos: at(pos as u64), event: Some(d.event), damage: None });
-                pos += d.frame_len;
-            }
-            Ok(d) => {
-                out.push(damaged(pos as u64, format!("event of machine {} in the log of {machine}", d.event.machine)));
-                pos += d.frame_len;
-            }
-            Err(e) => {
-                let next = resync(rest, machine);
-                let why = match (&e, next) {
-                    (record::RecordError::Incomplete { .. }, None) => format!("torn tail: {e}"),
-                    (_, Some(n)) => format!("{e}; resynced {n} bytes on"),
-                    (_, None) => format!("{e}; nothing readable follows in this segment"),
-                };
-                out.push(damaged(pos as u64, why));
-                match next {
-                    Some(n) => pos += n,
-                    None => break,
-                }
-            }
-        }
-    }
+    // A forensic read fails only when the callback does, and this one never does.
+    let _ = reader.read(&mut |item| {
+        out.push(match item {
+            log::Item::Record(r) => Inspected { pos: at(r.offset), event: Some(r.event), damage: None },
+            log::Item::Damaged { offset, why } => Inspected { pos: at(offset), event: None, damage: Some(why) },
+        });
+        Ok(())
+    });
     out
-}
-
-/// The offset in `rest` (after its first byte) of the next frame of
-/// `machine` that decodes.
-fn resync(rest: &[u8], machine: MachineId) -> Option<usize> {
-    let mut from = 1;
-    while let Some(found) = rest.get(from..)?.windows(record::MAGIC.len()).position(|w| w == record::MAGIC) {
-        let at = from + found;
-        if record::decode(&rest[at..]).is_ok_and(|d| d.event.machine == machine) {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
 }
 
 /// Every record of every machine's log, in log order (machine by machine),
@@ -373,7 +300,7 @@ pub fn inspect_log(storage: &dyn Storage, log_root: &Path) -> Result<Vec<Inspect
         for n in numbers {
             let path = log::segment_path(log_root, m, n);
             match storage.read(&path) {
-                Ok(bytes) => out.extend(scan_tolerant(&bytes, m, n)),
+                Ok(bytes) => out.extend(inspect_segment(&bytes, m, n)),
                 Err(e) => out.push(Inspected {
                     pos: LogPos { machine: m, segment: n, offset: 0 },
                     event: None,
@@ -565,6 +492,7 @@ pub fn versions<T: TreeRead + ?Sized>(engine: &T, node: NodeId) -> Result<Vec<Ve
 mod tests {
     use super::*;
     use crate::clock::VectorClock;
+    use crate::record;
     use proptest::prelude::*;
 
     const NOW: Timestamp = Timestamp(1_764_064_800 * NANOS);
@@ -622,8 +550,8 @@ mod tests {
         }
 
         #[test]
-        fn scan_tolerant_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-            let _ = scan_tolerant(&bytes, MachineId(1), 0);
+        fn inspect_segment_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = inspect_segment(&bytes, MachineId(1), 0);
         }
     }
 
@@ -654,7 +582,7 @@ mod tests {
         let events: Vec<Event> = (1..=3).map(|s| ev(1, s, &[(1, s)], Change::Remove)).collect();
         let (mut bytes, offsets) = segment(&events);
         bytes[offsets[1] + record::HEADER_LEN + 2] ^= 0xff;
-        let got = scan_tolerant(&bytes, MachineId(1), 0);
+        let got = inspect_segment(&bytes, MachineId(1), 0);
         assert_eq!(got.len(), 3);
         assert_eq!(got[0].event.as_ref(), Some(&events[0]));
         assert!(got[1].event.is_none());
@@ -668,7 +596,7 @@ mod tests {
         let events: Vec<Event> = (1..=2).map(|s| ev(1, s, &[(1, s)], Change::Remove)).collect();
         let (mut bytes, _) = segment(&events);
         bytes.truncate(bytes.len() - 3);
-        let got = scan_tolerant(&bytes, MachineId(1), 0);
+        let got = inspect_segment(&bytes, MachineId(1), 0);
         assert_eq!(got.len(), 2);
         assert!(got[1].damage.as_deref().is_some_and(|d| d.starts_with("torn tail")), "{got:?}");
     }

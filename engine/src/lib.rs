@@ -17,6 +17,7 @@
 
 pub mod blob;
 pub mod cache;
+pub mod calendar;
 mod catchup;
 pub mod clock;
 pub mod config;
@@ -26,7 +27,6 @@ pub mod event;
 pub mod evict;
 pub mod faults;
 pub mod format;
-pub mod fuzz_bodies;
 pub mod history;
 pub mod ids;
 pub mod index;

@@ -35,20 +35,16 @@
 //! - Every record in `log/<m>/` is an event of machine `m`; its `seq` is the
 //!   previous record's plus one (the first record of segment 0 has seq 1) and
 //!   its `time` is never before the previous one's.
-//! - Torn tail (rule 2 of `docs/DESIGN.md`): only the *last* segment of a log may end in a
-//!   torn record. From a record's offset to end of file, the bytes are torn
-//!   when they are (a) an incomplete frame (header or payload runs past EOF),
-//!   (b) a complete frame whose checksum fails and which ends exactly at EOF,
-//!   or (c) all zeros. An incomplete frame followed somewhere by a complete,
-//!   checksum-valid record that would be its successor (same machine, next
-//!   seq but one) is not torn — a crash keeps a prefix of what was appended,
-//!   so nothing follows a tear — but a damaged length field, and an error. The writer cuts such a tail off when it opens its own
-//!   log (a last segment whose header itself is cut short, or is all zeros,
-//!   is cut to 0 and gets its header rewritten); readers of a peer's log stop
-//!   before it and resume there later. Anything else — a bad record followed
-//!   by more data, damage in a sealed segment, a bad segment header, a record
-//!   of another machine — is an error naming the segment file and byte
-//!   offset, and nothing is repaired. Recovery is idempotent.
+//! - Torn tail (rule 2 of `docs/DESIGN.md`): only the *last* segment of a
+//!   log may end in a torn record; the definition, and the budget that keeps
+//!   its search cheap on hostile input, are in [`reader`], the one segment
+//!   reader every read goes through. The writer cuts a torn tail off when it
+//!   opens its own log (a last segment whose header itself is cut short, or
+//!   is all zeros, is cut to 0 and gets its header rewritten); readers of a
+//!   peer's log stop before it and resume there later. Anything else — a bad
+//!   record followed by more data, damage in a sealed segment, a bad segment
+//!   header, a record of another machine — is an error naming the segment
+//!   file and byte offset, and nothing is repaired. Recovery is idempotent.
 //!
 //! # Version history
 //!
@@ -64,8 +60,12 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::ids::{LogPos, MachineId, ParseIdError, Timestamp};
-use crate::record::{self, Decoded, RecordError};
+use crate::record::{self, Decoded};
 use crate::storage::{AppendFile, Storage};
+
+pub mod reader;
+
+pub use reader::{Item, ReadMode, SegmentEnd, SegmentReader, SegmentScan, Stop, TornCause};
 
 /// Magic bytes at the start of every segment.
 pub const SEGMENT_MAGIC: [u8; 7] = *b"SYNCSEG";
@@ -174,209 +174,16 @@ pub struct ScannedRecord {
     pub event: Event,
 }
 
-/// The result of checking a whole segment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SegmentScan {
-    /// Every good record, in order.
-    pub records: Vec<ScannedRecord>,
-    /// Bytes up to the end of the last good record (at least the header), or
-    /// 0 when the header itself is missing or torn.
-    pub valid_len: u64,
-    /// Where torn bytes start (always `valid_len`), when there are any.
-    pub torn_tail: Option<u64>,
-}
-
-/// Where a scan ended.
-#[derive(Debug, Clone, Copy)]
-struct ScanEnd {
-    valid_len: u64,
-    torn_tail: Option<u64>,
-    last: Option<(u64, Timestamp)>,
-}
-
-/// Checks segment `number` of `machine` (its whole content in `bytes`, read
-/// from `path`, which errors name) and decodes all its records.
-///
-/// `tail_tolerated` says the segment is the last of its log: a torn tail (see
-/// the module docs) is then reported in [`SegmentScan::torn_tail`]; otherwise
-/// it is an error like any other damage. Pure: no I/O.
-pub fn scan_segment(
-    bytes: &[u8],
-    path: &Path,
-    machine: MachineId,
-    number: u64,
-    tail_tolerated: bool,
-) -> Result<SegmentScan> {
-    let mut records = Vec::new();
-    let prev = (number == 0).then_some((0, Timestamp(i64::MIN)));
-    let end = scan_from(bytes, path, machine, number, SEGMENT_HEADER_LEN, prev, tail_tolerated, &mut |r| {
-        records.push(r);
-        Ok(())
-    })?;
-    Ok(SegmentScan { records, valid_len: end.valid_len, torn_tail: end.torn_tail })
-}
-
 fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> Error {
     Error::CorruptRecord { path: path.to_path_buf(), offset, reason: reason.into() }
 }
 
+fn record_error(path: &Path, offset: u64, source: record::RecordError, context: impl Into<String>) -> Error {
+    Error::Record { path: path.to_path_buf(), offset, source, context: context.into() }
+}
+
 fn bad_segment(path: &Path, reason: impl Into<String>) -> Error {
     Error::BadSegment { path: path.to_path_buf(), reason: reason.into() }
-}
-
-/// The scanner behind [`scan_segment`] and [`for_each_event`]: checks the
-/// header, then hands every record from `start` on to `f`. `prev` is the
-/// (seq, time) of the record before `start`, when known.
-#[allow(clippy::too_many_arguments)]
-fn scan_from(
-    bytes: &[u8],
-    path: &Path,
-    machine: MachineId,
-    number: u64,
-    start: u64,
-    mut prev: Option<(u64, Timestamp)>,
-    tail_tolerated: bool,
-    f: &mut dyn FnMut(ScannedRecord) -> Result<()>,
-) -> Result<ScanEnd> {
-    let len = bytes.len() as u64;
-    let all_zero = bytes.iter().all(|&b| b == 0);
-    // The header.
-    if len < SEGMENT_HEADER_LEN || (all_zero && tail_tolerated) {
-        if let (false, Some(problem)) = (all_zero, header_problem(bytes, machine, number)) {
-            return Err(bad_segment(path, problem));
-        }
-        if !tail_tolerated {
-            return Err(bad_segment(
-                path,
-                format!("segment header cut short ({len} of {SEGMENT_HEADER_LEN} bytes) in a sealed segment"),
-            ));
-        }
-        return Ok(ScanEnd { valid_len: 0, torn_tail: (len > 0).then_some(0), last: None });
-    }
-    if let Some(problem) = header_problem(&bytes[..SEGMENT_HEADER_LEN as usize], machine, number) {
-        return Err(bad_segment(path, problem));
-    }
-    let mut pos = start.max(SEGMENT_HEADER_LEN);
-    if pos > len {
-        return Err(Error::Invalid(format!(
-            "{}: position {pos} is past the end of the segment ({len} bytes)",
-            path.display()
-        )));
-    }
-    // The records.
-    while pos < len {
-        // In bounds: pos < len = bytes.len().
-        let rest = &bytes[pos as usize..];
-        let torn = if rest.iter().all(|&b| b == 0) {
-            Some(format!("{} zero bytes", rest.len()))
-        } else {
-            match record::decode(rest) {
-                Ok(d) => {
-                    let ev = &d.event;
-                    if ev.machine != machine {
-                        return Err(corrupt(
-                            path,
-                            pos,
-                            format!("event of machine {} in the log of machine {machine}", ev.machine),
-                        ));
-                    }
-                    match prev {
-                        Some((seq, _)) if ev.seq != seq.wrapping_add(1) => {
-                            return Err(corrupt(
-                                path,
-                                pos,
-                                format!("event seq {} where seq {} was expected", ev.seq, seq.wrapping_add(1)),
-                            ));
-                        }
-                        Some((_, time)) if ev.time < time => {
-                            return Err(corrupt(
-                                path,
-                                pos,
-                                format!("event time {:?} is before the previous event's {time:?}", ev.time),
-                            ));
-                        }
-                        None if ev.seq == 0 => return Err(corrupt(path, pos, "event seq 0 (seqs start at 1)")),
-                        _ => {}
-                    }
-                    prev = Some((ev.seq, ev.time));
-                    let frame_len = d.frame_len as u64;
-                    f(ScannedRecord { offset: pos, frame_len, version: d.version, event: d.event })?;
-                    pos += frame_len;
-                    None
-                }
-                Err(e @ RecordError::Incomplete { .. }) => {
-                    // A crash keeps a prefix of what was appended, so nothing
-                    // valid can follow a torn record. If something does, the
-                    // record's length field is damaged: that is no torn tail.
-                    if let Some(at) = later_record(rest, machine, prev.map(|p| p.0)) {
-                        return Err(corrupt(
-                            path,
-                            pos,
-                            format!("{e}, yet a valid record follows at byte {}: damaged length", pos + at as u64),
-                        ));
-                    }
-                    Some(e.to_string())
-                }
-                Err(e @ RecordError::BadChecksum { .. }) => {
-                    let at_eof = record::parse_header(rest).is_ok_and(|h| h.frame_len() == rest.len());
-                    if !at_eof && !zero_filled(rest) {
-                        return Err(corrupt(path, pos, format!("{e}; more data follows, so it is not a torn tail")));
-                    }
-                    Some(e.to_string())
-                }
-                Err(e) if zero_filled(rest) => Some(format!("{e}, then only zeros")),
-                Err(e) => return Err(corrupt(path, pos, e.to_string())),
-            }
-        };
-        if let Some(why) = torn {
-            if !tail_tolerated {
-                return Err(corrupt(
-                    path,
-                    pos,
-                    format!("torn record ({why}) in a sealed segment: only the last segment may end torn"),
-                ));
-            }
-            return Ok(ScanEnd { valid_len: pos, torn_tail: Some(pos), last: prev });
-        }
-    }
-    Ok(ScanEnd { valid_len: pos, torn_tail: None, last: prev })
-}
-
-/// Whether `rest` (starting at a record's frame) is what a crash leaves
-/// when it keeps the start of an append and the rest of the file reads as
-/// zeros: nothing but zeros after a point inside this one frame (inside
-/// its header, when the header itself is cut).
-fn zero_filled(rest: &[u8]) -> bool {
-    let frame = record::parse_header(rest).map_or(record::HEADER_LEN, |h| h.frame_len().max(record::HEADER_LEN));
-    rest.iter().rposition(|&b| b != 0).is_none_or(|i| i < frame)
-}
-
-/// The offset in `rest` (after its start) of a complete, checksum-valid
-/// record of `machine` that could be the one after the record at the start
-/// of `rest` (seq `prev_seq + 2` when `prev_seq` is known), if any.
-///
-/// Hashing is bounded (about twice `rest`), so hostile payloads full of
-/// fake headers cannot make recovery slow; past the bound the answer is
-/// `None`, i.e. the tail is treated as torn, as the framing alone says.
-fn later_record(rest: &[u8], machine: MachineId, prev_seq: Option<u64>) -> Option<usize> {
-    let mut budget = rest.len().saturating_mul(2).saturating_add(1 << 20);
-    let mut from = 1;
-    while let Some(found) = rest.get(from..)?.windows(record::MAGIC.len()).position(|w| w == record::MAGIC) {
-        let at = from + found;
-        let candidate = &rest[at..];
-        if let Ok(h) = record::parse_header(candidate) {
-            if h.frame_len() <= candidate.len() {
-                budget = budget.checked_sub(h.frame_len())?;
-                if let Ok(d) = record::decode(candidate) {
-                    if d.event.machine == machine && prev_seq.is_none_or(|s| d.event.seq == s.wrapping_add(2)) {
-                        return Some(at);
-                    }
-                }
-            }
-        }
-        from = at + 1;
-    }
-    None
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -453,9 +260,9 @@ pub fn read_record_at(storage: &dyn Storage, log_root: &Path, pos: LogPos) -> Re
         return Err(Error::Invalid(format!("{}: no record at {pos} (inside the segment header)", path.display())));
     }
     let head = storage.read_at(&path, pos.offset, record::HEADER_LEN).map_err(io("read", &path))?;
-    let header = record::parse_header(&head).map_err(|e| corrupt(&path, pos.offset, e.to_string()))?;
+    let header = record::parse_header(&head).map_err(|e| record_error(&path, pos.offset, e, ""))?;
     let frame = storage.read_at(&path, pos.offset, header.frame_len()).map_err(io("read", &path))?;
-    let d = record::decode(&frame).map_err(|e| corrupt(&path, pos.offset, e.to_string()))?;
+    let d = record::decode(&frame).map_err(|e| record_error(&path, pos.offset, e, ""))?;
     if d.event.machine != pos.machine {
         return Err(corrupt(
             &path,
@@ -511,12 +318,16 @@ pub fn for_each_record(
         let path = segment_path(log_root, machine, number);
         let bytes = storage.read(&path).map_err(io("read", &path))?;
         let start = if number == from.segment { from.offset } else { SEGMENT_HEADER_LEN };
-        let scan = scan_from(&bytes, &path, machine, number, start, prev, number == last, &mut |r| {
-            f(LogPos { machine, segment: number, offset: r.offset }, &r)
+        let mode = if number == last { ReadMode::Recover } else { ReadMode::Strict };
+        let reader = SegmentReader::new(&bytes, &path, machine, number, mode).starting_at(start, prev);
+        let scan = reader.read(&mut |item| match item {
+            Item::Record(r) => f(LogPos { machine, segment: number, offset: r.offset }, &r),
+            // Only forensic reads report damage; others fail on it.
+            Item::Damaged { .. } => Ok(()),
         })?;
         prev = scan.last;
         end.next = LogPos { machine, segment: number, offset: scan.valid_len };
-        end.torn_tail = scan.torn_tail.map(|offset| LogPos { machine, segment: number, offset });
+        end.torn_tail = scan.torn_tail().map(|offset| LogPos { machine, segment: number, offset });
     }
     Ok(end)
 }
@@ -632,7 +443,7 @@ impl LogWriter {
             Some(&last) => {
                 let path = segment_path(log_root, machine, last);
                 let bytes = storage.read(&path).map_err(io("read", &path))?;
-                let scan = scan_segment(&bytes, &path, machine, last, true)?;
+                let scan = SegmentReader::new(&bytes, &path, machine, last, ReadMode::Recover).scan()?;
                 if let Some(offset) = scan.torn_tail {
                     let cut = bytes.len() as u64 - offset;
                     tracing::warn!(path = %path.display(), offset, bytes = cut, "cutting torn tail off the log");
@@ -661,7 +472,7 @@ impl LogWriter {
                     }
                     let path = segment_path(log_root, machine, n);
                     let bytes = storage.read(&path).map_err(io("read", &path))?;
-                    let scan = scan_segment(&bytes, &path, machine, n, false)?;
+                    let scan = SegmentReader::new(&bytes, &path, machine, n, ReadMode::Strict).scan()?;
                     last_event = scan.records.last().map(|r| (r.event.seq, r.event.time));
                 }
                 (last, Some(last_event))

@@ -274,17 +274,4 @@ mod memory;
 mod step;
 
 pub use memory::{merge, Merged, MergedNode};
-pub use step::{civil_date, step, valid_name};
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_date_matches_known_days() {
-        assert_eq!(civil_date(Timestamp(0)), (1970, 1, 1));
-        assert_eq!(civil_date(Timestamp::from_secs_nanos(1_795_600_000, 0)), (2026, 11, 25));
-        assert_eq!(civil_date(Timestamp::from_secs_nanos(951_782_400, 0)), (2000, 2, 29));
-        assert_eq!(civil_date(Timestamp::from_secs_nanos(-86_400, 0)), (1969, 12, 31));
-    }
-}
+pub use step::{step, valid_name};

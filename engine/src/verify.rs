@@ -81,7 +81,8 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
                     continue;
                 }
             };
-            match log::scan_segment(&bytes, &path, machine, number, Some(number) == last) {
+            let mode = if Some(number) == last { log::ReadMode::Recover } else { log::ReadMode::Strict };
+            match log::SegmentReader::new(&bytes, &path, machine, number, mode).scan() {
                 Ok(scan) => {
                     if let Some(at) = scan.torn_tail {
                         report.torn_tails.push(format!("{} at byte {at}: torn tail", path.display()));

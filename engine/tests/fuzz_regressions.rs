@@ -1,4 +1,4 @@
-//! The fuzz targets' bodies (`engine::fuzz_bodies`) as ordinary tests:
+//! The fuzz targets' bodies (`testkit::fuzz`) as ordinary tests:
 //!
 //! - every input a fuzz run found crashing is a named test here, with the
 //!   bytes inline, so the fix stays fixed on the stable toolchain;
@@ -10,9 +10,9 @@
 
 use engine::config::Config;
 use engine::event::{Attrs, Change, Event, NodeKind};
-use engine::fuzz_bodies as fb;
 use engine::ids::{MachineId, NodeId, Timestamp};
 use engine::{blob, log, record};
+use testkit::fuzz as fb;
 
 type Body = fn(&[u8]);
 
@@ -118,7 +118,7 @@ fn fold_and_merge_seeds() {
     }
 }
 
-/// Input bytes that make `fuzz_bodies::event` build three events of a peer:
+/// Input bytes that make `testkit::fuzz::event` build three events of a peer:
 /// each is node, machine, seq, time (three fields the segment builder
 /// overwrites), an empty clock, the change, then the builder's time step.
 const PEER_EVENTS: [&[u8]; 3] = [
@@ -236,7 +236,9 @@ fn segment_zero_filled_from_inside_a_record_is_a_torn_tail() {
     }
     let cut = ends[0] + 30;
     seg[cut..].fill(0);
-    let scan = log::scan_segment(&seg, std::path::Path::new("x.seg"), m, 0, true).expect("a torn tail, not damage");
+    let scan = log::SegmentReader::new(&seg, std::path::Path::new("x.seg"), m, 0, log::ReadMode::Recover)
+        .scan()
+        .expect("a torn tail, not damage");
     assert_eq!(scan.records.len(), 1);
     assert_eq!(scan.torn_tail, Some(ends[0] as u64));
 }

@@ -167,7 +167,12 @@ fn expect_corrupt(r: Result<impl std::fmt::Debug, Error>, path: &Path, offset: u
             assert_eq!((p.as_path(), o), (path, offset), "{reason}");
             reason
         }
-        other => panic!("expected CorruptRecord at {} byte {offset}, got {other:?}", path.display()),
+        // A frame that does not decode keeps the decoder's typed error.
+        Err(Error::Record { path: p, offset: o, source, context }) => {
+            assert_eq!((p.as_path(), o), (path, offset), "{source}{context}");
+            format!("{source}{context}")
+        }
+        other => panic!("expected CorruptRecord or Record at {} byte {offset}, got {other:?}", path.display()),
     }
 }
 
@@ -195,7 +200,11 @@ fn damage_in_a_middle_record_is_an_error_naming_the_offset() {
         std::fs::write(&path, &bytes).expect("write");
         expect_corrupt(open(root).map(|_| ()), &path, pos[1].offset);
         expect_corrupt(log::read_events(&FsStorage, root, log::log_start(M)), &path, pos[1].offset);
-        expect_corrupt(log::scan_segment(&bytes, &path, M, 0, true), &path, pos[1].offset);
+        expect_corrupt(
+            log::SegmentReader::new(&bytes, &path, M, 0, log::ReadMode::Recover).scan(),
+            &path,
+            pos[1].offset,
+        );
         // Nothing was repaired.
         assert_eq!(std::fs::read(&path).expect("read"), bytes);
     }
@@ -277,11 +286,11 @@ fn torn_sealed_segment_is_an_error() {
     let bytes = std::fs::read(&path).expect("read");
     let short = &bytes[..bytes.len() - 3];
     std::fs::write(&path, short).expect("write");
-    let scan = log::scan_segment(short, &path, M, 0, true).expect("tolerated as last");
+    let scan = log::SegmentReader::new(short, &path, M, 0, log::ReadMode::Recover).scan().expect("tolerated as last");
     let torn_at = scan.torn_tail.expect("torn");
     // Segment 0 is sealed, so the same bytes are damage there.
     expect_corrupt(log::read_events(&FsStorage, root, log::log_start(M)), &path, torn_at);
-    expect_corrupt(log::scan_segment(short, &path, M, 0, false), &path, torn_at);
+    expect_corrupt(log::SegmentReader::new(short, &path, M, 0, log::ReadMode::Strict).scan(), &path, torn_at);
 }
 
 #[test]

@@ -86,14 +86,9 @@ fn rotation_positions_and_resume() {
         let records = positions.iter().filter(|p| p.segment == n).count();
         assert!(records >= 1, "segment {n} is empty");
         assert!(len <= limit || records == 1, "segment {n}: {len} bytes, {records} records");
-        let scan = log::scan_segment(
-            &std::fs::read(log::segment_path(root, M, n)).expect("read"),
-            &log::segment_path(root, M, n),
-            M,
-            n,
-            false,
-        )
-        .expect("scan");
+        let path = log::segment_path(root, M, n);
+        let bytes = std::fs::read(&path).expect("read");
+        let scan = log::SegmentReader::new(&bytes, &path, M, n, log::ReadMode::Strict).scan().expect("scan");
         assert_eq!(scan.records.len(), records);
         assert_eq!(scan.valid_len, len);
     }

@@ -121,7 +121,7 @@ fn v1_fixture_reads_as_current_events() {
         assert_eq!(e.time, Timestamp((T0 + i as i64) * 1_000_000_000));
     }
 
-    let scan = log::scan_segment(&bytes, &path, M, 0, false).expect("scan");
+    let scan = log::SegmentReader::new(&bytes, &path, M, 0, log::ReadMode::Strict).scan().expect("scan");
     assert_eq!(scan.torn_tail, None);
     assert_eq!(scan.valid_len, bytes.len() as u64);
     assert!(scan.records.iter().all(|r| r.version == 1));
@@ -184,7 +184,12 @@ fn appends_on_a_v1_log_are_of_the_current_version() {
     let (evs, _) = log::read_events(&FsStorage, &root, log::log_start(M)).expect("read");
     assert_eq!(evs.len(), 6);
     assert_eq!(evs[5], (pos, next));
-    let versions: Vec<u8> =
-        log::scan_segment(&bytes, &dst, M, 0, false).expect("scan").records.iter().map(|r| r.version).collect();
+    let versions: Vec<u8> = log::SegmentReader::new(&bytes, &dst, M, 0, log::ReadMode::Strict)
+        .scan()
+        .expect("scan")
+        .records
+        .iter()
+        .map(|r| r.version)
+        .collect();
     assert_eq!(versions, [1, 1, 1, 1, 1, 3]);
 }

@@ -3,8 +3,6 @@
 //! dir, in two rounds, and the engine's tree (caught up on open, replayed
 //! when older events arrive late) must equal `merge` of the same events.
 
-mod sim;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -15,7 +13,7 @@ use engine::merge::{merge, Merged};
 use engine::storage::FsStorage;
 use engine::{LiveTree, PastView, Store, TreeRead};
 use proptest::prelude::*;
-use sim::*;
+use testkit::sim::*;
 
 /// Appends to each machine's log the events it does not have yet.
 fn write_logs(dir: &std::path::Path, events: &[Event], written: &mut BTreeMap<MachineId, u64>) {
@@ -39,9 +37,9 @@ fn write_logs(dir: &std::path::Path, events: &[Event], written: &mut BTreeMap<Ma
 
 /// The index holds exactly what the model merged: every node record and
 /// block list, every entry, the live count and the conflicts
-/// (`fuzz_bodies::engine_matches`, shared with the fuzz targets).
+/// (`testkit::fuzz::engine_matches`, shared with the fuzz targets).
 fn assert_same(e: &LiveTree, model: &Merged) -> Result<(), TestCaseError> {
-    engine::fuzz_bodies::engine_matches(e, model).map_err(TestCaseError::fail)
+    testkit::fuzz::engine_matches(e, model).map_err(TestCaseError::fail)
 }
 
 proptest! {
@@ -110,7 +108,7 @@ proptest! {
 
 /// The point-in-time `view` lists what `model` lists, and every file in it
 /// has the model's size and blocks.
-fn view_matches(view: &dyn TreeRead, model: &Merged) -> Result<(), TestCaseError> {
+fn view_matches(view: &PastView, model: &Merged) -> Result<(), TestCaseError> {
     for ((dir, name), child) in &model.dirents {
         let got = view.lookup(*dir, name).map(|n| n.id).ok();
         prop_assert_eq!(got, Some(*child), "entry {}/{:?} at {:?}", dir, String::from_utf8_lossy(name), view.at());

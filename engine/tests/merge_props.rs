@@ -9,8 +9,6 @@
 //! Case count: `PROPTEST_CASES` (default 256 here); the opt-in long run is
 //! `PROPTEST_CASES=100000 cargo test --release -p syncer-engine --test merge_props`.
 
-mod sim;
-
 use std::collections::BTreeMap;
 
 use engine::event::{Event, NodeKind};
@@ -20,7 +18,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use sim::*;
+use testkit::sim::*;
 
 fn run(replicas: usize, actions: &[Action], order_seed: u64) -> Result<(), TestCaseError> {
     let mut reps: Vec<Replica> = (0..replicas).map(Replica::new).collect();

@@ -1,14 +1,13 @@
 //! File contents through a real mount: large and sparse files, overwrites,
 //! concurrent writers, the memory bound, persistence across remounts.
 
-mod common;
-
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 
-use common::*;
+use testkit::mount::*;
+use testkit::sys::*;
 
 #[test]
 fn large_sequential_write_round_trips_under_the_memory_bound() {

@@ -10,8 +10,6 @@
 // Test code, helpers included: a panic here is a failed test, not a lost file.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
@@ -21,9 +19,10 @@ use std::process::Command;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::*;
 use engine::ids::Timestamp;
 use engine::{LiveTree, PastView, Store};
+use testkit::mount::*;
+use testkit::sys::*;
 
 const BS: u64 = 64 << 10;
 

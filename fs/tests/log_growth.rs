@@ -1,11 +1,9 @@
 //! Log growth is proportional to the change (docs/DESIGN.md): a 4 KiB write into
 //! a 10 GiB file adds well under 1 KiB of log, through a real mount.
 
-mod common;
-
 use std::os::unix::fs::FileExt;
 
-use common::*;
+use testkit::mount::*;
 
 fn log_bytes(data: &std::path::Path) -> u64 {
     let mut total = 0;

@@ -4,14 +4,13 @@
 // Test code, helpers included: a panic here is a failed test, not a lost file.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
-use common::*;
+use testkit::mount::*;
+use testkit::sys::*;
 
 #[test]
 fn files_directories_and_their_errors() {

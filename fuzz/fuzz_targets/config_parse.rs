@@ -1,4 +1,4 @@
-//! Fuzz target `config_parse`: the body is `engine::fuzz_bodies::config_parse`, so saved inputs replay as tests.
+//! Fuzz target `config_parse`: the body is `testkit::fuzz::config_parse`, so saved inputs replay as tests.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| engine::fuzz_bodies::config_parse(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| testkit::fuzz::config_parse(data));

@@ -1,4 +1,4 @@
-//! Fuzz target `merge_converge`: the body is `engine::fuzz_bodies::merge_converge`, so saved inputs replay as tests.
+//! Fuzz target `merge_converge`: the body is `testkit::fuzz::merge_converge`, so saved inputs replay as tests.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| engine::fuzz_bodies::merge_converge(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| testkit::fuzz::merge_converge(data));

@@ -1,4 +1,4 @@
-//! Fuzz target `record_decode`: the body is `engine::fuzz_bodies::record_decode`, so saved inputs replay as tests.
+//! Fuzz target `record_decode`: the body is `testkit::fuzz::record_decode`, so saved inputs replay as tests.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| engine::fuzz_bodies::record_decode(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| testkit::fuzz::record_decode(data));

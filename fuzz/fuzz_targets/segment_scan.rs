@@ -1,4 +1,4 @@
-//! Fuzz target `segment_scan`: the body is `engine::fuzz_bodies::segment_scan`, so saved inputs replay as tests.
+//! Fuzz target `segment_scan`: the body is `testkit::fuzz::segment_scan`, so saved inputs replay as tests.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| engine::fuzz_bodies::segment_scan(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| testkit::fuzz::segment_scan(data));

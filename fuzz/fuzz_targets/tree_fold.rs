@@ -1,4 +1,4 @@
-//! Fuzz target `tree_fold`: the body is `engine::fuzz_bodies::tree_fold`, so saved inputs replay as tests.
+//! Fuzz target `tree_fold`: the body is `testkit::fuzz::tree_fold`, so saved inputs replay as tests.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| engine::fuzz_bodies::tree_fold(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| testkit::fuzz::tree_fold(data));

@@ -114,18 +114,24 @@ impl BlockSource for RemoteSource {
             Ok(got) => Ok(got.into_iter().collect()),
             Err(e) => {
                 tracing::error!("fetching {} blocks: {e}", hashes.len());
-                Err(engine::Error::Invalid(format!("fetching {} blocks: {e}", hashes.len())))
+                Err(engine::Error::RemoteUnavailable {
+                    what: format!("fetching {} blocks", hashes.len()),
+                    source: Box::new(e),
+                })
             }
         }
     }
 
     fn fetch(&self, hash: &BlockHash) -> engine::Result<Vec<u8>> {
-        let fail = |reason: String| engine::Error::Invalid(format!("fetching block {hash}: {reason}"));
-        match self.fetch_many(std::slice::from_ref(hash)) {
-            Ok(mut got) => got.remove(hash).ok_or_else(|| fail(format!("not on the remote {}", self.rsync.remote()))),
+        let what = || format!("fetching block {hash}");
+        match RemoteSource::fetch_many(self, std::slice::from_ref(hash)) {
+            Ok(mut got) => got.remove(hash).ok_or_else(|| engine::Error::RemoteUnavailable {
+                what: what(),
+                source: format!("not on the remote {}", self.rsync.remote()).into(),
+            }),
             Err(e) => {
                 tracing::error!("fetching block {hash}: {e}");
-                Err(fail(e.to_string()))
+                Err(engine::Error::RemoteUnavailable { what: what(), source: Box::new(e) })
             }
         }
     }

@@ -29,12 +29,7 @@ impl Remote {
     /// `[user@]host:path`; anything else is a local path.
     pub fn parse(s: &str) -> Result<Remote> {
         let bad = |reason: &str| RemoteError::BadRemote { remote: s.to_string(), reason: reason.to_string() };
-        if s.trim().is_empty() {
-            return Err(bad("empty"));
-        }
-        if s.starts_with('-') || s.chars().any(char::is_control) {
-            return Err(bad("starts with `-` or holds a control character"));
-        }
+        engine::config::check_remote(s).map_err(|reason| bad(&reason))?;
         let colon = s.find(':');
         let slash = s.find('/');
         match colon {
@@ -325,6 +320,8 @@ mod tests {
         );
         assert_eq!(Remote::parse("host:").expect("ssh"), Remote::Ssh { host: "host".into(), path: ".".into() });
         assert!(matches!(Remote::parse("-e x"), Err(RemoteError::BadRemote { .. })));
+        assert!(matches!(Remote::parse(" "), Err(RemoteError::BadRemote { .. })));
+        assert!(matches!(Remote::parse("h:/a\nb"), Err(RemoteError::BadRemote { .. })));
         assert!(matches!(Remote::parse("host::mod"), Err(RemoteError::BadRemote { .. })));
         assert!(matches!(Remote::parse(":x"), Err(RemoteError::BadRemote { .. })));
         assert_eq!(Remote::parse("h:/p").expect("ssh").spec("blobs/"), OsString::from("h:/p/blobs/"));

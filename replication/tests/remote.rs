@@ -263,71 +263,11 @@ fn unreachable_remote_gives_eio_in_bounded_time_and_local_data_stays_readable() 
     assert!(status.last_error.is_some_and(|e| e.contains("no answer")));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-struct Sshd(std::process::Child);
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn keygen(path: &Path) {
-    let ok = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .status()
-        .expect("ssh-keygen (apt-get install openssh-client)");
-    assert!(ok.success());
-}
-
 #[test]
 fn push_and_clone_over_real_ssh() {
-    let sshd_bin = Path::new("/usr/sbin/sshd");
-    assert!(sshd_bin.exists(), "openssh-server is not installed (.ci/run installs it); this test must not skip");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let k = tmp.path().join("keys");
-    std::fs::create_dir(&k).expect("mkdir");
-    keygen(&k.join("host"));
-    keygen(&k.join("user"));
-    std::fs::copy(k.join("user.pub"), k.join("authorized_keys")).expect("authorized_keys");
-    let port = free_port();
-    let conf = k.join("sshd_config");
-    std::fs::write(
-        &conf,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {h}\nAuthorizedKeysFile {a}\nPermitRootLogin prohibit-password\n\
-             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile {p}\n",
-            h = k.join("host").display(),
-            a = k.join("authorized_keys").display(),
-            p = k.join("sshd.pid").display()
-        ),
-    )
-    .expect("sshd_config");
-    std::fs::create_dir_all("/run/sshd").expect("privilege separation dir");
-    let _sshd = Sshd(
-        std::process::Command::new(sshd_bin)
-            .arg("-D")
-            .arg("-E")
-            .arg(k.join("sshd.log"))
-            .arg("-f")
-            .arg(&conf)
-            .spawn()
-            .expect("sshd"),
-    );
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "sshd did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let ssh = format!(
-        "ssh -p {port} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
-        k.join("user").display()
-    );
+    let sshd = testkit::sshd::start(&tmp.path().join("keys"));
+    let ssh = sshd.ssh.clone();
     let remote_path = tmp.path().join("remote");
     let remote_str = format!("localhost:{}", remote_path.display());
     let over_ssh = || Rsync::with_program(Remote::parse(&remote_str).expect("remote"), "rsync", ssh.clone());

@@ -2,9 +2,10 @@
 //! store (the rules are in the parent module's docs).
 
 use super::{order_key, Conflict, ConflictKind, Content, TreeStore, LATEST, MAX_DEPTH};
+use crate::calendar::civil_date;
 use crate::clock::Causality;
 use crate::event::{BlockRef, Change, Event, NodeKind};
-use crate::ids::{EventId, NodeId, Timestamp};
+use crate::ids::{EventId, NodeId};
 use crate::tree::{self, ContentHead, NodeRecord};
 
 /// A refusal: the event changes nothing.
@@ -497,19 +498,4 @@ fn free_conflict_name<S: TreeStore>(s: &S, parent: NodeId, name: &[u8], e: &Even
         }
         n += 1;
     }
-}
-
-/// The UTC calendar date of a timestamp (Hinnant's days-to-civil).
-pub fn civil_date(t: Timestamp) -> (i64, u32, u32) {
-    let days = t.secs().div_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    (y, mo, d)
 }

@@ -1,6 +1,5 @@
 //! A simulator of replicas for merge tests: machines with skewed clocks
 //! doing only what the engine would allow, syncing subsets of events.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
@@ -9,9 +8,16 @@ use engine::ids::{BlockHash, EventId, MachineId, NodeId, Timestamp};
 use engine::merge::{merge, Content, Merged};
 use proptest::prelude::*;
 
+/// Block size of the simulated data dirs.
 pub const BS: u64 = 4096;
+/// The names the simulated machines give nodes (few, so they collide).
 pub const NAMES: [&str; 6] = ["a", "b", "c.txt", "d", "e", "f.jpg"];
 
+/// One step of a simulation: a replica `r` changes a node (picked by a
+/// selector byte among the live ones), or events go `from` one replica `to`
+/// another, or a replica's clock jumps `by` milliseconds.
+// The fields are selectors named as what they pick; the variants say the rest.
+#[allow(missing_docs)]
 #[derive(Clone, Debug)]
 pub enum Action {
     Create { r: usize, dir: u8, name: u8, is_dir: bool },
@@ -26,6 +32,7 @@ pub enum Action {
     Skew { r: usize, by: i16 },
 }
 
+/// The proptest strategy of [`Action`]s among `replicas` replicas.
 pub fn action(replicas: usize) -> impl Strategy<Value = Action> {
     let r = 0..replicas;
     prop_oneof![
@@ -47,10 +54,15 @@ pub fn action(replicas: usize) -> impl Strategy<Value = Action> {
 
 /// A simulated machine: its own clock, counters and the events it knows.
 pub struct Replica {
+    /// Its machine id.
     pub machine: MachineId,
+    /// Its wall clock (skewed by [`Action::Skew`]).
     pub wall: i64,
+    /// Seq of its last event.
     pub seq: u64,
+    /// Its node counter.
     pub counter: u64,
+    /// Every event it knows, by (machine, seq).
     pub known: BTreeMap<(MachineId, u64), Event>,
     /// The content each content change of this machine made, as the
     /// machine saw it right after making it (a file's create: empty).
@@ -58,6 +70,7 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// Replica number `i`: its own machine id and clock.
     pub fn new(i: usize) -> Self {
         Replica {
             machine: MachineId(0x1000 + i as u64),
@@ -69,6 +82,7 @@ impl Replica {
         }
     }
 
+    /// The merge of every event it knows.
     pub fn state(&self) -> Merged {
         merge(self.known.values(), BS)
     }
@@ -100,6 +114,7 @@ impl Replica {
     }
 }
 
+/// The live nodes of `m`, of `kind` when given.
 pub fn live_nodes(m: &Merged, kind: Option<NodeKind>) -> Vec<NodeId> {
     m.nodes
         .iter()
@@ -108,10 +123,12 @@ pub fn live_nodes(m: &Merged, kind: Option<NodeKind>) -> Vec<NodeId> {
         .collect()
 }
 
+/// The node `sel` picks among `v`, if any.
 pub fn pick(v: &[NodeId], sel: u8) -> Option<NodeId> {
     (!v.is_empty()).then(|| v[sel as usize % v.len()])
 }
 
+/// A block reference named by `byte`.
 pub fn block(byte: u8) -> BlockRef {
     BlockRef { hash: BlockHash::of(&[byte], 16), len: 1 }
 }
