@@ -59,7 +59,7 @@
 //! `read` (the queries), `reader` ([`IndexReader`], [`IndexView`]),
 //! `writer` ([`IndexWriter`]: transaction, caches, buffer), `write`
 //! (applying events), `background` (groups committed in the background),
-//! `error` ([`IndexError`]).
+//! `error` (redb failures as [`IndexError`]s, a type defined in `crate::error`).
 
 mod background;
 mod error;
@@ -74,7 +74,7 @@ mod write;
 mod writer;
 
 pub use background::Background;
-pub use error::IndexError;
+pub use crate::error::IndexError;
 pub use handle::Index;
 pub use reader::{IndexReader, IndexView};
 pub use schema::{CHECKPOINT_EVERY, INDEX_VERSION};

@@ -4,7 +4,7 @@
 use std::cell::OnceCell;
 use std::sync::{Arc, Mutex};
 
-use super::error::IndexError;
+use crate::error::IndexError;
 use super::{HashMap, Index, IndexWriter};
 use crate::error::{Error, Result};
 use crate::ids::NodeId;

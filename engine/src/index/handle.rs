@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use redb::{Database, ReadableDatabase, WriteTransaction};
 
 use super::background::{lock_carried, Background, Carried};
-use super::error::{ix, IndexError};
+use super::error::ix;
+use crate::error::IndexError;
 use super::schema::{self, create_db, reset_tables, META_VERSION};
 use super::writer::{HeldTxn, WriteBuffer};
 use super::{HashMap, IndexReader, IndexWriter, INDEX_VERSION};

@@ -18,7 +18,8 @@ use std::path::Path;
 
 use redb::{Key, ReadableTable, TableDefinition, TableHandle, Value};
 
-use super::error::{ix, IndexError};
+use super::error::ix;
+use crate::error::IndexError;
 use super::schema::*;
 use super::{Counts, DirEntry, EventLocation};
 use crate::error::Result;

@@ -41,7 +41,8 @@ use std::path::Path;
 
 use redb::{Database, TableDefinition, WriteTransaction};
 
-use super::error::{ix, IndexError};
+use super::error::ix;
+use crate::error::IndexError;
 use crate::error::{Error, Result};
 use crate::event::NodeKind;
 use crate::ids::{EventId, MachineId, NodeId, Timestamp};

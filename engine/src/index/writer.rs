@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use redb::{Database, Durability, Key, ReadableDatabase, Table, TableDefinition, Value, WriteTransaction};
 
 use super::background::{lock_carried, Background, Carried};
-use super::error::{ix, IndexError};
+use super::error::ix;
+use crate::error::IndexError;
 use super::read::{self, Buffered, Tables};
 use super::schema::*;
 use super::{Counts, DirEntry, EventLocation, HashMap, IndexReader};
