@@ -86,7 +86,7 @@ pub fn print_history(data_dir: &Path, path: &str, at: Option<Timestamp>, json: b
         })
         .collect();
     let header = ["TIME", "EVENT", "POSITION", "KIND", "SIZE", "CHANGE"].map(String::from);
-    crate::log_cmd::print_table(&mut out, &header, &rows)?;
+    crate::table::print_table(&mut out, &header, &rows)?;
     Ok(())
 }
 

@@ -39,30 +39,6 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
-/// Prints `rows` under `header`, every column but the last padded to its
-/// widest cell.
-pub fn print_table<const N: usize>(out: &mut impl Write, header: &[String; N], rows: &[[String; N]]) -> Result<()> {
-    let mut widths = [0usize; N];
-    for r in std::iter::once(header).chain(rows) {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    for r in std::iter::once(header).chain(rows) {
-        let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
-            if i + 1 == N {
-                line.push_str(c);
-            } else {
-                line.push_str(c);
-                line.extend(std::iter::repeat_n(' ', widths[i] - c.chars().count() + 2));
-            }
-        }
-        writeln!(out, "{}", line.trim_end())?;
-    }
-    Ok(())
-}
-
 fn parse_node(s: &str) -> Result<NodeId> {
     if s == "root" || s == "/" {
         return Ok(NodeId::ROOT);
@@ -241,7 +217,7 @@ pub fn inspect(data_dir: &Path, a: &InspectArgs) -> Result<()> {
         })
         .collect();
     let header = ["POSITION", "EVENT", "TIME", "NODE", "KIND", "CHECKSUM", "CLOCK", "CHANGE"].map(String::from);
-    print_table(&mut out, &header, &rows)?;
+    crate::table::print_table(&mut out, &header, &rows)?;
     let damaged = records.iter().filter(|r| r.event.is_none()).count();
     if damaged > 0 {
         writeln!(out, "{damaged} damaged record(s) shown in place")?;

@@ -22,6 +22,7 @@ mod history_cmd;
 mod log_cmd;
 mod mount;
 mod remote;
+mod table;
 
 const EXIT_HELP: &str = "Exit codes: 0 success; 1 error (one line on stderr: what failed and where); \
 2 bad usage; 3 `log verify` found damage.";
