@@ -73,8 +73,8 @@ mod tests;
 mod write;
 mod writer;
 
-pub use background::Background;
 pub use crate::error::IndexError;
+pub use background::Background;
 pub use handle::Index;
 pub use reader::{IndexReader, IndexView};
 pub use schema::{CHECKPOINT_EVERY, INDEX_VERSION};

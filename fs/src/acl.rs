@@ -26,15 +26,9 @@
 //! the owner's bits from the mode but everyone else's from the ACL, so the
 //! ACL (the richer of the two) decides on every replica alike.
 
-use std::sync::atomic::Ordering;
-
-use engine::event::{AttrChange, NodeKind};
-use engine::ids::NodeId;
-use engine::{NodeState, XattrMode};
+use engine::event::NodeKind;
+use engine::NodeState;
 use fuser::Errno;
-
-use crate::errno::errno;
-use crate::ops::{Caller, Core};
 
 /// The access ACL's xattr name.
 pub(crate) const ACCESS: &[u8] = b"system.posix_acl_access";
@@ -283,101 +277,6 @@ pub(crate) fn mode_after_acl(mode: u32, perm: u32, gid: u32, uid: u32, in_group:
         mode &= !libc::S_ISGID;
     }
     mode
-}
-
-impl Core {
-    /// Whether the kernel enforces ACLs on this mount (`FUSE_POSIX_ACL`
-    /// negotiated at init); without it the ACL names are refused.
-    pub(crate) fn acls(&self) -> bool {
-        self.acl.load(Ordering::Relaxed)
-    }
-
-    /// `setxattr` of an ACL name by `caller`. An access ACL sets the
-    /// permission bits and, as the kernel's `posix_acl_update_mode` does,
-    /// takes set-group-id off when the caller is neither root nor in the
-    /// node's group (see [`mode_after_acl`]).
-    pub(crate) fn set_acl(
-        &self,
-        node: NodeId,
-        kind: Kind,
-        value: &[u8],
-        mode: XattrMode,
-        caller: Caller,
-    ) -> Result<(), Errno> {
-        if !self.acls() {
-            return Err(Errno::EOPNOTSUPP);
-        }
-        let acl = Acl::parse(value)?;
-        let st = self.tree.node(node).map_err(|e| errno(&e))?;
-        let name = match kind {
-            Kind::Access => ACCESS,
-            Kind::Default => DEFAULT,
-        };
-        match (mode, st.xattrs.contains_key(name)) {
-            (XattrMode::Create, true) => return Err(Errno::EEXIST),
-            (XattrMode::Replace, false) => return Err(Errno::NO_XATTR),
-            _ => {}
-        }
-        let Some(acl) = acl else {
-            return self.remove_acl(node, kind).or_else(|e| if e == Errno::NO_XATTR { Ok(()) } else { Err(e) });
-        };
-        let (attrs, value) = match kind {
-            Kind::Default if st.kind != NodeKind::Dir => return Err(Errno::EACCES),
-            Kind::Default => (AttrChange::default(), Some(acl.encode())),
-            Kind::Access => {
-                let mode =
-                    mode_after_acl(st.attrs.mode, acl.perm_bits(), st.attrs.gid, caller.uid, |g| caller.in_group(g));
-                let value = (!acl.is_minimal()).then(|| acl.encode());
-                (AttrChange { mode: Some(mode), ..AttrChange::default() }, value)
-            }
-        };
-        self.live()?.change_node(node, attrs, &[(name.to_vec(), value)]).map(|_| ()).map_err(|e| errno(&e))
-    }
-
-    /// `removexattr` of an ACL name. Removing the access ACL leaves the
-    /// permission bits it showed.
-    pub(crate) fn remove_acl(&self, node: NodeId, kind: Kind) -> Result<(), Errno> {
-        if !self.acls() {
-            return Err(Errno::EOPNOTSUPP);
-        }
-        let st = self.tree.node(node).map_err(|e| errno(&e))?;
-        let (name, attrs) = match kind {
-            Kind::Access => {
-                let mode = mode_with_acl(st.attrs.mode, st.xattrs.get(ACCESS).map(Vec::as_slice));
-                (ACCESS, AttrChange { mode: Some(mode), ..AttrChange::default() })
-            }
-            Kind::Default => (DEFAULT, AttrChange::default()),
-        };
-        if !st.xattrs.contains_key(name) {
-            return Err(Errno::NO_XATTR);
-        }
-        self.live()?.change_node(node, attrs, &[(name.to_vec(), None)]).map(|_| ()).map_err(|e| errno(&e))
-    }
-
-    /// `setattr` of `change` on `node`: a new mode rewrites the access ACL
-    /// too, in the same mutation.
-    pub(crate) fn set_attrs_with_acl(&self, node: NodeId, change: AttrChange) -> Result<(), Errno> {
-        let acl = match change.mode {
-            Some(mode) => {
-                let st = self.tree.node(node).map_err(|e| errno(&e))?;
-                match st.xattrs.get(ACCESS).map(|v| Acl::parse(v)) {
-                    Some(Ok(Some(mut acl))) => {
-                        acl.chmod(mode);
-                        Some(acl.encode())
-                    }
-                    _ => None,
-                }
-            }
-            None => None,
-        };
-        let live = self.live()?;
-        match acl {
-            Some(acl) => live.change_node(node, change, &[(ACCESS.to_vec(), Some(acl))]),
-            None => live.set_attrs(node, change),
-        }
-        .map(|_| ())
-        .map_err(|e| errno(&e))
-    }
 }
 
 #[cfg(test)]

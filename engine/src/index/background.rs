@@ -4,8 +4,8 @@
 use std::cell::OnceCell;
 use std::sync::{Arc, Mutex};
 
-use crate::error::IndexError;
 use super::{HashMap, Index, IndexWriter};
+use crate::error::IndexError;
 use crate::error::{Error, Result};
 use crate::ids::NodeId;
 use crate::tree::NodeRecord;

@@ -9,10 +9,10 @@ use redb::{Database, ReadableDatabase, WriteTransaction};
 
 use super::background::{lock_carried, Background, Carried};
 use super::error::ix;
-use crate::error::IndexError;
 use super::schema::{self, create_db, reset_tables, META_VERSION};
 use super::writer::{HeldTxn, WriteBuffer};
 use super::{HashMap, IndexReader, IndexWriter, INDEX_VERSION};
+use crate::error::IndexError;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 

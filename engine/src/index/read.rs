@@ -19,9 +19,9 @@ use std::path::Path;
 use redb::{Key, ReadableTable, TableDefinition, TableHandle, Value};
 
 use super::error::ix;
-use crate::error::IndexError;
 use super::schema::*;
 use super::{Counts, DirEntry, EventLocation};
+use crate::error::IndexError;
 use crate::error::Result;
 use crate::event::{BlockRef, NodeKind};
 use crate::ids::{EventId, LogPos, MachineId, NodeId, Timestamp};

@@ -11,10 +11,10 @@ use redb::{Database, Durability, Key, ReadableDatabase, Table, TableDefinition, 
 
 use super::background::{lock_carried, Background, Carried};
 use super::error::ix;
-use crate::error::IndexError;
 use super::read::{self, Buffered, Tables};
 use super::schema::*;
 use super::{Counts, DirEntry, EventLocation, HashMap, IndexReader};
+use crate::error::IndexError;
 use crate::error::{Error, Result};
 use crate::event::{BlockRef, NodeKind};
 use crate::ids::{EventId, LogPos, MachineId, NodeId, Timestamp};
