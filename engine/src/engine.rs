@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::error::{Error, FsError, Result};
 use crate::event::{AttrChange, Attrs, BlockChange, BlockRef, Change, Event, NodeKind};
 use crate::ids::{BlockHash, EventId, LogPos, MachineId, NodeId, Timestamp};
-use crate::index::{Counts, DirEntry, Index, IndexError, IndexReader, IndexView, IndexWriter};
+use crate::index::{Counts, DirEntry, Index, IndexReader, IndexView, IndexWriter};
 use crate::log::{self, LogWriter};
 use crate::storage::{ByteWindow, FsStorage, Storage};
 use crate::tree::{self, NodeRecord};
@@ -1453,7 +1453,7 @@ impl Engine {
                 }
                 Err(Error::Index {
                     path: self.layout.index(),
-                    source: IndexError::Behind { why: why.to_string(), source: Box::new(e) },
+                    source: crate::index::IndexError::Behind { why: why.to_string(), source: Box::new(e) },
                 })
             }
         }
