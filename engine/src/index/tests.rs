@@ -328,3 +328,15 @@ fn a_value_that_does_not_decode_names_its_table_and_key() {
     );
     assert_eq!(err.os_error(), None);
 }
+
+/// A full disk under redb reaches the caller as ENOSPC (the FUSE adapter
+/// returns it as it is), whichever index operation met it.
+#[test]
+fn a_full_disk_under_redb_is_enospc() {
+    let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+    let err = IndexError::redb("commit", full).at(Path::new("/data/index.redb"));
+    assert_eq!(err.os_error(), Some(libc::ENOSPC));
+    assert!(err.to_string().starts_with("index /data/index.redb: commit: "), "{err}");
+    let refused = IndexError::BackgroundFailed { why: "no room".into() }.at(Path::new("/data/index.redb"));
+    assert_eq!(refused.os_error(), None, "a refusal is no OS error");
+}
