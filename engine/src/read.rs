@@ -23,15 +23,39 @@ use crate::cache::{BlockSource, Cache};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::event::{BlockRef, NodeKind};
-use crate::ids::{MachineId, NodeId, Timestamp};
+use crate::ids::{BlockHash, MachineId, NodeId, Timestamp};
 use crate::index::{DirEntry, IndexReader};
 use crate::state::{NodeState, OpenReport, Stats, TreeEntry};
 use crate::storage::{ByteWindow, Storage};
 use crate::store::{Layout, Store};
 use crate::tree;
 
-/// Most blocks [`TreeRead::read_file`] fetches in one round trip.
+/// Most blocks [`TreeRead::read_file`] and [`TreeRead::read_file_block`]
+/// fetch in one round trip.
 pub const FETCH_BATCH: usize = 17;
+
+/// `block` from the local store, else fetched together with `also()` (see
+/// [`Store::fetch`]); its length checked against the log's.
+fn read_checked(
+    store: &Store,
+    block: &BlockRef,
+    streaming: bool,
+    also: impl FnOnce() -> Vec<BlockHash>,
+) -> Result<ByteWindow> {
+    let data = match store.local_block(&block.hash, streaming)? {
+        Some(data) => data,
+        None => ByteWindow::from(store.fetch(&block.hash, also())?),
+    };
+    store.cache().touch(&block.hash);
+    if data.len() != block.len as usize {
+        return Err(Error::CorruptBlob {
+            hash: block.hash,
+            path: store.blobs().path_of(&block.hash),
+            reason: format!("holds {} bytes, the log says {}", data.len(), block.len),
+        });
+    }
+    Ok(data)
+}
 
 /// The reads of a tree: the live one or a point-in-time view.
 pub trait TreeRead: Send + Sync {
@@ -100,20 +124,20 @@ pub trait TreeRead: Send + Sync {
     /// into. `streaming`: a block read once (ahead of a sequential reader),
     /// so read past the OS's cache where possible.
     fn read_block_window(&self, block: &BlockRef, streaming: bool) -> Result<ByteWindow> {
-        let store = self.store();
-        let data = match store.local_block(&block.hash, streaming)? {
-            Some(data) => data,
-            None => ByteWindow::from(store.fetch(&block.hash)?),
-        };
-        store.cache().touch(&block.hash);
-        if data.len() != block.len as usize {
-            return Err(Error::CorruptBlob {
-                hash: block.hash,
-                path: store.blobs().path_of(&block.hash),
-                reason: format!("holds {} bytes, the log says {}", data.len(), block.len),
-            });
-        }
-        Ok(data)
+        read_checked(self.store(), block, streaming, Vec::new)
+    }
+
+    /// [`TreeRead::read_block_window`] of `block`, stored block `index` of
+    /// file `node`. When it is not stored here, the file's next blocks that
+    /// are not either (up to [`FETCH_BATCH`] in all) come in the same round
+    /// trip: a reader of a file that had to wait for one block does not
+    /// wait again for each of the next.
+    fn read_file_block(&self, node: NodeId, index: u64, block: &BlockRef, streaming: bool) -> Result<ByteWindow> {
+        read_checked(self.store(), block, streaming, || {
+            let next = self.file_blocks(node, index.saturating_add(1), FETCH_BATCH as u64 - 1);
+            // The next blocks are a hint: the read of each reports its own error.
+            next.map(|v| v.into_iter().map(|(_, b)| b.hash).collect()).unwrap_or_default()
+        })
     }
 
     /// Asks the prefetchers (the replication layer's background fetch,

@@ -254,22 +254,34 @@ impl Store {
     /// it, and records it as on the remote. Returns its bytes;
     /// [`Error::MissingBlob`] without a source or when the source lacks it,
     /// [`Error::CorruptBlob`] (and nothing stored) when the copy does not
-    /// match its hash.
-    pub(crate) fn fetch(&self, hash: &BlockHash) -> Result<Vec<u8>> {
+    /// match its hash. Those of `also` not stored here come in the same
+    /// round trip (best effort: a refused one is only logged, and its own
+    /// read reports it).
+    pub(crate) fn fetch(&self, hash: &BlockHash, also: Vec<BlockHash>) -> Result<Vec<u8>> {
         let source = self.source.read().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(source) = source else { return Err(Error::MissingBlob(*hash)) };
-        let Some((_, stored)) = source.fetch_many(std::slice::from_ref(hash))?.into_iter().find(|(h, _)| h == hash)
-        else {
-            return Err(Error::MissingBlob(*hash));
-        };
-        // The bytes come from the fetched copy, not the store: the evictor
-        // may already have taken the block out again.
-        let (_, data) = self.blobs.put_raw_verified_data(hash, &stored)?;
-        // Fetched blocks are on the remote, so the evictor may take them.
-        if let Err(e) = self.cache.mark_pushed(std::slice::from_ref(hash)) {
-            tracing::warn!("recording fetched block {hash} as on the remote: {e}");
+        let mut want = vec![*hash];
+        want.extend(also.into_iter().filter(|h| h != hash && !self.blobs.contains(h)));
+        let mut found = None;
+        let mut on_remote = Vec::new();
+        for (h, stored) in source.fetch_many(&want)? {
+            if h == *hash {
+                // The bytes come from the fetched copy, not the store: the
+                // evictor may already have taken the block out again.
+                let (_, data) = self.blobs.put_raw_verified_data(hash, &stored)?;
+                on_remote.push(h);
+                found = Some(data);
+            } else if let Err(e) = self.blobs.put_raw_verified(&h, &stored) {
+                tracing::error!("a block fetched with {hash} was refused: {e}");
+            } else {
+                on_remote.push(h);
+            }
         }
-        Ok(data)
+        // Fetched blocks are on the remote, so the evictor may take them.
+        if let Err(e) = self.cache.mark_pushed(&on_remote) {
+            tracing::warn!("recording {} fetched blocks as on the remote: {e}", on_remote.len());
+        }
+        found.ok_or(Error::MissingBlob(*hash))
     }
 
     /// Fetches those of `hashes` that are not local in one round trip,

@@ -210,13 +210,21 @@ impl Shared {
     /// block another thread is loading (a read-ahead) is waited for, not
     /// read again.
     fn load(&self, block: &BlockRef) -> Result<Arc<ByteWindow>, Errno> {
-        self.load_with(block, false)
+        self.load_with(None, block, false)
     }
 
-    /// [`Shared::load`]; `ahead`: for a read-ahead, which reads past the
-    /// OS's cache (the kernel caches what the reader gets from the mount,
-    /// so a second copy of the blob in the page cache would only cost).
-    fn load_with(&self, block: &BlockRef, ahead: bool) -> Result<Arc<ByteWindow>, Errno> {
+    /// [`Shared::load`] of stored block `index` of `node`: if it must be
+    /// fetched, the file's next blocks come with it (see
+    /// [`TreeRead::read_file_block`]).
+    fn load_at(&self, node: NodeId, index: u64, block: &BlockRef) -> Result<Arc<ByteWindow>, Errno> {
+        self.load_with(Some((node, index)), block, false)
+    }
+
+    /// [`Shared::load`], of a block of a file (`at`) or not; `ahead`: for a
+    /// read-ahead, which reads past the OS's cache (the kernel caches what
+    /// the reader gets from the mount, so a second copy of the blob in the
+    /// page cache would only cost).
+    fn load_with(&self, at: Option<(NodeId, u64)>, block: &BlockRef, ahead: bool) -> Result<Arc<ByteWindow>, Errno> {
         loop {
             if let Some(data) = self.cached(&block.hash) {
                 return Ok(data);
@@ -231,7 +239,11 @@ impl Shared {
         // Removes the entry however this ends, a panic included, so that
         // no reader waits for a load nobody is doing.
         let _loading = Loading { shared: self, hash: block.hash };
-        self.tree.read_block_window(block, ahead).map_err(|e| errno(&e)).map(|data| {
+        let read = match at {
+            Some((node, index)) => self.tree.read_file_block(node, index, block, ahead),
+            None => self.tree.read_block_window(block, ahead),
+        };
+        read.map_err(|e| errno(&e)).map(|data| {
             let data = Arc::new(data);
             self.insert_cached(block.hash, data.clone());
             data
@@ -269,17 +281,17 @@ impl Shared {
         let Ok(blocks) = self.tree.file_blocks(node, index, 1) else {
             return;
         };
-        for (_, b) in blocks {
+        for (i, b) in blocks {
             if self.busy_or_cached(&b.hash) {
                 continue;
             }
             if self.tree.blobs().contains(&b.hash) {
-                let _ = self.load_with(&b, true);
+                let _ = self.load_with(Some((node, i)), &b, true);
                 continue;
             }
             let _one_fetch = self.fetching.lock();
             if !self.busy_or_cached(&b.hash) {
-                let _ = self.load_with(&b, true);
+                let _ = self.load_with(Some((node, i)), &b, true);
             }
         }
     }
@@ -888,7 +900,7 @@ impl WriteBack {
         self.maybe_read_ahead(node, index, index, size.div_ceil(bs));
         let stored = self.tree().file_blocks(node, index, 1).map_err(|e| errno(&e))?;
         let Some((_, block)) = stored.first() else { return Ok(None) };
-        let data = self.shared.load(block)?;
+        let data = self.shared.load_at(node, index, block)?;
         let (from, to) = ((offset - index * bs) as usize, (end - index * bs) as usize);
         // A block shorter than the range (its tail reads as zeros) takes the
         // copying path.
@@ -922,7 +934,7 @@ impl WriteBack {
             refs.extend(stored.into_iter().filter(|(i, _)| covered.binary_search(i).is_err()));
         }
         for (i, b) in refs {
-            let data = self.shared.load(&b)?;
+            let data = self.shared.load_at(node, i, &b)?;
             copy_block(&mut buf, offset, i * bs, &data);
         }
         Ok(buf)
