@@ -37,9 +37,9 @@ use crate::error::{Error, Result};
 use crate::ids::BlockHash;
 
 /// Magic bytes of the pushed-set file.
-pub const PUSHED_MAGIC: &[u8; 6] = b"SYNPSH";
+pub(crate) const PUSHED_MAGIC: &[u8; 6] = b"SYNPSH";
 /// Version of the pushed-set file this build writes.
-pub const PUSHED_VERSION: u8 = 1;
+pub(crate) const PUSHED_VERSION: u8 = 1;
 const PUSHED_HEADER_LEN: u64 = 8;
 
 /// Where [`TreeRead::read_block`](crate::TreeRead::read_block) gets a block that is not in the local
@@ -59,7 +59,7 @@ pub trait BlockSource: Send + Sync {
 
 /// The persistent set of blocks known to be on the remote.
 #[derive(Debug)]
-pub struct PushedSet {
+pub(crate) struct PushedSet {
     path: PathBuf,
     hash_size: usize,
     set: HashSet<BlockHash>,
@@ -69,7 +69,7 @@ pub struct PushedSet {
 
 impl PushedSet {
     /// Loads `path` (an empty set if it does not exist).
-    pub fn load(path: &Path, hash_size: usize) -> Result<PushedSet> {
+    pub(crate) fn load(path: &Path, hash_size: usize) -> Result<PushedSet> {
         let mut s = PushedSet { path: path.to_path_buf(), hash_size, set: HashSet::new(), valid_len: 0 };
         let mut bytes = Vec::new();
         match File::open(path) {
@@ -102,22 +102,17 @@ impl PushedSet {
     }
 
     /// Whether `hash` is on the remote.
-    pub fn contains(&self, hash: &BlockHash) -> bool {
+    pub(crate) fn contains(&self, hash: &BlockHash) -> bool {
         self.set.contains(hash)
     }
 
     /// How many blocks are recorded.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.set.len()
     }
 
-    /// Whether none is recorded.
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
-    }
-
     /// Records `hashes` as pushed (appends the new ones to the file).
-    pub fn insert_all(&mut self, hashes: &[BlockHash]) -> Result<()> {
+    pub(crate) fn insert_all(&mut self, hashes: &[BlockHash]) -> Result<()> {
         let new: Vec<&BlockHash> = hashes.iter().filter(|h| !self.set.contains(h)).collect();
         if new.is_empty() {
             return Ok(());

@@ -73,12 +73,11 @@ mod tests;
 mod write;
 mod writer;
 
-pub use crate::error::IndexError;
-pub use background::Background;
-pub use handle::Index;
+pub(crate) use crate::error::IndexError;
+pub(crate) use handle::Index;
 pub use reader::{IndexReader, IndexView};
-pub use schema::{CHECKPOINT_EVERY, INDEX_VERSION};
-pub use writer::IndexWriter;
+pub(crate) use schema::INDEX_VERSION;
+pub(crate) use writer::IndexWriter;
 
 use crate::event::NodeKind;
 use crate::ids::{LogPos, NodeId, Timestamp};

@@ -16,8 +16,8 @@
 //!   documented beside its code.
 
 pub mod blob;
-pub mod cache;
-pub mod calendar;
+mod cache;
+mod calendar;
 mod catchup;
 pub mod clock;
 pub mod config;
@@ -29,8 +29,8 @@ pub mod faults;
 pub mod format;
 pub mod history;
 pub mod ids;
-pub mod index;
-pub mod limits;
+mod index;
+mod limits;
 mod live;
 pub mod log;
 pub mod merge;
@@ -43,8 +43,11 @@ mod store;
 pub mod tree;
 pub mod verify;
 
+pub use cache::{BlockSource, Cache};
+pub use calendar::civil_date;
+pub use error::IndexError;
 pub use error::{Error, FsError, Result};
-pub use index::DirEntry;
+pub use index::{Counts, DirEntry, IndexReader, IndexView};
 pub use limits::{NAME_MAX, XATTR_VALUE_MAX};
 pub use live::{LiveTree, RoomMaker, SHARE_BATCH, ZERO_RANGE_BATCH};
 pub use past::{PastView, NODE_CACHE_BYTES};

@@ -32,7 +32,7 @@ use crate::tree;
 
 /// Most blocks [`TreeRead::read_file`] and [`TreeRead::read_file_block`]
 /// fetch in one round trip.
-pub const FETCH_BATCH: usize = 17;
+pub(crate) const FETCH_BATCH: usize = 17;
 
 /// `block` from the local store, else fetched together with `also()` (see
 /// [`Store::fetch`]); its length checked against the log's.

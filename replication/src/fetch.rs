@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use engine::cache::BlockSource;
 use engine::ids::BlockHash;
+use engine::BlockSource;
 
 use crate::remote::Rsync;
 use crate::status::Health;

@@ -493,7 +493,7 @@ fn conflicts(live: &Live, json: bool, out: &mut dyn Output) -> Result<u8> {
     }
     let (mut names, mut concurrent, mut content) = (0, 0, 0);
     for c in &all {
-        let (y, m, d) = engine::calendar::civil_date(c.time);
+        let (y, m, d) = engine::civil_date(c.time);
         let date = format!("{y:04}-{m:02}-{d:02}");
         let dir_path = lossy(&e.path_of(c.parent)?);
         let join = |name: &[u8]| {

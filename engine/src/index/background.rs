@@ -14,7 +14,7 @@ use crate::tree::NodeRecord;
 /// its transaction only after it, and not at all if it failed (its caches
 /// then claim changes the index lacks).
 #[derive(Debug, Default)]
-pub struct Background {
+pub(super) struct Background {
     outcome: Mutex<Option<std::result::Result<(), String>>>,
     done: std::sync::Condvar,
 }
@@ -86,13 +86,13 @@ impl Index {
 
     /// Why a group committed in the background failed, if one did since
     /// the last call: the caller must apply its changes again from the log.
-    pub fn take_failure(&self) -> Option<String> {
+    pub(crate) fn take_failure(&self) -> Option<String> {
         self.failed.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Waits for the group committing in the background, if any; its error
     /// if it failed (also kept for [`Index::take_failure`]).
-    pub fn wait_in_flight(&self) -> std::result::Result<(), String> {
+    pub(crate) fn wait_in_flight(&self) -> std::result::Result<(), String> {
         let job = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(job) = job else { return Ok(()) };
         let outcome = job.wait();
@@ -116,7 +116,7 @@ impl Index {
     ///
     /// One group at a time: the caller waits for the last one first
     /// ([`Index::wait_in_flight`]).
-    pub fn commit_in_background(&self, mut w: IndexWriter) -> Result<IndexWriter> {
+    pub(crate) fn commit_in_background(&self, mut w: IndexWriter) -> Result<IndexWriter> {
         if !w.can_commit_in_background() {
             return Err(Error::Invalid("this group cannot be committed in the background".into()));
         }

@@ -25,7 +25,7 @@ const REOPEN_ROOM: u64 = 4 << 20;
 
 /// The redb index file.
 #[derive(Debug)]
-pub struct Index {
+pub(crate) struct Index {
     /// Replaced whole only by [`Index::reopen`] (after an I/O failure) and
     /// [`Index::reopen_read_only`].
     db: std::sync::RwLock<Db>,
@@ -87,12 +87,12 @@ impl Index {
 
     /// Opens (creating if missing) the index at `path`. Returns whether it
     /// must be rebuilt: new file, or a layout version this build does not write.
-    pub fn open(path: &Path) -> Result<(Index, bool)> {
+    pub(crate) fn open(path: &Path) -> Result<(Index, bool)> {
         Index::open_with(path, None)
     }
 
     /// [`Index::open`], through `storage` if it opens indexes itself.
-    pub fn open_with(path: &Path, storage: Option<Arc<dyn Storage>>) -> Result<(Index, bool)> {
+    pub(crate) fn open_with(path: &Path, storage: Option<Arc<dyn Storage>>) -> Result<(Index, bool)> {
         let (db, fresh) = schema::open_file(path, storage.as_deref())?;
         let mut index = Index::on(Db::Rw(Arc::new(db)), path);
         index.storage = storage;
@@ -107,7 +107,7 @@ impl Index {
     /// tables are deleted before a writer opens any: an index of another
     /// layout may hold a table under the same name with other key or value
     /// types, which redb refuses to open.
-    pub fn clear(&self) -> Result<()> {
+    pub(crate) fn clear(&self) -> Result<()> {
         let txn = self.begin_write()?;
         *lock_carried(&self.carried) = None;
         reset_tables(&txn).map_err(|e| ix(&self.path, "reset the tables", e))?;
@@ -118,13 +118,13 @@ impl Index {
 
     /// Opens an existing, cleanly closed index read-only. Any number of
     /// processes may hold it so at once; none may hold it for writing then.
-    pub fn open_read_only(path: &Path) -> Result<Index> {
+    pub(crate) fn open_read_only(path: &Path) -> Result<Index> {
         let db = redb::ReadOnlyDatabase::open(path).map_err(|e| ix(path, "open read-only", e))?;
         Ok(Index::on(Db::Ro(db), path))
     }
 
     /// Closes a writable handle cleanly and reopens the file read-only.
-    pub fn reopen_read_only(&mut self) -> Result<()> {
+    pub(crate) fn reopen_read_only(&mut self) -> Result<()> {
         let _ = self.wait_in_flight();
         let slot = self.db.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Db::Rw(db) = std::mem::replace(slot, Db::Closed) {
@@ -143,7 +143,7 @@ impl Index {
     /// transactions in flight: the file is reopened once they are gone,
     /// which takes at most `REOPEN_WAIT` (their operations are short), else
     /// the index stays closed and a later call tries again.
-    pub fn reopen(&self) -> Result<()> {
+    pub(crate) fn reopen(&self) -> Result<()> {
         let _ = self.wait_in_flight();
         *lock_carried(&self.carried) = None;
         let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
@@ -179,7 +179,7 @@ impl Index {
 
     /// Starts a write transaction, after any group still committing in the
     /// background.
-    pub fn write(&self) -> Result<IndexWriter> {
+    pub(crate) fn write(&self) -> Result<IndexWriter> {
         let _ = self.wait_in_flight();
         self.refuse_after_failure()?;
         self.writer(self.begin_write()?)
@@ -189,7 +189,7 @@ impl Index {
     /// then it reads what its caches miss from a snapshot, so it can take
     /// changes while the group before it commits in the background (see
     /// [`Index::commit_in_background`]).
-    pub fn write_detached(&self) -> Result<IndexWriter> {
+    pub(crate) fn write_detached(&self) -> Result<IndexWriter> {
         // Carried caches are never set while a group commits in the
         // background; if one is, they are not trusted.
         let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).is_some();
@@ -245,7 +245,7 @@ impl Index {
 
     /// Starts a read transaction (a consistent snapshot), after any group
     /// still committing in the background.
-    pub fn read(&self) -> Result<IndexReader> {
+    pub(crate) fn read(&self) -> Result<IndexReader> {
         let _ = self.wait_in_flight();
         let txn = match &*self.db.read().unwrap_or_else(|e| e.into_inner()) {
             Db::Rw(db) => db.begin_read(),

@@ -92,11 +92,11 @@ const TABLES: [&str; 13] = [
 ];
 
 /// Most events of one node folded on top of a checkpoint.
-pub const CHECKPOINT_EVERY: usize = 32;
+pub(super) const CHECKPOINT_EVERY: usize = 32;
 
 /// Version of the index layout above. An index of another version is
 /// deleted and rebuilt from the log on open (it is derived data).
-pub const INDEX_VERSION: u64 = 6;
+pub(crate) const INDEX_VERSION: u64 = 6;
 
 pub(super) const META_VERSION: &str = "index_version";
 pub(super) const META_NODES: &str = "nodes";
