@@ -15,42 +15,64 @@
 //! - every on-disk format carries magic bytes with its version inside, and is
 //!   documented beside its code.
 
-pub mod blob;
-mod cache;
-mod calendar;
-mod catchup;
-pub mod clock;
-pub mod config;
-pub mod conflicts;
-pub mod error;
-pub mod event;
-pub mod evict;
-pub mod faults;
-pub mod format;
-pub mod history;
-pub mod ids;
-mod index;
-mod limits;
+// The public surface, by what other crates use it for. Everything else is
+// private; `tests/module_graph.rs` checks that no two modules import each
+// other, directly or round a cycle.
+//
+// The trees: opened by the mount and the CLI.
 mod live;
-pub mod log;
-pub mod merge;
 mod past;
 mod read;
-pub mod record;
 mod state;
-pub mod storage;
 mod store;
-pub mod tree;
-pub mod verify;
-
-pub use cache::{BlockSource, Cache};
-pub use calendar::civil_date;
-pub use error::IndexError;
-pub use error::{Error, FsError, Result};
-pub use index::{Counts, DirEntry, IndexReader, IndexView};
-pub use limits::{NAME_MAX, XATTR_VALUE_MAX};
 pub use live::{LiveTree, RoomMaker, SHARE_BATCH, ZERO_RANGE_BATCH};
 pub use past::{PastView, NODE_CACHE_BYTES};
 pub use read::TreeRead;
 pub use state::{ImportReport, NodeState, OpenReport, RenameFlags, Renamed, Stats, TreeEntry, XattrMode};
 pub use store::{Layout, Store};
+
+// The vocabulary every caller speaks: ids, events, clocks, errors, limits.
+pub mod clock;
+pub mod error;
+pub mod event;
+pub mod ids;
+mod limits;
+pub use error::{Error, FsError, IndexError, Result};
+pub use limits::{NAME_MAX, XATTR_VALUE_MAX};
+
+// On-disk formats, each documented beside its code, with the decoders the
+// fuzz targets drive: blobs, records, log segments, the FORMAT file and
+// config.toml. `log` is also the entry point replication ships and imports
+// segments through.
+pub mod blob;
+pub mod config;
+pub mod format;
+pub mod log;
+pub mod record;
+
+// Pure logic, apart from I/O so that property tests and fuzzers drive it:
+// the fold of one node's events and the merge of many machines' events.
+pub mod merge;
+pub mod tree;
+
+// Policies and tools above the trees: eviction (the mount's daemon and
+// `syncer evict`), conflicts and their resolution, the forensic reads of
+// `syncer log inspect`/`history`, and `syncer log verify`.
+pub mod conflicts;
+pub mod evict;
+pub mod history;
+pub mod verify;
+
+// Durable I/O behind a trait, and a fault-injecting implementation of it
+// for the crash and full-disk tests.
+pub mod faults;
+pub mod storage;
+
+// Internals.
+mod cache;
+mod calendar;
+mod catchup;
+mod index;
+pub use cache::{BlockSource, Cache};
+pub use calendar::civil_date;
+pub use index::{Counts, DirEntry, IndexReader, IndexView};
