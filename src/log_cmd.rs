@@ -16,6 +16,7 @@ use engine::event::{BlockChange, Change, Event};
 use engine::history::{self, Filter, Inspected};
 use engine::ids::{MachineId, NodeId};
 use engine::storage::FsStorage;
+use engine::Queries;
 use serde_json::{json, Value};
 
 /// What `log inspect` was asked for.

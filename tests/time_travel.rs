@@ -14,6 +14,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use engine::ids::Timestamp;
+use engine::Queries;
 
 fn run(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_syncer")).args(args).output().expect("run syncer")

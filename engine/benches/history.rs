@@ -15,6 +15,7 @@ use std::time::Instant;
 use engine::config::Config;
 use engine::event::{AttrChange, Attrs, BlockChange, NodeKind};
 use engine::ids::{MachineId, NodeId, Timestamp};
+use engine::Queries;
 use engine::{LiveTree, PastView, Store, TreeRead};
 
 fn scale() -> f64 {

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::ids::LogPos;
 use crate::index::Index;
+use crate::index::Queries;
 use crate::log;
 use crate::merge;
 use crate::state::OpenReport;

@@ -10,6 +10,7 @@
 use crate::error::{Error, FsError, Result};
 use crate::event::{BlockChange, Change, NodeKind};
 use crate::ids::{MachineId, NodeId, Timestamp};
+use crate::index::Queries;
 use crate::merge::ConflictKind;
 use crate::read::TreeRead;
 use crate::LiveTree;

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::event::{BlockChange, Change, Event};
 use crate::ids::{LogPos, MachineId, NodeId, Timestamp};
 use crate::index::IndexReader;
+use crate::index::Queries;
 use crate::log;
 use crate::read::TreeRead;
 use crate::storage::Storage;

@@ -75,6 +75,7 @@ mod writer;
 
 pub(crate) use crate::error::IndexError;
 pub(crate) use handle::Index;
+pub use read::Queries;
 pub use reader::{IndexReader, IndexView};
 pub(crate) use schema::INDEX_VERSION;
 pub(crate) use writer::IndexWriter;

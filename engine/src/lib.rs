@@ -75,4 +75,4 @@ mod catchup;
 mod index;
 pub use cache::{BlockSource, Cache};
 pub use calendar::civil_date;
-pub use index::{Counts, DirEntry, IndexReader, IndexView};
+pub use index::{Counts, DirEntry, IndexReader, IndexView, Queries};

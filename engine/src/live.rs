@@ -34,6 +34,7 @@ use crate::error::{Error, FsError, Result};
 use crate::event::BlockRef;
 use crate::ids::{EventId, LogPos, NodeId, Timestamp};
 use crate::index::pipeline::{Group, Pipeline};
+use crate::index::Queries;
 use crate::index::{DirEntry, Index, IndexReader, IndexView};
 use crate::log::LogWriter;
 use crate::read::TreeRead;

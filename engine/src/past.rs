@@ -19,6 +19,7 @@ use crate::catchup::{CatchUp, PeerProblems};
 use crate::error::{Error, FsError, Result};
 use crate::event::{BlockRef, NodeKind};
 use crate::ids::{LogPos, NodeId, Timestamp};
+use crate::index::Queries;
 use crate::index::{DirEntry, Index, IndexReader};
 use crate::log;
 use crate::read::TreeRead;

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::event::{BlockRef, NodeKind};
 use crate::ids::{BlockHash, MachineId, NodeId, Timestamp};
+use crate::index::Queries;
 use crate::index::{DirEntry, IndexReader};
 use crate::state::{NodeState, OpenReport, Stats, TreeEntry};
 use crate::storage::{ByteWindow, Storage};

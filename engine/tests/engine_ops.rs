@@ -4,6 +4,7 @@
 use engine::config::Config;
 use engine::event::{Attrs, BlockChange, NodeKind};
 use engine::ids::{MachineId, NodeId, Timestamp};
+use engine::Queries;
 use engine::{FsError, RenameFlags, XattrMode};
 use engine::{LiveTree, Store, TreeRead};
 use std::path::Path;

@@ -23,6 +23,7 @@ use engine::event::{BlockChange, NodeKind};
 use engine::history;
 use engine::ids::{NodeId, Timestamp};
 use engine::merge::ConflictKind;
+use engine::Queries;
 use engine::{LiveTree, TreeRead};
 use serde_json::json;
 use syncer_replication::push::{self, Progress as PushProgress};

@@ -30,7 +30,7 @@ use crate::tree::{self, NodeRecord};
 
 /// The tables a writer buffers writes for (see `WriteBuffer`).
 #[derive(Clone, Copy, Debug)]
-pub(super) enum Buffered {
+pub enum Buffered {
     History,
     Versions,
     Events,
@@ -44,7 +44,7 @@ pub(super) enum Buffered {
 /// event reads, are held open (opening a redb table costs more than a
 /// lookup, and a write transaction cannot open one twice); the others are
 /// opened for each query. Each `op` names what is being done, for errors.
-pub(super) trait Tables {
+pub trait Tables {
     /// An open table: a `ReadOnlyTable` of a snapshot, a `Table` of a
     /// write transaction.
     type Table<'t, K: Key + 'static, V: Value + 'static>: ReadableTable<K, V>;
@@ -544,3 +544,136 @@ pub(super) fn event_location(s: &impl Tables, m: MachineId, seq: u64) -> Result<
         }))
     })
 }
+
+/// The queries of the index, written once over [`Tables`]: a read snapshot
+/// ([`IndexReader`](super::IndexReader)) and a write transaction
+/// ([`IndexWriter`](super::IndexWriter), which answers as if every change
+/// made in it were in the tables) both have them. Each is documented at
+/// its function in this module. Only the index's own two sides implement
+/// [`Tables`], so no other type has these.
+pub trait Queries: Tables + Sized {
+    /// Up to `limit` entries of `dir` with names after `after`, by name.
+    fn read_dir(&self, dir: NodeId, after: Option<&[u8]>, limit: usize) -> Result<Vec<DirEntry>> {
+        read_dir(self, dir, after, limit)
+    }
+
+    /// Whether `dir` has any entry.
+    fn has_entries(&self, dir: NodeId) -> Result<bool> {
+        has_entries(self, dir)
+    }
+
+    /// Stored (non-hole) blocks of `node` with index in `first..first+count`.
+    fn blocks(&self, node: NodeId, first: u64, count: u64) -> Result<Vec<(u64, BlockRef)>> {
+        blocks(self, node, first, count)
+    }
+
+    /// The first stored block of `node` with index at least `from`, if any.
+    fn next_block(&self, node: NodeId, from: u64) -> Result<Option<u64>> {
+        next_block(self, node, from)
+    }
+
+    /// Up to `limit` stored blocks of `node` with index in `first..first+count`.
+    fn blocks_limited(&self, node: NodeId, first: u64, count: u64, limit: usize) -> Result<Vec<(u64, BlockRef)>> {
+        blocks_limited(self, node, first, count, limit)
+    }
+
+    /// [`next_block`](Self::next_block) as of `at`.
+    fn next_block_at(&self, node: NodeId, from: u64, at: Timestamp) -> Result<Option<u64>> {
+        next_block_at(self, node, from, at)
+    }
+
+    /// The last applied record of machine `m`: (segment, offset, seq).
+    fn applied(&self, m: MachineId) -> Result<Option<(u64, u64, u64)>> {
+        applied(self, m)
+    }
+
+    /// Every machine with applied events.
+    fn machines(&self) -> Result<Vec<MachineId>> {
+        machines(self)
+    }
+
+    /// The counters.
+    fn counts(&self) -> Result<Counts> {
+        counts(self)
+    }
+
+    /// The merge-order key of the last applied event, if any.
+    fn frontier(&self) -> Result<Option<(Timestamp, MachineId, u64)>> {
+        frontier(self)
+    }
+
+    /// Every conflict resolved so far, by event (merge order), node and kind.
+    fn conflicts(&self) -> Result<Vec<Conflict>> {
+        conflicts(self)
+    }
+
+    /// The latest event time of any machine (zero before any event).
+    fn max_event_time(&self) -> Result<Timestamp> {
+        max_event_time(self)
+    }
+
+    /// The highest node counter that machine `m` has used.
+    fn max_counter(&self, m: MachineId) -> Result<u64> {
+        max_counter(self, m)
+    }
+
+    /// Log positions of `node`'s events up to and including `until`, in time order.
+    fn history(&self, node: NodeId, until: Timestamp) -> Result<Vec<(LogPos, Timestamp)>> {
+        history(self, node, until)
+    }
+
+    /// The latest checkpoint of `node` at or before `until`: its event's
+    /// merge-order key and the merged record after it.
+    #[allow(clippy::type_complexity)]
+    fn checkpoint_at(
+        &self,
+        node: NodeId,
+        until: Timestamp,
+    ) -> Result<Option<((Timestamp, MachineId, u64), NodeRecord)>> {
+        checkpoint_at(self, node, until)
+    }
+
+    /// Log positions of `node`'s events after the one with merge-order key
+    /// `after` (all when `None`) up to and including `until`.
+    fn history_after(
+        &self,
+        node: NodeId,
+        after: Option<(Timestamp, MachineId, u64)>,
+        until: Timestamp,
+    ) -> Result<Vec<LogPos>> {
+        history_after(self, node, after, until)
+    }
+
+    /// The node named `name` in `dir` as of `at`.
+    fn lookup_at(&self, dir: NodeId, name: &[u8], at: Timestamp) -> Result<Option<(NodeId, NodeKind)>> {
+        lookup_at(self, dir, name, at)
+    }
+
+    /// Entries of `dir` as of `at`, by name.
+    fn read_dir_at(&self, dir: NodeId, at: Timestamp) -> Result<Vec<DirEntry>> {
+        read_dir_at(self, dir, at)
+    }
+
+    /// Stored blocks of `node` with index in `first..first+count` as of `at`.
+    fn blocks_at(&self, node: NodeId, first: u64, count: u64, at: Timestamp) -> Result<Vec<(u64, BlockRef)>> {
+        blocks_at(self, node, first, count, at)
+    }
+
+    /// Where content version `v` was applied (see `merge`).
+    fn version(&self, v: EventId) -> Result<Option<VersionLoc>> {
+        version(self, v)
+    }
+
+    /// The stored blocks of `node` right after the event with merge key
+    /// `key` ([`crate::merge::LATEST`]: now).
+    fn blocks_after(&self, node: NodeId, key: OrderKey) -> Result<BTreeMap<u64, BlockRef>> {
+        blocks_after(self, node, key)
+    }
+
+    /// Where event `seq` of machine `m` is.
+    fn event_location(&self, m: MachineId, seq: u64) -> Result<Option<EventLocation>> {
+        event_location(self, m, seq)
+    }
+}
+
+impl<T: Tables> Queries for T {}

@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use redb::{Key, ReadOnlyTable, ReadTransaction, TableDefinition, Value};
 
 use super::error::ix;
+use super::read::Queries;
 use super::read::{self, Buffered, Tables};
 use super::schema::*;
-use super::{Counts, DirEntry, EventLocation, IndexWriter};
+use super::{Counts, DirEntry, IndexWriter};
 use crate::error::Result;
 use crate::event::{BlockRef, NodeKind};
-use crate::ids::{EventId, LogPos, MachineId, NodeId, Timestamp};
-use crate::merge::{Conflict, OrderKey, VersionLoc};
+use crate::ids::{EventId, NodeId};
+use crate::merge::{OrderKey, VersionLoc};
 use crate::tree::NodeRecord;
 
 /// A read snapshot of the index. The tables every event reads are opened
@@ -150,129 +151,6 @@ impl IndexReader {
     /// Events in `node`'s history since its last checkpoint (see `read`).
     pub(super) fn count_since_checkpoint(&self, node: NodeId) -> Result<(usize, bool)> {
         read::count_since_checkpoint(self, node)
-    }
-
-    /// Up to `limit` entries of `dir` with names after `after`, by name.
-    pub fn read_dir(&self, dir: NodeId, after: Option<&[u8]>, limit: usize) -> Result<Vec<DirEntry>> {
-        read::read_dir(self, dir, after, limit)
-    }
-
-    /// Whether `dir` has any entry.
-    pub fn has_entries(&self, dir: NodeId) -> Result<bool> {
-        read::has_entries(self, dir)
-    }
-
-    /// Stored (non-hole) blocks of `node` with index in `first..first+count`.
-    pub fn blocks(&self, node: NodeId, first: u64, count: u64) -> Result<Vec<(u64, BlockRef)>> {
-        read::blocks(self, node, first, count)
-    }
-
-    /// The first stored block of `node` with index at least `from`, if any.
-    pub fn next_block(&self, node: NodeId, from: u64) -> Result<Option<u64>> {
-        read::next_block(self, node, from)
-    }
-
-    /// Up to `limit` stored blocks of `node` with index in `first..first+count`.
-    pub fn blocks_limited(&self, node: NodeId, first: u64, count: u64, limit: usize) -> Result<Vec<(u64, BlockRef)>> {
-        read::blocks_limited(self, node, first, count, limit)
-    }
-
-    /// [`next_block`](Self::next_block) as of `at`.
-    pub fn next_block_at(&self, node: NodeId, from: u64, at: Timestamp) -> Result<Option<u64>> {
-        read::next_block_at(self, node, from, at)
-    }
-
-    /// The last applied record of machine `m`: (segment, offset, seq).
-    pub fn applied(&self, m: MachineId) -> Result<Option<(u64, u64, u64)>> {
-        read::applied(self, m)
-    }
-
-    /// Every machine with applied events.
-    pub fn machines(&self) -> Result<Vec<MachineId>> {
-        read::machines(self)
-    }
-
-    /// The counters.
-    pub fn counts(&self) -> Result<Counts> {
-        read::counts(self)
-    }
-
-    /// The merge-order key of the last applied event, if any.
-    pub fn frontier(&self) -> Result<Option<(Timestamp, MachineId, u64)>> {
-        read::frontier(self)
-    }
-
-    /// Every conflict resolved so far, by event (merge order), node and kind.
-    pub fn conflicts(&self) -> Result<Vec<Conflict>> {
-        read::conflicts(self)
-    }
-
-    /// The latest event time of any machine (zero before any event).
-    pub fn max_event_time(&self) -> Result<Timestamp> {
-        read::max_event_time(self)
-    }
-
-    /// The highest node counter that machine `m` has used.
-    pub fn max_counter(&self, m: MachineId) -> Result<u64> {
-        read::max_counter(self, m)
-    }
-
-    /// Log positions of `node`'s events up to and including `until`, in time order.
-    pub fn history(&self, node: NodeId, until: Timestamp) -> Result<Vec<(LogPos, Timestamp)>> {
-        read::history(self, node, until)
-    }
-
-    /// The latest checkpoint of `node` at or before `until`: its event's
-    /// merge-order key and the merged record after it.
-    #[allow(clippy::type_complexity)]
-    pub fn checkpoint_at(
-        &self,
-        node: NodeId,
-        until: Timestamp,
-    ) -> Result<Option<((Timestamp, MachineId, u64), NodeRecord)>> {
-        read::checkpoint_at(self, node, until)
-    }
-
-    /// Log positions of `node`'s events after the one with merge-order key
-    /// `after` (all when `None`) up to and including `until`.
-    pub fn history_after(
-        &self,
-        node: NodeId,
-        after: Option<(Timestamp, MachineId, u64)>,
-        until: Timestamp,
-    ) -> Result<Vec<LogPos>> {
-        read::history_after(self, node, after, until)
-    }
-
-    /// The node named `name` in `dir` as of `at`.
-    pub fn lookup_at(&self, dir: NodeId, name: &[u8], at: Timestamp) -> Result<Option<(NodeId, NodeKind)>> {
-        read::lookup_at(self, dir, name, at)
-    }
-
-    /// Entries of `dir` as of `at`, by name.
-    pub fn read_dir_at(&self, dir: NodeId, at: Timestamp) -> Result<Vec<DirEntry>> {
-        read::read_dir_at(self, dir, at)
-    }
-
-    /// Stored blocks of `node` with index in `first..first+count` as of `at`.
-    pub fn blocks_at(&self, node: NodeId, first: u64, count: u64, at: Timestamp) -> Result<Vec<(u64, BlockRef)>> {
-        read::blocks_at(self, node, first, count, at)
-    }
-
-    /// Where content version `v` was applied (see `merge`).
-    pub fn version(&self, v: EventId) -> Result<Option<VersionLoc>> {
-        read::version(self, v)
-    }
-
-    /// The stored blocks of `node` right after the event with merge key
-    /// `key` ([`crate::merge::LATEST`]: now).
-    pub fn blocks_after(&self, node: NodeId, key: OrderKey) -> Result<BTreeMap<u64, BlockRef>> {
-        read::blocks_after(self, node, key)
-    }
-
-    /// Where event `seq` of machine `m` is.
-    pub fn event_location(&self, m: MachineId, seq: u64) -> Result<Option<EventLocation>> {
-        read::event_location(self, m, seq)
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use redb::ReadableTable;
 
+use super::read::Queries;
 use super::read::{self, Buffered};
 use super::schema::*;
 use super::writer::{WRITER_CACHE_MAX, WRITE_BUFFER_MAX};

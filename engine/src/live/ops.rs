@@ -7,6 +7,7 @@ use crate::error::{Error, FsError, Result};
 use crate::event::{AttrChange, Attrs, Change, NodeKind};
 use crate::ids::{NodeId, Timestamp};
 use crate::index::IndexWriter;
+use crate::index::Queries;
 use crate::limits::{NAME_MAX, XATTR_VALUE_MAX};
 use crate::read::TreeRead;
 use crate::state::{NodeState, RenameFlags, Renamed, XattrMode};

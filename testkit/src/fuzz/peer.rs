@@ -2,6 +2,7 @@
 //! into a live data dir and imported the way `syncer sync` does.
 
 use super::*;
+use engine::Queries;
 use engine::TreeRead;
 
 /// Our machine in the data dir of [`peer_import`]. Machine 1's node ids are
