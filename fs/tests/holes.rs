@@ -14,7 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -248,28 +248,6 @@ fn punch_hole_zero_range_and_keep_size_match_the_plain_disk() {
     // Modes Linux refuses are refused alike.
     assert_eq!(falloc(&a, libc::FALLOC_FL_PUNCH_HOLE, 0, 10), Err(libc::EOPNOTSUPP));
     assert_eq!(falloc(&a, 0, 0, 0), Err(libc::EINVAL));
-}
-
-/// A tmpfs of `mib` MiB at `at`, unmounted (lazily) on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn new(at: &Path, mib: u32) -> Tmpfs {
-        fs::create_dir_all(at).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(at)
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "mounting a tmpfs needs root");
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]
