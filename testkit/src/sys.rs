@@ -87,15 +87,18 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// Copies the folder `from` to `to`, recursively (fixtures into temp dirs).
+/// Copies the folder `from` to `to`, recursively (fixtures into temp dirs,
+/// snapshots of data dirs). Only folders and regular files are copied: a
+/// data dir's control socket, left behind by a killed mount, is no data.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read_dir").flatten() {
         let dst = to.join(e.file_name());
-        if e.path().is_dir() {
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_dir() {
             copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), &dst).expect("copy");
+        } else if kind.is_file() {
+            std::fs::copy(e.path(), &dst).unwrap_or_else(|err| panic!("copy {}: {err}", e.path().display()));
         }
     }
 }
