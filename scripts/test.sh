@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh --with-fsx
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo test --workspace --release
+cargo test --workspace --release --no-fail-fast
