@@ -140,7 +140,7 @@ impl NullFs {
         Ok(())
     }
 
-    fn attr(&self, ino: u64) -> Result<FileAttr, Errno> {
+    fn stat(&self, ino: u64) -> Result<FileAttr, Errno> {
         self.nodes.lock().0.get(&ino).map(|n| n.attr).ok_or(Errno::ENOENT)
     }
 }
@@ -167,7 +167,7 @@ impl Filesystem for NullFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.attr(ino.0) {
+        match self.stat(ino.0) {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
         }
@@ -281,7 +281,7 @@ impl Filesystem for NullFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.attr(ino.0) {
+        match self.stat(ino.0) {
             Ok(a) => {
                 let n = a.size.saturating_sub(offset).min(u64::from(size)) as usize;
                 reply.data(&ZEROS[..n]);
