@@ -52,36 +52,36 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
 /// Default `block_size`.
-pub const DEFAULT_BLOCK_SIZE: u64 = MIB;
+pub(crate) const DEFAULT_BLOCK_SIZE: u64 = MIB;
 /// Default `hash_size`.
 pub const DEFAULT_HASH_SIZE: usize = 32;
 /// Default `compression_level`.
-pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
+pub(crate) const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
 /// Default `cache_size`.
 pub const DEFAULT_CACHE_SIZE: u64 = 10 * GIB;
 /// Default `segment_size`.
-pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * MIB;
+pub(crate) const DEFAULT_SEGMENT_SIZE: u64 = 64 * MIB;
 /// Default `dirty_limit`.
-pub const DEFAULT_DIRTY_LIMIT: u64 = 256 * MIB;
+pub(crate) const DEFAULT_DIRTY_LIMIT: u64 = 256 * MIB;
 /// Default `small_block`.
-pub const DEFAULT_SMALL_BLOCK: u64 = 64 * KIB;
+pub(crate) const DEFAULT_SMALL_BLOCK: u64 = 64 * KIB;
 /// Default `reserve`.
-pub const DEFAULT_RESERVE: u64 = 64 * MIB;
+pub(crate) const DEFAULT_RESERVE: u64 = 64 * MIB;
 /// Largest `reserve`.
-pub const MAX_RESERVE: u64 = 1 << 40;
+pub(crate) const MAX_RESERVE: u64 = 1 << 40;
 
 /// Smallest `block_size`.
-pub const MIN_BLOCK_SIZE: u64 = 4 * KIB;
+pub(crate) const MIN_BLOCK_SIZE: u64 = 4 * KIB;
 /// Largest `block_size`.
-pub const MAX_BLOCK_SIZE: u64 = 16 * MIB;
+pub(crate) const MAX_BLOCK_SIZE: u64 = 16 * MIB;
 /// Smallest `segment_size`.
-pub const MIN_SEGMENT_SIZE: u64 = MIB;
+pub(crate) const MIN_SEGMENT_SIZE: u64 = MIB;
 /// Largest `segment_size`.
-pub const MAX_SEGMENT_SIZE: u64 = GIB;
+pub(crate) const MAX_SEGMENT_SIZE: u64 = GIB;
 /// Largest `compression_level`.
-pub const MAX_COMPRESSION_LEVEL: i32 = 19;
+pub(crate) const MAX_COMPRESSION_LEVEL: i32 = 19;
 /// Largest `config.toml` accepted.
-pub const MAX_FILE_LEN: u64 = 64 * KIB;
+pub(crate) const MAX_FILE_LEN: u64 = 64 * KIB;
 
 /// Default `push_delay`.
 pub const DEFAULT_PUSH_DELAY: Duration = Duration::from_millis(300);
@@ -90,18 +90,20 @@ pub const DEFAULT_PUSH_MAX_DELAY: Duration = Duration::from_secs(3);
 /// Default `poll_interval`.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `poll_interval_ssh`.
-pub const DEFAULT_POLL_INTERVAL_SSH: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_POLL_INTERVAL_SSH: Duration = Duration::from_secs(2);
 /// Range of `push_delay`.
-pub const PUSH_DELAY_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
+pub(crate) const PUSH_DELAY_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
 /// Largest `push_max_delay` (the smallest is `push_delay`).
-pub const MAX_PUSH_MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_PUSH_MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
 /// Range of `poll_interval`.
-pub const POLL_INTERVAL_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(24 * 3600));
+pub(crate) const POLL_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(24 * 3600));
 /// Range of `poll_interval_ssh`.
-pub const POLL_INTERVAL_SSH_RANGE: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(24 * 3600));
+pub(crate) const POLL_INTERVAL_SSH_RANGE: (Duration, Duration) =
+    (Duration::from_millis(500), Duration::from_secs(24 * 3600));
 
 /// The keys a config may hold, in the order they are written.
-pub const KEYS: [&str; 14] = [
+pub(crate) const KEYS: [&str; 14] = [
     "machine",
     "remote",
     "cache_size",
@@ -436,7 +438,7 @@ fn size_value(v: &toml::Value) -> Result<u64, String> {
 /// (`"300ms"`, `"1.5s"`, `"2m"`), optionally separated by spaces; the
 /// result must be a whole number of milliseconds. A bare number is refused:
 /// its unit would be a guess.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -470,7 +472,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Formats a duration exactly (whole milliseconds), in the largest unit
 /// that divides it (`"300ms"`, `"2s"`, `"1h"`), so [`parse_duration`]
 /// gives it back.
-pub fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     for (unit, m) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1_000)] {
         if ms >= m && ms.is_multiple_of(m) {

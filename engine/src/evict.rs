@@ -129,7 +129,7 @@ pub fn entries<T: TreeRead + ?Sized>(engine: &T) -> Result<Vec<CacheEntry>> {
 }
 
 /// Blocks of every file that is pinned or lies under a pinned directory.
-pub fn pinned_blocks<T: TreeRead + ?Sized>(engine: &T) -> Result<HashSet<BlockHash>> {
+pub(crate) fn pinned_blocks<T: TreeRead + ?Sized>(engine: &T) -> Result<HashSet<BlockHash>> {
     let mut out = HashSet::new();
     for (_, _, blocks) in pinned_files(engine)? {
         out.extend(blocks.iter().map(|(_, b)| b.hash));

@@ -41,11 +41,11 @@ use crate::error::{Error, Result};
 use crate::storage::Storage;
 
 /// Name of the file inside the data dir.
-pub const FILE_NAME: &str = "FORMAT";
+pub(crate) const FILE_NAME: &str = "FORMAT";
 /// The format name before the version on the line.
-pub const FORMAT_NAME: &str = "syncer-data";
+pub(crate) const FORMAT_NAME: &str = "syncer-data";
 /// Longest `FORMAT` file accepted.
-pub const MAX_LEN: usize = 256;
+pub(crate) const MAX_LEN: usize = 256;
 
 /// A data dir format version (semver).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -62,7 +62,7 @@ pub struct FormatVersion {
 pub const CURRENT: FormatVersion = FormatVersion { major: 2, minor: 0, patch: 0 };
 
 /// The oldest version this build reads (and upgrades).
-pub const OLDEST_SUPPORTED: FormatVersion = FormatVersion { major: 1, minor: 0, patch: 0 };
+pub(crate) const OLDEST_SUPPORTED: FormatVersion = FormatVersion { major: 1, minor: 0, patch: 0 };
 
 impl FormatVersion {
     /// The `FORMAT` file content for this version.
@@ -120,7 +120,7 @@ pub fn parse(bytes: &[u8]) -> Result<FormatVersion, String> {
 }
 
 /// Path of the `FORMAT` file in data dir `dir`.
-pub fn path_in(dir: &Path) -> PathBuf {
+pub(crate) fn path_in(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
 }
 
@@ -187,7 +187,7 @@ pub fn write_new(storage: &dyn Storage, dir: &Path) -> Result<()> {
 /// Replaces `path` with `data` so that a crash leaves either the old or the
 /// new content, and the new content is durable on return: writes
 /// `<path>.tmp`, syncs it, renames it over `path`, syncs the folder.
-pub fn write_file_atomic(storage: &dyn Storage, path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_file_atomic(storage: &dyn Storage, path: &Path, data: &[u8]) -> Result<()> {
     let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);

@@ -144,7 +144,7 @@ fn parse_relative(s: &str) -> std::result::Result<Option<i64>, String> {
 
 /// Parses an RFC 3339 time (`T` or a space between date and time; `Z`,
 /// `z` or `±HH:MM`).
-pub fn parse_rfc3339(s: &str) -> std::result::Result<Timestamp, String> {
+pub(crate) fn parse_rfc3339(s: &str) -> std::result::Result<Timestamp, String> {
     let bad = |why: &str| {
         format!("{s:?}: not a time ({why}); expected RFC 3339 like 2026-11-25T10:00:00Z, a relative time like \"2h ago\", a unix timestamp, @<machine>:<segment>:<offset> or <machine>#<seq>")
     };

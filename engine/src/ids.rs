@@ -131,9 +131,9 @@ fn parse_hex_u64(s: &str, what: &str) -> Result<u64, ParseIdError> {
 }
 
 /// Smallest and largest hash sizes a data dir may choose.
-pub const MIN_HASH_SIZE: usize = 16;
+pub(crate) const MIN_HASH_SIZE: usize = 16;
 /// See [`MIN_HASH_SIZE`].
-pub const MAX_HASH_SIZE: usize = 32;
+pub(crate) const MAX_HASH_SIZE: usize = 32;
 
 /// The address of a block's content: truncated blake3 of its uncompressed bytes.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

@@ -68,9 +68,9 @@ pub mod reader;
 pub use reader::{Item, ReadMode, SegmentEnd, SegmentReader, SegmentScan, Stop, TornCause};
 
 /// Magic bytes at the start of every segment.
-pub const SEGMENT_MAGIC: [u8; 7] = *b"SYNCSEG";
+pub(crate) const SEGMENT_MAGIC: [u8; 7] = *b"SYNCSEG";
 /// The segment format version this build writes and reads.
-pub const SEGMENT_VERSION: u8 = 1;
+pub(crate) const SEGMENT_VERSION: u8 = 1;
 /// Bytes in a segment header; the first record starts here.
 pub const SEGMENT_HEADER_LEN: u64 = 32;
 /// Default size at which a segment is sealed and a new one started.

@@ -107,7 +107,7 @@ use crate::ids::{EventId, MachineId, NodeId, Timestamp};
 use crate::tree::{self, NodeRecord};
 
 /// An event's place in the merge order: `(time, machine, seq)`.
-pub type OrderKey = (Timestamp, MachineId, u64);
+pub(crate) type OrderKey = (Timestamp, MachineId, u64);
 
 /// Where a content version lives (see *Content versions*).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,7 +266,7 @@ pub trait TreeStore {
 }
 
 /// The sort key of an event in the merge order.
-pub fn order_key(e: &Event) -> OrderKey {
+pub(crate) fn order_key(e: &Event) -> OrderKey {
     (e.time, e.machine, e.seq)
 }
 

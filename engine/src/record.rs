@@ -55,7 +55,7 @@ pub const CURRENT_VERSION: u8 = 3;
 /// The first legacy record version, read and upgraded, never written.
 pub const V1: u8 = 1;
 /// The second legacy record version, read and upgraded, never written.
-pub const V2: u8 = 2;
+pub(crate) const V2: u8 = 2;
 /// Largest payload accepted, in bytes (16 MiB).
 pub const MAX_PAYLOAD: u32 = 16 << 20;
 /// The magic bytes before the version byte.
@@ -117,7 +117,7 @@ pub enum RecordError {
 
 /// A frame header whose fields passed every check that needs no payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// Record version (1, 2 or 3).
     pub version: u8,
     /// Record kind ([`KIND_EVENT`]).
@@ -198,7 +198,7 @@ fn checksum(head: &[u8], payload: &[u8]) -> [u8; 8] {
 /// Checks the header at the start of `buf` as far as the bytes present
 /// allow (see the module invariants), and returns it when all 20 bytes are
 /// there. The checksum is not verified here.
-pub fn parse_header(buf: &[u8]) -> Result<Header, RecordError> {
+pub(crate) fn parse_header(buf: &[u8]) -> Result<Header, RecordError> {
     let have = buf.len();
     let magic_have = have.min(MAGIC.len());
     if buf[..magic_have] != MAGIC[..magic_have] {
@@ -284,7 +284,7 @@ pub(crate) mod strategies {
         vec(any::<u8>(), 0..40)
     }
 
-    pub fn ts() -> impl Strategy<Value = Timestamp> {
+    pub(crate) fn ts() -> impl Strategy<Value = Timestamp> {
         any::<i64>().prop_map(Timestamp)
     }
 
@@ -293,7 +293,7 @@ pub(crate) mod strategies {
             .prop_map(|v| VectorClock::from_entries(v.into_iter().map(|(m, n)| (MachineId(m), n))))
     }
 
-    pub fn block_change() -> impl Strategy<Value = BlockChange> {
+    pub(crate) fn block_change() -> impl Strategy<Value = BlockChange> {
         let block = (any::<[u8; 32]>(), 16usize..=32, any::<u32>())
             .prop_map(|(b, size, len)| BlockRef { hash: BlockHash::of(&b, size), len });
         (any::<u64>(), proptest::option::of(block)).prop_map(|(index, block)| BlockChange { index, block })
@@ -328,7 +328,7 @@ pub(crate) mod strategies {
         )
     }
 
-    pub fn attr_change() -> impl Strategy<Value = AttrChange> {
+    pub(crate) fn attr_change() -> impl Strategy<Value = AttrChange> {
         use proptest::option::of;
         (of(any::<u32>()), of(any::<u32>()), of(any::<u32>()), of(any::<u32>()), of(ts()), of(ts()), of(ts()), of(ts()))
             .prop_map(|(mode, uid, gid, flags, atime, mtime, crtime, bkuptime)| AttrChange {
@@ -367,7 +367,7 @@ pub(crate) mod strategies {
         ]
     }
 
-    pub fn event_id() -> impl Strategy<Value = EventId> {
+    pub(crate) fn event_id() -> impl Strategy<Value = EventId> {
         (any::<u64>(), any::<u64>()).prop_map(|(m, seq)| EventId { machine: MachineId(m), seq })
     }
 
@@ -385,7 +385,7 @@ pub(crate) mod strategies {
         )
     }
 
-    pub fn event_v1() -> impl Strategy<Value = EventV1> {
+    pub(crate) fn event_v1() -> impl Strategy<Value = EventV1> {
         (node(), any::<u64>(), any::<u64>(), -4_000_000_000i64..8_000_000_000, clock(), change()).prop_map(
             |(node, machine, seq, time_secs, clock, change)| EventV1 {
                 node,

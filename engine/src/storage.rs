@@ -42,7 +42,7 @@ impl ByteWindow {
     }
 
     /// The bytes as a vector of their own (copied only if windowed).
-    pub fn into_vec(mut self) -> Vec<u8> {
+    pub(crate) fn into_vec(mut self) -> Vec<u8> {
         if self.start == 0 {
             self.buf.truncate(self.end);
             return self.buf;

@@ -35,7 +35,7 @@ impl ContentHead {
     }
 
     /// Whether `e` was made by a writer that had seen this version.
-    pub fn seen_by(&self, e: &Event) -> bool {
+    pub(crate) fn seen_by(&self, e: &Event) -> bool {
         e.clock.get(self.event.machine) >= self.tick
     }
 }
@@ -245,14 +245,14 @@ pub fn apply(prev: Option<&NodeRecord>, event: &Event) -> Effects {
 }
 
 /// Bumps a directory's mtime and ctime to `time` (its listing changed).
-pub fn touch_dir(dir: &mut NodeRecord, time: Timestamp) {
+pub(crate) fn touch_dir(dir: &mut NodeRecord, time: Timestamp) {
     dir.attrs.mtime = time;
     dir.attrs.ctime = time;
 }
 
 /// The bytes of a block reference as the index stores them: `len` u32 LE,
 /// then the hash's significant bytes. An empty value is a hole.
-pub fn encode_block_ref(b: Option<&BlockRef>) -> Vec<u8> {
+pub(crate) fn encode_block_ref(b: Option<&BlockRef>) -> Vec<u8> {
     match b {
         None => Vec::new(),
         Some(b) => {
@@ -265,7 +265,7 @@ pub fn encode_block_ref(b: Option<&BlockRef>) -> Vec<u8> {
 }
 
 /// Inverse of [`encode_block_ref`]; `None` for a hole, `Err` for garbage.
-pub fn decode_block_ref(v: &[u8]) -> Result<Option<BlockRef>, String> {
+pub(crate) fn decode_block_ref(v: &[u8]) -> Result<Option<BlockRef>, String> {
     if v.is_empty() {
         return Ok(None);
     }

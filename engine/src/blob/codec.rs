@@ -32,7 +32,7 @@ impl Codec {
     }
 
     /// From the header byte.
-    pub fn from_byte(b: u8) -> Option<Self> {
+    pub(crate) fn from_byte(b: u8) -> Option<Self> {
         match b {
             0 => Some(Codec::Raw),
             1 => Some(Codec::Zstd),

@@ -226,7 +226,7 @@ impl BlobStore {
     }
 
     /// Sets the free disk space that new blobs never use (0: none).
-    pub fn set_reserve(&self, bytes: u64) {
+    pub(crate) fn set_reserve(&self, bytes: u64) {
         self.reserve.store(bytes, Ordering::Relaxed);
     }
 
@@ -330,7 +330,7 @@ impl BlobStore {
     }
 
     /// How long since a put or a read last began.
-    pub fn idle_for(&self) -> Duration {
+    pub(crate) fn idle_for(&self) -> Duration {
         let d = &self.deferral;
         Duration::from_millis(d.now_ms().saturating_sub(d.last_use_ms.load(Ordering::Relaxed)))
     }
@@ -424,7 +424,7 @@ impl BlobStore {
 
     /// [`BlobStore::put_raw_verified`], also handing back the decoded bytes
     /// (a fetch that reads the block decodes it once, not twice).
-    pub fn put_raw_verified_data(&self, hash: &BlockHash, stored: &[u8]) -> Result<(PutOutcome, Vec<u8>)> {
+    pub(crate) fn put_raw_verified_data(&self, hash: &BlockHash, stored: &[u8]) -> Result<(PutOutcome, Vec<u8>)> {
         self.check_hash(hash)?;
         let data = decode_blob(stored, hash).map_err(|e| self.corrupt(hash, format!("fetched copy: {e}")))?;
         let block = BlockRef { hash: *hash, len: data.len() as u32 };
@@ -588,7 +588,7 @@ impl BlobStore {
     /// (a raw block is not copied past its header). `streaming`: a block
     /// read once (ahead of a sequential reader), read past the OS's cache
     /// where it can be (see [`Storage::read_streaming`]).
-    pub fn get_window(&self, hash: &BlockHash, streaming: bool) -> Result<ByteWindow> {
+    pub(crate) fn get_window(&self, hash: &BlockHash, streaming: bool) -> Result<ByteWindow> {
         self.deferral.touch();
         let evictions = lock(&self.known).evictions;
         let stored = if streaming {

@@ -180,11 +180,11 @@ pub struct SegmentScan {
 /// How much hashing one read may still spend searching for later frames
 /// (see the module docs).
 #[derive(Debug, Clone, Copy)]
-pub struct Budget(usize);
+pub(crate) struct Budget(usize);
 
 impl Budget {
     /// The budget for a segment of `len` bytes: about twice it, plus 1 MiB.
-    pub fn for_len(len: usize) -> Budget {
+    pub(crate) fn for_len(len: usize) -> Budget {
         Budget(len.saturating_mul(2).saturating_add(1 << 20))
     }
 
@@ -226,7 +226,7 @@ impl<'a> SegmentReader<'a> {
     /// Starts at `offset` instead (a record boundary; an offset inside the
     /// header means the first record), after a record `(seq, time)` when
     /// known.
-    pub fn starting_at(mut self, offset: u64, prev: Option<(u64, Timestamp)>) -> Self {
+    pub(crate) fn starting_at(mut self, offset: u64, prev: Option<(u64, Timestamp)>) -> Self {
         self.start = offset.max(SEGMENT_HEADER_LEN);
         self.prev = prev;
         self
@@ -397,7 +397,7 @@ impl<'a> SegmentReader<'a> {
 /// torn tail, `Err` with the decoder's error and why it is damage (empty, or
 /// starting with a separator) when it is damage. `prev_seq` is the seq of
 /// the record before, when known.
-pub fn classify(
+pub(crate) fn classify(
     rest: &[u8],
     pos: u64,
     err: RecordError,
