@@ -70,7 +70,7 @@ impl Mounted {
 
     /// Mounts the data dir again (after [`Mounted::unmount`]).
     pub fn mount(&mut self) {
-        let engine = Arc::new(LiveTree::open(&self.data).expect("open"));
+        let engine = Arc::new(open_when_free(&self.data));
         self.handle = Some(syncer_fs::spawn(engine, &self.mnt, self.opts.clone()).expect("mount"));
     }
 
@@ -149,5 +149,21 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Opens the live tree of `data`, waiting up to 2 s while its lock is
+/// held: right after an unmount in this process, a child that another test
+/// thread forked may still hold a copy of the lock's descriptor until it
+/// execs (the descriptor is close-on-exec, but the fork copies it first).
+pub fn open_when_free(data: &Path) -> LiveTree {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match LiveTree::open(data) {
+            Err(engine::Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r.expect("open"),
+        }
     }
 }
