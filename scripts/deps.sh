@@ -25,6 +25,8 @@ command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
 command -v setfacl >/dev/null || need_apt+=(acl)
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
 command -v findmnt >/dev/null || need_apt+=(util-linux)
+# The control socket's permission test makes a throwaway user.
+command -v useradd >/dev/null || need_apt+=(passwd)
 with_fsx=no
 with_xfstests=no
 for arg in "$@"; do
