@@ -197,7 +197,10 @@ fn silent_and_many_clients_never_wedge_the_mount() {
             let sock = sock.clone();
             std::thread::spawn(move || {
                 let mut s = UnixStream::connect(&sock).expect("connect");
-                s.write_all(b"{\"version\":1,\"request\":{\"command\":\"status\"}}\n").expect("send");
+                // A mount past its bound answers "busy" at once and may
+                // close before the request is written (EPIPE here); the
+                // answer is still there to read, as the CLI reads it.
+                let _ = s.write_all(b"{\"version\":1,\"request\":{\"command\":\"status\"}}\n");
                 answer(&s).last().cloned().expect("an end line")
             })
         })
