@@ -15,7 +15,7 @@ use engine::ids::MachineId;
 use engine::log;
 use engine::storage::{FsStorage, Storage};
 
-use crate::remote::{Remote, Rsync};
+use crate::remote::{parse_segment_listing, Remote, Rsync};
 use crate::{RemoteError, Result};
 
 /// Pulls every machine's segments except `ours` into `log_root`.
@@ -123,34 +123,18 @@ fn local_peer_lens(log_root: &Path, ours: MachineId) -> Result<BTreeMap<(Machine
     Ok(lens)
 }
 
-/// Parses an `rsync --list-only` listing of the remote's root (`<mode>
-/// <size> <date> <time> <path>` per line) into the lengths of peers'
-/// segments `log/<machine>/<segment>.seg`; other lines are skipped. Fails
-/// with the line and why on a segment whose size is not a number.
+/// The lengths of peers' segments (not `ours`, regular files only) in an
+/// `rsync --list-only` listing of the remote's root (see
+/// [`parse_segment_listing`]).
 fn parse_peer_listing(
     text: &str,
     ours: MachineId,
 ) -> std::result::Result<BTreeMap<(MachineId, u64), u64>, (String, String)> {
-    let mut lens = BTreeMap::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [mode, size, _date, _time, path @ ..] = fields.as_slice() else { continue };
-        let path = path.join(" ");
-        let Some((machine, name)) = path.strip_prefix("log/").and_then(|p| p.split_once('/')) else { continue };
-        let (Ok(machine), Ok(number)) =
-            (machine.parse::<MachineId>(), log::parse_segment_name(std::ffi::OsStr::new(name)))
-        else {
-            continue;
-        };
-        if machine == ours || !mode.starts_with('-') {
-            continue;
-        }
-        // Older rsyncs group digits even without `--human-readable`.
-        let digits: String = size.chars().filter(|c| !matches!(c, ',' | '.')).collect();
-        let len = digits.parse().map_err(|_| (line.to_string(), "the size is not a number of bytes".to_string()))?;
-        lens.insert((machine, number), len);
-    }
-    Ok(lens)
+    Ok(parse_segment_listing(text)?
+        .into_iter()
+        .filter(|s| s.machine != ours && s.regular)
+        .map(|s| ((s.machine, s.number), s.len))
+        .collect())
 }
 
 /// Whether the remote (its peers' segment lengths, from

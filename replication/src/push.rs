@@ -83,7 +83,7 @@ use std::sync::atomic::Ordering;
 use engine::ids::{BlockHash, LogPos, MachineId};
 use engine::log;
 
-use crate::remote::Rsync;
+use crate::remote::{parse_segment_listing, Rsync};
 use crate::{RemoteError, Result};
 
 /// Blocks per rsync run.
@@ -395,37 +395,16 @@ fn remote_segment_lens(rsync: &Rsync, machine: MachineId) -> Result<BTreeMap<u64
     })
 }
 
-/// Parses an `rsync --list-only` listing (`<mode> <size> <date> <time>
-/// <path>` per line) into the lengths of `machine`'s segments under
-/// `log/<machine>/`; other lines (the folders) are skipped. Fails with the
-/// line and why on a segment entry that is not a regular file or whose size
-/// is not a number.
+/// The lengths of `machine`'s segments in an `rsync --list-only` listing
+/// (see [`parse_segment_listing`]). Fails with the line and why on one that
+/// is not a regular file or whose size is not a number.
 fn parse_listing(text: &str, machine: MachineId) -> std::result::Result<BTreeMap<u64, u64>, (String, String)> {
-    let prefix = format!("log/{machine}/");
     let mut lens = BTreeMap::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [mode, size, _date, _time, path @ ..] = fields.as_slice() else {
-            continue;
-        };
-        let Some(number) = path
-            .join(" ")
-            .strip_prefix(&prefix)
-            .and_then(|name| log::parse_segment_name(std::ffi::OsStr::new(name)).ok())
-        else {
-            continue;
-        };
-        let bad = |reason: &str| (line.to_string(), reason.to_string());
-        if !mode.starts_with('-') {
-            return Err(bad("our segment's path on the remote is not a regular file"));
+    for seg in parse_segment_listing(text)?.into_iter().filter(|s| s.machine == machine) {
+        if !seg.regular {
+            return Err((seg.line.to_string(), "our segment's path on the remote is not a regular file".to_string()));
         }
-        // Older rsyncs group digits even without `--human-readable`.
-        let digits: String = size.chars().filter(|c| !matches!(c, ',' | '.')).collect();
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad("the size is not a number of bytes"));
-        }
-        let len = digits.parse().map_err(|_| bad("the size is out of range"))?;
-        lens.insert(number, len);
+        lens.insert(seg.number, seg.len);
     }
     Ok(lens)
 }

@@ -8,6 +8,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use engine::ids::MachineId;
+use engine::log;
+
 use crate::{RemoteError, Result};
 
 /// A remote: a local directory or a directory on a host reached by ssh.
@@ -304,6 +307,49 @@ impl Drop for Rsync {
             }
         }
     }
+}
+
+/// One log segment in an `rsync --list-only` listing of a remote's root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ListedSegment<'a> {
+    /// The listing's line that names it.
+    pub line: &'a str,
+    /// The machine whose log it is (`log/<machine>/`).
+    pub machine: MachineId,
+    /// Its number.
+    pub number: u64,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Whether it is a regular file (the mode starts with `-`).
+    pub regular: bool,
+}
+
+/// Parses an `rsync --list-only` listing (`<mode> <size> <date> <time>
+/// <path>` per line) into the segments `log/<machine>/<number>.seg` it
+/// names; other lines (folders, other files) are skipped. Fails with the
+/// line and why on a segment whose size is not a number of bytes.
+pub(crate) fn parse_segment_listing(text: &str) -> std::result::Result<Vec<ListedSegment<'_>>, (String, String)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [mode, size, _date, _time, path @ ..] = fields.as_slice() else { continue };
+        let path = path.join(" ");
+        let Some((machine, name)) = path.strip_prefix("log/").and_then(|p| p.split_once('/')) else { continue };
+        let (Ok(machine), Ok(number)) =
+            (machine.parse::<MachineId>(), log::parse_segment_name(std::ffi::OsStr::new(name)))
+        else {
+            continue;
+        };
+        let bad = |reason: &str| (line.to_string(), reason.to_string());
+        // Older rsyncs group digits even without `--human-readable`.
+        let digits: String = size.chars().filter(|c| !matches!(c, ',' | '.')).collect();
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("the size is not a number of bytes"));
+        }
+        let len = digits.parse().map_err(|_| bad("the size is out of range"))?;
+        out.push(ListedSegment { line, machine, number, len, regular: mode.starts_with('-') });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
