@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{pattern, require_fuse};
+use support::{initialized, pattern};
 
 const BIN: &str = env!("CARGO_BIN_EXE_syncer");
 
@@ -42,20 +42,9 @@ struct Mounted {
     mnt: PathBuf,
 }
 
-/// A new data dir (initialized, not mounted) and an empty mountpoint.
-fn initialized() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    require_fuse();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = tmp.path().join("data");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    ok(&[OsStr::new("init"), data.as_os_str()]);
-    (tmp, data, mnt)
-}
-
 impl Mounted {
     fn new() -> Mounted {
-        let (tmp, data, mnt) = initialized();
+        let (tmp, data, mnt) = initialized(&[]);
         ok(&[OsStr::new("mount"), data.as_os_str(), mnt.as_os_str()]);
         std::fs::write(mnt.join("file"), pattern(7, 200_000)).expect("write");
         Mounted { tmp, data, mnt }
@@ -293,7 +282,7 @@ fn another_user_is_refused_and_logged() {
 /// command fail: they run in-process; the next mount replaces it.
 #[test]
 fn a_stale_socket_is_ignored_then_replaced() {
-    let (tmp, data, mnt) = initialized();
+    let (tmp, data, mnt) = initialized(&[]);
     drop(std::os::unix::net::UnixListener::bind(data.join("control.sock")).expect("bind"));
     assert!(data.join("control.sock").exists(), "a stale socket file");
     let out = ok(&[OsStr::new("status"), data.as_os_str()]);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{pattern, require_fuse, setxattr, xattrs};
+use support::{initialized, pattern, setxattr, xattrs};
 
 const BIN: &str = env!("CARGO_BIN_EXE_syncer");
 
@@ -41,13 +41,7 @@ fn ok(o: Output, what: &str) -> String {
 /// A fresh data dir (64 KiB blocks, so multi-block paths run on small data)
 /// and an empty mountpoint in a temp dir.
 fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    require_fuse();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = tmp.path().join("data");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).expect("mkdir mnt");
-    ok(syncer([OsStr::new("init"), data.as_os_str(), OsStr::new("--block-size"), OsStr::new("64KiB")]), "init");
-    (tmp, data, mnt)
+    initialized(&["--block-size", "64KiB"])
 }
 
 /// The `/proc/mounts` entry at `mnt`: (source, type).

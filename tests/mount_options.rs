@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{require_fuse, MountGuard};
+use support::{initialized, MountGuard};
 
 const BIN: &str = env!("CARGO_BIN_EXE_syncer");
 
@@ -33,13 +33,7 @@ fn syncer<S: AsRef<OsStr>>(args: &[S]) -> String {
 }
 
 fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    require_fuse();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = tmp.path().join("data");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    syncer(&[OsStr::new("init"), data.as_os_str()]);
-    (tmp, data, mnt)
+    initialized(&[])
 }
 
 fn mount(data: &Path, mnt: &Path, opts: &str) -> Output {

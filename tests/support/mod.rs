@@ -62,3 +62,27 @@ pub fn offline(data: &Path) {
     }
     std::fs::write(&path, kept).expect("write config.toml");
 }
+
+/// A fresh data dir made by the `syncer` binary (`syncer init DATA` plus
+/// `init_args`) and an empty mountpoint, in a temp dir: `(tmp, data, mnt)`.
+pub fn initialized(init_args: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    require_fuse();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir mnt");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_syncer"))
+        .arg("init")
+        .arg(&data)
+        .args(init_args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run syncer init");
+    assert!(
+        o.status.success(),
+        "syncer init: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (tmp, data, mnt)
+}
