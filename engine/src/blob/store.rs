@@ -623,12 +623,6 @@ impl BlobStore {
         }
     }
 
-    /// The blob file's bytes as stored (header included), unverified: for
-    /// shipping to a remote, which verifies on fetch.
-    pub fn get_stored(&self, hash: &BlockHash) -> Result<Vec<u8>> {
-        self.read_file(hash, |p| self.storage.read(p))
-    }
-
     /// Whether a file for `hash` exists (not verified).
     pub fn contains(&self, hash: &BlockHash) -> bool {
         self.storage.exists(&self.path_of(hash))
