@@ -75,4 +75,6 @@ mod catchup;
 mod index;
 pub use cache::{BlockSource, Cache};
 pub use calendar::civil_date;
+#[doc(hidden)]
+pub use catchup::set_chunk as set_catch_up_chunk;
 pub use index::{Counts, DirEntry, IndexReader, IndexView, Queries};
