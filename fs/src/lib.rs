@@ -3,8 +3,8 @@
 //!
 //! Always true:
 //! - every mutation goes through the engine (so into the log); the only
-//!   state kept here is derived (the inode table, open-directory listing
-//!   snapshots) or not yet committed (buffered writes, see `writeback`);
+//!   state kept here is derived (the inode table, open-directory cookies)
+//!   or not yet committed (buffered writes, see `writeback`);
 //! - when [`mount`] returns or [`MountHandle::unmount`] finishes, every
 //!   buffered write is committed and `engine.sync()` has run;
 //! - reads never update atime (the mount behaves as `noatime`);
@@ -34,6 +34,7 @@ use fuser::{Config, MountOption, SessionACL};
 mod acl;
 mod adapter;
 mod attr;
+mod dircursor;
 mod errno;
 mod inodes;
 pub mod mountinfo;
