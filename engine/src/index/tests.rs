@@ -15,45 +15,44 @@ use crate::ids::{LogPos, MachineId, NodeId, Timestamp};
 
 const M: MachineId = MachineId(7);
 
+/// Events of machine [`M`] in the making, one per microsecond of log time.
+#[derive(Default)]
+struct Events {
+    out: Vec<(LogPos, Event)>,
+    clock: VectorClock,
+}
+
+impl Events {
+    fn push(&mut self, node: NodeId, change: Change) {
+        self.clock.tick(M);
+        let seq = self.out.len() as u64 + 1;
+        let time = Timestamp(1_000 * seq as i64);
+        let event = Event { node, machine: M, seq, time, clock: self.clock.clone(), change, base: None };
+        self.out.push((LogPos { machine: M, segment: 0, offset: seq * 100 }, event));
+    }
+}
+
+fn create(parent: NodeId, name: String, kind: NodeKind) -> Change {
+    Change::Create { parent, name: name.into_bytes(), kind, attrs: Attrs::default(), target: Vec::new() }
+}
+
 /// 400 events over one directory: creates, renames, removes, and one
 /// file changed after each, for several checkpoints.
 fn events() -> Vec<(LogPos, Event)> {
     let dir = NodeId::new(1, M);
-    let mut out = Vec::new();
-    let mut clock = VectorClock::default();
-    let mut push = |node: NodeId, change: Change| {
-        clock.tick(M);
-        let seq = out.len() as u64 + 1;
-        let event = Event {
-            node,
-            machine: M,
-            seq,
-            time: Timestamp(1_000 * seq as i64),
-            clock: clock.clone(),
-            change,
-            base: None,
-        };
-        out.push((LogPos { machine: M, segment: 0, offset: seq * 100 }, event));
-    };
-    let create = |parent, name: String, kind| Change::Create {
-        parent,
-        name: name.into_bytes(),
-        kind,
-        attrs: Attrs::default(),
-        target: Vec::new(),
-    };
-    push(dir, create(NodeId::ROOT, "d".into(), NodeKind::Dir));
+    let mut ev = Events::default();
+    ev.push(dir, create(NodeId::ROOT, "d".into(), NodeKind::Dir));
     for i in 2..150u64 {
         let f = NodeId::new(i, M);
-        push(f, create(dir, format!("f{i}"), NodeKind::File));
+        ev.push(f, create(dir, format!("f{i}"), NodeKind::File));
         match i % 3 {
-            0 => push(f, Change::Move { parent: NodeId::ROOT, name: format!("moved{i}").into_bytes() }),
-            1 => push(f, Change::Remove),
+            0 => ev.push(f, Change::Move { parent: NodeId::ROOT, name: format!("moved{i}").into_bytes() }),
+            1 => ev.push(f, Change::Remove),
             _ => {}
         }
-        push(NodeId::new(2, M), Change::SetAttrs(AttrChange { mode: Some(i as u32), ..Default::default() }));
+        ev.push(NodeId::new(2, M), Change::SetAttrs(AttrChange { mode: Some(i as u32), ..Default::default() }));
     }
-    out
+    ev.out
 }
 
 /// What every query that reads a buffered table answers, plus nodes,
@@ -345,30 +344,8 @@ fn a_full_disk_under_redb_is_enospc() {
 /// directories: every name's history has several versions.
 fn churn_events() -> Vec<(LogPos, Event)> {
     let dir = NodeId::new(1, M);
-    let mut out = Vec::new();
-    let mut clock = VectorClock::default();
-    let mut push = |node: NodeId, change: Change| {
-        clock.tick(M);
-        let seq = out.len() as u64 + 1;
-        let event = Event {
-            node,
-            machine: M,
-            seq,
-            time: Timestamp(1_000 * seq as i64),
-            clock: clock.clone(),
-            change,
-            base: None,
-        };
-        out.push((LogPos { machine: M, segment: 0, offset: seq * 100 }, event));
-    };
-    let create = |parent, name: String, kind| Change::Create {
-        parent,
-        name: name.into_bytes(),
-        kind,
-        attrs: Attrs::default(),
-        target: Vec::new(),
-    };
-    push(dir, create(NodeId::ROOT, "d".into(), NodeKind::Dir));
+    let mut ev = Events::default();
+    ev.push(dir, create(NodeId::ROOT, "d".into(), NodeKind::Dir));
     let mut next = 2u64;
     for round in 0..4u64 {
         for i in 0..40u64 {
@@ -377,16 +354,16 @@ fn churn_events() -> Vec<(LogPos, Event)> {
             let name = format!("n{:02}", (i * 7 + round) % 40);
             let node = NodeId::new(next, M);
             next += 1;
-            push(node, create(dir, name, kind));
+            ev.push(node, create(dir, name, kind));
             match (i + round) % 5 {
-                0 => push(node, Change::Remove),
-                1 => push(node, Change::Move { parent: NodeId::ROOT, name: format!("out{next}").into_bytes() }),
-                2 => push(node, Change::Move { parent: dir, name: format!("m{:02}", i % 9).into_bytes() }),
+                0 => ev.push(node, Change::Remove),
+                1 => ev.push(node, Change::Move { parent: NodeId::ROOT, name: format!("out{next}").into_bytes() }),
+                2 => ev.push(node, Change::Move { parent: dir, name: format!("m{:02}", i % 9).into_bytes() }),
                 _ => {}
             }
         }
     }
-    out
+    ev.out
 }
 
 /// A past directory listed a page at a time, from each name on, is the
