@@ -424,6 +424,22 @@ impl Filesystem for SyncerFs {
         }
     }
 
+    /// No ioctl is supported: ENOTTY, as a regular file on a local disk
+    /// answers (programs ask each file they open whether it is a terminal).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn fallocate(
         &self,
         req: &Request,
