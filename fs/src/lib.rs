@@ -20,8 +20,9 @@
 //!
 //! Layout: `adapter` is the thin `fuser::Filesystem` impl; `ops` holds the
 //! logic as plain `Result<_, Errno>` methods; `errno` is the single engine
-//! error → errno mapping; `inodes` the ino table; `writeback` the buffered
-//! write path with its hashing workers. How this crate fits with the others,
+//! error → errno mapping; `inodes` the ino table; `dircursor` the offsets
+//! (cookies) of open directories, read a page at a time; `writeback` the
+//! buffered write path with its hashing workers. How this crate fits with the others,
 //! and the rules every change keeps: `docs/DESIGN.md` at the repository root.
 
 use std::io;
