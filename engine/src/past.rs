@@ -156,8 +156,7 @@ impl PastView {
         if let Some(n) = state.as_mut() {
             match n.kind {
                 NodeKind::Dir => {
-                    let entries = ix.read_dir_at(id, at)?;
-                    n.subdirs = entries.iter().filter(|e| e.kind == NodeKind::Dir).count() as u64;
+                    n.subdirs = ix.subdirs_at(id, at)?;
                 }
                 NodeKind::File => {
                     let blocks = ix.blocks_at(id, 0, u64::MAX, at)?;
@@ -201,8 +200,7 @@ impl TreeRead for PastView {
     }
 
     fn read_dir(&self, dir: NodeId, after: Option<&[u8]>, limit: usize) -> Result<Vec<DirEntry>> {
-        let all = self.index.read()?.read_dir_at(dir, self.at)?;
-        Ok(all.into_iter().filter(|e| after.is_none_or(|a| e.name.as_slice() > a)).take(limit).collect())
+        self.index.read()?.read_dir_page_at(dir, after, limit, self.at)
     }
 
     fn file_blocks(&self, node: NodeId, first: u64, count: u64) -> Result<Vec<(u64, BlockRef)>> {
