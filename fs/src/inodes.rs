@@ -7,7 +7,8 @@
 //! - an entry lives while the kernel holds lookups on it (lookup, create,
 //!   readdirplus each add one; forget subtracts) or it has open handles; at
 //!   zero of both it is dropped, so memory does not grow with every file ever
-//!   seen;
+//!   seen; past the mount's inode budget the least recently used names are
+//!   invalidated (`crate::trim_inodes`), so the kernel forgets them too;
 //! - numbers at or above [`SYNTHETIC_BASE`] are never in the table: they are
 //!   only reported as `d_ino` by plain `readdir` for entries the kernel has
 //!   not looked up;
@@ -38,6 +39,8 @@ struct Entry {
     node: NodeId,
     lookups: u64,
     opens: u64,
+    /// The table's clock at the last lookup that handed this entry out.
+    used: u64,
     /// Short: nodes have one parent, so a second name exists only between
     /// an import that moved the node and the invalidation that follows.
     names: Vec<Dentry>,
@@ -60,6 +63,8 @@ struct Table {
     by_ino: HashMap<u64, Entry>,
     by_node: HashMap<NodeId, u64>,
     next: u64,
+    /// Counts lookups (orders entries by last use).
+    clock: u64,
 }
 
 /// See the module docs.
@@ -72,9 +77,9 @@ impl Inodes {
     pub(crate) fn new() -> Self {
         let mut by_ino = HashMap::new();
         let mut by_node = HashMap::new();
-        by_ino.insert(1, Entry { node: NodeId::ROOT, lookups: 1, opens: 0, names: Vec::new() });
+        by_ino.insert(1, Entry { node: NodeId::ROOT, lookups: 1, opens: 0, used: 0, names: Vec::new() });
         by_node.insert(NodeId::ROOT, 1);
-        Inodes { inner: Mutex::new(Table { by_ino, by_node, next: 2 }) }
+        Inodes { inner: Mutex::new(Table { by_ino, by_node, next: 2, clock: 0 }) }
     }
 
     /// The node behind `ino`; `ESTALE` if the kernel names one we dropped.
@@ -89,16 +94,19 @@ impl Inodes {
     /// handed to the kernel as `name` in the directory `parent` (an inode).
     pub(crate) fn remember(&self, node: NodeId, parent: u64, name: &[u8]) -> u64 {
         let mut t = self.inner.lock();
+        t.clock += 1;
+        let used = t.clock;
         if let Some(&ino) = t.by_node.get(&node) {
             if let Some(e) = t.by_ino.get_mut(&ino) {
                 e.lookups += 1;
+                e.used = used;
                 e.add_name(parent, name);
             }
             return ino;
         }
         let ino = t.next;
         t.next += 1;
-        t.by_ino.insert(ino, Entry { node, lookups: 1, opens: 0, names: vec![(parent, name.into())] });
+        t.by_ino.insert(ino, Entry { node, lookups: 1, opens: 0, used, names: vec![(parent, name.into())] });
         t.by_node.insert(node, ino);
         ino
     }
@@ -196,6 +204,30 @@ impl Inodes {
         }
     }
 
+    /// When the table holds more than `budget` entries: the names of the
+    /// least recently used entries without open handles, enough of them to
+    /// bring it down to nine tenths of `budget` once the kernel forgets
+    /// them (none otherwise).
+    pub(crate) fn least_recently_used(&self, budget: usize) -> Vec<(u64, Vec<Dentry>)> {
+        let t = self.inner.lock();
+        let over = t.by_ino.len().saturating_sub(budget);
+        if over == 0 {
+            return Vec::new();
+        }
+        let want = over + budget / 10;
+        let mut candidates: Vec<(u64, u64)> = t
+            .by_ino
+            .iter()
+            .filter(|(ino, e)| **ino != 1 && e.opens == 0 && !e.names.is_empty())
+            .map(|(ino, e)| (e.used, *ino))
+            .collect();
+        if candidates.len() > want {
+            candidates.select_nth_unstable(want);
+            candidates.truncate(want);
+        }
+        candidates.iter().filter_map(|(_, ino)| t.by_ino.get(ino).map(|e| (*ino, e.names.clone()))).collect()
+    }
+
     /// Every inode in the table (root included).
     pub(crate) fn all(&self) -> Vec<u64> {
         self.inner.lock().by_ino.keys().copied().collect()
@@ -210,6 +242,27 @@ impl Inodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn over_the_budget_the_least_recently_used_unopened_go_first() {
+        let t = Inodes::new();
+        let inos: Vec<u64> = (0..20u64)
+            .map(|i| t.remember(NodeId::new(i + 1, engine::ids::MachineId(7)), 1, format!("n{i}").as_bytes()))
+            .collect();
+        // Within the budget (root included): nothing.
+        assert!(t.least_recently_used(21).is_empty());
+        // The oldest is open: it stays; the next oldest go instead.
+        t.open(inos[0]);
+        // Used again: now the most recent.
+        t.remember(NodeId::new(2, engine::ids::MachineId(7)), 1, b"n1");
+        let victims = t.least_recently_used(10);
+        // 21 entries, budget 10: 11 over, plus a tenth of the budget.
+        assert_eq!(victims.len(), 12);
+        let gone: Vec<u64> = victims.iter().map(|(ino, _)| *ino).collect();
+        assert!(!gone.contains(&inos[0]) && !gone.contains(&inos[1]) && !gone.contains(&1));
+        assert_eq!(gone.iter().copied().max(), Some(inos[13]));
+        assert!(victims.iter().all(|(ino, names)| names.len() == 1 && names[0].0 == 1 && inos.contains(ino)));
+    }
 
     #[test]
     fn lookups_and_forget() {

@@ -108,7 +108,18 @@ pub struct MountOptions {
     /// POSIX ACLs (`acl`, the default; `noacl` refuses the ACL xattrs with
     /// EOPNOTSUPP, as a kernel without FUSE_POSIX_ACL makes it).
     pub acl: bool,
+    /// Inodes the kernel may hold before the mount asks it to drop the
+    /// least recently used (see [`INODE_BUDGET`]).
+    pub inode_budget: usize,
 }
+
+/// Default [`MountOptions::inode_budget`]. The kernel keeps an inode for
+/// every name it looked up (and, with readdirplus, every name it listed)
+/// until memory runs short, and the mount mirrors each in its inode table
+/// (about 250 bytes each); past this many, the least recently used names
+/// are invalidated, the kernel forgets their inodes, and the table shrinks
+/// back: about 25 MiB, whatever the collection's size.
+pub const INODE_BUDGET: usize = 100_000;
 
 impl MountOptions {
     /// Defaults for a data dir: read-write, 4 threads, 256 MiB dirty bound,
@@ -123,6 +134,7 @@ impl MountOptions {
             extra: Vec::new(),
             read_ahead_kib: 1024,
             acl: true,
+            inode_budget: INODE_BUDGET,
         }
     }
 }
@@ -246,29 +258,40 @@ fn build(tree: Tree, opts: &MountOptions) -> Result<(SyncerFs, Arc<Core>, Config
     Ok((SyncerFs::new(core.clone(), opts.acl), core, config))
 }
 
-/// Keeps the kernel's view live: after each import of peers' changes
-/// (`LiveTree::import`), every dentry the kernel may hold that no longer names
-/// the same node is dropped, then the cached attributes and pages of every
-/// inode the kernel knows, so lookups and reads see the merged tree without
-/// a remount and without waiting for the TTL. The thread ends with the
-/// session (the notifier fails once the mount is gone) or the engine. A
-/// point-in-time view never changes, so it gets none.
-fn spawn_invalidator(core: &Arc<Core>, notifier: fuser::Notifier) {
-    let Some(live) = &core.live else { return };
-    let imports = live.watch_imports();
+/// Keeps the kernel's view live and its inode count bounded. After each
+/// import of peers' changes (`LiveTree::import`), every dentry the kernel
+/// may hold that no longer names the same node is dropped, then the cached
+/// attributes and pages of every inode the kernel knows, so lookups and
+/// reads see the merged tree without a remount and without waiting for the
+/// TTL (a point-in-time view never changes, so it gets none of this). Every
+/// half second, if the inode table holds more than `inode_budget` entries,
+/// the least recently used names are invalidated ([`trim_inodes`]). The
+/// thread ends with the session (the notifier fails once the mount is
+/// gone) or the engine.
+fn spawn_invalidator(core: &Arc<Core>, notifier: fuser::Notifier, inode_budget: usize) {
+    let imports = core.live.as_ref().map(|live| live.watch_imports());
     // Weak, so that the thread never keeps the engine (and its lock) alive
     // after the mount is gone.
     let core = Arc::downgrade(core);
+    let tick = std::time::Duration::from_millis(500);
     let spawned = std::thread::Builder::new().name("syncer-inval".into()).spawn(move || loop {
-        match imports.recv_timeout(std::time::Duration::from_millis(500)) {
-            Ok(_) => {
-                let Some(core) = core.upgrade() else { return };
-                if invalidate_after_import(&core, &notifier).is_err() {
-                    return;
-                }
+        let imported = match &imports {
+            Some(rx) => match rx.recv_timeout(tick) {
+                Ok(_) => true,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
+                Err(_) => return,
+            },
+            None => {
+                std::thread::sleep(tick);
+                false
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if core.strong_count() > 0 => {}
-            Err(_) => return,
+        };
+        let Some(core) = core.upgrade() else { return };
+        if imported && invalidate_after_import(&core, &notifier).is_err() {
+            return;
+        }
+        if trim_inodes(&core, &notifier, inode_budget).is_err() {
+            return;
         }
     });
     if let Err(e) = spawned {
@@ -276,15 +299,20 @@ fn spawn_invalidator(core: &Arc<Core>, notifier: fuser::Notifier) {
     }
 }
 
+/// A notification's result, where ENOENT (the kernel no longer holds what
+/// we named) is no failure.
+fn gone_is_fine(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// One invalidation pass (see [`spawn_invalidator`]). `Err` once the mount
-/// is gone. ENOENT from the kernel means it no longer holds what we named.
+/// is gone.
 fn invalidate_after_import(core: &Core, notifier: &fuser::Notifier) -> io::Result<()> {
     // Before the names are read: see `Core::import_epoch`.
     core.import_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let gone_is_fine = |r: io::Result<()>| match r {
-        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
-        _ => Ok(()),
-    };
     for (ino, node, names) in core.inodes.dentries() {
         for name in names {
             let still = core
@@ -294,16 +322,40 @@ fn invalidate_after_import(core: &Core, notifier: &fuser::Notifier) -> io::Resul
                 .and_then(|parent| core.tree.lookup(parent, &name.1).ok())
                 .is_some_and(|st| st.id == node);
             if !still {
-                use std::os::unix::ffi::OsStrExt;
-                // Dropped first: a lookup that follows the invalidation
-                // records the name again, and must not be undone.
-                core.inodes.drop_name(ino, &name);
-                gone_is_fine(notifier.inval_entry(fuser::INodeNo(name.0), std::ffi::OsStr::from_bytes(&name.1)))?;
+                drop_dentry(core, notifier, ino, &name)?;
             }
         }
     }
     for ino in core.inodes.all() {
         gone_is_fine(notifier.inval_inode(fuser::INodeNo(ino), 0, 0))?;
+    }
+    Ok(())
+}
+
+/// Tells the kernel to drop the dentry `name` of `ino`.
+fn drop_dentry(core: &Core, notifier: &fuser::Notifier, ino: u64, name: &inodes::Dentry) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    // Dropped first: a lookup that follows the invalidation records the
+    // name again, and must not be undone.
+    core.inodes.drop_name(ino, name);
+    gone_is_fine(notifier.inval_entry(fuser::INodeNo(name.0), std::ffi::OsStr::from_bytes(&name.1)))
+}
+
+/// When the inode table holds more than `budget` entries, invalidates the
+/// names of the least recently used ones that no handle keeps open (down
+/// to nine tenths of the budget): the kernel unhashes those dentries,
+/// evicts the inodes no one uses and sends their forgets, which empty the
+/// table's entries. `Err` once the mount is gone.
+fn trim_inodes(core: &Core, notifier: &fuser::Notifier, budget: usize) -> io::Result<()> {
+    let victims = core.inodes.least_recently_used(budget);
+    if victims.is_empty() {
+        return Ok(());
+    }
+    tracing::debug!(count = victims.len(), budget, "over the inode budget: asking the kernel to forget");
+    for (ino, names) in victims {
+        for name in names {
+            drop_dentry(core, notifier, ino, &name)?;
+        }
     }
     Ok(())
 }
@@ -448,7 +500,7 @@ pub fn mount_with_refresh(
         .map_err(|source| FsMountError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
     // Set before any request is served: none is read until run/spawn.
     let _ = notifier.set(session.notifier());
-    spawn_invalidator(&core, session.notifier());
+    spawn_invalidator(&core, session.notifier(), opts.inode_budget);
     refresh.attach(&core, session.notifier());
     tune_read_ahead(mountpoint, &opts);
     let served = session_end(mountpoint, session.run());
@@ -465,7 +517,7 @@ pub fn spawn(tree: impl Into<Tree>, mountpoint: &Path, opts: MountOptions) -> Re
         .map_err(|source| FsMountError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
     // Set before any request is served: none is read until run/spawn.
     let _ = notifier.set(session.notifier());
-    spawn_invalidator(&core, session.notifier());
+    spawn_invalidator(&core, session.notifier(), opts.inode_budget);
     tune_read_ahead(mountpoint, &opts);
     let bg =
         session.spawn().map_err(|source| FsMountError::Session { mountpoint: mountpoint.to_path_buf(), source })?;

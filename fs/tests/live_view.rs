@@ -1,7 +1,9 @@
 //! A mounted tree picks up peers' changes without a remount: after
 //! `LiveTree::import`, stale dentries, cached pages and attributes are dropped,
 //! so lookups and reads through the mount see the merged tree long before
-//! the kernel's caches would run out (`syncer_fs::LIVE_TTL`).
+//! the kernel's caches would run out (`syncer_fs::LIVE_TTL`). And the
+//! kernel's inodes stay within the mount's budget: past it, the mount makes
+//! the kernel forget the least recently used.
 
 use std::sync::Arc;
 
@@ -239,4 +241,59 @@ fn a_reader_held_open_across_an_import_makes_no_conflict_of_a_later_writer() {
     assert_eq!(engine.content_conflicts().expect("conflicts"), vec![]);
     drop(engine);
     handle.unmount().expect("unmount");
+}
+
+#[test]
+fn past_the_inode_budget_the_kernel_is_made_to_forget_and_nothing_is_lost() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    engine::Store::init(&data, engine::config::Config::new_default(engine::ids::MachineId::random())).expect("init");
+    let engine = Arc::new(LiveTree::open(&data).expect("open"));
+    let mut opts = MountOptions::new(data.display().to_string());
+    opts.inode_budget = 500;
+    let handle = syncer_fs::spawn(engine.clone(), &mnt, opts).expect("mount");
+    let dirs = 10;
+    let per_dir = 300;
+    for d in 0..dirs {
+        std::fs::create_dir(mnt.join(format!("d{d}"))).expect("mkdir");
+        for f in 0..per_dir {
+            std::fs::write(mnt.join(format!("d{d}/f{f}")), format!("{d}/{f}")).expect("write");
+        }
+    }
+    // Every name stat'ed: the kernel looks each up and holds it.
+    let mut peak = 0;
+    for d in 0..dirs {
+        for f in 0..per_dir {
+            std::fs::metadata(mnt.join(format!("d{d}/f{f}"))).expect("stat");
+        }
+        peak = peak.max(handle.inode_count());
+    }
+    assert!(peak > 500, "the kernel held only {peak} inodes: nothing to trim");
+    // The trimming pass runs every half second.
+    assert!(
+        within(std::time::Duration::from_secs(10), || handle.inode_count() <= 500),
+        "{} inodes held, budget 500",
+        handle.inode_count()
+    );
+    // Forgotten names are looked up again, with their content.
+    for d in 0..dirs {
+        for f in (0..per_dir).step_by(7) {
+            let got = std::fs::read_to_string(mnt.join(format!("d{d}/f{f}"))).expect("read back");
+            assert_eq!(got, format!("{d}/{f}"));
+        }
+    }
+    handle.unmount().expect("unmount");
+}
+
+fn within(limit: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    check()
 }
