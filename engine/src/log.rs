@@ -332,7 +332,7 @@ pub fn for_each_record(
 }
 
 /// Bytes of a segment held in memory at a time by [`for_each_record`].
-const READ_WINDOW: usize = 4 << 20;
+pub(crate) const READ_WINDOW: usize = 4 << 20;
 
 /// Reads segment `number` at `path` from `start` (a record boundary) in
 /// windows of `window` bytes ([`READ_WINDOW`]), so memory does not grow with the
@@ -341,7 +341,7 @@ const READ_WINDOW: usize = 4 << 20;
 /// tells a torn tail from damage). The segment is read as long as it was
 /// when the read began (a log being appended to grows meanwhile).
 #[allow(clippy::too_many_arguments)]
-fn read_segment_windows(
+pub(crate) fn read_segment_windows(
     storage: &dyn Storage,
     path: &Path,
     machine: MachineId,

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::event::BlockRef;
 use crate::ids::BlockHash;
-use crate::storage::{FsStorage, Storage};
+use crate::storage::FsStorage;
 use crate::store::Layout;
 use crate::{format, log};
 
@@ -74,25 +74,34 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         for number in segments {
             report.segments += 1;
             let path = log::segment_path(&log_root, machine, number);
-            let bytes = match storage.read(&path) {
-                Ok(b) => b,
-                Err(e) => {
-                    report.problems.push(Error::io("read", &path, e).to_string());
-                    continue;
-                }
-            };
             let mode = if Some(number) == last { log::ReadMode::Recover } else { log::ReadMode::Strict };
-            match log::SegmentReader::new(&bytes, &path, machine, number, mode).scan() {
-                Ok(scan) => {
-                    if let Some(at) = scan.torn_tail {
-                        report.torn_tails.push(format!("{} at byte {at}: torn tail", path.display()));
+            let peer = machine != config.machine;
+            // Read in windows: one record at a time is held, not the segment.
+            let first = (number == 0).then_some((0, crate::ids::Timestamp(i64::MIN)));
+            let mut each = |item: log::Item| {
+                if let log::Item::Record(r) = item {
+                    report.records += 1;
+                    for b in r.event.change.blocks() {
+                        blocks.entry(b.hash).or_insert((*b, peer)).1 |= peer;
                     }
-                    for r in &scan.records {
-                        report.records += 1;
-                        for b in r.event.change.blocks() {
-                            let peer = machine != config.machine;
-                            blocks.entry(b.hash).or_insert((*b, peer)).1 |= peer;
-                        }
+                }
+                Ok(())
+            };
+            let read = log::read_segment_windows(
+                &storage,
+                &path,
+                machine,
+                number,
+                mode,
+                log::SEGMENT_HEADER_LEN,
+                first,
+                log::READ_WINDOW,
+                &mut each,
+            );
+            match read {
+                Ok(end) => {
+                    if let Some(at) = end.torn_tail() {
+                        report.torn_tails.push(format!("{} at byte {at}: torn tail", path.display()));
                     }
                 }
                 Err(e) => report.problems.push(e.to_string()),
