@@ -13,7 +13,9 @@
 //! min(SCALE_FILES, 1,000,000)), `SCALE_VERIFY` files read back and
 //! compared per local view (default 10,000, spread evenly; 0 = all),
 //! `SCALE_FETCH` the same where reads fetch from the remote, `SCALE_DIR`
-//! the disk (default the system temp dir). It prints one table, stage |
+//! the disk (default the system temp dir), `SCALE_KEEP=1` keeps the data
+//! dirs and the remote afterwards (for a heap profile of a stage; the
+//! path is printed). It prints one table, stage |
 //! seconds | files/s | peak RSS MiB | process | the 256 MiB goal, and
 //! asserts only correctness, as the small twin does.
 //!
@@ -147,14 +149,29 @@ fn rollup(pid: u32) -> String {
         .join(", ")
 }
 
+/// Resident memory of a stage, KiB: its peak, and what the process held
+/// when the stage began (mounts only; memory a process keeps from one
+/// stage to the next counts in the next stage's peak too).
+#[derive(Clone, Copy)]
+struct Mem {
+    peak: u64,
+    start: Option<u64>,
+}
+
+impl Mem {
+    /// A process run for the stage alone.
+    fn of(peak: u64) -> Mem {
+        Mem { peak, start: None }
+    }
+}
+
 /// One measured stage.
 struct Row {
     stage: String,
     secs: f64,
     /// Files (or entries, events, operations) the stage handled.
     items: Option<u64>,
-    /// Peak resident memory, KiB.
-    rss_kib: Option<u64>,
+    rss: Option<Mem>,
     process: &'static str,
 }
 
@@ -170,12 +187,12 @@ impl Report {
         stage: impl Into<String>,
         secs: f64,
         items: Option<u64>,
-        rss_kib: Option<u64>,
+        rss: Option<Mem>,
         process: &'static str,
     ) {
-        let r = Row { stage: stage.into(), secs, items, rss_kib, process };
+        let r = Row { stage: stage.into(), secs, items, rss, process };
         let rate = r.items.map_or(String::new(), |n| format!(" {:.0}/s", n as f64 / r.secs.max(1e-9)));
-        let mem = r.rss_kib.map_or(String::new(), |k| format!(" {:.1} MiB", k as f64 / 1024.0));
+        let mem = r.rss.map_or(String::new(), |m| format!(" {:.1} MiB", m.peak as f64 / 1024.0));
         eprintln!("scale: {} {:.3}s{rate}{mem} ({})", r.stage, r.secs, r.process);
         self.rows.push(r);
     }
@@ -192,18 +209,22 @@ impl Report {
             p.dirs(),
             p.bigdir
         );
-        s.push_str("| stage | seconds | files/s | peak RSS MiB | process | 256 MiB goal |\n");
-        s.push_str("|---|---:|---:|---:|---|---|\n");
+        s.push_str("| stage | seconds | files/s | peak RSS MiB | RSS at start MiB | process | 256 MiB goal |\n");
+        s.push_str("|---|---:|---:|---:|---:|---|---|\n");
         for r in &self.rows {
             let rate = r.items.map_or("".into(), |n| format!("{:.0}", n as f64 / r.secs.max(1e-9)));
-            let (mem, goal) = match r.rss_kib {
-                Some(k) => {
-                    let mib = k as f64 / 1024.0;
-                    (format!("{mib:.1}"), if mib > GOAL_MIB { "over" } else { "ok" })
+            let (mem, start, goal) = match r.rss {
+                Some(m) => {
+                    let mib = m.peak as f64 / 1024.0;
+                    let start = m.start.map_or("".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+                    (format!("{mib:.1}"), start, if mib > GOAL_MIB { "over" } else { "ok" })
                 }
-                None => ("".into(), ""),
+                None => ("".into(), "".into(), ""),
             };
-            s.push_str(&format!("| {} | {:.3} | {rate} | {mem} | {} | {goal} |\n", r.stage, r.secs, r.process));
+            s.push_str(&format!(
+                "| {} | {:.3} | {rate} | {mem} | {start} | {} | {goal} |\n",
+                r.stage, r.secs, r.process
+            ));
         }
         for n in &self.notes {
             s.push_str(&format!("\n- {n}"));
@@ -297,10 +318,19 @@ fn daemon_pid(mnt: &Path) -> u32 {
     panic!("no syncer daemon serves {}", mnt.display());
 }
 
+/// Resident memory (`VmRSS`) of process `pid` now, in KiB.
+fn vm_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| panic!("status of {pid}: {e}"));
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or_else(|| panic!("no VmRSS for {pid}"));
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("bad VmRSS line {line:?}"))
+}
+
 /// A mount made by `syncer mount`; detached lazily on drop if still there.
 struct Mount {
     mnt: PathBuf,
     pid: u32,
+    /// Resident memory at the last [`Mount::reset`], KiB.
+    start: std::cell::Cell<Option<u64>>,
 }
 
 impl Mount {
@@ -313,7 +343,7 @@ impl Mount {
         }
         let r = ok_measured(scratch, &args);
         assert!(is_mounted(mnt), "{} not mounted after `syncer mount` returned", mnt.display());
-        (Mount { mnt: mnt.to_path_buf(), pid: daemon_pid(mnt) }, r.secs)
+        (Mount { mnt: mnt.to_path_buf(), pid: daemon_pid(mnt), start: Default::default() }, r.secs)
     }
 
     /// Peak resident memory since the last reset, KiB.
@@ -321,7 +351,14 @@ impl Mount {
         vm_hwm_kib(self.pid)
     }
 
+    /// The peak since the last reset and the memory held then.
+    fn mem(&self) -> Mem {
+        Mem { peak: self.peak(), start: self.start.get() }
+    }
+
+    /// Starts a stage: the peak is reset to the memory held now.
     fn reset(&self) {
+        self.start.set(Some(vm_rss_kib(self.pid)));
         reset_peak(self.pid);
     }
 
@@ -480,15 +517,15 @@ fn big_dir(root: &Path, m: &Mount, p: &Params, rep: &mut Report) {
         let lsecs = t.elapsed().as_secs_f64();
         if s == 0 || s + 1 == slices {
             let which = if s == 0 { "first" } else { "last" };
-            rep.add(format!("big dir: create, {which} 10% (to {end})"), secs, Some(n), Some(m.peak()), "mount");
-            rep.add(format!("big dir: lookup (miss) at {end} entries"), lsecs, Some(probes), Some(m.peak()), "mount");
+            rep.add(format!("big dir: create, {which} 10% (to {end})"), secs, Some(n), Some(m.mem()), "mount");
+            rep.add(format!("big dir: lookup (miss) at {end} entries"), lsecs, Some(probes), Some(m.mem()), "mount");
         }
     }
     rep.add(
         format!("big dir: create {} entries in all", p.bigdir),
         t_all.elapsed().as_secs_f64(),
         Some(p.bigdir as u64),
-        Some(m.peak()),
+        Some(m.mem()),
         "mount",
     );
 }
@@ -509,7 +546,7 @@ fn big_dir_cold(root: &Path, m: &Mount, p: &Params, rep: &mut Report) {
             format!("big dir: lookup+stat, {which} 10% of names (cold)"),
             t.elapsed().as_secs_f64(),
             Some(range.len() as u64),
-            Some(m.peak()),
+            Some(m.mem()),
             "mount",
         );
     }
@@ -520,7 +557,7 @@ fn big_dir_cold(root: &Path, m: &Mount, p: &Params, rep: &mut Report) {
         format!("big dir: readdir of {} entries", p.bigdir),
         t.elapsed().as_secs_f64(),
         Some(p.bigdir as u64),
-        Some(m.peak()),
+        Some(m.mem()),
         "mount",
     );
 }
@@ -557,7 +594,7 @@ fn run(p: Params) -> Report {
 
     // Writing the collection through the live mount.
     let (m, secs) = Mount::new(&scratch, &data, &mnt, None);
-    rep.add("mount (empty data dir)", secs, None, Some(m.peak()), "mount");
+    rep.add("mount (empty data dir)", secs, None, Some(m.mem()), "mount");
     m.reset();
     let t = Instant::now();
     write_files(&mnt, p.files);
@@ -565,7 +602,7 @@ fn run(p: Params) -> Report {
         format!("write {} files (4 writers)", p.files),
         t.elapsed().as_secs_f64(),
         Some(p.files as u64),
-        Some(m.peak()),
+        Some(m.mem()),
         "mount",
     );
     big_dir(&mnt, &m, &p, &mut rep);
@@ -574,7 +611,7 @@ fn run(p: Params) -> Report {
 
     // A fresh mount: its cost, then walks and reads.
     let (m, secs) = Mount::new(&scratch, &data, &mnt, None);
-    rep.add("mount (fresh, full data dir)", secs, None, Some(m.peak()), "mount");
+    rep.add("mount (fresh, full data dir)", secs, None, Some(m.mem()), "mount");
     big_dir_cold(&mnt, &m, &p, &mut rep);
     m.reset();
     let t = Instant::now();
@@ -583,14 +620,14 @@ fn run(p: Params) -> Report {
         "ls -lR (readdir + stat of every entry)",
         t.elapsed().as_secs_f64(),
         Some(files + dirs),
-        Some(m.peak()),
+        Some(m.mem()),
         "mount",
     );
     assert_eq!((files, dirs), (total_files, p.dirs() as u64 + 1), "ls -lR of the live mount");
     m.reset();
     let t = Instant::now();
     let n = read_back(&mnt, &sample, "live mount after remount");
-    rep.add("read back (live, after remount)", t.elapsed().as_secs_f64(), Some(n), Some(m.peak()), "mount");
+    rep.add("read back (live, after remount)", t.elapsed().as_secs_f64(), Some(n), Some(m.mem()), "mount");
     if m.peak() as f64 / 1024.0 > GOAL_MIB {
         rep.note(format!("live mount after walk and reads: {}", rollup(m.pid)));
     }
@@ -598,8 +635,8 @@ fn run(p: Params) -> Report {
     m.reset();
     let r = ok_measured(&scratch, &[OsStr::new("status"), data.as_os_str(), OsStr::new("--json")]);
     check_status(&r.stdout, &p, "status (mounted)");
-    rep.add("status (run by the mount)", r.secs, None, Some(m.peak()), "mount");
-    rep.add("status (the CLI process)", r.secs, None, Some(r.maxrss_kib), "cli");
+    rep.add("status (run by the mount)", r.secs, None, Some(m.mem()), "mount");
+    rep.add("status (the CLI process)", r.secs, None, Some(Mem::of(r.maxrss_kib)), "cli");
 
     // A point-in-time view beside the live mount.
     let t = Instant::now();
@@ -607,16 +644,16 @@ fn run(p: Params) -> Report {
     let first = std::fs::read_dir(&at_mnt).expect("readdir --at root").count();
     let open_ls = t.elapsed().as_secs_f64();
     assert_eq!(first, p.dirs() + 1, "--at root lists every directory");
-    rep.add(format!("--at now: mount ({secs:.3}s) + first ls"), open_ls, None, Some(at.peak()), "at-mount");
+    rep.add(format!("--at now: mount ({secs:.3}s) + first ls"), open_ls, None, Some(at.mem()), "at-mount");
     at.reset();
     let t = Instant::now();
     let (files, dirs) = walk(&at_mnt);
-    rep.add("--at: ls -lR", t.elapsed().as_secs_f64(), Some(files + dirs), Some(at.peak()), "at-mount");
+    rep.add("--at: ls -lR", t.elapsed().as_secs_f64(), Some(files + dirs), Some(at.mem()), "at-mount");
     assert_eq!((files, dirs), (total_files, p.dirs() as u64 + 1), "ls -lR of the --at mount");
     at.reset();
     let t = Instant::now();
     let n = read_back(&at_mnt, &sample, "--at now");
-    rep.add("--at: read back", t.elapsed().as_secs_f64(), Some(n), Some(at.peak()), "at-mount");
+    rep.add("--at: read back", t.elapsed().as_secs_f64(), Some(n), Some(at.mem()), "at-mount");
     check_big_listing(&at_mnt, &p, "--at now");
     if at.peak() as f64 / 1024.0 > GOAL_MIB {
         rep.note(format!("--at mount after walk and reads: {}", rollup(at.pid)));
@@ -627,16 +664,22 @@ fn run(p: Params) -> Report {
     m.reset();
     let r = ok_measured(&scratch, &[OsStr::new("log"), OsStr::new("verify"), data.as_os_str()]);
     assert!(!r.stdout.contains("DAMAGE"), "log verify: {}", r.stdout);
-    rep.add("log verify (run by the mount)", r.secs, Some(total_files), Some(m.peak()), "mount");
+    rep.add("log verify (run by the mount)", r.secs, Some(total_files), Some(m.mem()), "mount");
     let r = ok_measured(&scratch, &[OsStr::new("log"), OsStr::new("inspect"), data.as_os_str()]);
     assert!(r.stdout_lines >= total_files, "log inspect printed {} lines for {total_files} files", r.stdout_lines);
-    rep.add(format!("log inspect ({} lines)", r.stdout_lines), r.secs, Some(r.stdout_lines), Some(r.maxrss_kib), "cli");
+    rep.add(
+        format!("log inspect ({} lines)", r.stdout_lines),
+        r.secs,
+        Some(r.stdout_lines),
+        Some(Mem::of(r.maxrss_kib)),
+        "cli",
+    );
     let one = format!("/{}", rel(p.files / 2).display());
     let r = ok_measured(&scratch, &[OsStr::new("history"), data.as_os_str(), OsStr::new(&one)]);
     assert!(r.stdout.lines().count() >= 2, "history of {one}: {}", r.stdout);
-    rep.add("history <a file>", r.secs, None, Some(r.maxrss_kib), "cli");
+    rep.add("history <a file>", r.secs, None, Some(Mem::of(r.maxrss_kib)), "cli");
     let r = ok_measured(&scratch, &[OsStr::new("history"), data.as_os_str(), OsStr::new("/big")]);
-    rep.add(format!("history /{BIG} ({} lines)", r.stdout_lines), r.secs, None, Some(r.maxrss_kib), "cli");
+    rep.add(format!("history /{BIG} ({} lines)", r.stdout_lines), r.secs, None, Some(Mem::of(r.maxrss_kib)), "cli");
 
     // The push: a remote added, `syncer sync` unmounted.
     let secs = m.unmount(&scratch);
@@ -644,54 +687,64 @@ fn run(p: Params) -> Report {
     set_config(&data, "remote", &format!("{:?}", remote.display().to_string()));
     support::offline(&data);
     let r = ok_measured(&scratch, &[OsStr::new("sync"), data.as_os_str()]);
-    rep.add("push: sync to an empty remote (own process)", r.secs, Some(total_files), Some(r.maxrss_kib), "cli");
+    rep.add(
+        "push: sync to an empty remote (own process)",
+        r.secs,
+        Some(total_files),
+        Some(Mem::of(r.maxrss_kib)),
+        "cli",
+    );
 
     // Eviction of every block, then reads that fetch them back.
     let (m, secs) = Mount::new(&scratch, &data, &mnt, None);
-    rep.add("mount (with a remote)", secs, None, Some(m.peak()), "mount");
+    rep.add("mount (with a remote)", secs, None, Some(m.mem()), "mount");
     m.reset();
     let r = ok_measured(&scratch, &[OsStr::new("evict"), data.as_os_str(), OsStr::new("--size"), OsStr::new("0")]);
     assert!(r.stdout.contains("evicted"), "evict: {}", r.stdout);
-    rep.add("evict --size 0 (run by the mount)", r.secs, Some(p.files as u64), Some(m.peak()), "mount");
+    rep.add("evict --size 0 (run by the mount)", r.secs, Some(p.files as u64), Some(m.mem()), "mount");
     rep.note(format!("evict: {}", r.stdout.trim()));
     m.reset();
     let t = Instant::now();
     let n = read_back(&mnt, &fetched, "after eviction");
-    rep.add("read back after eviction (fetched)", t.elapsed().as_secs_f64(), Some(n), Some(m.peak()), "mount");
+    rep.add("read back after eviction (fetched)", t.elapsed().as_secs_f64(), Some(n), Some(m.mem()), "mount");
     m.reset();
     let r = ok_measured(&scratch, &[OsStr::new("evict"), data.as_os_str(), OsStr::new("--size"), OsStr::new("0")]);
-    rep.add(format!("evict again ({} blocks fetched back)", fetched.len()), r.secs, None, Some(m.peak()), "mount");
+    rep.add(format!("evict again ({} blocks fetched back)", fetched.len()), r.secs, None, Some(m.mem()), "mount");
     rep.note(format!("evict again: {}", r.stdout.trim()));
     let one = format!("/{}", rel(0).display());
     m.reset();
     let r = ok_measured(&scratch, &[OsStr::new("pin"), data.as_os_str(), OsStr::new(&one)]);
-    rep.add("pin <one evicted file> (run by the mount)", r.secs, None, Some(m.peak()), "mount");
+    rep.add("pin <one evicted file> (run by the mount)", r.secs, None, Some(m.mem()), "mount");
     m.reset();
     let r = ok_measured(&scratch, &[OsStr::new("unpin"), data.as_os_str(), OsStr::new(&one)]);
-    rep.add("unpin <that file>", r.secs, None, Some(m.peak()), "mount");
+    rep.add("unpin <that file>", r.secs, None, Some(m.mem()), "mount");
     let r = ok_measured(&scratch, &[OsStr::new("status"), data.as_os_str(), OsStr::new("--json")]);
     check_status(&r.stdout, &p, "status after eviction");
 
     // A peer: clone (imports every event), mount, read.
     let r = ok_measured(&scratch, &[OsStr::new("clone"), peer.as_os_str(), remote.as_os_str()]);
-    rep.add("peer: clone (pull + import of the log)", r.secs, Some(total_files), Some(r.maxrss_kib), "cli");
+    rep.add("peer: clone (pull + import of the log)", r.secs, Some(total_files), Some(Mem::of(r.maxrss_kib)), "cli");
     support::offline(&peer);
     let (pm, secs) = Mount::new(&scratch, &peer, &peer_mnt, None);
-    rep.add("peer: mount", secs, None, Some(pm.peak()), "peer mount");
+    rep.add("peer: mount", secs, None, Some(pm.mem()), "peer mount");
     pm.reset();
     let t = Instant::now();
     let n = read_back(&peer_mnt, &fetched, "peer");
-    rep.add("peer: read back (fetched)", t.elapsed().as_secs_f64(), Some(n), Some(pm.peak()), "peer mount");
+    rep.add("peer: read back (fetched)", t.elapsed().as_secs_f64(), Some(n), Some(pm.mem()), "peer mount");
     pm.reset();
     let t = Instant::now();
     let (files, dirs) = walk(&peer_mnt);
-    rep.add("peer: ls -lR", t.elapsed().as_secs_f64(), Some(files + dirs), Some(pm.peak()), "peer mount");
+    rep.add("peer: ls -lR", t.elapsed().as_secs_f64(), Some(files + dirs), Some(pm.mem()), "peer mount");
     assert_eq!((files, dirs), (total_files, p.dirs() as u64 + 1), "ls -lR of the peer");
     check_big_listing(&peer_mnt, &p, "peer");
     let r = ok_measured(&scratch, &[OsStr::new("status"), peer.as_os_str(), OsStr::new("--json")]);
     check_status(&r.stdout, &p, "peer status");
     pm.unmount(&scratch);
     m.unmount(&scratch);
+    if std::env::var_os("SCALE_KEEP").is_some_and(|v| v == "1") {
+        let kept = tmp.keep();
+        rep.note(format!("kept the data dirs and the remote in {}", kept.display()));
+    }
     rep
 }
 
