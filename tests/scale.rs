@@ -22,7 +22,7 @@
 //! The twin, [`scale_small`], runs the same stages on 2,000 files and a
 //! 3,000-entry directory in CI and asserts: every file reads back with its
 //! content after a remount and through a `--at now` view; after an
-//! eviction pass of every block and on a peer made by `syncer clone`, 500
+//! eviction pass of every block and on a peer made by `syncer clone`, 300
 //! files spread over the collection read back (each read fetches its block
 //! from the remote: one rsync round trip per small file, about 60 a second
 //! here, so all 2,000 would take minutes) and a walk checks every name and
@@ -752,7 +752,7 @@ fn run(p: Params) -> Report {
 #[test]
 fn scale_small() {
     let t = Instant::now();
-    let p = Params { files: 2000, bigdir: 3000, verify: 0, fetch: 500 };
+    let p = Params { files: 2000, bigdir: 3000, verify: 0, fetch: 300 };
     let rep = run(p);
     eprintln!("{}", rep.table(&p));
     eprintln!("scale_small took {:?}", t.elapsed());
