@@ -39,6 +39,10 @@
 //! while it is mounted, so their memory is the mount's; `sync` (the push)
 //! runs unmounted in its own process.
 //!
+//! After writing, after the big directory and after a mount with a remote
+//! starts, the benchmark waits until the mount is idle and shows the wait
+//! and its memory as a row of its own.
+//!
 //! Files are 1 to 4 KiB of distinct content, 1,000 to a directory. The data
 //! dir's `small_block` is set to 0 so that the eviction pass may evict
 //! every block (by default blocks under 64 KiB always stay local).
