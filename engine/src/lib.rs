@@ -73,6 +73,6 @@ mod cache;
 mod calendar;
 mod catchup;
 mod index;
-pub use cache::{BlockSource, Cache};
+pub use cache::{BlockSource, Cache, CacheCounts, LruEntry, Recount};
 pub use calendar::civil_date;
-pub use index::{Counts, DirEntry, IndexReader, IndexView, Queries};
+pub use index::{Counts, DirEntry, IndexReader, IndexView, PinQueries, Queries};

@@ -102,11 +102,16 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     let store =
         BlobStore::open(std::sync::Arc::new(storage), layout.blobs(), config.hash_size, config.compression_level)?;
     report.blocks = blocks.len();
-    let pushed = crate::cache::PushedSet::load(&dir.join("pushed"), config.hash_size)?;
+    let pushed = crate::cache::PushedView::open(dir, config.hash_size)?;
     for (hash, (block, peer)) in blocks {
         // Not local but on the remote: evicted after a push, or a peer's
-        // block never fetched (content comes on demand).
-        if !store.contains(&hash) && (pushed.contains(&hash) || (peer && config.remote.is_some())) {
+        // block never fetched (content comes on demand). While a mount
+        // holds the cache bookkeeping, whether it was pushed is unknown: a
+        // data dir with a remote is taken to have pushed it.
+        let on_remote = |h| -> Result<bool> {
+            Ok(pushed.contains(h)?.unwrap_or(config.remote.is_some()) || (peer && config.remote.is_some()))
+        };
+        if !store.contains(&hash) && on_remote(&hash)? {
             report.blocks_remote += 1;
             continue;
         }
