@@ -794,6 +794,29 @@ mod tests {
     }
 
     #[test]
+    fn an_open_after_an_unclean_close_counts_the_store_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = store(dir.path());
+        let c = Cache::open(dir.path(), blobs.clone(), 0, true).expect("open");
+        let a = blobs.put(&[3u8; 4000]).expect("put").block.hash;
+        c.mark_pushed(&[a]).expect("mark");
+        drop(c);
+        // Behind its back, as a crash that undid a write would leave it;
+        // and the file says the last user did not close it.
+        std::fs::remove_file(blobs.path_of(&a)).expect("remove");
+        {
+            let db = Database::create(dir.path().join(CACHE_FILE)).expect("db");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META).expect("meta").insert(META_IN_USE, 1).expect("insert");
+            txn.commit().expect("commit");
+        }
+        let c = Cache::open(dir.path(), blobs.clone(), 0, true).expect("reopen");
+        let n = c.counts();
+        assert_eq!((n.pushed, n.resident, n.resident_bytes, n.store_bytes), (1, 0, 0, 0));
+        assert!(c.oldest(None, 10).expect("lru").is_empty());
+    }
+
+    #[test]
     fn a_newer_version_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let blobs = store(dir.path());
