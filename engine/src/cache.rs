@@ -469,6 +469,13 @@ impl Cache {
     /// Writes the noted reads and the store's changes to the file (made
     /// durable with `durable`).
     pub fn flush(&self, durable: bool) -> Result<()> {
+        if !durable && lock(&self.touches).is_empty() {
+            let changes = self.blobs.take_changes();
+            if changes == crate::blob::StoreChanges::default() {
+                return Ok(());
+            }
+            self.blobs.give_back(changes);
+        }
         self.write(durable, |_, _| Ok(())).map(drop)
     }
 
@@ -507,6 +514,9 @@ impl Cache {
     /// Records the end of an eviction pass, durably: `gone` left the store,
     /// `used` (pinned blobs the pass went by) are used now.
     pub fn evicted(&self, gone: &[LruEntry], used: &[LruEntry]) -> Result<()> {
+        if gone.is_empty() && used.is_empty() {
+            return Ok(());
+        }
         self.write(true, |txn, c| {
             let mut resident = txn.open_table(RESIDENT).map_err(|e| self.err("open `resident`", e))?;
             let mut lru = txn.open_table(LRU).map_err(|e| self.err("open `lru`", e))?;

@@ -38,12 +38,10 @@ use std::sync::Mutex;
 use crate::blob::HEADER_LEN;
 use crate::cache::{LruEntry, LRU_PAGE};
 use crate::error::{Error, Result};
-use crate::event::NodeKind;
 use crate::ids::{BlockHash, NodeId};
 use crate::index::{IndexReader, PinQueries};
 use crate::read::TreeRead;
 use crate::state::TreeEntry;
-use crate::tree;
 
 /// One local blob as the eviction policy sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -296,33 +294,9 @@ pub fn pins<T: TreeRead + ?Sized>(engine: &T) -> Result<Vec<Vec<u8>>> {
 /// `node` and everything below it as `(path, state, stored blocks)`, in
 /// path order (what `syncer pin` fetches): costs that subtree, not the tree.
 pub fn files_under<T: TreeRead + ?Sized>(engine: &T, node: NodeId) -> Result<Vec<TreeEntry>> {
-    let mut out = Vec::new();
-    let mut stack = vec![(engine.path_of(node)?, node)];
-    while let Some((path, id)) = stack.pop() {
-        let st = engine.node(id)?;
-        let blocks = if st.kind == NodeKind::File {
-            engine.file_blocks(id, 0, tree::block_count(st.size, engine.block_size()))?
-        } else {
-            Vec::new()
-        };
-        if st.kind == NodeKind::Dir {
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let page = engine.read_dir(id, after.as_deref(), 1024)?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.name.clone());
-                for e in page {
-                    let mut p = if path == b"/" { Vec::new() } else { path.clone() };
-                    p.push(b'/');
-                    p.extend_from_slice(&e.name);
-                    stack.push((p, e.node));
-                }
-            }
-        }
-        out.push((path, st, blocks));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    // The root's own path is empty in a dump, so that its children's are `/name`.
+    let path = if node == NodeId::ROOT { Vec::new() } else { engine.path_of(node)? };
+    engine.dump_subtree(node, path)
 }
 
 /// Files that are pinned or lie under a pinned directory, with their

@@ -71,7 +71,9 @@ fn pass_over(files: usize) -> (u64, u64, u64) {
     let e =
         LiveTree::open_with(Arc::new(FaultyStorage::new(Arc::new(FsStorage), faults.clone())), &dir).expect("reopen");
     faults.reset_counts();
+    let t = std::time::Instant::now();
     let r = engine::evict::evict(&e).expect("evict");
+    eprintln!("{files} files: the pass took {:?}", t.elapsed());
     assert!(r.evicted >= 1 && r.evicted < CANDIDATES as u64, "a few evicted: {r:?}");
     assert!(!r.over_limit, "{r:?}");
     let read = (faults.index_bytes_read(), faults.listings(), r.evicted);
