@@ -99,3 +99,56 @@ fn an_eviction_pass_costs_what_it_evicts_not_the_tree() {
     // the reads.
     assert!(big_bytes <= 2 * small_bytes + 64 * 1024, "{big_bytes} bytes at 100k files vs {small_bytes} at 10k");
 }
+
+/// `n` incompressible bytes, distinct for each `seed` (xorshift).
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (seed + 1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_pin_holds_what_lies_below_it_wherever_it_is_now() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let mut config = Config::new_default(MachineId::random());
+    config.cache_size = 2 * BLOCK as u64;
+    Store::init(&dir, config).expect("init");
+    let e = LiveTree::open(&dir).expect("open");
+    let a = e.create(NodeId::ROOT, b"a", NodeKind::Dir, attrs(), b"").expect("mkdir").id;
+    let b = e.create(a, b"b", NodeKind::Dir, attrs(), b"").expect("mkdir").id;
+    let mut hashes = Vec::new();
+    for i in 0..3u64 {
+        let f = e.create(b, format!("f{i}").as_bytes(), NodeKind::File, attrs(), b"").expect("create").id;
+        let block = e.put_block(&noise(i, BLOCK)).expect("put");
+        e.write_blocks(f, BLOCK as u64, vec![BlockChange { index: 0, block: Some(block) }]).expect("write");
+        hashes.push(block.hash);
+    }
+    e.sync().expect("sync");
+    e.cache().mark_pushed(&hashes).expect("mark pushed");
+    // Pinned two levels up: nothing goes.
+    e.set_pinned(a, true).expect("pin");
+    assert_eq!(engine::evict::pins(&e).expect("pins"), vec![b"/a".to_vec()]);
+    let r = engine::evict::evict(&e).expect("evict");
+    assert_eq!(r.evicted, 0);
+    assert!(r.over_limit, "{r:?}");
+    // Moved out from under the pin: that file's block may go, and only it.
+    e.rename(b, b"f0", NodeId::ROOT, b"f0", engine::RenameFlags::default()).expect("rename");
+    let r = engine::evict::evict(&e).expect("evict");
+    assert_eq!(r.evicted, 1, "{r:?}");
+    assert!(r.over_limit, "{r:?}");
+    assert!(!e.blobs().contains(&hashes[0]) && e.blobs().contains(&hashes[1]) && e.blobs().contains(&hashes[2]));
+    // Unpinned: the rest may go, down to the limit.
+    e.set_pinned(a, false).expect("unpin");
+    assert!(engine::evict::pins(&e).expect("pins").is_empty());
+    let r = engine::evict::evict(&e).expect("evict");
+    assert_eq!(r.evicted, 1, "{r:?}");
+    assert!(!r.over_limit, "{r:?}");
+    e.close().expect("close");
+}
