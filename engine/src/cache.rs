@@ -541,12 +541,15 @@ impl Cache {
 
     /// Lists the local store and sets `resident`, `lru` and the counters
     /// from it (see the module docs for when they drift). Costs a listing
-    /// and a stat of every blob file; the file's own rows are rewritten in
-    /// one durable transaction. Last uses already recorded are kept; a blob
-    /// new to `resident` is used at its file's mtime.
+    /// and a stat of every blob file (the listing's hashes are held for the
+    /// while), and a check of every `resident` row; the rows are rewritten
+    /// in one durable transaction. Last uses already recorded are kept; a
+    /// blob new to `resident` is used at its file's mtime.
     pub fn recount(&self) -> Result<Recount> {
         let before = self.counts();
-        let Some(_) = &self.db else { return Ok(Recount { before, after: before }) };
+        if self.db.is_none() {
+            return Ok(Recount { before, after: before });
+        }
         // Changes from here on are the listing's; those before are dropped
         // (the listing sees them).
         let _ = self.blobs.take_changes();
@@ -555,14 +558,6 @@ impl Cache {
             let pushed = txn.open_table(PUSHED).map_err(|e| self.err("open `pushed`", e))?;
             let mut resident = txn.open_table(RESIDENT).map_err(|e| self.err("open `resident`", e))?;
             let mut lru = txn.open_table(LRU).map_err(|e| self.err("open `lru`", e))?;
-            let mut kept: HashMap<Vec<u8>, u64> = HashMap::new();
-            // Last uses are kept; the rows are rebuilt from the listing.
-            for item in resident.iter().map_err(|e| self.err("read `resident`", e))? {
-                let (k, v) = item.map_err(|e| self.err("read `resident`", e))?;
-                kept.insert(k.value().to_vec(), v.value().1);
-            }
-            resident.retain(|_, _| false).map_err(|e| self.err("write `resident`", e))?;
-            lru.retain(|_, _| false).map_err(|e| self.err("write `lru`", e))?;
             let mut n =
                 CacheCounts { pushed: pushed.len().map_err(|e| self.err("read `pushed`", e))?, ..Default::default() };
             for h in &listed {
@@ -578,18 +573,40 @@ impl Cache {
                 if pushed.get(k).map_err(|e| self.err("read `pushed`", e))?.is_none() {
                     continue;
                 }
-                let tick = kept.get(k).copied().unwrap_or_else(|| {
-                    meta.modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_secs() / CLOCK_SECS)
-                });
-                resident.insert(k, (len, tick)).map_err(|e| self.err("write `resident`", e))?;
-                if !is_small(len, self.small_block) {
+                let old = resident.get(k).map_err(|e| self.err("read `resident`", e))?.map(|v| v.value());
+                let tick = old.map_or_else(
+                    || {
+                        meta.modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                            .map_or(0, |d| d.as_secs() / CLOCK_SECS)
+                    },
+                    |(_, t)| t,
+                );
+                if old != Some((len, tick)) {
+                    resident.insert(k, (len, tick)).map_err(|e| self.err("write `resident`", e))?;
+                }
+                if is_small(len, self.small_block) {
+                    lru.remove((tick, k)).map_err(|e| self.err("write `lru`", e))?;
+                } else {
                     lru.insert((tick, k), len).map_err(|e| self.err("write `lru`", e))?;
                 }
                 n.resident += 1;
                 n.resident_bytes += len;
+            }
+            // Rows of blobs no longer local go.
+            let mut gone = Vec::new();
+            resident
+                .retain(|k, (_, tick)| {
+                    let here = BlockHash::from_bytes(k).is_ok_and(|h| self.blobs.contains(&h));
+                    if !here {
+                        gone.push((tick, k.to_vec()));
+                    }
+                    here
+                })
+                .map_err(|e| self.err("write `resident`", e))?;
+            for (tick, k) in &gone {
+                lru.remove((*tick, k.as_slice())).map_err(|e| self.err("write `lru`", e))?;
             }
             let mut meta = txn.open_table(META).map_err(|e| self.err("open `meta`", e))?;
             meta.insert(META_COUNTED, 1).map_err(|e| self.err("write `meta`", e))?;
