@@ -64,7 +64,9 @@
 //! data dir that still has that file is upgraded at the first writable
 //! open (its hashes go to `pushed`, then the store is listed to fill
 //! `resident`, `lru` and the counters, then the file is removed). A
-//! `cache.redb` of a newer version is refused.
+//! `cache.redb` of a newer version is refused; one redb cannot open is
+//! moved to `cache.redb.damaged` and made again from the store (its pushed
+//! blocks are then pushed again before any is evicted).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -221,8 +223,19 @@ impl Cache {
         if !writable {
             return Ok(cache);
         }
-        let db =
-            redb::Builder::new().set_cache_size(CACHE_BUDGET).create(&path).map_err(|e| db_err(&path, "open", e))?;
+        let create = || redb::Builder::new().set_cache_size(CACHE_BUDGET).create(&path);
+        let db = match create() {
+            Ok(db) => db,
+            // Not the truth: a damaged file is set aside and made again
+            // (blocks are then pushed again before any is evicted).
+            Err(e) if path.exists() && !matches!(e, redb::DatabaseError::DatabaseAlreadyOpen) => {
+                let aside = dir.join(format!("{CACHE_FILE}.damaged"));
+                tracing::warn!("{} unreadable ({e}); moved to {} and made again", path.display(), aside.display());
+                std::fs::rename(&path, &aside).map_err(|e| Error::io("rename", &path, e))?;
+                create().map_err(|e| db_err(&path, "create", e))?
+            }
+            Err(e) => return Err(db_err(&path, "open", e)),
+        };
         let txn = db.begin_write().map_err(|e| db_err(&path, "begin a write", e))?;
         let (counted, counts) = {
             let mut meta = txn.open_table(META).map_err(|e| db_err(&path, "open `meta`", e))?;
@@ -841,6 +854,18 @@ mod tests {
         let n = c.counts();
         assert_eq!((n.pushed, n.resident, n.resident_bytes, n.store_bytes), (1, 0, 0, 0));
         assert!(c.oldest(None, 10).expect("lru").is_empty());
+    }
+
+    #[test]
+    fn a_damaged_file_is_set_aside_and_made_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = store(dir.path());
+        let a = blobs.put(&[4u8; 4000]).expect("put").block.hash;
+        std::fs::write(dir.path().join(CACHE_FILE), b"not a redb file at all, not even close").expect("write");
+        let c = Cache::open(dir.path(), blobs.clone(), 0, true).expect("open");
+        assert!(dir.path().join(format!("{CACHE_FILE}.damaged")).exists());
+        assert!(!c.is_pushed(&a));
+        assert_eq!(c.counts().store_bytes, blobs.stored_len(&a).expect("len"));
     }
 
     #[test]

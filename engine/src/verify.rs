@@ -1,7 +1,10 @@
 //! `syncer log verify`: checks every record of every segment and every
 //! block the log references (a block evicted after it was pushed, or a
 //! peer's block not fetched yet, counts as on the remote, not as damage), without the index and without the writer lock
-//! (so it runs on a mounted data dir). It reads and never repairs.
+//! (so it runs on a mounted data dir). It reads and never repairs. While a
+//! mount holds the cache bookkeeping (`cache.redb`), which blocks were
+//! pushed cannot be read: a block missing locally then counts as on the
+//! remote when the data dir has one.
 
 use std::collections::BTreeMap;
 use std::path::Path;
