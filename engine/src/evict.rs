@@ -16,18 +16,30 @@
 //!   free);
 //!   if the blobs that must stay exceed the limit, the store stays over it
 //!   and [`EvictReport::over_limit`] says so;
-//! - "last use" is the later of the blob file's mtime (written or fetched)
-//!   and the last read by this process.
+//! - "last use" is a tick of the cache's coarse clock (`cache`): when the
+//!   blob was recorded as pushed, or last read, whichever is later.
 //!
-//! [`plan_eviction`] is the whole policy as a pure function.
+//! A pass costs what it evicts, never the size of the tree or the store: it
+//! reads the store's byte counter and walks the cache's `lru` table from
+//! the oldest row, asking for each candidate whether a pinned node holds
+//! it (the index's `block_nodes` row of the block, then each holder's
+//! ancestors, remembered for the pass; nothing at all when no node is
+//! pinned), and stops once the store fits. A pinned blob it goes by is
+//! marked used now, so the next pass does not walk it again soon. Pins are
+//! listed from the index's `pins` table.
+//!
+//! [`walk_eviction`] is the whole policy as a pure function over that walk;
+//! [`plan_eviction`] is the same over a list of every blob.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Mutex;
-use std::time::UNIX_EPOCH;
 
 use crate::blob::HEADER_LEN;
+use crate::cache::{LruEntry, LRU_PAGE};
 use crate::error::{Error, Result};
-use crate::ids::BlockHash;
+use crate::ids::{BlockHash, NodeId};
+use crate::index::{IndexReader, PinQueries};
 use crate::read::TreeRead;
 use crate::state::TreeEntry;
 
@@ -38,7 +50,7 @@ pub struct CacheEntry {
     pub hash: BlockHash,
     /// Size of the blob file.
     pub stored_len: u64,
-    /// Last use, in seconds since the epoch (larger = more recent).
+    /// Last use, on the cache's clock (larger = more recent).
     pub last_use: u64,
     /// On the remote.
     pub pushed: bool,
@@ -46,11 +58,13 @@ pub struct CacheEntry {
     pub pinned: bool,
 }
 
-/// What [`plan_eviction`] decided.
+/// What [`walk_eviction`] decided.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EvictionPlan {
     /// Blobs to delete, least recently used first.
     pub victims: Vec<BlockHash>,
+    /// Pinned blobs the walk went by, least recently used first.
+    pub pinned: Vec<BlockHash>,
     /// Bytes of the store before.
     pub before: u64,
     /// Bytes of the store once the victims are gone.
@@ -59,28 +73,63 @@ pub struct EvictionPlan {
     pub unpushed: u64,
 }
 
-/// The eviction policy: which of `entries` to delete so the store fits in
-/// `limit` bytes (see the module docs for the rules).
-pub fn plan_eviction(entries: &[CacheEntry], limit: u64, small_block: u64) -> EvictionPlan {
-    let before: u64 = entries.iter().map(|e| e.stored_len).sum();
-    let unpushed = entries.iter().filter(|e| !e.pushed).map(|e| e.stored_len).sum();
-    let mut plan = EvictionPlan { victims: Vec::new(), before, after: before, unpushed };
+/// Whether a blob of `stored_len` bytes is too small to evict.
+fn small(stored_len: u64, small_block: u64) -> bool {
+    stored_len.saturating_sub(HEADER_LEN as u64) <= small_block
+}
+
+/// The eviction policy as a walk: given the store's bytes (`before`, of
+/// which `unpushed` not on the remote) and its pushed blobs least recently
+/// used first (`lru`, read lazily), deletes the oldest that are neither
+/// small nor pinned (`pinned` is asked only about those) until the store
+/// fits in `limit` (see the module docs for the rules). It reads no
+/// further than it must.
+pub fn walk_eviction<E>(
+    before: u64,
+    unpushed: u64,
+    limit: u64,
+    small_block: u64,
+    lru: impl IntoIterator<Item = std::result::Result<LruEntry, E>>,
+    mut pinned: impl FnMut(&BlockHash) -> std::result::Result<bool, E>,
+) -> std::result::Result<EvictionPlan, E> {
+    let mut plan = EvictionPlan { before, after: before, unpushed, ..EvictionPlan::default() };
     if before <= limit {
-        return plan;
+        return Ok(plan);
     }
-    let mut candidates: Vec<&CacheEntry> = entries
-        .iter()
-        .filter(|e| e.pushed && !e.pinned && e.stored_len.saturating_sub(HEADER_LEN as u64) > small_block)
-        .collect();
-    candidates.sort_by_key(|e| (e.last_use, e.hash));
-    for e in candidates {
+    for e in lru {
+        let e = e?;
+        if small(e.stored_len, small_block) {
+            continue;
+        }
+        if pinned(&e.hash)? {
+            plan.pinned.push(e.hash);
+            continue;
+        }
+        plan.after = plan.after.saturating_sub(e.stored_len);
+        plan.victims.push(e.hash);
         if plan.after <= limit {
             break;
         }
-        plan.after -= e.stored_len;
-        plan.victims.push(e.hash);
     }
-    plan
+    Ok(plan)
+}
+
+/// The eviction policy over a list of every local blob: which of `entries`
+/// to delete so the store fits in `limit` bytes ([`walk_eviction`] over
+/// the pushed ones, least recently used first).
+pub fn plan_eviction(entries: &[CacheEntry], limit: u64, small_block: u64) -> EvictionPlan {
+    let before: u64 = entries.iter().map(|e| e.stored_len).sum();
+    let unpushed = entries.iter().filter(|e| !e.pushed).map(|e| e.stored_len).sum();
+    let mut pushed: Vec<&CacheEntry> = entries.iter().filter(|e| e.pushed).collect();
+    pushed.sort_by_key(|e| (e.last_use, e.hash));
+    let pinned: HashMap<BlockHash, bool> = pushed.iter().map(|e| (e.hash, e.pinned)).collect();
+    let lru = pushed
+        .iter()
+        .map(|e| Ok::<_, Infallible>(LruEntry { hash: e.hash, stored_len: e.stored_len, last_use: e.last_use }));
+    match walk_eviction(before, unpushed, limit, small_block, lru, |h| Ok(pinned.get(h).copied().unwrap_or(false))) {
+        Ok(plan) => plan,
+        Err(never) => match never {},
+    }
 }
 
 /// What one eviction pass did.
@@ -103,71 +152,222 @@ pub struct EvictReport {
     pub short_of_room: bool,
 }
 
-/// Every local blob with its size, last use, pushed and pinned state.
+/// Answers "is this block held by a pinned node" for one pass, at a cost
+/// per block asked: its `block_nodes` rows, then each holder's ancestors
+/// (remembered for the pass). Opens the index only when first asked.
+struct PinCheck<'a, T: ?Sized> {
+    engine: &'a T,
+    index: Option<IndexReader>,
+    /// Whether any node is pinned (asked once).
+    any: Option<bool>,
+    /// Nodes already walked: whether each is pinned (itself or above).
+    seen: HashMap<NodeId, bool>,
+}
+
+impl<'a, T: TreeRead + ?Sized> PinCheck<'a, T> {
+    fn new(engine: &'a T) -> Self {
+        PinCheck { engine, index: None, any: None, seen: HashMap::new() }
+    }
+
+    fn index(&mut self) -> Result<&IndexReader> {
+        if self.index.is_none() {
+            self.index = Some(self.engine.index()?);
+        }
+        self.index.as_ref().ok_or_else(|| Error::Invalid("internal: index snapshot not opened".into()))
+    }
+
+    fn pinned(&mut self, hash: &BlockHash) -> Result<bool> {
+        if self.any.is_none() {
+            let any = self.index()?.has_pins()?;
+            self.any = Some(any);
+        }
+        if self.any != Some(true) {
+            return Ok(false);
+        }
+        for node in self.index()?.nodes_of_block(hash)? {
+            if self.node_pinned(node)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether `node` is live and it or an ancestor carries a pin.
+    fn node_pinned(&mut self, node: NodeId) -> Result<bool> {
+        let mut walked = Vec::new();
+        let mut cur = node;
+        let answer = loop {
+            if let Some(&known) = self.seen.get(&cur) {
+                break known;
+            }
+            let Some(rec) = self.index()?.node(cur)? else { break false };
+            walked.push(cur);
+            if rec.removed {
+                break false;
+            }
+            if rec.pinned {
+                break true;
+            }
+            if cur == NodeId::ROOT || walked.len() > 4096 {
+                break false;
+            }
+            cur = rec.parent;
+        };
+        for n in walked {
+            self.seen.insert(n, answer);
+        }
+        Ok(answer)
+    }
+}
+
+/// The cache's `lru` table, least recently used first, read a page at a
+/// time as the walk asks.
+fn lru_rows<T: TreeRead + ?Sized>(engine: &T) -> impl Iterator<Item = Result<LruEntry>> + '_ {
+    let mut page: std::vec::IntoIter<LruEntry> = Vec::new().into_iter();
+    let mut last: Option<LruEntry> = None;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if let Some(e) = page.next() {
+            last = Some(e);
+            return Some(Ok(e));
+        }
+        if done {
+            return None;
+        }
+        match engine.cache().oldest(last.as_ref(), LRU_PAGE) {
+            Err(e) => {
+                done = true;
+                Some(Err(e))
+            }
+            Ok(rows) => {
+                done = rows.len() < LRU_PAGE;
+                page = rows.into_iter();
+                let e = page.next()?;
+                last = Some(e);
+                Some(Ok(e))
+            }
+        }
+    })
+}
+
+/// Every local blob with its size, last use, pushed and pinned state: a
+/// listing of the whole store, for diagnostics and tests (a pass never
+/// needs it).
 pub fn entries<T: TreeRead + ?Sized>(engine: &T) -> Result<Vec<CacheEntry>> {
-    let pinned = pinned_blocks(engine)?;
+    let mut pins = PinCheck::new(engine);
     let blobs = engine.blobs();
     let mut out = Vec::new();
     for hash in blobs.list()? {
-        let path = blobs.path_of(&hash);
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
+        let stored_len = match blobs.stored_len(&hash) {
+            Ok(n) => n,
             // Removed meanwhile (another eviction pass).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io("stat", path, e)),
+            Err(Error::MissingBlob(_)) => continue,
+            Err(e) => return Err(e),
         };
-        let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+        let resident = engine.cache().resident(&hash)?;
         out.push(CacheEntry {
             hash,
-            stored_len: meta.len(),
-            last_use: engine.cache().last_read(&hash).map_or(mtime, |r| r.max(mtime)),
+            stored_len,
+            last_use: resident.map_or(0, |(_, t)| t),
             pushed: engine.cache().is_pushed(&hash),
-            pinned: pinned.contains(&hash),
+            pinned: pins.pinned(&hash)?,
         });
     }
     Ok(out)
 }
 
-/// Blocks of every file that is pinned or lies under a pinned directory.
-pub(crate) fn pinned_blocks<T: TreeRead + ?Sized>(engine: &T) -> Result<HashSet<BlockHash>> {
-    let mut out = HashSet::new();
-    for (_, _, blocks) in pinned_files(engine)? {
-        out.extend(blocks.iter().map(|(_, b)| b.hash));
+/// Nodes carrying a pin, with their paths, by path.
+pub fn pinned_nodes<T: TreeRead + ?Sized>(engine: &T) -> Result<Vec<(NodeId, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for id in engine.index()?.pinned_nodes()? {
+        out.push((id, engine.path_of(id)?));
     }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(out)
-}
-
-/// Files that are pinned or lie under a pinned directory, with their blocks.
-pub fn pinned_files<T: TreeRead + ?Sized>(engine: &T) -> Result<Vec<TreeEntry>> {
-    let tree = engine.dump_tree()?;
-    let pinned_dirs: Vec<Vec<u8>> = tree.iter().filter(|(_, n, _)| n.pinned).map(|(p, _, _)| p.clone()).collect();
-    let under = |p: &[u8]| {
-        pinned_dirs
-            .iter()
-            .any(|d| p == d.as_slice() || d.as_slice() == b"/" || (p.starts_with(d) && p.get(d.len()) == Some(&b'/')))
-    };
-    Ok(tree.into_iter().filter(|(p, n, _)| n.pinned || under(p)).collect())
 }
 
 /// Nodes carrying a pin, by path.
 pub fn pins<T: TreeRead + ?Sized>(engine: &T) -> Result<Vec<Vec<u8>>> {
-    Ok(engine.dump_tree()?.into_iter().filter(|(_, n, _)| n.pinned).map(|(p, _, _)| p).collect())
+    Ok(pinned_nodes(engine)?.into_iter().map(|(_, p)| p).collect())
 }
 
-/// One eviction pass: deletes the blobs [`plan_eviction`] picks.
+/// `node` and everything below it as `(path, state, stored blocks)`, in
+/// path order (what `syncer pin` fetches): costs that subtree, not the tree.
+pub fn files_under<T: TreeRead + ?Sized>(engine: &T, node: NodeId) -> Result<Vec<TreeEntry>> {
+    // The root's own path is empty in a dump, so that its children's are `/name`.
+    let path = if node == NodeId::ROOT { Vec::new() } else { engine.path_of(node)? };
+    engine.dump_subtree(node, path)
+}
+
+/// Files that are pinned or lie under a pinned directory, with their
+/// blocks: the subtrees of the pins.
+pub fn pinned_files<T: TreeRead + ?Sized>(engine: &T) -> Result<Vec<TreeEntry>> {
+    let mut out: Vec<TreeEntry> = Vec::new();
+    for (id, _) in pinned_nodes(engine)? {
+        out.extend(files_under(engine, id)?);
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.dedup_by(|a, b| a.0 == b.0);
+    Ok(out)
+}
+
+/// One eviction pass down to `config.cache_size` (or less when the disk is
+/// short of room): deletes the blobs [`walk_eviction`] picks.
 pub fn evict<T: TreeRead + ?Sized>(engine: &T) -> Result<EvictReport> {
+    pass(engine, engine.config().cache_size, true).map(|(r, _)| r)
+}
+
+/// One eviction pass down to `limit` bytes (or less when the disk is short
+/// of room).
+pub fn evict_to<T: TreeRead + ?Sized>(engine: &T, limit: u64) -> Result<(EvictReport, EvictionPlan)> {
+    pass(engine, limit, true)
+}
+
+/// What a pass down to `limit` would do, without deleting anything (it
+/// costs what the pass would: `status` asks it).
+pub fn plan<T: TreeRead + ?Sized>(engine: &T, limit: u64) -> Result<EvictionPlan> {
+    pass(engine, limit, false).map(|(_, p)| p)
+}
+
+fn pass<T: TreeRead + ?Sized>(engine: &T, size: u64, delete: bool) -> Result<(EvictReport, EvictionPlan)> {
     let cfg = engine.config();
-    let entries = entries(engine)?;
-    let room = room_limit(engine, &entries);
-    let limit = cfg.cache_size.min(room);
-    let plan = plan_eviction(&entries, limit, cfg.small_block);
+    let cache = engine.cache();
+    cache.flush(false)?;
+    let counts = cache.counts();
+    let room = room_limit(engine, counts.store_bytes);
+    let limit = size.min(room);
+    let unpushed = counts.store_bytes.saturating_sub(counts.resident_bytes);
+    let mut pins = PinCheck::new(engine);
+    let mut walked: HashMap<BlockHash, LruEntry> = HashMap::new();
+    let rows = lru_rows(engine).inspect(|r| {
+        if let Ok(e) = r {
+            walked.insert(e.hash, *e);
+        }
+    });
+    let plan = walk_eviction(counts.store_bytes, unpushed, limit, cfg.small_block, rows, |h| pins.pinned(h))?;
     let mut evicted = 0;
-    for h in &plan.victims {
-        if engine.blobs().remove(h)? {
-            evicted += 1;
+    if delete {
+        let mut gone = Vec::with_capacity(plan.victims.len());
+        let mut failed = None;
+        for h in &plan.victims {
+            match engine.blobs().remove(h) {
+                Ok(existed) => {
+                    evicted += u64::from(existed);
+                    gone.extend(walked.get(h).copied());
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let used: Vec<LruEntry> = plan.pinned.iter().filter_map(|h| walked.get(h).copied()).collect();
+        cache.evicted(&gone, &used)?;
+        if let Some(e) = failed {
+            return Err(e);
         }
     }
-    Ok(EvictReport {
+    let report = EvictReport {
         evicted,
         before: plan.before,
         after: plan.after,
@@ -175,21 +375,21 @@ pub fn evict<T: TreeRead + ?Sized>(engine: &T) -> Result<EvictReport> {
         limit,
         over_limit: plan.after > limit,
         short_of_room: room != u64::MAX,
-    })
+    };
+    Ok((report, plan))
 }
 
 /// The most the store may hold so that the disk keeps the data dir's
 /// reserve plus sixteen blocks free (room for the writers at work): what
-/// it holds less what the disk lacks (no limit while the disk has that
-/// room, or cannot tell).
-fn room_limit<T: TreeRead + ?Sized>(engine: &T, entries: &[CacheEntry]) -> u64 {
+/// it holds (`held`) less what the disk lacks (no limit while the disk has
+/// that room, or cannot tell).
+fn room_limit<T: TreeRead + ?Sized>(engine: &T, held: u64) -> u64 {
     let cfg = engine.config();
     let Some((free, total)) = crate::blob::disk_space(&engine.layout().blobs()) else { return u64::MAX };
     let want = crate::blob::reserve_on(cfg.reserve, total).saturating_add(cfg.block_size.saturating_mul(16));
     if free >= want {
         return u64::MAX;
     }
-    let held: u64 = entries.iter().map(|e| e.stored_len).sum();
     held.saturating_sub(want - free)
 }
 

@@ -9,7 +9,10 @@
 //!   disk still lets a program read and delete;
 //! - a failing append first writes a prefix of its bytes, as a real short
 //!   write on a full disk does, so callers meet torn tails;
-//! - with no plan set ([`Faults::stop`]) every call goes straight through.
+//! - with no plan set ([`Faults::stop`]) every call goes straight through;
+//! - the bytes redb reads from the index files and the folder listings are
+//!   counted ([`Faults::index_bytes_read`], [`Faults::listings`]): tests
+//!   that a piece of work reads what it should, and no more.
 
 use std::fmt::Debug;
 use std::fs::OpenOptions;
@@ -73,6 +76,8 @@ struct State {
 #[derive(Debug, Default)]
 pub struct Faults {
     state: Mutex<State>,
+    index_bytes_read: std::sync::atomic::AtomicU64,
+    listings: std::sync::atomic::AtomicU64,
 }
 
 impl Faults {
@@ -114,6 +119,22 @@ impl Faults {
     /// Writes let through so far.
     pub fn passed(&self) -> u64 {
         self.state().passed
+    }
+
+    /// Bytes read from the index files since the last [`Faults::reset_counts`].
+    pub fn index_bytes_read(&self) -> u64 {
+        self.index_bytes_read.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Folders listed since the last [`Faults::reset_counts`].
+    pub fn listings(&self) -> u64 {
+        self.listings.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Sets the read counters to 0.
+    pub fn reset_counts(&self) {
+        self.index_bytes_read.store(0, std::sync::atomic::Ordering::SeqCst);
+        self.listings.store(0, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The fault for the write about to happen, if it is to fail.
@@ -215,6 +236,7 @@ impl Storage for FaultyStorage {
         self.inner.exists(path)
     }
     fn list_dir(&self, path: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+        self.faults.listings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.list_dir(path)
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -275,6 +297,7 @@ impl StorageBackend for FaultyBackend {
         self.inner.len()
     }
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.faults.index_bytes_read.fetch_add(out.len() as u64, std::sync::atomic::Ordering::SeqCst);
         self.inner.read(offset, out)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {

@@ -64,6 +64,7 @@
 mod background;
 mod error;
 mod handle;
+mod pins;
 pub(crate) mod pipeline;
 mod read;
 mod reader;
@@ -75,6 +76,7 @@ mod writer;
 
 pub(crate) use crate::error::IndexError;
 pub(crate) use handle::Index;
+pub use pins::PinQueries;
 pub use read::Queries;
 pub use reader::{IndexReader, IndexView};
 pub(crate) use schema::{builder, INDEX_VERSION};

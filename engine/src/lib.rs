@@ -73,8 +73,8 @@ mod cache;
 mod calendar;
 mod catchup;
 mod index;
-pub use cache::{BlockSource, Cache};
+pub use cache::{BlockSource, Cache, CacheCounts, LruEntry, Recount};
 pub use calendar::civil_date;
 #[doc(hidden)]
 pub use catchup::set_chunk as set_catch_up_chunk;
-pub use index::{Counts, DirEntry, IndexReader, IndexView, Queries};
+pub use index::{Counts, DirEntry, IndexReader, IndexView, PinQueries, Queries};

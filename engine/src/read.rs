@@ -210,8 +210,14 @@ pub trait TreeRead: Send + Sync {
     /// The whole tree as `(path, state, stored blocks)` in path order: for
     /// comparing trees (rebuild equivalence, replica convergence).
     fn dump_tree(&self) -> Result<Vec<TreeEntry>> {
+        self.dump_subtree(NodeId::ROOT, Vec::new())
+    }
+
+    /// [`TreeRead::dump_tree`] of `node` and what lies below it, whose
+    /// paths start with `path` (`node`'s own): costs that subtree only.
+    fn dump_subtree(&self, node: NodeId, path: Vec<u8>) -> Result<Vec<TreeEntry>> {
         let mut out = Vec::new();
-        let mut stack = vec![(Vec::new(), NodeId::ROOT)];
+        let mut stack = vec![(path, node)];
         while let Some((path, id)) = stack.pop() {
             let node = self.node(id)?;
             let blocks = if node.kind == NodeKind::File {

@@ -153,7 +153,7 @@ impl Store {
         let blobs =
             Arc::new(BlobStore::open(storage.clone(), layout.blobs(), config.hash_size, config.compression_level)?);
         blobs.set_reserve(config.reserve);
-        let cache = Cache::open(dir, config.hash_size)?;
+        let cache = Cache::open(dir, blobs.clone(), config.small_block, access == Access::Write)?;
         let compresses = access == Access::Write && config.compression_level > 0;
         let store = Store {
             layout,

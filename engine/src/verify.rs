@@ -1,7 +1,10 @@
 //! `syncer log verify`: checks every record of every segment and every
 //! block the log references (a block evicted after it was pushed, or a
 //! peer's block not fetched yet, counts as on the remote, not as damage), without the index and without the writer lock
-//! (so it runs on a mounted data dir). It reads and never repairs.
+//! (so it runs on a mounted data dir). It reads and never repairs. While a
+//! mount holds the cache bookkeeping (`cache.redb`), which blocks were
+//! pushed cannot be read: a block missing locally then counts as on the
+//! remote when the data dir has one.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -111,11 +114,16 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     let store =
         BlobStore::open(std::sync::Arc::new(storage), layout.blobs(), config.hash_size, config.compression_level)?;
     report.blocks = blocks.len();
-    let pushed = crate::cache::PushedSet::load(&dir.join("pushed"), config.hash_size)?;
+    let pushed = crate::cache::PushedView::open(dir, config.hash_size)?;
     for (hash, (block, peer)) in blocks {
         // Not local but on the remote: evicted after a push, or a peer's
-        // block never fetched (content comes on demand).
-        if !store.contains(&hash) && (pushed.contains(&hash) || (peer && config.remote.is_some())) {
+        // block never fetched (content comes on demand). While a mount
+        // holds the cache bookkeeping, whether it was pushed is unknown: a
+        // data dir with a remote is taken to have pushed it.
+        let on_remote = |h| -> Result<bool> {
+            Ok(pushed.contains(h)?.unwrap_or(config.remote.is_some()) || (peer && config.remote.is_some()))
+        };
+        if !store.contains(&hash) && on_remote(&hash)? {
             report.blocks_remote += 1;
             continue;
         }

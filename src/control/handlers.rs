@@ -220,8 +220,10 @@ fn status(dir: &Path, live: Option<&Live>, json: bool, out: &mut dyn Output) -> 
                 lines.push(format!("peer damage:  {p}"));
             }
             j["peer_damage"] = json!(problems);
-            let ev = engine::evict::entries(e)?;
-            let local: u64 = ev.iter().map(|c| c.stored_len).sum();
+            // Counters and a dry run of the eviction walk: never a listing
+            // of the store or a walk of the tree.
+            e.cache().flush(false)?;
+            let local = e.cache().counts().store_bytes;
             lines.push(format!("local blocks: {} of {} limit", human(local), human(e.config().cache_size)));
             j["local_bytes"] = json!(local);
             if e.config().remote.is_some() {
@@ -233,7 +235,7 @@ fn status(dir: &Path, live: Option<&Live>, json: bool, out: &mut dyn Output) -> 
                 ));
                 j["pending_blocks"] = json!(plan.blocks.len());
                 j["pending_bytes"] = json!(plan.bytes);
-                let plan = engine::evict::plan_eviction(&ev, e.config().cache_size, e.config().small_block);
+                let plan = engine::evict::plan(e, e.config().cache_size)?;
                 let over = plan.after > e.config().cache_size;
                 if over {
                     lines.push("over limit:   unpushed, pinned and small blocks alone exceed the cache limit".into());
@@ -391,8 +393,7 @@ fn pin(live: &Live, path: &str, out: &mut dyn Output) -> Result<u8> {
             e.set_block_source(Some(Arc::new(RemoteSource::new(rsync, staging, Arc::new(Health::default())))));
         }
     }
-    let prefix = shown.as_bytes();
-    let files: Vec<_> = engine::evict::pinned_files(e)?.into_iter().filter(|(p, _, _)| under(p, prefix)).collect();
+    let files = engine::evict::files_under(e, node)?;
     let total: u64 = files.iter().map(|(_, _, b)| b.len() as u64).sum();
     let mut done = 0;
     out.progress(&Progress { what: "fetch".into(), done, total });
@@ -414,9 +415,9 @@ fn unpin(live: &Live, path: &str, out: &mut dyn Output) -> Result<u8> {
     let shown = lossy(&e.path_of(node)?);
     // The pin may sit on the node or on anything below it.
     let mut n = 0;
-    for (p, st, _) in e.dump_tree()? {
-        if under(&p, shown.as_bytes()) && st.pinned {
-            e.set_pinned(st.id, false)?;
+    for (id, p) in engine::evict::pinned_nodes(e)? {
+        if under(&p, shown.as_bytes()) {
+            e.set_pinned(id, false)?;
             n += 1;
         }
     }
@@ -431,14 +432,8 @@ fn evict(live: &Live, size: Option<u64>, out: &mut dyn Output) -> Result<u8> {
     let e = live.engine;
     let cfg = e.config();
     let limit = size.unwrap_or(cfg.cache_size);
-    let entries = engine::evict::entries(e)?;
-    let plan = engine::evict::plan_eviction(&entries, limit, cfg.small_block);
-    let mut evicted = 0u64;
-    for h in &plan.victims {
-        if e.blobs().remove(h)? {
-            evicted += 1;
-        }
-    }
+    let (report, plan) = engine::evict::evict_to(e, limit)?;
+    let evicted = report.evicted;
     out.out(&format!(
         "evicted {evicted} blocks: local store {} -> {} (target {})",
         human(plan.before),

@@ -103,7 +103,28 @@ pub struct BlobStore {
     /// Bytes that may still be stored before the free space is looked at
     /// again (see `check_room`).
     unchecked: AtomicU64,
+    /// What changed since the cache bookkeeping last took it (see
+    /// [`BlobStore::take_changes`]).
+    changes: Mutex<StoreChanges>,
 }
+
+/// How the store changed since [`BlobStore::take_changes`] was last called:
+/// what the cache bookkeeping (`cache`) needs to keep its byte counter and
+/// its eviction candidates without listing the store.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StoreChanges {
+    /// Net change of the bytes of all blob files (writes, recompressions,
+    /// removals).
+    pub bytes: i64,
+    /// Blobs written, oldest first, at most [`CHANGES_WRITTEN_MAX`].
+    pub written: Vec<BlockHash>,
+    /// More blobs were written than `written` holds.
+    pub overflowed: bool,
+}
+
+/// Most written blobs [`StoreChanges`] names between two takes (bounded
+/// memory; past it only the byte count is kept).
+pub const CHANGES_WRITTEN_MAX: usize = 16_384;
 
 impl fmt::Debug for BlobStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -156,6 +177,7 @@ impl BlobStore {
             deferral: Deferral::new(),
             reserve: AtomicU64::new(0),
             unchecked: AtomicU64::new(0),
+            changes: Mutex::default(),
         })
     }
 
@@ -223,6 +245,34 @@ impl BlobStore {
             self.defer(hash);
         }
         Ok(PutOutcome { block, stored_len: stored.len() as u64, new: true })
+    }
+
+    /// How the store changed since the last call (see [`StoreChanges`]).
+    pub fn take_changes(&self) -> StoreChanges {
+        std::mem::take(&mut *lock(&self.changes))
+    }
+
+    /// Puts back changes taken by [`BlobStore::take_changes`] that the
+    /// taker could not record (they count again at the next take).
+    pub fn give_back(&self, back: StoreChanges) {
+        let mut c = lock(&self.changes);
+        c.bytes += back.bytes;
+        c.overflowed |= back.overflowed;
+        let room = CHANGES_WRITTEN_MAX.saturating_sub(c.written.len());
+        c.overflowed |= back.written.len() > room;
+        c.written.extend(back.written.into_iter().take(room));
+    }
+
+    fn note_change(&self, bytes: i64, written: Option<&BlockHash>) {
+        let mut c = lock(&self.changes);
+        c.bytes += bytes;
+        if let Some(h) = written {
+            if c.written.len() < CHANGES_WRITTEN_MAX {
+                c.written.push(*h);
+            } else {
+                c.overflowed = true;
+            }
+        }
     }
 
     /// Sets the free disk space that new blobs never use (0: none).
@@ -408,6 +458,7 @@ impl BlobStore {
             let _ = self.storage.remove_file(&tmp);
         }
         if matches!(replaced, Ok(true)) {
+            self.note_change(packed.len() as i64 - stored.len() as i64, None);
             let mut known = lock(&self.known);
             if let Some(k) = known.get(hash) {
                 known.map.insert(*hash, KnownState { stored_len: packed.len() as u64, ..k });
@@ -485,10 +536,13 @@ impl BlobStore {
         let t = Instant::now();
         self.storage.write_streaming(&tmp, stored).map_err(|e| Error::io("write", &tmp, e))?;
         Costs::note(&self.deferral.costs.write_ns, t.elapsed().as_nanos(), stored.len());
+        // A damaged leftover being replaced no longer counts.
+        let replaced = self.storage.file_len(&path).unwrap_or(0);
         if let Err(e) = self.storage.rename(&tmp, &path) {
             let _ = self.storage.remove_file(&tmp);
             return Err(Error::io("rename", &tmp, e));
         }
+        self.note_change(stored.len() as i64 - replaced as i64, Some(hash));
         // Pending before known: whoever sees it known finds it queued.
         lock(&self.pending).blobs.insert(*hash);
         lock(&self.known).insert(*hash, stored.len() as u64, false);
@@ -651,8 +705,12 @@ impl BlobStore {
             known.evictions += 1;
         }
         lock(&self.pending).blobs.remove(hash);
+        let len = self.storage.file_len(&path).unwrap_or(0);
         match self.storage.remove_file(&path) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.note_change(-(len as i64), None);
+                Ok(true)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(Error::io("remove", path, e)),
         }

@@ -19,6 +19,8 @@
 //! | `conflicts`      | (time, machine, seq, node, kind)      | a resolved conflict (see `encode_conflict`) |
 //! | `checkpoints`    | (node, time, machine, seq)            | rkyv [`NodeRecord`]: the merged state after that event |
 //! | `versions`       | (machine, seq)                        | (node, time, size): where a content version was applied (see `merge`) |
+//! | `pins`           | node                                  | `()`: a live node that carries a pin   |
+//! | `block_nodes`    | (hash bytes, node)                    | u64: how many of the node's current blocks are that block |
 //!
 //! Kind codes (`dirents`, `dirent_history`): 0 file, 1 directory, 2
 //! symlink, 3 fifo, 4 socket, 5 character device, 6 block device.
@@ -27,11 +29,18 @@
 //! [`CHECKPOINT_EVERY`]th event of its own history (counted from its last
 //! checkpoint), and a conflict copy's record at the event that made it.
 //!
+//! `pins` and `block_nodes` are what eviction asks (see `evict`), so that
+//! it costs what it evicts, never a walk of the tree: `pins` holds every
+//! node whose current record is pinned and not removed; `block_nodes` is
+//! `blocks` turned around (a row per block and node whose current blocks
+//! hold it, with how many indexes hold it; a removed node's blocks stay
+//! until they are cleared, as in `blocks`).
+//!
 //! Version history ([`INDEX_VERSION`], in `meta` under `index_version`): 3
 //! added `checkpoints`; 5 added `versions` and the content head and
 //! conflict mark of [`NodeRecord`]; 6 added a directory's count of
 //! subdirectories and a file's stored bytes to [`NodeRecord`] (link counts
-//! and `st_blocks`). An index of another version, newer ones included, is
+//! and `st_blocks`); 7 added `pins` and `block_nodes`. An index of another version, newer ones included, is
 //! emptied and rebuilt from the log on open: it is derived data, so no
 //! version is refused.
 //!
@@ -73,9 +82,13 @@ pub(super) const CONFLICTS: TableDefinition<(i64, u64, u64, NodeKey, u8), &[u8]>
 pub(super) const CHECKPOINTS: TableDefinition<(NodeKey, i64, u64, u64), &[u8]> = TableDefinition::new("checkpoints");
 /// `(machine, seq) -> (node, time, size)`.
 pub(super) const VERSIONS: TableDefinition<(u64, u64), (NodeKey, i64, u64)> = TableDefinition::new("versions");
+/// Live pinned nodes.
+pub(super) const PINS: TableDefinition<NodeKey, ()> = TableDefinition::new("pins");
+/// `(hash, node) -> how many of node's current blocks are hash`.
+pub(super) const BLOCK_NODES: TableDefinition<(&[u8], NodeKey), u64> = TableDefinition::new("block_nodes");
 
 /// Every table of the layout, by name.
-const TABLES: [&str; 13] = [
+const TABLES: [&str; 15] = [
     "nodes",
     "dirents",
     "blocks",
@@ -89,6 +102,8 @@ const TABLES: [&str; 13] = [
     "conflicts",
     "checkpoints",
     "versions",
+    "pins",
+    "block_nodes",
 ];
 
 /// Most events of one node folded on top of a checkpoint.
@@ -96,7 +111,7 @@ pub(super) const CHECKPOINT_EVERY: usize = 32;
 
 /// Version of the index layout above. An index of another version is
 /// deleted and rebuilt from the log on open (it is derived data).
-pub(crate) const INDEX_VERSION: u64 = 6;
+pub(crate) const INDEX_VERSION: u64 = 7;
 
 pub(super) const META_VERSION: &str = "index_version";
 pub(super) const META_NODES: &str = "nodes";
@@ -263,6 +278,8 @@ pub(super) fn reset_tables(txn: &WriteTransaction) -> std::result::Result<(), re
     txn.open_table(CONFLICTS)?;
     txn.open_table(CHECKPOINTS)?;
     txn.open_table(VERSIONS)?;
+    txn.open_table(PINS)?;
+    txn.open_table(BLOCK_NODES)?;
     Ok(())
 }
 

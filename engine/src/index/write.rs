@@ -13,7 +13,7 @@ use super::writer::{WRITER_CACHE_MAX, WRITE_BUFFER_MAX};
 use super::IndexWriter;
 use crate::error::{Error, Result};
 use crate::event::{BlockRef, Event, NodeKind};
-use crate::ids::{EventId, LogPos, NodeId};
+use crate::ids::{BlockHash, EventId, LogPos, NodeId};
 use crate::merge::{self, Conflict, OrderKey, TreeStore, VersionLoc};
 use crate::tree::{self, NodeRecord};
 
@@ -75,6 +75,46 @@ impl IndexWriter {
         for (key, (a, b)) in [META_NODES, META_FILES, META_DIRS, META_BYTES].iter().zip(after.iter().zip(before)) {
             if *a != b {
                 self.add_meta(key, a - b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps `pins` (see `schema`): a live pinned node is in it.
+    fn update_pins(&mut self, id: NodeId, prev: Option<&NodeRecord>, next: &NodeRecord) -> Result<()> {
+        let pinned = |n: Option<&NodeRecord>| n.is_some_and(|n| n.pinned && !n.removed);
+        let now = pinned(Some(next));
+        if pinned(prev) == now {
+            return Ok(());
+        }
+        let op = "write `pins`";
+        let mut t = self.tx()?.open_table(PINS).map_err(|err| self.err(op, err))?;
+        if now {
+            t.insert(id.0, ()).map_err(|err| self.err(op, err))?;
+        } else {
+            t.remove(id.0).map_err(|err| self.err(op, err))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps `block_nodes` (see `schema`): adds each `(hash, delta)` to the
+    /// count of `hash` in `node`, dropping rows that reach 0.
+    fn count_block_nodes(&mut self, node: NodeId, changes: impl IntoIterator<Item = (BlockHash, i64)>) -> Result<()> {
+        let mut changes = changes.into_iter().peekable();
+        if changes.peek().is_none() {
+            return Ok(());
+        }
+        let op = "write `block_nodes`";
+        let mut t = self.tx()?.open_table(BLOCK_NODES).map_err(|err| self.err(op, err))?;
+        for (hash, delta) in changes {
+            let key = (hash.as_bytes(), node.0);
+            let old = t.get(key).map_err(|err| self.err(op, err))?.map_or(0, |v| v.value());
+            let new =
+                if delta >= 0 { old.saturating_add(delta as u64) } else { old.saturating_sub(delta.unsigned_abs()) };
+            if new == 0 {
+                t.remove(key).map_err(|err| self.err(op, err))?;
+            } else {
+                t.insert(key, new).map_err(|err| self.err(op, err))?;
             }
         }
         Ok(())
@@ -162,6 +202,7 @@ impl TreeStore for IndexWriter {
     fn set_node(&mut self, id: NodeId, record: &NodeRecord, e: &Event) -> Result<()> {
         let prev = IndexWriter::node(self, id)?;
         self.update_counts(prev.as_ref(), record)?;
+        self.update_pins(id, prev.as_ref(), record)?;
         self.nodes.get_mut().insert(id, Some(record.clone()));
         self.dirty_nodes.get_mut().insert(id);
         if self.needs_checkpoint(id)? {
@@ -211,6 +252,10 @@ impl TreeStore for IndexWriter {
                 .map_err(|err| self.err(op, err))?;
             old
         };
+        if old.map(|b| b.hash) != block.map(|b| b.hash) {
+            let old = old.map(|b| (b.hash, -1));
+            self.count_block_nodes(node, old.into_iter().chain(block.map(|b| (b.hash, 1))))?;
+        }
         if let Some(b) = block {
             let new = {
                 let op = "write `blobs`";
@@ -231,12 +276,16 @@ impl TreeStore for IndexWriter {
 
     fn clear_blocks_from(&mut self, node: NodeId, from: u64, e: &Event) -> Result<u64> {
         let mut gone = Vec::new();
+        let mut hashes = Vec::new();
         let mut bytes = 0u64;
         {
             let op = "write `blocks`";
             let mut t = self.tx()?.open_table(BLOCKS).map_err(|err| self.err(op, err))?;
             t.retain_in((node.0, from)..=(node.0, u64::MAX), |k, v| {
                 gone.push(k.1);
+                if let Ok(Some(b)) = tree::decode_block_ref(v) {
+                    hashes.push((b.hash, -1));
+                }
                 // `len` u32 LE leads every stored ref (see `encode_block_ref`).
                 if let Some(len) = v.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
                     bytes += u64::from(u32::from_le_bytes(len));
@@ -245,6 +294,7 @@ impl TreeStore for IndexWriter {
             })
             .map_err(|err| self.err(op, err))?;
         }
+        self.count_block_nodes(node, hashes)?;
         let op = "write `block_history`";
         let mut h = self.tx()?.open_table(BLOCK_HISTORY).map_err(|err| self.err(op, err))?;
         for index in gone {
