@@ -287,7 +287,7 @@ pub(super) fn reset_tables(txn: &WriteTransaction) -> std::result::Result<(), re
 /// buffer together) per open index. redb's default is 1 GiB, which a
 /// collection of a few hundred thousand files fills: the mount's memory
 /// would then grow with the collection.
-pub(crate) const INDEX_CACHE_BYTES: usize = 48 << 20;
+pub(crate) const INDEX_CACHE_BYTES: usize = 32 << 20;
 
 /// redb's builder with the index's memory budget.
 pub(crate) fn builder() -> redb::Builder {
