@@ -42,8 +42,7 @@ pub use limits::{NAME_MAX, XATTR_VALUE_MAX};
 
 // On-disk formats, each documented beside its code, with the decoders the
 // fuzz targets drive: blobs, records, log segments, the FORMAT file and
-// config.toml. `log` is also the entry point replication ships and imports
-// segments through.
+// config.toml.
 pub mod blob;
 pub mod config;
 pub mod format;
@@ -54,6 +53,12 @@ pub mod record;
 // the fold of one node's events and the merge of many machines' events.
 pub mod merge;
 pub mod tree;
+
+// The entry points replication ships and imports through: our events
+// since a position, our segment files, blob files, and the record of which
+// blocks are on the remote.
+pub mod replication;
+pub use replication::{Replication, SegmentFile};
 
 // Policies and tools above the trees: eviction (the mount's daemon and
 // `syncer evict`), conflicts and their resolution, the forensic reads of

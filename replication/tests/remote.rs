@@ -109,6 +109,43 @@ fn push_order_never_leaves_an_event_without_its_blocks() {
     assert_eq!((again.blocks, again.log_bytes), (0, 0), "nothing new, nothing sent");
 }
 
+/// A push larger than one round goes in rounds, each recorded as on the
+/// remote before the next is gathered, so a block a later round meets
+/// again is not sent twice; the log follows once all are on the remote.
+#[test]
+fn a_push_larger_than_a_round_goes_in_rounds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let remote = tmp.path().join("remote");
+    let e = LiveTree::open(&init(tmp.path(), "a", &remote, 1 << 40)).expect("open");
+    let file = 1usize << 20;
+    let files = push::ROUND_BYTES as usize / file + 16;
+    let first = random(file);
+    write_file(&e, NodeId::ROOT, "f0", &first);
+    for i in 1..files {
+        write_file(&e, NodeId::ROOT, &format!("f{i}"), &random(file));
+    }
+    // Its blocks were gathered in the first round, and are met again in
+    // the second.
+    write_file(&e, NodeId::ROOT, "copy", &first);
+    let per_file = (file as u64).div_ceil(BS);
+    let distinct = files as u64 * per_file;
+
+    let plan = push::plan(&e).expect("plan");
+    assert_eq!(plan.blocks, distinct + per_file, "the plan counts the copy's blocks once per round they are in");
+    let mut rounds = Vec::new();
+    let r = push::push(&e, &rsync(&remote), &mut |p| {
+        if let Progress::Blocks { done, .. } = p {
+            rounds.push(done);
+        }
+    })
+    .expect("push");
+    assert_eq!(r.blocks, distinct, "every distinct block goes once");
+    assert_eq!(rounds.len(), 2, "two rounds: {rounds:?}");
+    assert!(rounds[0] < distinct && rounds[0] as usize >= push::ROUND_BYTES as usize / BS as usize, "{rounds:?}");
+    assert_eq!(remote_events_all_have_blocks(&remote), 2 * (files + 1), "every file's create and write");
+    assert_eq!(push::plan(&e).expect("plan").blocks, 0, "nothing pending after the push");
+}
+
 #[test]
 fn corrupt_remote_block_is_refused_and_never_returned() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -134,7 +171,7 @@ fn corrupt_remote_block_is_refused_and_never_returned() {
     let err = e.read_block(&first).expect_err("a wrong block is refused");
     assert!(matches!(&err, engine::Error::CorruptBlob { hash, .. } if *hash == first.hash), "{err:?}");
     assert!(err.to_string().contains(&hex), "the error names the blob: {err}");
-    assert!(!e.blobs().contains(&first.hash), "a refused block is not stored");
+    assert!(!e.replication().has_blob(&first.hash), "a refused block is not stored");
     // The intact block still comes back.
     let (_, second) = e.file_blocks(f, 1, 1).expect("blocks")[0];
     assert_eq!(e.read_block(&second).expect("intact block"), data[BS as usize..]);

@@ -226,12 +226,8 @@ fn status(dir: &Path, live: Option<&Live>, json: bool, out: &mut dyn Output) -> 
             j["local_bytes"] = json!(local);
             if e.config().remote.is_some() {
                 let plan = push::plan(e)?;
-                lines.push(format!(
-                    "pending:      {} blocks ({}) not yet pushed",
-                    plan.blocks.len(),
-                    human(plan.bytes)
-                ));
-                j["pending_blocks"] = json!(plan.blocks.len());
+                lines.push(format!("pending:      {} blocks ({}) not yet pushed", plan.blocks, human(plan.bytes)));
+                j["pending_blocks"] = json!(plan.blocks);
                 j["pending_bytes"] = json!(plan.bytes);
                 let plan = engine::evict::plan_eviction(&ev, e.config().cache_size, e.config().small_block);
                 let over = plan.after > e.config().cache_size;
@@ -335,7 +331,7 @@ fn sync(live: &Live, json: bool, out: &mut dyn Output) -> Result<u8> {
             let r = push::push(e, &rsync, &mut |p| show(p, &mut *out))
                 .with_context(|| format!("pushing to {}", rsync.remote()))?;
             out.progress(&Progress { what: "pull".into(), done: 0, total: 0 });
-            syncer_replication::pull::pull_log(&rsync, &e.layout().log(), Some(e.machine()))
+            syncer_replication::pull::pull_log(&rsync, &e.replication().log_dir(), Some(e.machine()))
                 .with_context(|| format!("pulling from {}", rsync.remote()))?;
             let imp = e.import().context("importing peers' events")?;
             (r, imp, engine::evict::evict(e)?)
