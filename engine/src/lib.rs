@@ -61,12 +61,14 @@ pub mod replication;
 pub use replication::{Replication, SegmentFile};
 
 // Policies and tools above the trees: eviction (the mount's daemon and
-// `syncer evict`), conflicts and their resolution, the forensic reads of
-// `syncer log inspect`/`history`, and `syncer log verify`.
+// `syncer evict`), conflicts and their resolution, and the entry points of
+// the forensic reads (`syncer log inspect`/`graph`/`verify`, `history`,
+// `restore`) over the private history and verify modules.
 pub mod conflicts;
 pub mod evict;
-pub mod history;
-pub mod verify;
+pub mod forensics;
+mod history;
+mod verify;
 
 // Durable I/O behind a trait, and a fault-injecting implementation of it
 // for the crash and full-disk tests.

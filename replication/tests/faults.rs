@@ -55,7 +55,7 @@ fn tree(e: &LiveTree) -> Vec<String> {
 /// not fetched yet count as on the remote).
 fn close_and_verify(e: LiveTree, dir: &Path) {
     e.close().expect("close");
-    let v = engine::verify::verify(dir).expect("verify");
+    let v = engine::forensics::verify(dir).expect("verify");
     assert!(v.is_clean(), "{:?}", v.problems);
 }
 
@@ -319,7 +319,7 @@ fn peer_segment_extended_with_junk_on_the_remote_is_refused_naming_segment_and_o
     assert!(read_file(&b, "mine2").expect("own data") == b"still writable");
     b.close().expect("close");
     drop(b);
-    let v = engine::verify::verify(&b_dir).expect("verify");
+    let v = engine::forensics::verify(&b_dir).expect("verify");
     assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
     assert!(v.problems[0].starts_with(&format!("{} at byte {len}: ", local_seg.display())), "{:?}", v.problems);
 }

@@ -237,7 +237,7 @@ fn mount_over_the_cache_limit_stays_bounded_and_reads_everything_back() {
     daemon.stop();
     e.close().expect("close");
     // Evicted blocks are on the remote, not damage.
-    let v = engine::verify::verify(&dir).expect("verify");
+    let v = engine::forensics::verify(&dir).expect("verify");
     assert!(v.is_clean(), "{:?}", v.problems);
     assert!(v.blocks_remote > 0, "nothing was evicted: {v:?}");
 }

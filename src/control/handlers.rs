@@ -20,7 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use engine::config::format_size_human as human;
 use engine::conflicts::{ContentConflict, Keep};
 use engine::event::{BlockChange, NodeKind};
-use engine::history;
+use engine::forensics;
 use engine::ids::{NodeId, Timestamp};
 use engine::merge::ConflictKind;
 use engine::Queries;
@@ -465,22 +465,22 @@ fn conflicts(live: &Live, json: bool, out: &mut dyn Output) -> Result<u8> {
             "original": lossy(&c.original_path),
             "copy": lossy(&c.copy_path),
             "kept_writer": c.kept_writer.to_string(),
-            "kept_time": history::format_time(c.kept_time),
+            "kept_time": forensics::format_time(c.kept_time),
             "copy_writer": c.copy_writer.to_string(),
-            "copy_time": history::format_time(c.copy_time),
+            "copy_time": forensics::format_time(c.copy_time),
         }));
         lines.push(format!("content {}", lossy(&c.original_path)));
         lines.push(format!(
             "  kept the name:  {} by machine {} at {}",
             lossy(&c.original_path),
             c.kept_writer,
-            history::format_time(c.kept_time)
+            forensics::format_time(c.kept_time)
         ));
         lines.push(format!(
             "  conflict copy:  {} by machine {} at {}",
             lossy(&c.copy_path),
             c.copy_writer,
-            history::format_time(c.copy_time)
+            forensics::format_time(c.copy_time)
         ));
         lines.push(format!(
             "  to end it: syncer resolve {} {} --keep original  (or copy, both, mine, theirs)",
@@ -629,7 +629,7 @@ fn resolve(live: &Live, path: &str, keep: &str, out: &mut dyn Output) -> Result<
 // ---------------------------------------------------------------- verify
 
 fn verify(dir: &Path, json: bool, out: &mut dyn Output) -> Result<u8> {
-    let r = engine::verify::verify(dir).with_context(|| format!("verify {}", dir.display()))?;
+    let r = engine::forensics::verify(dir).with_context(|| format!("verify {}", dir.display()))?;
     if json {
         out.out(
             &json!({
@@ -667,11 +667,11 @@ fn restore_in_place(live: &Live, path: &str, at: Timestamp, out: &mut dyn Output
     let p = path.as_bytes();
     let (old, blocks) = {
         let view = crate::history_cmd::open_view(live.data_dir, Some(at))?;
-        let node = history::node_at_path(&view, p)
-            .with_context(|| format!("{path} did not exist at {}", history::format_time(at)))?;
+        let node = forensics::node_at_path(&view, p)
+            .with_context(|| format!("{path} did not exist at {}", forensics::format_time(at)))?;
         let old = view.node(node)?;
         if old.kind != NodeKind::File {
-            bail!("{path} was a {:?} at {}; restore handles regular files", old.kind, history::format_time(at));
+            bail!("{path} was a {:?} at {}; restore handles regular files", old.kind, forensics::format_time(at));
         }
         let count = engine::tree::block_count(old.size, view.block_size());
         let stored: std::collections::BTreeMap<u64, _> = view.file_blocks(node, 0, count)?.into_iter().collect();
@@ -684,7 +684,7 @@ fn restore_in_place(live: &Live, path: &str, at: Timestamp, out: &mut dyn Output
         Some(i) => (&p[..i], &p[i + 1..]),
         None => (&[][..], p),
     };
-    let parent = history::node_at_path(e, dir).with_context(|| format!("{path}: parent directory missing now"))?;
+    let parent = forensics::node_at_path(e, dir).with_context(|| format!("{path}: parent directory missing now"))?;
     let target = match e.lookup(parent, name) {
         Ok(n) if n.kind == NodeKind::File => n.id,
         Ok(n) => bail!("{path} is now a {:?}; move it away first", n.kind),
@@ -701,7 +701,7 @@ fn restore_in_place(live: &Live, path: &str, at: Timestamp, out: &mut dyn Output
     refresh(live);
     out.out(&format!(
         "restored {path} as of {} into the live tree ({} bytes; recorded as new events)",
-        history::format_time(at),
+        forensics::format_time(at),
         old.size
     ));
     Ok(0)
