@@ -25,8 +25,12 @@
 //! # Rounds
 //!
 //! A round holds at most [`BLOCKS_PER_RUN`] blocks or [`ROUND_BYTES`] stored
-//! bytes: it ends with the event that reaches either bound (so it may
-//! exceed them by that one event's blocks). Memory for a push is one round
+//! bytes ([`RoundLimits::default`]): it ends with the event that reaches
+//! either bound (so it may exceed them by that one event's blocks). The
+//! block bound is what bounds memory; the byte bound only makes a push of
+//! large blocks record its progress (and report it) now and then: a round
+//! that failed is sent again with `--ignore-existing`, so the blocks it had
+//! already sent do not go twice either way. Memory for a push is one round
 //! and one segment of our log, however many blocks the push sends: a first
 //! push of millions of files never holds all their hashes. A block is sent
 //! once per push: within a round it is gathered once, and a later round
@@ -109,7 +113,22 @@ use crate::{RemoteError, Result};
 pub const BLOCKS_PER_RUN: usize = 20_000;
 
 /// Most stored bytes of one round (see *Rounds* in the module docs).
-pub const ROUND_BYTES: u64 = 64 << 20;
+pub const ROUND_BYTES: u64 = 1 << 30;
+
+/// The bounds of a push's rounds (see *Rounds* in the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundLimits {
+    /// Most blocks of a round.
+    pub blocks: usize,
+    /// Most stored bytes of a round.
+    pub bytes: u64,
+}
+
+impl Default for RoundLimits {
+    fn default() -> Self {
+        RoundLimits { blocks: BLOCKS_PER_RUN, bytes: ROUND_BYTES }
+    }
+}
 
 const POS_MAGIC: &[u8; 6] = b"SYNPPS";
 const POS_VERSION: u8 = 1;
@@ -222,7 +241,7 @@ fn range(engine: &LiveTree) -> Result<(LogPos, LogPos)> {
 pub fn plan(engine: &LiveTree) -> Result<PushPlan> {
     let (from, to) = range(engine)?;
     let mut plan = PushPlan { from, to, blocks: 0, bytes: 0 };
-    for_each_round(&engine.replication(), from, to, |round| {
+    for_each_round(&engine.replication(), from, to, RoundLimits::default(), |round| {
         plan.blocks += round.blocks.len() as u64;
         plan.bytes += round.bytes;
         Ok(())
@@ -254,8 +273,8 @@ impl Round {
     }
 
     /// Whether it has reached a bound (see *Rounds* in the module docs).
-    fn is_full(&self) -> bool {
-        self.blocks.len() >= BLOCKS_PER_RUN || self.bytes >= ROUND_BYTES
+    fn is_full(&self, limits: RoundLimits) -> bool {
+        self.blocks.len() >= limits.blocks || self.bytes >= limits.bytes
     }
 
     fn clear(&mut self) {
@@ -274,6 +293,7 @@ fn for_each_round(
     rep: &Replication<'_>,
     from: LogPos,
     to: LogPos,
+    limits: RoundLimits,
     mut f: impl FnMut(&Round) -> Result<()>,
 ) -> Result<()> {
     let mut round = Round::default();
@@ -293,7 +313,7 @@ fn for_each_round(
                 Err(e) => return Err(e.into()),
             }
         }
-        if round.is_full() {
+        if round.is_full(limits) {
             f(&round)?;
             round.clear();
         }
@@ -308,6 +328,16 @@ fn for_each_round(
 /// Pushes our new blocks, round by round, then our log up to the point
 /// where all its blocks are on the remote (see the module docs).
 pub fn push(engine: &LiveTree, rsync: &Rsync, progress: &mut dyn FnMut(Progress)) -> Result<PushReport> {
+    push_in_rounds(engine, rsync, RoundLimits::default(), progress)
+}
+
+/// [`push`] with rounds of other bounds than the default ones.
+pub fn push_in_rounds(
+    engine: &LiveTree,
+    rsync: &Rsync,
+    limits: RoundLimits,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PushReport> {
     let runs_before = rsync.invocations();
     let staging = staging_dir(engine);
     std::fs::create_dir_all(&staging).map_err(RemoteError::io("create", &staging))?;
@@ -315,7 +345,7 @@ pub fn push(engine: &LiveTree, rsync: &Rsync, progress: &mut dyn FnMut(Progress)
     let (from, to) = range(engine)?;
     let mut report = PushReport::default();
     let rep = engine.replication();
-    for_each_round(&rep, from, to, |round| send_round(&rep, rsync, &staging, round, &mut report, progress))?;
+    for_each_round(&rep, from, to, limits, |round| send_round(&rep, rsync, &staging, round, &mut report, progress))?;
     if to > from {
         progress(Progress::Log);
         let (log_bytes, repaired) = send_log(&rep, rsync, &staging, from, to)?;
@@ -568,16 +598,20 @@ mod tests {
         round.add(h(1), 10);
         assert_eq!((round.blocks.clone(), round.bytes), (vec![h(1), h(2)], 30), "a block once, in log order");
         assert!(round.has(&h(2)) && !round.has(&h(3)));
-        assert!(!round.is_full());
-        round.add(h(3), ROUND_BYTES - 30);
-        assert!(round.is_full(), "full at the byte bound");
+        let limits = RoundLimits::default();
+        assert!(!round.is_full(limits));
+        round.add(h(3), ROUND_BYTES - 31);
+        assert!(!round.is_full(limits), "a byte short");
+        round.add(h(4), 1);
+        assert!(round.is_full(limits), "full at the byte bound");
         round.clear();
         assert!(round.blocks.is_empty() && !round.has(&h(1)) && round.bytes == 0);
         for i in 0..BLOCKS_PER_RUN as u32 {
-            assert!(!round.is_full(), "not full before {BLOCKS_PER_RUN} blocks");
+            assert!(!round.is_full(limits), "not full before {BLOCKS_PER_RUN} blocks");
             round.add(h(i), 1);
         }
-        assert!(round.is_full(), "full at the block bound");
+        assert!(round.is_full(limits), "full at the block bound");
+        assert!(round.is_full(RoundLimits { blocks: 3, bytes: u64::MAX }), "other bounds");
     }
 
     #[test]

@@ -117,32 +117,29 @@ fn a_push_larger_than_a_round_goes_in_rounds() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let remote = tmp.path().join("remote");
     let e = LiveTree::open(&init(tmp.path(), "a", &remote, 1 << 40)).expect("open");
-    let file = 1usize << 20;
-    let files = push::ROUND_BYTES as usize / file + 16;
+    let per_file = 16;
+    let file = (per_file * BS) as usize;
     let first = random(file);
     write_file(&e, NodeId::ROOT, "f0", &first);
-    for i in 1..files {
+    for i in 1..10 {
         write_file(&e, NodeId::ROOT, &format!("f{i}"), &random(file));
     }
-    // Its blocks were gathered in the first round, and are met again in
-    // the second.
+    // Its blocks went in the first round, and are met again in the last.
     write_file(&e, NodeId::ROOT, "copy", &first);
-    let per_file = (file as u64).div_ceil(BS);
-    let distinct = files as u64 * per_file;
+    let distinct = 10 * per_file;
+    assert_eq!(push::plan(&e).expect("plan").blocks, distinct, "within one default round, each block counts once");
 
-    let plan = push::plan(&e).expect("plan");
-    assert_eq!(plan.blocks, distinct + per_file, "the plan counts the copy's blocks once per round they are in");
+    let limits = push::RoundLimits { blocks: 4 * per_file as usize, bytes: u64::MAX };
     let mut rounds = Vec::new();
-    let r = push::push(&e, &rsync(&remote), &mut |p| {
+    let r = push::push_in_rounds(&e, &rsync(&remote), limits, &mut |p| {
         if let Progress::Blocks { done, .. } = p {
             rounds.push(done);
         }
     })
     .expect("push");
     assert_eq!(r.blocks, distinct, "every distinct block goes once");
-    assert_eq!(rounds.len(), 2, "two rounds: {rounds:?}");
-    assert!(rounds[0] < distinct && rounds[0] as usize >= push::ROUND_BYTES as usize / BS as usize, "{rounds:?}");
-    assert_eq!(remote_events_all_have_blocks(&remote), 2 * (files + 1), "every file's create and write");
+    assert_eq!(rounds, [4 * per_file, 8 * per_file, 10 * per_file], "three rounds, the copy's blocks not again");
+    assert_eq!(remote_events_all_have_blocks(&remote), 2 * 11, "every file's create and write");
     assert_eq!(push::plan(&e).expect("plan").blocks, 0, "nothing pending after the push");
 }
 
