@@ -255,7 +255,36 @@ enum IndexCommand {
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Makes mimalloc give freed memory back to the system at once and commit
+/// its arenas page by page as they are used. With its defaults (purge
+/// after a delay, arenas committed whole) the mount's resident memory
+/// follows past peaks, not what is in use: measured on a mount of 20,000
+/// files after `ls -R` and reading 3,000 of them, 75-99 MiB against 48-56
+/// MiB. Set here, the options miss what mimalloc set up before `main`;
+/// the mount daemon also gets them from its environment
+/// ([`ALLOCATOR_ENV`]), which mimalloc reads before any allocation.
+fn tune_allocator() {
+    // Option numbers of mimalloc v2's `mi_option_e` (mimalloc.h), which the
+    // `mimalloc` crate links; its Rust bindings do not name these two.
+    const ARENA_EAGER_COMMIT: libc::c_int = 4;
+    const PURGE_DELAY: libc::c_int = 15;
+    extern "C" {
+        fn mi_option_set(option: libc::c_int, value: libc::c_long);
+    }
+    // SAFETY: plain option setters of the linked allocator, before any
+    // thread starts.
+    unsafe {
+        mi_option_set(ARENA_EAGER_COMMIT, 0);
+        mi_option_set(PURGE_DELAY, 0);
+    }
+}
+
+/// The environment that makes mimalloc start as [`tune_allocator`] leaves it.
+pub(crate) const ALLOCATOR_ENV: [(&str, &str); 2] =
+    [("MIMALLOC_ARENA_EAGER_COMMIT", "0"), ("MIMALLOC_PURGE_DELAY", "0")];
+
 fn main() -> ExitCode {
+    tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SYNCER_LOG")

@@ -327,6 +327,8 @@ fn run_foreground(
         Some(live) => crate::remote::start_daemon(live)?.map(Arc::new),
         None => None,
     };
+    // The first point-in-time view then opens at once (see HistoryKeeper).
+    let history = live.as_ref().map(|l| engine::HistoryKeeper::start(l.clone())).transpose()?;
     let refresh = syncer_fs::CacheRefresh::new();
     // Commands that need the writer reach it through the control socket
     // (see `control`); a read-only mount has no writer to offer.
@@ -371,6 +373,7 @@ fn run_foreground(
         c.stop();
     }
     served?;
+    drop(history);
     drop(replication);
     if let Some(live) = live {
         live.close().context("committing buffered state")?;
@@ -408,6 +411,7 @@ fn spawn_daemon(
     cmd.stdin(Stdio::null()).stdout(log.try_clone().context("log file")?).stderr(log);
     // The daemon rotates its log (see `daemon_log`).
     cmd.env(crate::daemon_log::LOG_FILE_ENV, &log_path);
+    cmd.envs(crate::ALLOCATOR_ENV);
     // SAFETY: setsid is async-signal-safe and touches no memory of ours.
     unsafe {
         cmd.pre_exec(|| {

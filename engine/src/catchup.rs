@@ -13,11 +13,13 @@
 //! - catching up never makes the index durable: a durable index must not
 //!   get ahead of the durable log and blocks.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::ids::LogPos;
+use crate::ids::{LogPos, MachineId};
 use crate::index::Index;
 use crate::index::Queries;
 use crate::log;
@@ -47,6 +49,39 @@ impl PeerProblems {
     pub(crate) fn list(&self) -> Vec<String> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// Events read from one machine's log at a time: a catch-up holds at most
+/// this many per machine, whatever the logs hold. Variable only so that
+/// tests can make chunks tiny (see [`set_chunk`]).
+static CHUNK: AtomicUsize = AtomicUsize::new(4096);
+
+/// Sets how many events of one machine's log a catch-up reads at a time
+/// (at least 1). For tests: any value gives the same index.
+#[doc(hidden)]
+pub fn set_chunk(events: usize) {
+    CHUNK.store(events.max(1), Ordering::Relaxed);
+}
+
+/// Where the catch-up is in one machine's log.
+struct Cursor {
+    machine: MachineId,
+    /// (segment, offset) of the next record to read.
+    next: (u64, u64),
+    /// Events up to this seq are in the index already.
+    done_seq: u64,
+    /// Our own log after an unclean shutdown: each event's blocks are
+    /// checked (see [`CatchUp::catch_up`]).
+    check_blocks: bool,
+    ours: bool,
+    /// Read, not applied yet, in merge order.
+    buf: VecDeque<(LogPos, Event)>,
+    /// The merge-order key of the last event read.
+    last_key: Option<merge::OrderKey>,
+    /// The log was read to its end (or to damage, or to a cut).
+    ended: bool,
+    /// Where our log must be cut, and why.
+    cut: Option<(LogPos, String)>,
 }
 
 /// One index being caught up with the logs of a store.
@@ -93,82 +128,175 @@ impl CatchUp<'_> {
     /// the index when one sorts before the frontier. Returns how many were
     /// applied, whether the index was replayed, and where our log must be
     /// cut (only when `check_blocks`).
+    ///
+    /// The logs are merged as they are read, [`CHUNK`] events of each
+    /// machine at a time (each machine's log is in merge order already: its
+    /// times never go back, its seqs rise), so memory does not grow with the
+    /// number of events to apply.
     #[allow(clippy::type_complexity)]
     pub(crate) fn apply_new_events(&self, check_blocks: bool) -> Result<(u64, bool, Option<(LogPos, String)>)> {
         // Problems are those of the logs as they are now: a peer's log that
         // became readable again is no longer reported.
         self.problems.clear();
-        let (mut events, cut) = self.gather(false, check_blocks)?;
-        if events.is_empty() {
-            return Ok((0, false, cut));
-        }
-        events.sort_by_key(|(_, e)| merge::order_key(e));
         let frontier = self.index.read()?.frontier()?;
-        let replay = frontier.is_some_and(|f| merge::order_key(&events[0].1) <= f);
-        let mut w = self.index.write()?;
-        if replay {
-            // In one transaction, so readers never see a half-built tree.
-            tracing::info!("{}: events arrived out of order; replaying the index", self.store.layout().dir.display());
-            w.clear_all()?;
-            events = self.gather(true, check_blocks)?.0;
-            events.sort_by_key(|(_, e)| merge::order_key(e));
-        }
+        let mut cursors = self.cursors(false, check_blocks)?;
+        let mut w: Option<crate::index::IndexWriter> = None;
+        let mut last = frontier;
+        let mut applied = 0u64;
+        let mut replay = false;
         let bs = self.store.block_size();
-        for (pos, e) in &events {
-            w.apply(*pos, e, bs)?;
+        while let Some(batch) = self.next_batch(&mut cursors)? {
+            if !replay && last.is_some_and(|l| merge::order_key(&batch[0].1) <= l) {
+                // An event sorts before one applied: replay from the start,
+                // in this one transaction, so readers never see a half-built
+                // tree.
+                tracing::info!(
+                    "{}: events arrived out of order; replaying the index",
+                    self.store.layout().dir.display()
+                );
+                let mut writer = match w.take() {
+                    Some(writer) => writer,
+                    None => self.index.write()?,
+                };
+                writer.clear_all()?;
+                w = Some(writer);
+                replay = true;
+                last = None;
+                applied = 0;
+                cursors = self.cursors(true, check_blocks)?;
+                continue;
+            }
+            let writer = match &mut w {
+                Some(writer) => writer,
+                None => w.insert(self.index.write()?),
+            };
+            for (pos, e) in &batch {
+                writer.apply(*pos, e, bs)?;
+                last = Some(merge::order_key(e));
+            }
+            applied += batch.len() as u64;
         }
+        let cut = cursors.into_iter().find_map(|c| c.cut);
         // Not durable: a durable index must not get ahead of the durable log
         // and blocks, which the writer's group commits and `close` see to.
-        w.commit(false)?;
-        Ok((events.len() as u64, replay, cut))
+        if let Some(writer) = w {
+            writer.commit(false)?;
+        }
+        Ok((applied, replay, cut))
     }
 
-    /// Every event of every machine's log not yet in the index (all of
-    /// them with `from_start`), and where our log must be cut, if anywhere
-    /// (see `catch_up`).
-    #[allow(clippy::type_complexity)]
-    fn gather(&self, from_start: bool, check_blocks: bool) -> Result<(Vec<(LogPos, Event)>, Option<(LogPos, String)>)> {
+    /// A reading position in every machine's log: just past what the index
+    /// has applied (the start of every log with `from_start`).
+    fn cursors(&self, from_start: bool, check_blocks: bool) -> Result<Vec<Cursor>> {
         let log_root = self.store.layout().log();
-        let mut out = Vec::new();
-        let mut cut: Option<(LogPos, String)> = None;
         let ix = self.index.read()?;
         let (machines, bad) = log::list_machines_tolerant(self.store.storage().as_ref(), &log_root)?;
         for e in bad {
             self.problems.note(self.store, e.to_string());
         }
+        let mut out = Vec::with_capacity(machines.len());
         for m in machines {
             let applied = if from_start { None } else { ix.applied(m)? };
-            let (start, done_seq) = match applied {
+            let (next, done_seq) = match applied {
                 Some((segment, offset, seq)) => ((segment, offset), seq),
                 None => ((0, 0), 0),
             };
             let ours = m == self.store.config().machine;
-            let mut stop = false;
-            let walk = log::for_each_event(self.store.storage().as_ref(), &log_root, m, start, |pos, _end, ev| {
-                if ev.seq <= done_seq || stop {
-                    return Ok(());
-                }
-                if check_blocks && ours {
-                    if let Some(why) = self.missing_block(ev) {
-                        cut = Some((pos, why));
-                        stop = true;
-                        return Ok(());
-                    }
-                }
-                out.push((pos, ev.clone()));
-                Ok(())
+            out.push(Cursor {
+                machine: m,
+                next,
+                done_seq,
+                check_blocks: check_blocks && ours,
+                ours,
+                buf: VecDeque::new(),
+                last_key: None,
+                ended: false,
+                cut: None,
             });
-            match walk {
-                Ok(_) => {}
-                // Damage in our own log is fatal: it is the truth we write.
-                Err(e) if ours => return Err(e),
-                // A peer's damaged log: its events before the damage are
-                // imported, the rest is refused (named in the error), and
-                // our data dir keeps working.
-                Err(e) => self.problems.note(self.store, e.to_string()),
+        }
+        Ok(out)
+    }
+
+    /// The next events to apply, in merge order: every buffered event up to
+    /// the earliest last-buffered event of a log not read to its end (no
+    /// later read can bring one before it). `None` once every log is read.
+    fn next_batch(&self, cursors: &mut [Cursor]) -> Result<Option<Vec<(LogPos, Event)>>> {
+        for c in cursors.iter_mut() {
+            if c.buf.is_empty() && !c.ended {
+                self.refill(c)?;
             }
         }
-        Ok((out, cut))
+        let horizon =
+            cursors.iter().filter(|c| !c.ended).filter_map(|c| c.buf.back()).map(|(_, e)| merge::order_key(e)).min();
+        let mut batch = Vec::new();
+        for c in cursors.iter_mut() {
+            while let Some((_, e)) = c.buf.front() {
+                if horizon.is_some_and(|h| merge::order_key(e) > h) {
+                    break;
+                }
+                batch.extend(c.buf.pop_front());
+            }
+        }
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        batch.sort_by_key(|(_, e)| merge::order_key(e));
+        Ok(Some(batch))
+    }
+
+    /// Reads up to [`CHUNK`] more events of `c`'s log into its buffer.
+    fn refill(&self, c: &mut Cursor) -> Result<()> {
+        let log_root = self.store.layout().log();
+        let chunk = CHUNK.load(Ordering::Relaxed);
+        let mut read = 0;
+        // Set when the chunk is full: the read is stopped through an error
+        // that is then dropped.
+        let mut full = false;
+        let mut out_of_order = None;
+        let walk = log::for_each_event(self.store.storage().as_ref(), &log_root, c.machine, c.next, |pos, end, ev| {
+            if read == chunk {
+                full = true;
+                return Err(Error::Invalid(String::new()));
+            }
+            if ev.seq > c.done_seq {
+                let key = merge::order_key(ev);
+                if c.last_key.is_some_and(|k| key <= k) {
+                    out_of_order = Some(format!("{}: event {} sorts before the one read before it", pos, ev.seq));
+                    return Err(Error::Invalid(String::new()));
+                }
+                if c.check_blocks {
+                    if let Some(why) = self.missing_block(ev) {
+                        c.cut = Some((pos, why));
+                        return Err(Error::Invalid(String::new()));
+                    }
+                }
+                c.last_key = Some(key);
+                c.buf.push_back((pos, ev.clone()));
+                read += 1;
+            }
+            c.next = (pos.segment, end);
+            Ok(())
+        });
+        let walk = match (walk, out_of_order) {
+            (_, Some(what)) => Err(Error::Invalid(format!("log of machine {}: {what}", c.machine))),
+            (Err(_), None) if full => return Ok(()),
+            (w, None) => w,
+        };
+        // Read to its end, or to where our log must be cut.
+        c.ended = true;
+        match walk {
+            Ok(_) => Ok(()),
+            Err(_) if c.cut.is_some() => Ok(()),
+            // Damage in our own log is fatal: it is the truth we write.
+            Err(e) if c.ours => Err(e),
+            // A peer's damaged log: its events before the damage are
+            // imported, the rest is refused (named in the error), and our
+            // data dir keeps working.
+            Err(e) => {
+                self.problems.note(self.store, e.to_string());
+                Ok(())
+            }
+        }
     }
 
     /// Why `ev`'s blocks cannot be read back intact, if they cannot.

@@ -252,7 +252,7 @@ impl Storage for FaultyStorage {
         let open = || {
             let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
             let inner = FileBackend::new(file)?;
-            redb::Builder::new().create_with_backend(FaultyBackend {
+            crate::index::builder().create_with_backend(FaultyBackend {
                 inner,
                 faults: self.faults.clone(),
                 path: path.to_path_buf(),

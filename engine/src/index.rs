@@ -77,7 +77,7 @@ pub(crate) use crate::error::IndexError;
 pub(crate) use handle::Index;
 pub use read::Queries;
 pub use reader::{IndexReader, IndexView};
-pub(crate) use schema::INDEX_VERSION;
+pub(crate) use schema::{builder, INDEX_VERSION};
 pub(crate) use writer::IndexWriter;
 
 use crate::event::NodeKind;

@@ -26,7 +26,7 @@ mod read;
 mod state;
 mod store;
 pub use live::{LiveTree, RoomMaker, SHARE_BATCH, ZERO_RANGE_BATCH};
-pub use past::{PastView, NODE_CACHE_BYTES};
+pub use past::{HistoryKeeper, PastView, HISTORY_REFRESH_EVERY, NODE_CACHE_BYTES};
 pub use read::TreeRead;
 pub use state::{ImportReport, NodeState, OpenReport, RenameFlags, Renamed, Stats, TreeEntry, XattrMode};
 pub use store::{Layout, Store};
@@ -82,4 +82,6 @@ mod catchup;
 mod index;
 pub use cache::{BlockSource, Cache};
 pub use calendar::civil_date;
+#[doc(hidden)]
+pub use catchup::set_chunk as set_catch_up_chunk;
 pub use index::{Counts, DirEntry, IndexReader, IndexView, Queries};

@@ -329,12 +329,10 @@ pub(crate) fn for_each_record_while(
     let mut end = ReadEnd { next: from, torn_tail: None };
     for number in from.segment..=last {
         let path = segment_path(log_root, machine, number);
-        let bytes = storage.read(&path).map_err(io("read", &path))?;
         let start = if number == from.segment { from.offset } else { SEGMENT_HEADER_LEN };
         let mode = if number == last { ReadMode::Recover } else { ReadMode::Strict };
-        let reader = SegmentReader::new(&bytes, &path, machine, number, mode).starting_at(start, prev);
         let mut stopped = None;
-        let read = reader.read(&mut |item| match item {
+        let mut handle = |item: Item| match item {
             Item::Record(r) => {
                 let pos = LogPos { machine, segment: number, offset: r.offset };
                 match f(pos, &r)? {
@@ -348,7 +346,8 @@ pub(crate) fn for_each_record_while(
             }
             // Only forensic reads report damage; others fail on it.
             Item::Damaged { .. } => Ok(()),
-        });
+        };
+        let read = read_segment_windows(storage, &path, machine, number, mode, start, prev, READ_WINDOW, &mut handle);
         if let Some(next) = stopped {
             return Ok(ReadEnd { next, torn_tail: None });
         }
@@ -358,6 +357,62 @@ pub(crate) fn for_each_record_while(
         end.torn_tail = scan.torn_tail().map(|offset| LogPos { machine, segment: number, offset });
     }
     Ok(end)
+}
+
+/// Bytes of a segment held in memory at a time by [`for_each_record`].
+const READ_WINDOW: usize = 4 << 20;
+
+/// Reads segment `number` at `path` from `start` (a record boundary) in
+/// windows of `window` bytes ([`READ_WINDOW`]), so memory does not grow with the
+/// segment; a window grows only to hold a record longer than it, or to
+/// reach the end of the file where a frame does not decode (only the end
+/// tells a torn tail from damage). The segment is read as long as it was
+/// when the read began (a log being appended to grows meanwhile).
+#[allow(clippy::too_many_arguments)]
+fn read_segment_windows(
+    storage: &dyn Storage,
+    path: &Path,
+    machine: MachineId,
+    number: u64,
+    mode: ReadMode,
+    start: u64,
+    prev: Option<(u64, Timestamp)>,
+    window: usize,
+    f: &mut dyn FnMut(Item) -> Result<()>,
+) -> Result<SegmentEnd> {
+    let first_window = window.max(1);
+    let len = storage.file_len(path).map_err(io("stat", path))?;
+    let head = storage.read_at(path, 0, SEGMENT_HEADER_LEN as usize).map_err(io("read", path))?;
+    let small = len <= first_window as u64;
+    if small || head.len() < SEGMENT_HEADER_LEN as usize || head.iter().all(|&b| b == 0) {
+        // A small segment, or one whose header is torn: whole.
+        let bytes = storage.read(path).map_err(io("read", path))?;
+        return SegmentReader::new(&bytes, path, machine, number, mode).starting_at(start, prev).read(f);
+    }
+    let mut at = start.max(SEGMENT_HEADER_LEN);
+    let mut prev = prev;
+    let mut window = first_window;
+    loop {
+        let want = usize::try_from(len.saturating_sub(at)).unwrap_or(usize::MAX).min(window);
+        let body = storage.read_at(path, at, want).map_err(io("read", path))?;
+        // The file cannot shrink under a reader (logs are only cut at
+        // open); read what is there as its end.
+        let file_len = if body.len() < want { at + body.len() as u64 } else { len };
+        let reader =
+            SegmentReader::window(&head, &body, at, file_len, path, machine, number, mode).starting_at(at, prev);
+        let scan = reader.read(f)?;
+        let window_end = at + body.len() as u64;
+        if window_end >= file_len || scan.stop != Stop::End || scan.valid_len >= file_len {
+            return Ok(scan);
+        }
+        prev = scan.last.or(prev);
+        if scan.valid_len > at {
+            at = scan.valid_len;
+            window = first_window;
+        } else {
+            window = window.saturating_mul(2);
+        }
+    }
 }
 
 /// [`for_each_record`] for index catch-up: calls `f(position, end offset of
@@ -470,10 +525,22 @@ impl LogWriter {
             None => (0, None),
             Some(&last) => {
                 let path = segment_path(log_root, machine, last);
-                let bytes = storage.read(&path).map_err(io("read", &path))?;
-                let scan = SegmentReader::new(&bytes, &path, machine, last, ReadMode::Recover).scan()?;
-                if let Some(offset) = scan.torn_tail {
-                    let cut = bytes.len() as u64 - offset;
+                // Read in windows: only the last record's (seq, time) and
+                // where the good records end are kept.
+                let file_len = storage.file_len(&path).map_err(io("stat", &path))?;
+                let scan = read_segment_windows(
+                    &*storage,
+                    &path,
+                    machine,
+                    last,
+                    ReadMode::Recover,
+                    SEGMENT_HEADER_LEN,
+                    (last == 0).then_some((0, Timestamp(i64::MIN))),
+                    READ_WINDOW,
+                    &mut |_| Ok(()),
+                )?;
+                if let Some(offset) = scan.torn_tail() {
+                    let cut = file_len.saturating_sub(offset);
                     tracing::warn!(path = %path.display(), offset, bytes = cut, "cutting torn tail off the log");
                     storage.truncate(&path, offset).map_err(io("truncate", &path))?;
                     recovery.cut = Some(TornTail {
@@ -493,15 +560,25 @@ impl LogWriter {
                         header_rewritten: true,
                     });
                 }
-                let mut last_event = scan.records.last().map(|r| (r.event.seq, r.event.time));
+                let mut last_event = scan.last.filter(|&(seq, _)| seq != 0);
                 for n in (0..last).rev() {
                     if last_event.is_some() {
                         break;
                     }
                     let path = segment_path(log_root, machine, n);
-                    let bytes = storage.read(&path).map_err(io("read", &path))?;
-                    let scan = SegmentReader::new(&bytes, &path, machine, n, ReadMode::Strict).scan()?;
-                    last_event = scan.records.last().map(|r| (r.event.seq, r.event.time));
+                    let first = (n == 0).then_some((0, Timestamp(i64::MIN)));
+                    let scan = read_segment_windows(
+                        &*storage,
+                        &path,
+                        machine,
+                        n,
+                        ReadMode::Strict,
+                        SEGMENT_HEADER_LEN,
+                        first,
+                        READ_WINDOW,
+                        &mut |_| Ok(()),
+                    )?;
+                    last_event = scan.last.filter(|&(seq, _)| seq != 0);
                 }
                 (last, Some(last_event))
             }
@@ -701,4 +778,100 @@ pub fn cut_at(storage: &dyn Storage, log_root: &Path, pos: LogPos) -> Result<u64
     let dir = machine_dir(log_root, pos.machine);
     storage.sync_dir(&dir).map_err(io("sync", &dir))?;
     Ok(dropped)
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+    use crate::clock::VectorClock;
+    use crate::event::Change;
+    use crate::ids::NodeId;
+    use crate::storage::FsStorage;
+    use proptest::prelude::*;
+
+    const M: MachineId = MachineId(0x5eed);
+
+    fn ev(seq: u64, value_len: usize) -> Event {
+        Event {
+            node: NodeId::new(seq, M),
+            machine: M,
+            seq,
+            time: Timestamp(1_700_000_000_000_000_000 + seq as i64),
+            clock: VectorClock::from_entries([(M, seq)]),
+            change: Change::SetXattr { name: b"user.k".to_vec(), value: vec![seq as u8; value_len] },
+            base: None,
+        }
+    }
+
+    /// What a read gives: every record's (offset, seq), and how it ended.
+    fn read_all(path: &Path, start: u64, window: usize) -> Result<(Vec<(u64, u64)>, SegmentEnd)> {
+        let mut got = Vec::new();
+        let end = read_segment_windows(
+            &FsStorage,
+            path,
+            M,
+            0,
+            ReadMode::Recover,
+            start,
+            (start <= SEGMENT_HEADER_LEN).then_some((0, Timestamp(i64::MIN))),
+            window,
+            &mut |item| {
+                if let Item::Record(r) = item {
+                    got.push((r.offset, r.event.seq));
+                }
+                Ok(())
+            },
+        )?;
+        Ok((got, end))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Windows of any size read what one read of the whole file reads:
+        /// the same records, the same end, the same torn tail or damage.
+        #[test]
+        fn windows_read_like_the_whole_file(
+            lens in proptest::collection::vec(0usize..700, 1..30),
+            window in 1usize..900,
+            tail in 0usize..4,
+            skip in 0usize..30,
+        ) {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let root = tmp.path().join("log");
+            let (mut w, _) = LogWriter::open(Arc::new(FsStorage), &root, M, 1 << 30).expect("open");
+            let events: Vec<Event> = lens.iter().enumerate().map(|(i, &l)| ev(i as u64 + 1, l)).collect();
+            let positions = w.append(&events).expect("append");
+            w.sync().expect("sync");
+            drop(w);
+            let path = segment_path(&root, M, 0);
+            let mut bytes = std::fs::read(&path).expect("read");
+            match tail {
+                // A torn tail: half a record more.
+                1 => {
+                    let rec = record::encode(&ev(lens.len() as u64 + 1, 300)).expect("encode");
+                    bytes.extend_from_slice(&rec[..rec.len() / 2]);
+                }
+                // Zeros at the end.
+                2 => bytes.extend_from_slice(&[0; 200]),
+                // Damage in the middle: a flipped byte in a record's payload.
+                3 => {
+                    let at = positions[positions.len() / 2].offset as usize + 20;
+                    if at < bytes.len() {
+                        bytes[at] ^= 0x55;
+                    }
+                }
+                _ => {}
+            }
+            std::fs::write(&path, &bytes).expect("write");
+            let start = positions.get(skip).map_or(SEGMENT_HEADER_LEN, |p| p.offset);
+            let whole = read_all(&path, start, usize::MAX);
+            let windowed = read_all(&path, start, window);
+            match (whole, windowed) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => prop_assert!(false, "whole read {a:?}, windowed {b:?}"),
+            }
+        }
+    }
 }

@@ -13,7 +13,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use crate::catchup::{CatchUp, PeerProblems};
 use crate::error::{Error, FsError, Result};
@@ -21,11 +22,12 @@ use crate::event::{BlockRef, NodeKind};
 use crate::ids::{LogPos, NodeId, Timestamp};
 use crate::index::Queries;
 use crate::index::{DirEntry, Index, IndexReader};
+use crate::live::LiveTree;
 use crate::log;
 use crate::read::TreeRead;
 use crate::state::{NodeState, OpenReport};
 use crate::storage::{FsStorage, Storage};
-use crate::store::{lock_history, take_lock, Access, Layout, Store};
+use crate::store::{lock_history, open_lock_file, take_lock, Access, Layout, Store};
 use crate::tree::{self, NodeRecord};
 
 /// Bytes of folded node states a view keeps (an estimate: each state's
@@ -91,18 +93,7 @@ impl PastView {
         let refresh = writable.is_some();
         let mut index = match writable {
             Some((opened, rebuilt)) => {
-                // A crash can cut a writer's unacknowledged tail after a
-                // view indexed it: then the view's index is rebuilt.
-                if index_diverged(store.storage().as_ref(), &layout.log(), &opened)? {
-                    tracing::warn!(
-                        "{}: the log lost events it had indexed; rebuilding it",
-                        layout.history_index().display()
-                    );
-                    opened.clear()?;
-                    report.index_rebuilt = true;
-                } else {
-                    report.index_rebuilt = rebuilt;
-                }
+                report.index_rebuilt = rebuilt;
                 opened
             }
             None => {
@@ -115,8 +106,7 @@ impl PastView {
         };
         let problems = PeerProblems::default();
         if refresh {
-            let catch_up = CatchUp { store: &store, index: &index, problems: &problems };
-            report.caught_up = catch_up.catch_up(false, &mut report)?;
+            bring_up_to_date(&store, &index, &mut report, &problems)?;
             index.reopen_read_only()?;
             history_lock.lock_shared().map_err(|e| Error::io("lock", layout.history_lock(), e))?;
         }
@@ -166,8 +156,7 @@ impl PastView {
         if let Some(n) = state.as_mut() {
             match n.kind {
                 NodeKind::Dir => {
-                    let entries = ix.read_dir_at(id, at)?;
-                    n.subdirs = entries.iter().filter(|e| e.kind == NodeKind::Dir).count() as u64;
+                    n.subdirs = ix.subdirs_at(id, at)?;
                 }
                 NodeKind::File => {
                     let blocks = ix.blocks_at(id, 0, u64::MAX, at)?;
@@ -211,8 +200,7 @@ impl TreeRead for PastView {
     }
 
     fn read_dir(&self, dir: NodeId, after: Option<&[u8]>, limit: usize) -> Result<Vec<DirEntry>> {
-        let all = self.index.read()?.read_dir_at(dir, self.at)?;
-        Ok(all.into_iter().filter(|e| after.is_none_or(|a| e.name.as_slice() > a)).take(limit).collect())
+        self.index.read()?.read_dir_page_at(dir, after, limit, self.at)
     }
 
     fn file_blocks(&self, node: NodeId, first: u64, count: u64) -> Result<Vec<(u64, BlockRef)>> {
@@ -297,6 +285,120 @@ fn seed_history(layout: &Layout) {
     if std::fs::copy(layout.index(), &tmp).and_then(|_| std::fs::rename(&tmp, layout.history_index())).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+}
+
+/// Brings the writable `history.redb` open as `index` up to date with the
+/// logs; replays it from nothing when the log lost events it had indexed.
+fn bring_up_to_date(store: &Store, index: &Index, report: &mut OpenReport, problems: &PeerProblems) -> Result<()> {
+    let layout = store.layout();
+    // A crash can cut a writer's unacknowledged tail after a view indexed
+    // it: then the view's index is rebuilt.
+    if index_diverged(store.storage().as_ref(), &layout.log(), index)? {
+        tracing::warn!("{}: the log lost events it had indexed; rebuilding it", layout.history_index().display());
+        index.clear()?;
+        report.index_rebuilt = true;
+    }
+    let catch_up = CatchUp { store, index, problems };
+    report.caught_up = catch_up.catch_up(false, report)?;
+    Ok(())
+}
+
+/// How often [`HistoryKeeper`] looks for new events.
+pub const HISTORY_REFRESH_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps `history.redb` up to date in the background while a live tree
+/// runs (a mount starts one), so that a point-in-time view opens at once
+/// instead of first indexing every event logged since the last view.
+///
+/// Always true:
+/// - it updates `history.redb` only while no view holds it, taking
+///   `history.lock` exclusively without waiting, and lets it go after each
+///   update (a view that opens meanwhile waits for that update only);
+/// - its thread runs at a lower CPU priority (nice 10), so the indexing
+///   that history needs, the same work as the live index's, yields to the
+///   mount's own requests;
+/// - dropping the keeper stops its thread (an update in progress ends first).
+pub struct HistoryKeeper {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HistoryKeeper {
+    /// Starts keeping `tree`'s `history.redb` current.
+    pub fn start(tree: Arc<LiveTree>) -> Result<HistoryKeeper> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = Arc::clone(&stop);
+        let dir = tree.data_dir().to_path_buf();
+        let run = move || {
+            lower_priority();
+            let mut seen = None;
+            loop {
+                let (lock, cvar) = &*flag;
+                let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let (guard, _) =
+                    cvar.wait_timeout_while(guard, HISTORY_REFRESH_EVERY, |s| !*s).unwrap_or_else(|e| e.into_inner());
+                if *guard {
+                    return;
+                }
+                drop(guard);
+                // The count of events applied moves with our own changes
+                // and with every import.
+                let Ok(events) = tree.stats().map(|s| s.events) else { continue };
+                if seen == Some(events) {
+                    continue;
+                }
+                match refresh_history(tree.store()) {
+                    Ok(true) => seen = Some(events),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("keeping {} up to date: {e}", tree.layout().history_index().display()),
+                }
+            }
+        };
+        let thread = std::thread::Builder::new()
+            .name("syncer-history".into())
+            .spawn(run)
+            .map_err(|e| Error::io("start the history thread", dir, e))?;
+        Ok(HistoryKeeper { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for HistoryKeeper {
+    fn drop(&mut self) {
+        let (lock, cvar) = &*self.stop;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cvar.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Lowers the calling thread's CPU priority to nice 10 (best effort).
+fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread, no pointers.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
+}
+
+/// Brings `history.redb` up to date with the logs if no view holds it;
+/// returns whether it did.
+pub(crate) fn refresh_history(store: &Store) -> Result<bool> {
+    let layout = store.layout();
+    let lock = open_lock_file(&layout.history_lock())?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", layout.history_lock(), e)),
+    }
+    let (mut index, rebuilt) = Index::open(&layout.history_index())?;
+    let mut report = OpenReport { index_rebuilt: rebuilt, ..OpenReport::default() };
+    bring_up_to_date(store, &index, &mut report, &PeerProblems::default())?;
+    // Closes the writable handle cleanly, so the next opener need not
+    // repair the file.
+    index.reopen_read_only()?;
+    Ok(true)
 }
 
 /// Whether `ix` was applied up to an event that the log no longer has where

@@ -6,7 +6,7 @@ use engine::event::{Attrs, BlockChange, NodeKind};
 use engine::ids::{MachineId, NodeId, Timestamp};
 use engine::Queries;
 use engine::{FsError, RenameFlags, XattrMode};
-use engine::{LiveTree, Store, TreeRead};
+use engine::{LiveTree, PastView, Store, TreeRead};
 use std::path::Path;
 
 fn init(dir: &Path) {
@@ -285,4 +285,38 @@ fn create_with_xattrs_and_change_node_record_everything_in_the_log() {
     let e = LiveTree::open(&dir).expect("reopen");
     assert!(e.open_report().index_rebuilt);
     assert_eq!(e.dump_tree().expect("dump"), before);
+}
+
+#[test]
+fn a_history_keeper_indexes_history_before_the_first_view_opens() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    init(&dir);
+    let e = std::sync::Arc::new(LiveTree::open(&dir).expect("open"));
+    for i in 0..50 {
+        e.create(NodeId::ROOT, format!("f{i}").as_bytes(), NodeKind::File, file_attrs(), b"").expect("create");
+    }
+    e.sync().expect("sync");
+    let history = dir.join("history.redb");
+    assert!(!history.exists(), "no view opened yet");
+    let keeper = engine::HistoryKeeper::start(e.clone()).expect("start the keeper");
+    // The keeper looks every HISTORY_REFRESH_EVERY; give it a few rounds.
+    let deadline = std::time::Instant::now() + engine::HISTORY_REFRESH_EVERY * 15;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the keeper never made {}", history.display());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if !history.exists() {
+            continue;
+        }
+        let view = PastView::open(&dir, Timestamp::now()).expect("open a view");
+        if view.open_report().stale_history.is_some() {
+            // The keeper was updating it: this view could only read it.
+            continue;
+        }
+        // The view found nothing left to index, and shows everything.
+        assert_eq!(view.open_report().caught_up, 0);
+        assert_eq!(view.read_dir(NodeId::ROOT, None, 1000).expect("list").len(), 50);
+        break;
+    }
+    drop(keeper);
 }

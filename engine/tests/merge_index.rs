@@ -49,7 +49,11 @@ proptest! {
     fn index_merges_like_the_model(
         (replicas, actions) in (2usize..=3).prop_flat_map(|n| (Just(n), proptest::collection::vec(action(n), 1..40))),
         split in 0usize..40,
+        chunk in 1usize..6,
     ) {
+        // Catch-up reads each log a few events at a time, so the merge of
+        // chunks read from several logs at once is what is checked.
+        engine::set_catch_up_chunk(chunk);
         let mut reps: Vec<Replica> = (0..replicas).map(Replica::new).collect();
         let split = split.min(actions.len());
         let tmp = tempfile::tempdir().expect("tempdir");

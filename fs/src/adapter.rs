@@ -14,6 +14,7 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 
+use crate::dircursor::Add;
 use crate::ops::{Caller, Core, SetAttr};
 
 /// How long the kernel may cache entries and attributes of a live mount.
@@ -325,38 +326,38 @@ impl Filesystem for SyncerFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let (listing, start) = match self.core.listing(ino.0, fh.0, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        for (i, e) in listing.iter().enumerate().skip(start) {
+        let filled = self.core.fill_dir(ino.0, fh.0, offset, |cookie, e| {
             let name = OsStr::from_bytes(&e.name);
-            if reply.add(INodeNo(self.core.d_ino(e)), (i + 1) as u64, e.kind, name) {
-                break;
+            match reply.add(INodeNo(self.core.d_ino(e)), cookie, e.kind, name) {
+                true => Add::Full,
+                false => Add::Added,
             }
+        });
+        match filled {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let (listing, start) = match self.core.listing(ino.0, fh.0, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        for (i, e) in listing.iter().enumerate().skip(start) {
+        let filled = self.core.fill_dir(ino.0, fh.0, offset, |cookie, e| {
             let Some((attr, counted)) = self.core.plus_entry(ino.0, e) else {
-                continue;
+                return Add::Skipped;
             };
             let name = OsStr::from_bytes(&e.name);
             // One TTL for the entry and its attributes here.
-            if reply.add(attr.ino, (i + 1) as u64, name, &self.attr_ttl(&attr), &attr, Generation(0)) {
+            if reply.add(attr.ino, cookie, name, &self.attr_ttl(&attr), &attr, Generation(0)) {
                 if counted {
                     self.core.unplus(attr.ino.0);
                 }
-                break;
+                return Add::Full;
             }
+            Add::Added
+        });
+        match filled {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
@@ -421,6 +422,22 @@ impl Filesystem for SyncerFs {
             }
             Err(e) => reply.error(e),
         }
+    }
+
+    /// No ioctl is supported: ENOTTY, as a regular file on a local disk
+    /// answers (programs ask each file they open whether it is a terminal).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn fallocate(

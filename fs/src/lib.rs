@@ -3,8 +3,8 @@
 //!
 //! Always true:
 //! - every mutation goes through the engine (so into the log); the only
-//!   state kept here is derived (the inode table, open-directory listing
-//!   snapshots) or not yet committed (buffered writes, see `writeback`);
+//!   state kept here is derived (the inode table, open-directory cookies)
+//!   or not yet committed (buffered writes, see `writeback`);
 //! - when [`mount`] returns or [`MountHandle::unmount`] finishes, every
 //!   buffered write is committed and `engine.sync()` has run;
 //! - reads never update atime (the mount behaves as `noatime`);
@@ -20,8 +20,9 @@
 //!
 //! Layout: `adapter` is the thin `fuser::Filesystem` impl; `ops` holds the
 //! logic as plain `Result<_, Errno>` methods; `errno` is the single engine
-//! error → errno mapping; `inodes` the ino table; `writeback` the buffered
-//! write path with its hashing workers. How this crate fits with the others,
+//! error → errno mapping; `inodes` the ino table; `dircursor` the offsets
+//! (cookies) of open directories, read a page at a time; `writeback` the
+//! buffered write path with its hashing workers. How this crate fits with the others,
 //! and the rules every change keeps: `docs/DESIGN.md` at the repository root.
 
 use std::io;
@@ -34,6 +35,7 @@ use fuser::{Config, MountOption, SessionACL};
 mod acl;
 mod adapter;
 mod attr;
+mod dircursor;
 mod errno;
 mod inodes;
 pub mod mountinfo;

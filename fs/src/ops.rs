@@ -6,7 +6,7 @@
 //! all files except for map look-ups):
 //! - `Inodes` mutex: the ino <-> node maps (see `inodes`);
 //! - `dirs` mutex: the map of open directory handles; each handle has its
-//!   own mutex over its listing snapshot;
+//!   own mutex over its cookies, held for one reply;
 //! - the write-back locks (see `writeback`), per file.
 //!
 //! The engine serializes mutations on its own short writer mutex; reads are
@@ -35,10 +35,7 @@ use crate::errno::errno;
 use crate::inodes::Inodes;
 use crate::writeback::WriteBack;
 
-/// Entries fetched from the engine per `read_dir` call.
-const DIR_PAGE: usize = 1024;
-
-/// One entry of a directory listing snapshot.
+/// One entry of a directory listing.
 #[derive(Clone, Debug)]
 pub(crate) struct Listed {
     pub name: Vec<u8>,
@@ -46,13 +43,12 @@ pub(crate) struct Listed {
     pub kind: FileType,
 }
 
-/// An open directory: the listing taken at offset 0; offsets are positions
-/// in it, so entries added or removed while reading neither repeat nor
-/// vanish from the listing in progress.
+/// An open directory: its node and the cookies handed out for its names
+/// (see `dircursor`: offsets are cookies, each reply reads a page).
 #[derive(Debug)]
 struct DirHandle {
     node: NodeId,
-    listing: Option<Arc<Vec<Listed>>>,
+    cookies: crate::dircursor::Cookies,
 }
 
 /// What `setattr` asks for.

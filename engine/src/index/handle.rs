@@ -119,7 +119,7 @@ impl Index {
     /// Opens an existing, cleanly closed index read-only. Any number of
     /// processes may hold it so at once; none may hold it for writing then.
     pub(crate) fn open_read_only(path: &Path) -> Result<Index> {
-        let db = redb::ReadOnlyDatabase::open(path).map_err(|e| ix(path, "open read-only", e))?;
+        let db = schema::builder().open_read_only(path).map_err(|e| ix(path, "open read-only", e))?;
         Ok(Index::on(Db::Ro(db), path))
     }
 
@@ -131,7 +131,7 @@ impl Index {
             let db = Arc::try_unwrap(db).map_err(|_| IndexError::InUse.at(&self.path))?;
             db.close().map_err(|e| ix(&self.path, "close", e))?;
         }
-        *slot = Db::Ro(redb::ReadOnlyDatabase::open(&self.path).map_err(|e| ix(&self.path, "open read-only", e))?);
+        *slot = Db::Ro(schema::builder().open_read_only(&self.path).map_err(|e| ix(&self.path, "open read-only", e))?);
         Ok(())
     }
 

@@ -435,11 +435,106 @@ pub(super) fn lookup_at(
     let op = "read `dirent_history`";
     s.with_existing(DIRENT_HISTORY, op, |t| {
         let err = |e| ix(s.path(), op, e);
-        let range = t.range((dir.0, name, i64::MIN, 0, 0)..=(dir.0, name, at.0, u64::MAX, u64::MAX)).map_err(err)?;
-        Ok(match range.last() {
+        // From the end: one seek, however many versions the name has.
+        let mut range =
+            t.range((dir.0, name, i64::MIN, 0, 0)..=(dir.0, name, at.0, u64::MAX, u64::MAX)).map_err(err)?;
+        Ok(match range.next_back() {
             Some(item) => item.map_err(err)?.1.value().and_then(|(c, k)| kind_from_code(k).map(|k| (NodeId(c), k))),
             None => None,
         })
+    })
+}
+
+/// Up to `limit` entries of `dir` as of `at` with names after `after`, by
+/// name: each name's latest version at or before `at`, a name whose latest
+/// version is a removal (or whose first one is later) left out.
+///
+/// Cost: two seeks per name looked at (the next name's first key, then its
+/// latest version at `at`), so O((limit + names left out) · log n), never
+/// the directory's whole history, and memory for the page only.
+pub(super) fn read_dir_page_at(
+    s: &impl Tables,
+    dir: NodeId,
+    after: Option<&[u8]>,
+    limit: usize,
+    at: Timestamp,
+) -> Result<Vec<DirEntry>> {
+    use std::ops::Bound;
+    s.flush(Buffered::DirentHistory)?;
+    let op = "list `dirent_history`";
+    s.with_existing(DIRENT_HISTORY, op, |t| {
+        let err = |e| ix(s.path(), op, e);
+        let mut out = Vec::new();
+        let mut cur: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
+        while out.len() < limit {
+            // The first key after every version of `cur`: the next name's.
+            let lower: (Bound<DirentHistoryKey>, Bound<DirentHistoryKey>) = match &cur {
+                Some(n) => (Bound::Excluded((dir.0, n.as_slice(), i64::MAX, u64::MAX, u64::MAX)), Bound::Unbounded),
+                None => (Bound::Included((dir.0, &[], i64::MIN, 0, 0)), Bound::Unbounded),
+            };
+            let name = match t.range(lower).map_err(err)?.next() {
+                Some(item) => {
+                    let (k, _) = item.map_err(err)?;
+                    let (d, name, _, _, _) = k.value();
+                    if d != dir.0 {
+                        break;
+                    }
+                    name.to_vec()
+                }
+                None => break,
+            };
+            let versions =
+                (dir.0, name.as_slice(), i64::MIN, 0, 0)..=(dir.0, name.as_slice(), at.0, u64::MAX, u64::MAX);
+            if let Some(item) = t.range(versions).map_err(err)?.next_back() {
+                if let Some((child, code)) = item.map_err(err)?.1.value() {
+                    let Some(kind) = kind_from_code(code) else {
+                        let what = format!("directory {dir}: entry with kind code {code}");
+                        return Err(IndexError::Corrupt { table: "dirent_history", what }.at(s.path()));
+                    };
+                    out.push(DirEntry { name: name.clone(), node: NodeId(child), kind });
+                }
+            }
+            cur = Some(name);
+        }
+        Ok(out)
+    })
+}
+
+/// How many directories `dir` holds as of `at`: one pass over its
+/// `dirent_history` keys in order, holding one name's latest version at a
+/// time (memory does not grow with the directory).
+pub(super) fn subdirs_at(s: &impl Tables, dir: NodeId, at: Timestamp) -> Result<u64> {
+    s.flush(Buffered::DirentHistory)?;
+    let op = "count `dirent_history`";
+    s.with_existing(DIRENT_HISTORY, op, |t| {
+        let err = |e| ix(s.path(), op, e);
+        let lo: DirentHistoryKey = (dir.0, &[], i64::MIN, 0, 0);
+        let is_dir = |v: Option<(NodeKey, u8)>| v.and_then(|(_, k)| kind_from_code(k)) == Some(NodeKind::Dir);
+        let mut count = 0u64;
+        // The name in hand and its latest version at or before `at` so far.
+        let mut current: Option<(Vec<u8>, bool)> = None;
+        for item in t.range(lo..).map_err(err)? {
+            let (k, v) = item.map_err(err)?;
+            let (d, name, time, _, _) = k.value();
+            if d != dir.0 {
+                break;
+            }
+            if current.as_ref().is_none_or(|(n, _)| n.as_slice() != name) {
+                if let Some((_, true)) = current.take() {
+                    count += 1;
+                }
+                current = Some((name.to_vec(), false));
+            }
+            if time <= at.0 {
+                if let Some((_, latest)) = current.as_mut() {
+                    *latest = is_dir(v.value());
+                }
+            }
+        }
+        if let Some((_, true)) = current {
+            count += 1;
+        }
+        Ok(count)
     })
 }
 
@@ -652,6 +747,24 @@ pub trait Queries: Tables + Sized {
     /// Entries of `dir` as of `at`, by name.
     fn read_dir_at(&self, dir: NodeId, at: Timestamp) -> Result<Vec<DirEntry>> {
         read_dir_at(self, dir, at)
+    }
+
+    /// Up to `limit` entries of `dir` as of `at` with names after `after`,
+    /// by name, at O((limit + names left out) · log n).
+    fn read_dir_page_at(
+        &self,
+        dir: NodeId,
+        after: Option<&[u8]>,
+        limit: usize,
+        at: Timestamp,
+    ) -> Result<Vec<DirEntry>> {
+        read_dir_page_at(self, dir, after, limit, at)
+    }
+
+    /// How many directories `dir` holds as of `at`, in memory that does
+    /// not grow with the directory.
+    fn subdirs_at(&self, dir: NodeId, at: Timestamp) -> Result<u64> {
+        subdirs_at(self, dir, at)
     }
 
     /// Stored blocks of `node` with index in `first..first+count` as of `at`.

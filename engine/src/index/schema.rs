@@ -266,6 +266,19 @@ pub(super) fn reset_tables(txn: &WriteTransaction) -> std::result::Result<(), re
     Ok(())
 }
 
+/// Bytes of index pages redb may keep in memory (read cache and write
+/// buffer together) per open index. redb's default is 1 GiB, which a
+/// collection of a few hundred thousand files fills: the mount's memory
+/// would then grow with the collection.
+pub(crate) const INDEX_CACHE_BYTES: usize = 48 << 20;
+
+/// redb's builder with the index's memory budget.
+pub(crate) fn builder() -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_cache_size(INDEX_CACHE_BYTES);
+    b
+}
+
 /// Opens (creating if missing) the redb file at `path`, through `storage`
 /// if it opens indexes itself.
 pub(super) fn create_db(
@@ -274,7 +287,7 @@ pub(super) fn create_db(
 ) -> std::result::Result<Database, redb::DatabaseError> {
     match storage.and_then(|s| s.index_database(path)) {
         Some(opened) => opened,
-        None => Database::create(path),
+        None => builder().create(path),
     }
 }
 

@@ -15,45 +15,44 @@ use crate::ids::{LogPos, MachineId, NodeId, Timestamp};
 
 const M: MachineId = MachineId(7);
 
+/// Events of machine [`M`] in the making, one per microsecond of log time.
+#[derive(Default)]
+struct Events {
+    out: Vec<(LogPos, Event)>,
+    clock: VectorClock,
+}
+
+impl Events {
+    fn push(&mut self, node: NodeId, change: Change) {
+        self.clock.tick(M);
+        let seq = self.out.len() as u64 + 1;
+        let time = Timestamp(1_000 * seq as i64);
+        let event = Event { node, machine: M, seq, time, clock: self.clock.clone(), change, base: None };
+        self.out.push((LogPos { machine: M, segment: 0, offset: seq * 100 }, event));
+    }
+}
+
+fn create(parent: NodeId, name: String, kind: NodeKind) -> Change {
+    Change::Create { parent, name: name.into_bytes(), kind, attrs: Attrs::default(), target: Vec::new() }
+}
+
 /// 400 events over one directory: creates, renames, removes, and one
 /// file changed after each, for several checkpoints.
 fn events() -> Vec<(LogPos, Event)> {
     let dir = NodeId::new(1, M);
-    let mut out = Vec::new();
-    let mut clock = VectorClock::default();
-    let mut push = |node: NodeId, change: Change| {
-        clock.tick(M);
-        let seq = out.len() as u64 + 1;
-        let event = Event {
-            node,
-            machine: M,
-            seq,
-            time: Timestamp(1_000 * seq as i64),
-            clock: clock.clone(),
-            change,
-            base: None,
-        };
-        out.push((LogPos { machine: M, segment: 0, offset: seq * 100 }, event));
-    };
-    let create = |parent, name: String, kind| Change::Create {
-        parent,
-        name: name.into_bytes(),
-        kind,
-        attrs: Attrs::default(),
-        target: Vec::new(),
-    };
-    push(dir, create(NodeId::ROOT, "d".into(), NodeKind::Dir));
+    let mut ev = Events::default();
+    ev.push(dir, create(NodeId::ROOT, "d".into(), NodeKind::Dir));
     for i in 2..150u64 {
         let f = NodeId::new(i, M);
-        push(f, create(dir, format!("f{i}"), NodeKind::File));
+        ev.push(f, create(dir, format!("f{i}"), NodeKind::File));
         match i % 3 {
-            0 => push(f, Change::Move { parent: NodeId::ROOT, name: format!("moved{i}").into_bytes() }),
-            1 => push(f, Change::Remove),
+            0 => ev.push(f, Change::Move { parent: NodeId::ROOT, name: format!("moved{i}").into_bytes() }),
+            1 => ev.push(f, Change::Remove),
             _ => {}
         }
-        push(NodeId::new(2, M), Change::SetAttrs(AttrChange { mode: Some(i as u32), ..Default::default() }));
+        ev.push(NodeId::new(2, M), Change::SetAttrs(AttrChange { mode: Some(i as u32), ..Default::default() }));
     }
-    out
+    ev.out
 }
 
 /// What every query that reads a buffered table answers, plus nodes,
@@ -339,4 +338,73 @@ fn a_full_disk_under_redb_is_enospc() {
     assert!(err.to_string().starts_with("index /data/index.redb: commit: "), "{err}");
     let refused = IndexError::BackgroundFailed { why: "no room".into() }.at(Path::new("/data/index.redb"));
     assert_eq!(refused.os_error(), None, "a refusal is no OS error");
+}
+
+/// Events over one directory where names come, go and come back, some as
+/// directories: every name's history has several versions.
+fn churn_events() -> Vec<(LogPos, Event)> {
+    let dir = NodeId::new(1, M);
+    let mut ev = Events::default();
+    ev.push(dir, create(NodeId::ROOT, "d".into(), NodeKind::Dir));
+    let mut next = 2u64;
+    for round in 0..4u64 {
+        for i in 0..40u64 {
+            let kind = if i % 4 == 0 { NodeKind::Dir } else { NodeKind::File };
+            // Each round reuses the names of the rounds before it.
+            let name = format!("n{:02}", (i * 7 + round) % 40);
+            let node = NodeId::new(next, M);
+            next += 1;
+            ev.push(node, create(dir, name, kind));
+            match (i + round) % 5 {
+                0 => ev.push(node, Change::Remove),
+                1 => ev.push(node, Change::Move { parent: NodeId::ROOT, name: format!("out{next}").into_bytes() }),
+                2 => ev.push(node, Change::Move { parent: dir, name: format!("m{:02}", i % 9).into_bytes() }),
+                _ => {}
+            }
+        }
+    }
+    ev.out
+}
+
+/// A past directory listed a page at a time, from each name on, is the
+/// whole listing (`read_dir_at`) cut into pages; its directory count is the
+/// listing's; a lookup as of a time finds what the listing shows.
+#[test]
+fn past_pages_are_the_past_listing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let events = churn_events();
+    let index = committed(&tmp.path().join("index.redb"), &events);
+    let ix = index.read().expect("read");
+    let dir = NodeId::new(1, M);
+    let last = events.len() as i64;
+    let (mut most, mut most_dirs) = (0, 0);
+    for step in (0..=last + 1).step_by(7) {
+        let at = Timestamp(1_000 * step);
+        for d in [NodeId::ROOT, dir] {
+            let whole = ix.read_dir_at(d, at).expect("read_dir_at");
+            for limit in [1, 3, 16, usize::MAX] {
+                let mut paged = Vec::new();
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let page = ix.read_dir_page_at(d, after.as_deref(), limit, at).expect("page");
+                    assert!(page.len() <= limit);
+                    let Some(e) = page.last() else { break };
+                    after = Some(e.name.clone());
+                    paged.extend(page);
+                }
+                assert_eq!(paged, whole, "dir {d} at {at:?}, pages of {limit}");
+            }
+            // From a name that is not in the directory: the names after it.
+            let from = b"n05x".as_slice();
+            let rest: Vec<_> = whole.iter().filter(|e| e.name.as_slice() > from).cloned().collect();
+            assert_eq!(ix.read_dir_page_at(d, Some(from), usize::MAX, at).expect("page"), rest);
+            let dirs = whole.iter().filter(|e| e.kind == NodeKind::Dir).count() as u64;
+            assert_eq!(ix.subdirs_at(d, at).expect("subdirs_at"), dirs, "dir {d} at {at:?}");
+            (most, most_dirs) = (most.max(whole.len()), most_dirs.max(dirs));
+            for e in &whole {
+                assert_eq!(ix.lookup_at(d, &e.name, at).expect("lookup_at"), Some((e.node, e.kind)));
+            }
+        }
+    }
+    assert!(most >= 30 && most_dirs >= 5, "the listings compared were not trivial: {most} entries, {most_dirs} dirs");
 }

@@ -203,10 +203,18 @@ impl Budget {
     }
 }
 
-/// Reads one segment (its whole content, already in memory). Pure: no I/O.
+/// Reads one segment (its content, already in memory: the whole file, or
+/// its header and a window of it). Pure: no I/O.
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentReader<'a> {
+    /// The file's bytes from `base` on.
     bytes: &'a [u8],
+    /// File offset of `bytes[0]`.
+    base: u64,
+    /// Length of the file (`bytes` may end before it: a window).
+    file_len: u64,
+    /// The file's first bytes, up to the header's length.
+    head: &'a [u8],
     path: &'a Path,
     machine: MachineId,
     number: u64,
@@ -220,7 +228,31 @@ impl<'a> SegmentReader<'a> {
     /// read from `path` (which errors name), from its first record on.
     pub fn new(bytes: &'a [u8], path: &'a Path, machine: MachineId, number: u64, mode: ReadMode) -> Self {
         let prev = (number == 0).then_some((0, Timestamp(i64::MIN)));
-        SegmentReader { bytes, path, machine, number, mode, start: SEGMENT_HEADER_LEN, prev }
+        let head = &bytes[..bytes.len().min(SEGMENT_HEADER_LEN as usize)];
+        let file_len = bytes.len() as u64;
+        SegmentReader { bytes, base: 0, file_len, head, path, machine, number, mode, start: SEGMENT_HEADER_LEN, prev }
+    }
+
+    /// A reader of a window of a segment of `file_len` bytes: `head` is its
+    /// header (not all zeros), `body` its bytes from `base` on, where the
+    /// read starts (a record boundary). A frame that does not decode before
+    /// the window ends short of the file ends the read there, with
+    /// [`Stop::End`] and `valid_len` at that frame: the caller reads on from
+    /// it with a window that reaches further (only the file's end can tell a
+    /// torn tail from damage).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn window(
+        head: &'a [u8],
+        body: &'a [u8],
+        base: u64,
+        file_len: u64,
+        path: &'a Path,
+        machine: MachineId,
+        number: u64,
+        mode: ReadMode,
+    ) -> Self {
+        let start = base.max(SEGMENT_HEADER_LEN);
+        SegmentReader { bytes: body, base, file_len, head, path, machine, number, mode, start, prev: None }
     }
 
     /// Starts at `offset` instead (a record boundary; an offset inside the
@@ -252,13 +284,17 @@ impl<'a> SegmentReader<'a> {
     pub fn read(&self, f: &mut dyn FnMut(Item) -> Result<()>) -> Result<SegmentEnd> {
         let forensic = self.mode == ReadMode::Forensic;
         let bytes = self.bytes;
-        let len = bytes.len() as u64;
+        let len = self.file_len;
+        // The window ends before the file does.
+        let end = self.base + bytes.len() as u64;
+        let cut_short = end < len;
         let mut budget = Budget::for_len(bytes.len());
         // The header: cut short, or all zeros where a tail may be torn, is
         // torn; anything else that is not the expected header is damage.
-        let all_zero = bytes.iter().all(|&b| b == 0);
+        // (A window's header is never all zeros: see `window`.)
+        let all_zero = self.base == 0 && !cut_short && bytes.iter().all(|&b| b == 0);
         let torn_header = len < SEGMENT_HEADER_LEN || (all_zero && self.mode != ReadMode::Strict);
-        let head = &bytes[..bytes.len().min(SEGMENT_HEADER_LEN as usize)];
+        let head = self.head;
         let problem = if torn_header && all_zero { None } else { header_problem(head, self.machine, self.number) };
         if let Some(problem) = &problem {
             if !forensic {
@@ -283,6 +319,13 @@ impl<'a> SegmentReader<'a> {
             }
         }
         let mut pos = self.start;
+        if pos < self.base {
+            return Err(Error::Invalid(format!(
+                "{}: position {pos} is before the bytes read (from {})",
+                self.path.display(),
+                self.base
+            )));
+        }
         if pos > len {
             if forensic {
                 return Ok(SegmentEnd { valid_len: len, stop: Stop::End, last: None });
@@ -295,9 +338,9 @@ impl<'a> SegmentReader<'a> {
         let mut prev = self.prev;
         let mut valid_len = if problem.is_some() { None } else { Some(pos) };
         // The records.
-        while pos < len {
-            // In bounds: pos < len = bytes.len().
-            let rest = &bytes[pos as usize..];
+        while pos < end {
+            // In bounds: base <= pos < end = base + bytes.len().
+            let rest = &bytes[(pos - self.base) as usize..];
             let err = match record::decode(rest) {
                 Ok(d) => {
                     let ev = &d.event;
@@ -318,6 +361,8 @@ impl<'a> SegmentReader<'a> {
                     pos += frame_len;
                     continue;
                 }
+                // More of the file follows: the caller reads on from here.
+                Err(_) if cut_short => break,
                 Err(e) => e,
             };
             let verdict = classify(rest, pos, err, self.machine, prev.map(|p| p.0), &mut budget);

@@ -1,5 +1,6 @@
-//! Directory handles and listings: a listing is a snapshot taken at
-//! `opendir`, so offsets are positions in it.
+//! Directory handles and listings: a handle holds the cookies of
+//! [`dircursor`] (bounded), never a copy of the directory; each reply reads
+//! one page of the tree.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use fuser::{Errno, FileAttr, FileType};
 use parking_lot::Mutex;
 
 use crate::attr::file_type;
+use crate::dircursor::{self, Add, Cookies};
 use crate::errno::errno;
 
 use super::*;
@@ -21,7 +23,8 @@ impl Core {
             return Err(Errno::ENOTDIR);
         }
         let fh = self.fresh_fh();
-        self.dirs.lock().insert(fh, Arc::new(Mutex::new(DirHandle { node, listing: None })));
+        let handle = DirHandle { node, cookies: Cookies::new(dircursor::COOKIE_BYTES) };
+        self.dirs.lock().insert(fh, Arc::new(Mutex::new(handle)));
         self.inodes.open(ino);
         Ok(fh)
     }
@@ -31,53 +34,47 @@ impl Core {
         self.inodes.close(ino);
     }
 
-    fn snapshot(&self, dir: NodeId) -> Result<Vec<Listed>, Errno> {
-        let st = self.state(dir)?;
-        let mut out = vec![
-            Listed { name: b".".to_vec(), node: dir, kind: FileType::Directory },
-            Listed {
-                name: b"..".to_vec(),
-                node: if dir == NodeId::ROOT { dir } else { st.parent },
-                kind: FileType::Directory,
-            },
-        ];
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self.tree.read_dir(dir, after.as_deref(), DIR_PAGE).map_err(|e| errno(&e))?;
-            let n = page.len();
-            for e in page {
-                after = Some(e.name.clone());
-                out.push(Listed { name: e.name, node: e.node, kind: file_type(e.kind) });
-            }
-            if n < DIR_PAGE {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// The listing of handle `fh` from position `offset` on. Position 0
-    /// (re)takes the snapshot, so `rewinddir` sees new entries.
-    pub(crate) fn listing(&self, ino: u64, fh: u64, offset: u64) -> Result<(Arc<Vec<Listed>>, usize), Errno> {
+    /// Fills one reply of handle `fh` (directory `ino`) from `offset`: see
+    /// [`dircursor::fill`]. The handle's mutex is held for the reply, so
+    /// its cookies change in one reply at a time.
+    pub(crate) fn fill_dir(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        add: impl FnMut(u64, &Listed) -> Add,
+    ) -> Result<(), Errno> {
         let handle = self.dirs.lock().get(&fh).cloned();
-        let handle = match handle {
-            Some(h) => h,
-            None => {
-                // No handle (opendir not seen): list statelessly.
-                let node = self.node_of(ino)?;
-                return Ok((Arc::new(self.snapshot(node)?), offset as usize));
-            }
+        let Some(handle) = handle else {
+            // No handle (opendir not seen): cookies last for this reply.
+            let mut cookies = Cookies::new(0);
+            return self.fill_from(self.node_of(ino)?, &mut cookies, offset, add);
         };
         let mut h = handle.lock();
-        let listing = match (&h.listing, offset) {
-            (Some(l), o) if o != 0 => l.clone(),
-            _ => {
-                let l = Arc::new(self.snapshot(h.node)?);
-                h.listing = Some(l.clone());
-                l
-            }
+        let DirHandle { node, cookies } = &mut *h;
+        self.fill_from(*node, cookies, offset, add)
+    }
+
+    fn fill_from(
+        &self,
+        dir: NodeId,
+        cookies: &mut Cookies,
+        offset: u64,
+        add: impl FnMut(u64, &Listed) -> Add,
+    ) -> Result<(), Errno> {
+        let dots = || {
+            let st = self.state(dir)?;
+            let parent = if dir == NodeId::ROOT { dir } else { st.parent };
+            Ok([
+                Listed { name: b".".to_vec(), node: dir, kind: FileType::Directory },
+                Listed { name: b"..".to_vec(), node: parent, kind: FileType::Directory },
+            ])
         };
-        Ok((listing, usize::try_from(offset).unwrap_or(usize::MAX)))
+        let fetch = |after: Option<&[u8]>, limit: usize| {
+            let page = self.tree.read_dir(dir, after, limit).map_err(|e| errno(&e))?;
+            Ok(page.into_iter().map(|e| Listed { name: e.name, node: e.node, kind: file_type(e.kind) }).collect())
+        };
+        dircursor::fill(cookies, offset, dots, fetch, |e: &Listed| e.name.as_slice(), add)
     }
 
     /// The inode number to show for a listed entry without a lookup.
@@ -87,9 +84,9 @@ impl Core {
 
     /// For readdirplus: the entry's attributes, with a lookup registered
     /// (`.` and `..` get none, as the kernel takes none for them). `None` if
-    /// the name no longer leads to the node listed in the snapshot (the
-    /// snapshot serves every request of one listing, and the kernel would
-    /// keep a dentry it hands out for the TTL).
+    /// the name no longer leads to the node listed (it changed since the
+    /// page was read, and the kernel would keep a dentry it hands out for
+    /// the TTL).
     pub(crate) fn plus_entry(&self, dir: u64, entry: &Listed) -> Option<(FileAttr, bool)> {
         let dots = entry.name == b"." || entry.name == b"..";
         if dots {

@@ -131,24 +131,49 @@ fn truncate_commits_first_and_zero_fills_on_extension() {
     assert!(back[..5000].iter().all(|&b| b == 9) && back[5000..].iter().all(|&b| b == 0));
 }
 
+/// Up to `cap` entries of handle `fh` from `offset`: (cookie, name) each.
+fn dir_reply(c: &Core, fh: u64, offset: u64, cap: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    c.fill_dir(1, fh, offset, |cookie, e| {
+        if out.len() == cap {
+            return crate::dircursor::Add::Full;
+        }
+        out.push((cookie, e.name.clone()));
+        crate::dircursor::Add::Added
+    })
+    .unwrap();
+    out
+}
+
 #[test]
-fn directory_listing_offsets_are_positions_in_a_snapshot() {
+fn directory_offsets_are_cookies_that_resume_after_their_name() {
     let (_t, c) = core(4096);
     for n in ["a", "b", "c"] {
         c.do_mkdir(1, &os(n), 0o755, 0, 0, 0).unwrap();
     }
     let fh = c.do_opendir(1).unwrap();
-    let (l, start) = c.listing(1, fh, 0).unwrap();
-    let names: Vec<&[u8]> = l.iter().map(|e| e.name.as_slice()).collect();
-    assert_eq!(names, vec![&b"."[..], b"..", b"a", b"b", b"c"]);
-    assert_eq!(start, 0);
+    let names =
+        |r: &[(u64, Vec<u8>)]| r.iter().map(|(_, n)| String::from_utf8_lossy(n).into_owned()).collect::<Vec<_>>();
+    let first = dir_reply(&c, fh, 0, 3);
+    assert_eq!(names(&first), [".", "..", "a"]);
+    // "a" goes and "0" comes before the resume point: the listing goes on
+    // after "a" without either.
     c.do_rmdir(1, &os("a")).unwrap();
     c.do_mkdir(1, &os("0"), 0o755, 0, 0, 0).unwrap();
-    let (l2, start) = c.listing(1, fh, 3).unwrap();
-    assert!(Arc::ptr_eq(&l, &l2));
-    assert_eq!(start, 3);
-    let (l3, _) = c.listing(1, fh, 0).unwrap();
-    assert_eq!(l3.iter().map(|e| e.name.as_slice()).collect::<Vec<_>>(), vec![&b"."[..], b"..", b"0", b"b", b"c"]);
+    let rest = dir_reply(&c, fh, first[2].0, 10);
+    assert_eq!(names(&rest), ["b", "c"]);
+    assert!(dir_reply(&c, fh, rest[1].0, 10).is_empty(), "the end");
+    // A rewind sees the directory as it is; "b" keeps its cookie.
+    let again = dir_reply(&c, fh, 0, 10);
+    assert_eq!(names(&again), [".", "..", "0", "b", "c"]);
+    assert_eq!(again[3], rest[0]);
+    // An offset never handed out is refused.
+    let mut err = None;
+    let r = c.fill_dir(1, fh, 999, |_, _| crate::dircursor::Add::Added);
+    if let Err(e) = r {
+        err = Some(e.code());
+    }
+    assert_eq!(err, Some(libc::EINVAL));
     c.do_releasedir(1, fh);
 }
 
