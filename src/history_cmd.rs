@@ -12,7 +12,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use engine::event::NodeKind;
-use engine::history::{self, When};
+use engine::forensics::{self, When};
 use engine::ids::Timestamp;
 use engine::{PastView, TreeRead};
 
@@ -29,16 +29,14 @@ pub fn open_view(data_dir: &Path, at: Option<Timestamp>) -> Result<PastView> {
     Ok(e)
 }
 
-/// Resolves a WHEN argument (see `engine::history::parse_when`) to a time.
+/// Resolves a WHEN argument (see `engine::forensics::parse_when`) to a time.
 pub fn resolve(data_dir: &Path, when: &str) -> Result<Timestamp> {
-    let parsed = history::parse_when(when, Timestamp::now()).map_err(|e| anyhow::anyhow!("WHEN {e}"))?;
+    let parsed = forensics::parse_when(when, Timestamp::now()).map_err(|e| anyhow::anyhow!("WHEN {e}"))?;
     if let When::Time(t) = parsed {
         return Ok(t);
     }
     let view = open_view(data_dir, None)?;
-    let ix = view.index()?;
-    history::resolve_when(view.storage().as_ref(), &view.layout().log(), &ix, view.machine(), parsed)
-        .with_context(|| format!("WHEN {when:?}"))
+    forensics::resolve_when(&view, parsed).with_context(|| format!("WHEN {when:?}"))
 }
 
 fn path_bytes(path: &str) -> Vec<u8> {
@@ -48,22 +46,22 @@ fn path_bytes(path: &str) -> Vec<u8> {
 /// `syncer history DATA PATH`: every version of the node at PATH (as of `at`).
 pub fn print_history(data_dir: &Path, path: &str, at: Option<Timestamp>, json: bool) -> Result<()> {
     let view = open_view(data_dir, at)?;
-    let node = history::node_at_path(&view, &path_bytes(path)).with_context(|| format!("{path}: not found"))?;
-    let versions = history::versions(&view, node)?;
+    let node = forensics::node_at_path(&view, &path_bytes(path)).with_context(|| format!("{path}: not found"))?;
+    let versions = forensics::versions(&view, node)?;
     let mut out = std::io::stdout().lock();
     if json {
         let list: Vec<serde_json::Value> = versions
             .iter()
             .map(|v| {
                 serde_json::json!({
-                    "time": history::format_time(v.event.time),
+                    "time": forensics::format_time(v.event.time),
                     "time_ns": v.event.time.0,
-                    "event": history::event_name(&v.event),
+                    "event": forensics::event_name(&v.event),
                     "position": v.pos.to_string(),
                     "kind": v.event.change.kind_name(),
                     "size": (!v.removed).then_some(v.size),
                     "removed": v.removed,
-                    "change": history::describe(&v.event.change),
+                    "change": forensics::describe(&v.event.change),
                 })
             })
             .collect();
@@ -76,12 +74,12 @@ pub fn print_history(data_dir: &Path, path: &str, at: Option<Timestamp>, json: b
         .iter()
         .map(|v| {
             [
-                history::format_time(v.event.time),
-                history::event_name(&v.event),
+                forensics::format_time(v.event.time),
+                forensics::event_name(&v.event),
                 v.pos.to_string(),
                 v.event.change.kind_name().to_string(),
                 if v.removed { "removed".to_string() } else { v.size.to_string() },
-                history::describe(&v.event.change),
+                forensics::describe(&v.event.change),
             ]
         })
         .collect();
@@ -94,11 +92,11 @@ pub fn print_history(data_dir: &Path, path: &str, at: Option<Timestamp>, json: b
 pub fn restore_to(data_dir: &Path, path: &str, at: Timestamp, dest: &Path) -> Result<()> {
     let view = open_view(data_dir, Some(at))?;
     let p = path_bytes(path);
-    let node = history::node_at_path(&view, &p)
-        .with_context(|| format!("{path} did not exist at {}", history::format_time(at)))?;
+    let node = forensics::node_at_path(&view, &p)
+        .with_context(|| format!("{path} did not exist at {}", forensics::format_time(at)))?;
     let old = view.node(node)?;
     if old.kind != NodeKind::File {
-        bail!("{path} was a {:?} at {}; restore handles regular files", old.kind, history::format_time(at));
+        bail!("{path} was a {:?} at {}; restore handles regular files", old.kind, forensics::format_time(at));
     }
     let data = view.read_file(node)?;
     let mut f = std::fs::OpenOptions::new()
@@ -107,6 +105,6 @@ pub fn restore_to(data_dir: &Path, path: &str, at: Timestamp, dest: &Path) -> Re
         .open(dest)
         .with_context(|| format!("create {} (restore never overwrites)", dest.display()))?;
     f.write_all(&data).and_then(|()| f.sync_all()).with_context(|| format!("write {}", dest.display()))?;
-    println!("restored {path} as of {} to {} ({} bytes)", history::format_time(at), dest.display(), data.len());
+    println!("restored {path} as of {} to {} ({} bytes)", forensics::format_time(at), dest.display(), data.len());
     Ok(())
 }

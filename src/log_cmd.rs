@@ -1,7 +1,7 @@
 //! `syncer log inspect` and `syncer log graph`: the forensic view of the log.
 //!
 //! `inspect` without `--node`/`--path` reads every segment with the log's
-//! segment reader in forensic mode (`engine::history::inspect_segment`):
+//! segment reader in forensic mode (`engine::forensics::inspect`):
 //! damaged records are listed in place with what is wrong, never fatal. With `--node`/`--path` it reads
 //! only that node's records, found through the history index; if the index
 //! cannot be brought up to date (damage stops the strict reader) it falls
@@ -13,9 +13,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use engine::event::{BlockChange, Change, Event};
-use engine::history::{self, Filter, Inspected};
+use engine::forensics::{self, Filter, Inspected};
 use engine::ids::{MachineId, NodeId};
-use engine::storage::FsStorage;
 use engine::Queries;
 use serde_json::{json, Value};
 
@@ -56,7 +55,7 @@ fn filter(data_dir: &Path, a: &InspectArgs) -> Result<Filter> {
     if let Some(p) = &a.path {
         let at = a.at.as_deref().map(|w| crate::history_cmd::resolve(data_dir, w)).transpose()?;
         let view = crate::history_cmd::open_view(data_dir, at)?;
-        let node = history::node_at_path(&view, p.as_bytes()).with_context(|| format!("--path {p}: not found"))?;
+        let node = forensics::node_at_path(&view, p.as_bytes()).with_context(|| format!("--path {p}: not found"))?;
         f.nodes.push(node);
     }
     if let Some(m) = &a.machine {
@@ -65,8 +64,8 @@ fn filter(data_dir: &Path, a: &InspectArgs) -> Result<Filter> {
     f.since = a.since.as_deref().map(|w| crate::history_cmd::resolve(data_dir, w)).transpose()?;
     f.until = a.until.as_deref().map(|w| crate::history_cmd::resolve(data_dir, w)).transpose()?;
     for k in a.kinds.iter().flat_map(|k| k.split(',')).map(str::trim).filter(|k| !k.is_empty()) {
-        if !history::KINDS.contains(&k) {
-            bail!("--kind {k:?}: unknown kind (one of {})", history::KINDS.join(", "));
+        if !forensics::KINDS.contains(&k) {
+            bail!("--kind {k:?}: unknown kind (one of {})", forensics::KINDS.join(", "));
         }
         f.kinds.push(k.to_string());
     }
@@ -90,12 +89,11 @@ fn node_records(data_dir: &Path, nodes: &[NodeId]) -> Option<Vec<Inspected>> {
     }
     positions.sort_by_key(|(pos, t)| (*t, pos.machine, pos.segment, pos.offset));
     positions.dedup();
-    let log_root = view.layout().log();
     Some(
         positions
             .into_iter()
-            .map(|(pos, _)| match engine::log::read_record_at(view.storage().as_ref(), &log_root, pos) {
-                Ok(d) => Inspected { pos, event: Some(d.event), damage: None },
+            .map(|(pos, _)| match forensics::event_at(&view, pos) {
+                Ok(event) => Inspected { pos, event: Some(event), damage: None },
                 Err(e) => Inspected { pos, event: None, damage: Some(e.to_string()) },
             })
             .collect(),
@@ -108,7 +106,7 @@ pub fn select(data_dir: &Path, a: &InspectArgs) -> Result<Vec<Inspected>> {
     let by_node = if f.nodes.is_empty() { None } else { node_records(data_dir, &f.nodes) };
     let all = match by_node {
         Some(r) => r,
-        None => history::inspect_log(&FsStorage, &engine::Layout { dir: data_dir.to_path_buf() }.log())?,
+        None => forensics::inspect(data_dir)?,
     };
     Ok(all.into_iter().filter(|r| f.matches(r)).collect())
 }
@@ -164,15 +162,15 @@ fn event_json(r: &Inspected, e: &Event) -> Value {
         e.clock.entries().iter().map(|(m, c)| (m.to_string(), json!(c))).collect();
     json!({
         "position": r.pos.to_string(),
-        "event": history::event_name(e),
+        "event": forensics::event_name(e),
         "machine": e.machine.to_string(),
         "seq": e.seq,
-        "time": history::format_time(e.time),
+        "time": forensics::format_time(e.time),
         "time_ns": e.time.0,
         "node": e.node.to_string(),
         "kind": e.change.kind_name(),
         "change": change_json(&e.change),
-        "summary": history::describe(&e.change),
+        "summary": forensics::describe(&e.change),
         "clock": clock,
         "base": e.base.map(|b| b.to_string()),
         "checksum": "ok",
@@ -194,15 +192,15 @@ pub fn inspect(data_dir: &Path, a: &InspectArgs) -> Result<()> {
         .map(|r| match &r.event {
             Some(e) => [
                 r.pos.to_string(),
-                history::event_name(e),
-                history::format_time(e.time),
+                forensics::event_name(e),
+                forensics::format_time(e.time),
                 e.node.to_string(),
                 e.change.kind_name().to_string(),
                 "ok".to_string(),
-                history::clock_text(e),
+                forensics::clock_text(e),
                 match e.base {
-                    Some(b) => format!("{} (on {b})", history::describe(&e.change)),
-                    None => history::describe(&e.change),
+                    Some(b) => format!("{} (on {b})", forensics::describe(&e.change)),
+                    None => forensics::describe(&e.change),
                 },
             ],
             None => [
@@ -234,6 +232,6 @@ pub fn graph(data_dir: &Path, node: &str) -> Result<()> {
     if events.is_empty() {
         bail!("node {id}: no events in the log of {}", data_dir.display());
     }
-    print!("{}", history::causal_dot(id, &events));
+    print!("{}", forensics::causal_dot(id, &events));
     Ok(())
 }

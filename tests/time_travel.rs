@@ -280,8 +280,7 @@ fn restore_round_trip_is_byte_exact_and_recorded() {
     assert_eq!(got, old, "byte for byte");
     let history = e.index().expect("ix").history(node, Timestamp(i64::MAX)).expect("history");
     assert!(history.len() > writes_before, "the restore is recorded as new events");
-    let last = engine::log::read_event_at(e.storage().as_ref(), &e.layout().log(), history.last().expect("one").0)
-        .expect("ev");
+    let last = engine::forensics::event_at(&e, history.last().expect("one").0).expect("ev");
     assert!(last.time > t_old && last.change.kind_name() == "write", "{last:?}");
     drop(e);
     let text = ok(&[os("history"), data.as_os_str(), os("/f")]);

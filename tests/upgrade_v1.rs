@@ -125,6 +125,6 @@ fn a_format_1_0_data_dir_opens_upgraded_and_never_gets_v1_again() {
     drop(e);
     let versions = support::record_versions(&seg, M, before);
     assert_eq!(versions, [1, 1, 1, 1, 1, 1, engine::record::CURRENT_VERSION]);
-    let verify = engine::verify::verify(&data).expect("verify");
+    let verify = engine::forensics::verify(&data).expect("verify");
     assert!(verify.is_clean(), "{:?}", verify.problems);
 }

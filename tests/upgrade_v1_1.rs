@@ -132,6 +132,6 @@ fn a_format_1_1_data_dir_opens_upgraded_and_its_files_take_part_in_conflicts() {
     let versions = support::record_versions(&seg, M, before);
     assert!(versions.iter().take_while(|v| **v == 2).count() >= 9, "{versions:?}");
     assert_eq!(versions.last(), Some(&3), "{versions:?}");
-    let verify = engine::verify::verify(&data).expect("verify");
+    let verify = engine::forensics::verify(&data).expect("verify");
     assert!(verify.is_clean(), "{:?}", verify.problems);
 }

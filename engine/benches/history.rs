@@ -157,6 +157,6 @@ fn main() {
         ms(t)
     );
     let t = Instant::now();
-    let all = engine::history::inspect_log(latest.storage().as_ref(), &latest.layout().log()).expect("scan");
+    let all = engine::forensics::inspect(latest.data_dir()).expect("scan");
     println!("log inspect (tolerant scan of the whole log): {} records in {:.0} ms", all.len(), ms(t));
 }

@@ -66,6 +66,7 @@ pub use codec::{
 };
 pub use deferral::{compression_pays_now, DeferralStats};
 pub use room::{disk_space, refuses_writes, reserve_on};
+pub(crate) use store::relative_path;
 pub use store::{BlobStore, PutOutcome, StoreChanges, CHANGES_WRITTEN_MAX};
 
 /// Prefix of temp files inside a fan-out folder; never a blob.

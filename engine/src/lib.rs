@@ -42,8 +42,7 @@ pub use limits::{NAME_MAX, XATTR_VALUE_MAX};
 
 // On-disk formats, each documented beside its code, with the decoders the
 // fuzz targets drive: blobs, records, log segments, the FORMAT file and
-// config.toml. `log` is also the entry point replication ships and imports
-// segments through.
+// config.toml.
 pub mod blob;
 pub mod config;
 pub mod format;
@@ -55,13 +54,21 @@ pub mod record;
 pub mod merge;
 pub mod tree;
 
+// The entry points replication ships and imports through: our events
+// since a position, our segment files, blob files, and the record of which
+// blocks are on the remote.
+pub mod replication;
+pub use replication::{Replication, SegmentFile};
+
 // Policies and tools above the trees: eviction (the mount's daemon and
-// `syncer evict`), conflicts and their resolution, the forensic reads of
-// `syncer log inspect`/`history`, and `syncer log verify`.
+// `syncer evict`), conflicts and their resolution, and the entry points of
+// the forensic reads (`syncer log inspect`/`graph`/`verify`, `history`,
+// `restore`) over the private history and verify modules.
 pub mod conflicts;
 pub mod evict;
-pub mod history;
-pub mod verify;
+pub mod forensics;
+mod history;
+mod verify;
 
 // Durable I/O behind a trait, and a fault-injecting implementation of it
 // for the crash and full-disk tests.

@@ -54,6 +54,7 @@
 //! - Any other segment version is refused as written by a newer syncer.
 
 use std::ffi::OsStr;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -301,6 +302,18 @@ pub fn for_each_record(
     from: LogPos,
     mut f: impl FnMut(LogPos, &ScannedRecord) -> Result<()>,
 ) -> Result<ReadEnd> {
+    for_each_record_while(storage, log_root, from, |pos, r| f(pos, r).map(|()| ControlFlow::Continue(())))
+}
+
+/// [`for_each_record`], stopping before the first record for which `f`
+/// breaks: no segment after that one is read, and the [`ReadEnd`] returned
+/// is that record's position.
+pub(crate) fn for_each_record_while(
+    storage: &dyn Storage,
+    log_root: &Path,
+    from: LogPos,
+    mut f: impl FnMut(LogPos, &ScannedRecord) -> Result<ControlFlow<()>>,
+) -> Result<ReadEnd> {
     let machine = from.machine;
     let segments = list_segments(storage, log_root, machine)?;
     let Some(last) = segments.len().checked_sub(1).map(|l| l as u64) else {
@@ -318,12 +331,27 @@ pub fn for_each_record(
         let path = segment_path(log_root, machine, number);
         let start = if number == from.segment { from.offset } else { SEGMENT_HEADER_LEN };
         let mode = if number == last { ReadMode::Recover } else { ReadMode::Strict };
+        let mut stopped = None;
         let mut handle = |item: Item| match item {
-            Item::Record(r) => f(LogPos { machine, segment: number, offset: r.offset }, &r),
+            Item::Record(r) => {
+                let pos = LogPos { machine, segment: number, offset: r.offset };
+                match f(pos, &r)? {
+                    ControlFlow::Continue(()) => Ok(()),
+                    ControlFlow::Break(()) => {
+                        stopped = Some(pos);
+                        // Ends the read; told apart from a real failure by `stopped`.
+                        Err(Error::Invalid(String::new()))
+                    }
+                }
+            }
             // Only forensic reads report damage; others fail on it.
             Item::Damaged { .. } => Ok(()),
         };
-        let scan = read_segment_windows(storage, &path, machine, number, mode, start, prev, READ_WINDOW, &mut handle)?;
+        let read = read_segment_windows(storage, &path, machine, number, mode, start, prev, READ_WINDOW, &mut handle);
+        if let Some(next) = stopped {
+            return Ok(ReadEnd { next, torn_tail: None });
+        }
+        let scan = read?;
         prev = scan.last;
         end.next = LogPos { machine, segment: number, offset: scan.valid_len };
         end.torn_tail = scan.torn_tail().map(|offset| LogPos { machine, segment: number, offset });

@@ -251,7 +251,7 @@ fn check(ops: Vec<Op>) {
     let e = LiveTree::open(&dir).expect("reopen");
     same(&tree(&e), &model, "after a reopen");
     drop(e);
-    let report = engine::verify::verify(&dir).expect("verify");
+    let report = engine::forensics::verify(&dir).expect("verify");
     assert!(report.is_clean(), "verify: {report:?}");
 }
 

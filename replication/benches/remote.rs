@@ -77,7 +77,7 @@ fn main() {
     let t = Instant::now();
     let ok = std::process::Command::new("rsync")
         .arg("-a")
-        .arg(format!("{}/", e.blobs().dir().display()))
+        .arg(format!("{}/", e.replication().blob_files_dir().display()))
         .arg(&plain)
         .status()
         .expect("rsync");

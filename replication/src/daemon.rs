@@ -158,7 +158,7 @@ impl Shared {
             Err(e) => {
                 self.health.failed(e.to_string());
                 if let Ok(p) = push::plan(&self.engine) {
-                    st.pending_blocks = Some(p.blocks.len() as u64);
+                    st.pending_blocks = Some(p.blocks);
                     st.pending_bytes = Some(p.bytes);
                 }
             }
@@ -179,7 +179,7 @@ impl Shared {
     /// was pulled).
     fn pull_report(&self, force: bool) -> Result<Option<ImportReport>> {
         let _g = lock(&self.pull_lock);
-        let log_root = self.engine.layout().log();
+        let log_root = self.engine.replication().log_dir();
         let ours = self.engine.machine();
         let r = (|| -> Result<Option<ImportReport>> {
             if !force && !crate::pull::has_new_bytes(&crate::pull::remote_peer_lens(&self.rsync, ours)?, &log_root) {
@@ -234,7 +234,8 @@ impl Shared {
     }
 
     fn prefetch(&self, hashes: Vec<engine::ids::BlockHash>) {
-        let missing: Vec<_> = hashes.into_iter().filter(|h| !self.engine.blobs().contains(h)).collect();
+        let rep = self.engine.replication();
+        let missing: Vec<_> = hashes.into_iter().filter(|h| !rep.has_blob(h)).collect();
         if missing.is_empty() {
             return;
         }
@@ -242,13 +243,13 @@ impl Shared {
             Ok(got) => {
                 let mut on_remote = Vec::new();
                 for (h, stored) in got {
-                    match self.engine.blobs().put_raw_verified(&h, &stored) {
+                    match rep.store_fetched(&h, &stored) {
                         Ok(_) => on_remote.push(h),
                         Err(e) => tracing::error!("prefetch refused block {h}: {e}"),
                     }
                 }
                 // Fetched blocks are on the remote, so the evictor may take them.
-                if let Err(e) = self.engine.cache().mark_pushed(&on_remote) {
+                if let Err(e) = rep.mark_on_remote(&on_remote) {
                     tracing::warn!("recording {} prefetched blocks as on the remote: {e}", on_remote.len());
                 }
             }

@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::path::Path;
 
 use engine::ids::MachineId;
-use engine::log;
+use engine::replication::{parse_segment_name, segment_path};
 use engine::storage::{FsStorage, Storage};
 
 use crate::remote::{parse_segment_listing, Remote, Rsync};
@@ -108,7 +108,7 @@ fn local_peer_lens(log_root: &Path, ours: MachineId) -> Result<BTreeMap<(Machine
         let folder = entry.path();
         for seg in std::fs::read_dir(&folder).map_err(RemoteError::io("list", &folder))? {
             let seg = seg.map_err(RemoteError::io("list", &folder))?;
-            let Ok(number) = log::parse_segment_name(&seg.file_name()) else { continue };
+            let Ok(number) = parse_segment_name(&seg.file_name()) else { continue };
             // A segment that vanished since the listing is simply not counted.
             match seg.metadata() {
                 Ok(m) if m.is_file() => {
@@ -142,7 +142,7 @@ fn parse_peer_listing(
 /// longer there than here, or missing here. A pull brings exactly those.
 pub fn has_new_bytes(remote: &BTreeMap<(MachineId, u64), u64>, log_root: &Path) -> bool {
     remote.iter().any(|(&(machine, number), &len)| {
-        let here = std::fs::metadata(log::segment_path(log_root, machine, number)).map_or(0, |m| m.len());
+        let here = std::fs::metadata(segment_path(log_root, machine, number)).map_or(0, |m| m.len());
         len > here
     })
 }
@@ -211,7 +211,7 @@ mod tests {
         assert!(local_peer_lens(&remote, OURS).expect("missing log/ lists empty").is_empty());
         let cd = MachineId(0xcd);
         for (m, len) in [(OURS, 10), (cd, 30)] {
-            let p = log::segment_path(&remote, m, 0);
+            let p = segment_path(&remote, m, 0);
             std::fs::create_dir_all(p.parent().expect("folder")).expect("mkdir");
             std::fs::write(p, vec![0u8; len]).expect("write");
         }
@@ -219,7 +219,7 @@ mod tests {
         let lens = local_peer_lens(&remote, OURS).expect("lists");
         assert_eq!(lens, BTreeMap::from([((cd, 0), 30)]), "ours and junk are not counted");
         assert!(has_new_bytes(&lens, &here), "missing here");
-        let p = log::segment_path(&here, cd, 0);
+        let p = segment_path(&here, cd, 0);
         std::fs::create_dir_all(p.parent().expect("folder")).expect("mkdir");
         std::fs::write(&p, vec![0u8; 20]).expect("write");
         assert!(has_new_bytes(&lens, &here), "shorter here");

@@ -4,11 +4,12 @@
 //! One push:
 //! 1. notes where our log ends, then syncs the engine, so everything before
 //!    that point is durable (a crash can never take back a pushed event);
-//! 2. reads our events from where the last push stopped to that point and
-//!    collects their blocks that are not yet on the remote;
-//! 3. sends those blocks, many per rsync run (`--files-from`), and records
-//!    them in the pushed set after each successful run;
-//! 4. only then lists the lengths of our segments on the remote (one
+//! 2. reads our events from where the last push stopped to that point,
+//!    gathering their blocks that are not yet on the remote into a round;
+//! 3. whenever a round is full (see *Rounds* below) and once at the end,
+//!    sends its blocks in one rsync run (`--files-from`) and records them
+//!    as on the remote, then reads on;
+//! 4. only once every block up to that point is on the remote, lists the lengths of our segments on the remote (one
 //!    `rsync --list-only` run) and compares them with our log up to that
 //!    point (see *Our segments on the remote* below);
 //! 5. extends a staged copy of each segment to send to that point and sends
@@ -17,7 +18,28 @@
 //! 6. records the point in `push.pos`.
 //!
 //! A failure at any step leaves the remote holding blocks without events
-//! (harmless) but never an event without its blocks.
+//! (harmless) but never an event without its blocks. The rounds sent before
+//! a failure stay recorded as on the remote, so the next push goes on from
+//! there.
+//!
+//! # Rounds
+//!
+//! A round holds at most [`BLOCKS_PER_RUN`] blocks or [`ROUND_BYTES`] stored
+//! bytes ([`RoundLimits::default`]): it ends with the event that reaches
+//! either bound (so it may exceed them by that one event's blocks). The
+//! block bound is what bounds memory; the byte bound only makes a push of
+//! large blocks record its progress (and report it) now and then: a round
+//! that failed is sent again with `--ignore-existing`, so the blocks it had
+//! already sent do not go twice either way. Memory for a push is one round
+//! and one segment of our log, however many blocks the push sends: a first
+//! push of millions of files never holds all their hashes. A block is sent
+//! once per push: within a round it is gathered once, and a later round
+//! skips it as already on the remote.
+//!
+//! [`plan`] reads the same way without sending, so it too holds one round;
+//! the price is that a block referenced in two rounds counts twice in
+//! [`PushPlan::blocks`] and [`PushPlan::bytes`], which are therefore exact
+//! when the pending blocks fit one round and an upper bound otherwise.
 //!
 //! # Our segments on the remote
 //!
@@ -73,7 +95,7 @@
 //! Written through a temp file and a rename. Missing means nothing was
 //! pushed. Version history: v1 (current); any other version is refused.
 
-use engine::{LiveTree, TreeRead};
+use engine::{LiveTree, Replication, TreeRead};
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -81,13 +103,32 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use engine::ids::{BlockHash, LogPos, MachineId};
-use engine::log;
+use engine::replication::{log_start, segment_file_name, SEGMENT_EXT};
 
 use crate::remote::{parse_segment_listing, Rsync};
 use crate::{RemoteError, Result};
 
-/// Blocks per rsync run.
+/// Most blocks of one round, sent in one rsync run (see *Rounds* in the
+/// module docs).
 pub const BLOCKS_PER_RUN: usize = 20_000;
+
+/// Most stored bytes of one round (see *Rounds* in the module docs).
+pub const ROUND_BYTES: u64 = 1 << 30;
+
+/// The bounds of a push's rounds (see *Rounds* in the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundLimits {
+    /// Most blocks of a round.
+    pub blocks: usize,
+    /// Most stored bytes of a round.
+    pub bytes: u64,
+}
+
+impl Default for RoundLimits {
+    fn default() -> Self {
+        RoundLimits { blocks: BLOCKS_PER_RUN, bytes: ROUND_BYTES }
+    }
+}
 
 const POS_MAGIC: &[u8; 6] = b"SYNPPS";
 const POS_VERSION: u8 = 1;
@@ -109,26 +150,29 @@ pub struct PushReport {
 }
 
 /// What a push would send.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PushPlan {
     /// Where the last push stopped.
     pub from: LogPos,
     /// Where this one stops.
     pub to: LogPos,
-    /// Blocks to send.
-    pub blocks: Vec<BlockHash>,
-    /// Their stored bytes.
+    /// Blocks to send: exact when they fit one round, else an upper bound
+    /// (see *Rounds* in the module docs).
+    pub blocks: u64,
+    /// Their stored bytes (as exact as `blocks`).
     pub bytes: u64,
 }
 
 /// Progress of a push, for a progress bar.
 #[derive(Clone, Copy, Debug)]
 pub enum Progress {
-    /// Blocks sent so far, of a total.
+    /// Blocks sent so far, of those found so far: a push reads its range
+    /// as it sends (see *Rounds* in the module docs), so `total` grows
+    /// until the last round.
     Blocks {
         /// Sent.
         done: u64,
-        /// All.
+        /// Found so far.
         total: u64,
         /// Stored bytes sent.
         bytes: u64,
@@ -152,7 +196,7 @@ pub fn load_pos(engine: &LiveTree) -> Result<LogPos> {
     let machine = engine.machine();
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(log::log_start(machine)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(log_start(machine)),
         Err(e) => return Err(RemoteError::io("read", &path)(e)),
     };
     let bad = |reason: String| RemoteError::BadState { path: path.clone(), reason };
@@ -182,64 +226,132 @@ fn save_pos(engine: &LiveTree, pos: LogPos) -> Result<()> {
     std::fs::rename(&tmp, &path).map_err(RemoteError::io("rename", &tmp))
 }
 
-/// Syncs the engine and works out what a push would send.
-pub fn plan(engine: &LiveTree) -> Result<PushPlan> {
+/// Where a push now goes from and to: from where the last one stopped to
+/// the end of our log, which is durable once this returns.
+fn range(engine: &LiveTree) -> Result<(LogPos, LogPos)> {
     let from = load_pos(engine)?;
     let to = engine.log_position();
     // Everything before `to` is durable once this returns.
     engine.sync()?;
-    let storage = engine.storage().as_ref();
-    let log_root = engine.layout().log();
-    let mut seen = HashSet::new();
-    let mut blocks = Vec::new();
-    let mut bytes = 0;
-    if to > from && !log::list_segments(storage, &log_root, engine.machine())?.is_empty() {
-        let mut missing = None;
-        log::for_each_record(storage, &log_root, from, |pos, r| {
-            if pos >= to || missing.is_some() {
-                return Ok(());
-            }
-            for b in r.event.change.blocks() {
-                if engine.cache().is_pushed(&b.hash) || !seen.insert(b.hash) {
-                    continue;
-                }
-                match engine.blobs().stored_len(&b.hash) {
-                    Ok(n) => {
-                        bytes += n;
-                        blocks.push(b.hash);
-                    }
-                    Err(engine::Error::MissingBlob(h)) => missing = Some((h, pos)),
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
-        })?;
-        if let Some((h, pos)) = missing {
-            return Err(RemoteError::BadState {
-                path: engine.blobs().path_of(&h),
-                reason: format!("block {h} of our event at {pos} is neither local nor known on the remote"),
-            });
-        }
-    }
-    Ok(PushPlan { from, to: to.max(from), blocks, bytes })
+    Ok((from, to.max(from)))
 }
 
-/// Pushes our new blocks, then our log up to the point where all its
-/// blocks are on the remote (see the module docs).
+/// Syncs the engine and works out what a push would send, holding one
+/// round at a time (see *Rounds* in the module docs).
+pub fn plan(engine: &LiveTree) -> Result<PushPlan> {
+    let (from, to) = range(engine)?;
+    let mut plan = PushPlan { from, to, blocks: 0, bytes: 0 };
+    for_each_round(&engine.replication(), from, to, RoundLimits::default(), |round| {
+        plan.blocks += round.blocks.len() as u64;
+        plan.bytes += round.bytes;
+        Ok(())
+    })?;
+    Ok(plan)
+}
+
+/// The blocks of one round: distinct, not on the remote when gathered, in
+/// the order our log references them.
+#[derive(Debug, Default)]
+struct Round {
+    seen: HashSet<BlockHash>,
+    blocks: Vec<BlockHash>,
+    /// Their stored bytes.
+    bytes: u64,
+}
+
+impl Round {
+    /// Adds block `hash` of `stored` bytes, unless the round has it.
+    fn add(&mut self, hash: BlockHash, stored: u64) {
+        if self.seen.insert(hash) {
+            self.blocks.push(hash);
+            self.bytes += stored;
+        }
+    }
+
+    fn has(&self, hash: &BlockHash) -> bool {
+        self.seen.contains(hash)
+    }
+
+    /// Whether it has reached a bound (see *Rounds* in the module docs).
+    fn is_full(&self, limits: RoundLimits) -> bool {
+        self.blocks.len() >= limits.blocks || self.bytes >= limits.bytes
+    }
+
+    fn clear(&mut self) {
+        self.seen.clear();
+        self.blocks.clear();
+        self.bytes = 0;
+    }
+}
+
+/// Reads our events in `from..to` and calls `f` with each round of their
+/// blocks not on the remote (see *Rounds* in the module docs): when a round
+/// is full, after the event that filled it, and once at the end if the last
+/// one has blocks. A block of ours stored neither here nor on the remote
+/// fails the read, naming the event.
+fn for_each_round(
+    rep: &Replication<'_>,
+    from: LogPos,
+    to: LogPos,
+    limits: RoundLimits,
+    mut f: impl FnMut(&Round) -> Result<()>,
+) -> Result<()> {
+    let mut round = Round::default();
+    rep.events_since(from, to, |pos, event| {
+        for b in event.change.blocks() {
+            if round.has(&b.hash) || rep.is_on_remote(&b.hash) {
+                continue;
+            }
+            match rep.blob_len(&b.hash) {
+                Ok(n) => round.add(b.hash, n),
+                Err(engine::Error::MissingBlob(h)) => {
+                    return Err(RemoteError::BadState {
+                        path: rep.blob_files_dir().join(rep.blob_file(&h)),
+                        reason: format!("block {h} of our event at {pos} is neither local nor known on the remote"),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if round.is_full(limits) {
+            f(&round)?;
+            round.clear();
+        }
+        Ok(())
+    })?;
+    if !round.blocks.is_empty() {
+        f(&round)?;
+    }
+    Ok(())
+}
+
+/// Pushes our new blocks, round by round, then our log up to the point
+/// where all its blocks are on the remote (see the module docs).
 pub fn push(engine: &LiveTree, rsync: &Rsync, progress: &mut dyn FnMut(Progress)) -> Result<PushReport> {
+    push_in_rounds(engine, rsync, RoundLimits::default(), progress)
+}
+
+/// [`push`] with rounds of other bounds than the default ones.
+pub fn push_in_rounds(
+    engine: &LiveTree,
+    rsync: &Rsync,
+    limits: RoundLimits,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PushReport> {
     let runs_before = rsync.invocations();
     let staging = staging_dir(engine);
     std::fs::create_dir_all(&staging).map_err(RemoteError::io("create", &staging))?;
     ensure_layout(engine, rsync, &staging)?;
-    let plan = plan(engine)?;
+    let (from, to) = range(engine)?;
     let mut report = PushReport::default();
-    send_blocks(engine, rsync, &staging, &plan.blocks, &mut report, progress)?;
-    if plan.to > plan.from {
+    let rep = engine.replication();
+    for_each_round(&rep, from, to, limits, |round| send_round(&rep, rsync, &staging, round, &mut report, progress))?;
+    if to > from {
         progress(Progress::Log);
-        let (log_bytes, repaired) = send_log(engine, rsync, &staging, plan.from, plan.to)?;
+        let (log_bytes, repaired) = send_log(&rep, rsync, &staging, from, to)?;
         report.log_bytes = log_bytes;
         report.repaired = repaired;
-        save_pos(engine, plan.to)?;
+        save_pos(engine, to)?;
     }
     report.runs = rsync.invocations() - runs_before;
     Ok(report)
@@ -251,67 +363,57 @@ fn ensure_layout(engine: &LiveTree, rsync: &Rsync, staging: &Path) -> Result<()>
     }
     rsync.ensure_layout(staging, engine.machine())?;
     // The first machine's settings, for clones; never overwritten.
+    let config = engine.replication().config_file();
     let args: Vec<OsString> =
-        vec!["--ignore-existing".into(), engine.layout().config().into_os_string(), rsync.remote().spec("config.toml")];
+        vec!["--ignore-existing".into(), config.into_os_string(), rsync.remote().spec("config.toml")];
     rsync.run_ok("sending config.toml", &args, None)?;
     rsync.layout_ok.store(true, Ordering::Relaxed);
     Ok(())
 }
 
-/// Sends `blocks` from the local store, [`BLOCKS_PER_RUN`] per rsync run.
-pub fn send_blocks(
-    engine: &LiveTree,
+/// Sends the blocks of `round` from the local store in one rsync run, and
+/// records them as on the remote.
+fn send_round(
+    rep: &Replication<'_>,
     rsync: &Rsync,
     staging: &Path,
-    blocks: &[BlockHash],
+    round: &Round,
     report: &mut PushReport,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
-    let total = blocks.len() as u64;
     let list = staging.join("push-list");
-    let mut src = engine.blobs().dir().as_os_str().to_owned();
+    let mut src = rep.blob_files_dir().as_os_str().to_owned();
     src.push("/");
-    for chunk in blocks.chunks(BLOCKS_PER_RUN) {
-        let mut text = String::with_capacity(chunk.len() * 68);
-        let mut bytes = 0;
-        for h in chunk {
-            let hex = h.to_hex();
-            text.push_str(&hex[..2]);
-            text.push('/');
-            text.push_str(&hex);
-            text.push('\n');
-            bytes += engine.blobs().stored_len(h).unwrap_or(0);
-        }
-        std::fs::write(&list, text).map_err(RemoteError::io("write", &list))?;
-        let mut files_from = OsString::from("--files-from=");
-        files_from.push(&list);
-        let args = vec![files_from, "--ignore-existing".into(), src.clone(), rsync.remote().spec("blobs/")];
-        rsync.run_ok(&format!("sending {} blocks", chunk.len()), &args, None)?;
-        engine.cache().mark_pushed(chunk)?;
-        report.blocks += chunk.len() as u64;
-        report.block_bytes += bytes;
-        progress(Progress::Blocks { done: report.blocks, total, bytes: report.block_bytes });
+    let mut text = Vec::with_capacity(round.blocks.len() * 68);
+    for h in &round.blocks {
+        text.extend_from_slice(rep.blob_file(h).as_os_str().as_encoded_bytes());
+        text.push(b'\n');
     }
+    std::fs::write(&list, text).map_err(RemoteError::io("write", &list))?;
+    let mut files_from = OsString::from("--files-from=");
+    files_from.push(&list);
+    let args = vec![files_from, "--ignore-existing".into(), src, rsync.remote().spec("blobs/")];
+    let total = report.blocks + round.blocks.len() as u64;
+    rsync.run_ok(&format!("sending {} blocks", round.blocks.len()), &args, None)?;
+    rep.mark_on_remote(&round.blocks)?;
+    report.blocks = total;
+    report.block_bytes += round.bytes;
+    progress(Progress::Blocks { done: report.blocks, total, bytes: report.block_bytes });
     Ok(())
 }
 
 /// Checks our segments on the remote against our log up to `to`, stages
 /// those to send and sends them (see the module docs). Returns the log bytes
 /// newly staged and how many remote segments were repaired.
-fn send_log(engine: &LiveTree, rsync: &Rsync, staging: &Path, from: LogPos, to: LogPos) -> Result<(u64, u64)> {
-    let machine = engine.machine();
-    let log_root = engine.layout().log();
+fn send_log(rep: &Replication<'_>, rsync: &Rsync, staging: &Path, from: LogPos, to: LogPos) -> Result<(u64, u64)> {
+    let machine = rep.machine();
     let remote_lens = remote_segment_lens(rsync, machine)?;
-    let mut ours = Vec::new();
-    for number in 0..=to.segment {
-        let live = log::segment_path(&log_root, machine, number);
-        let live_len = std::fs::metadata(&live).map_err(RemoteError::io("stat", &live))?.len();
-        ours.push((number, if number == to.segment { to.offset.min(live_len) } else { live_len }));
-    }
+    let files = rep.segment_files(to)?;
+    let ours: Vec<(u64, u64)> = files.iter().map(|f| (f.number, f.len)).collect();
     let dest = format!("log/{machine}/");
     let plan = plan_segments(&ours, &remote_lens, from.segment).map_err(|l| RemoteError::RemoteSegmentLonger {
         remote: rsync.remote().to_string(),
-        path: rsync.remote().spec(&format!("{dest}{}", log::segment_file_name(l.segment))).to_string_lossy().into(),
+        path: rsync.remote().spec(&format!("{dest}{}", segment_file_name(l.segment))).to_string_lossy().into(),
         machine,
         remote_len: l.remote_len,
         local_len: l.local_len,
@@ -321,9 +423,9 @@ fn send_log(engine: &LiveTree, rsync: &Rsync, staging: &Path, from: LogPos, to: 
     std::fs::create_dir_all(&stage).map_err(RemoteError::io("create", &stage))?;
     let mut staged_bytes = 0;
     for &number in plan.append.iter().chain(&plan.compare) {
-        let live = log::segment_path(&log_root, machine, number);
-        let staged = stage.join(log::segment_file_name(number));
-        staged_bytes += extend_copy(&live, &staged, ours[number as usize].1)?;
+        let file = &files[number as usize];
+        let staged = stage.join(segment_file_name(number));
+        staged_bytes += extend_copy(&file.path, &staged, file.len)?;
     }
     let mut src = stage.clone().into_os_string();
     src.push("/");
@@ -338,7 +440,7 @@ fn send_log(engine: &LiveTree, rsync: &Rsync, staging: &Path, from: LogPos, to: 
         if numbers.is_empty() {
             continue;
         }
-        let names: Vec<String> = numbers.iter().map(|&n| log::segment_file_name(n)).collect();
+        let names: Vec<String> = numbers.iter().map(|&n| segment_file_name(n)).collect();
         let list = staging.join("log-list");
         std::fs::write(&list, names.iter().map(|n| format!("{n}\n")).collect::<String>())
             .map_err(RemoteError::io("write", &list))?;
@@ -363,7 +465,7 @@ fn send_log(engine: &LiveTree, rsync: &Rsync, staging: &Path, from: LogPos, to: 
     // Sealed segments are on the remote in full now: their staged copies
     // are no longer needed.
     for &number in plan.append.iter().chain(&plan.compare).filter(|&&n| n < to.segment) {
-        let _ = std::fs::remove_file(stage.join(log::segment_file_name(number)));
+        let _ = std::fs::remove_file(stage.join(segment_file_name(number)));
     }
     Ok((staged_bytes, repaired.len() as u64))
 }
@@ -382,7 +484,7 @@ fn remote_segment_lens(rsync: &Rsync, machine: MachineId) -> Result<BTreeMap<u64
         "--no-human-readable".into(),
         "--include=/log/".into(),
         format!("--include=/log/{machine}/").into(),
-        format!("--include=/log/{machine}/*{}", log::SEGMENT_EXT).into(),
+        format!("--include=/log/{machine}/*{SEGMENT_EXT}").into(),
         "--exclude=*".into(),
         root,
     ];
@@ -486,6 +588,31 @@ mod tests {
     use super::*;
 
     const M: MachineId = MachineId(0xab);
+
+    #[test]
+    fn a_round_keeps_each_block_once_and_fills_at_either_bound() {
+        let h = |i: u32| BlockHash::of(&i.to_le_bytes(), 32);
+        let mut round = Round::default();
+        round.add(h(1), 10);
+        round.add(h(2), 20);
+        round.add(h(1), 10);
+        assert_eq!((round.blocks.clone(), round.bytes), (vec![h(1), h(2)], 30), "a block once, in log order");
+        assert!(round.has(&h(2)) && !round.has(&h(3)));
+        let limits = RoundLimits::default();
+        assert!(!round.is_full(limits));
+        round.add(h(3), ROUND_BYTES - 31);
+        assert!(!round.is_full(limits), "a byte short");
+        round.add(h(4), 1);
+        assert!(round.is_full(limits), "full at the byte bound");
+        round.clear();
+        assert!(round.blocks.is_empty() && !round.has(&h(1)) && round.bytes == 0);
+        for i in 0..BLOCKS_PER_RUN as u32 {
+            assert!(!round.is_full(limits), "not full before {BLOCKS_PER_RUN} blocks");
+            round.add(h(i), 1);
+        }
+        assert!(round.is_full(limits), "full at the block bound");
+        assert!(round.is_full(RoundLimits { blocks: 3, bytes: u64::MAX }), "other bounds");
+    }
 
     #[test]
     fn listing_gives_our_segment_lengths() {

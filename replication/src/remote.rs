@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use engine::ids::MachineId;
-use engine::log;
+use engine::replication::parse_segment_name;
 
 use crate::{RemoteError, Result};
 
@@ -335,8 +335,7 @@ pub(crate) fn parse_segment_listing(text: &str) -> std::result::Result<Vec<Liste
         let [mode, size, _date, _time, path @ ..] = fields.as_slice() else { continue };
         let path = path.join(" ");
         let Some((machine, name)) = path.strip_prefix("log/").and_then(|p| p.split_once('/')) else { continue };
-        let (Ok(machine), Ok(number)) =
-            (machine.parse::<MachineId>(), log::parse_segment_name(std::ffi::OsStr::new(name)))
+        let (Ok(machine), Ok(number)) = (machine.parse::<MachineId>(), parse_segment_name(std::ffi::OsStr::new(name)))
         else {
             continue;
         };

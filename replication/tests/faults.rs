@@ -55,7 +55,7 @@ fn tree(e: &LiveTree) -> Vec<String> {
 /// not fetched yet count as on the remote).
 fn close_and_verify(e: LiveTree, dir: &Path) {
     e.close().expect("close");
-    let v = engine::verify::verify(dir).expect("verify");
+    let v = engine::forensics::verify(dir).expect("verify");
     assert!(v.is_clean(), "{:?}", v.problems);
 }
 
@@ -192,7 +192,7 @@ fn remote_segment(remote: &Path, peer: &LiveTree) -> PathBuf {
 }
 
 fn pull_into(e: &LiveTree, remote: &Path) {
-    pull::pull_log(&rsync(remote), &e.layout().log(), Some(e.machine())).expect("pull");
+    pull::pull_log(&rsync(remote), &e.replication().log_dir(), Some(e.machine())).expect("pull");
 }
 
 /// Paths and sizes of the files of `e` named `f*` (a peer's files).
@@ -257,7 +257,8 @@ fn peer_segment_truncated_on_the_remote_stops_at_the_torn_tail_and_resumes() {
     pull_into(&b, &remote);
     let r = b.import().expect("a torn tail is not an error");
     assert_eq!(r.applied, events.len() as u64 - 1, "everything before the torn record");
-    let (_, end) = log::read_events(&FsStorage, &b.layout().log(), log::log_start(a.machine())).expect("local copy");
+    let (_, end) =
+        log::read_events(&FsStorage, &b.replication().log_dir(), log::log_start(a.machine())).expect("local copy");
     assert_eq!(end.torn_tail, Some(last), "the local copy ends torn where the remote was cut");
     let got = peer_files(&b);
     assert_eq!(got[..2], [(b"/f0".to_vec(), 100_000), (b"/f1".to_vec(), 100_000)]);
@@ -306,7 +307,7 @@ fn peer_segment_extended_with_junk_on_the_remote_is_refused_naming_segment_and_o
     // and reported, naming the segment and the offset of the junk.
     let report = b.import().expect("import despite a damaged peer log");
     assert_eq!(report.applied, 0);
-    let local_seg = log::segment_path(&b.layout().log(), a.machine(), 0);
+    let local_seg = log::segment_path(&b.replication().log_dir(), a.machine(), 0);
     let problems = b.peer_problems();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].starts_with(&format!("{} at byte {len}: ", local_seg.display())), "{problems:?}");
@@ -318,7 +319,7 @@ fn peer_segment_extended_with_junk_on_the_remote_is_refused_naming_segment_and_o
     assert!(read_file(&b, "mine2").expect("own data") == b"still writable");
     b.close().expect("close");
     drop(b);
-    let v = engine::verify::verify(&b_dir).expect("verify");
+    let v = engine::forensics::verify(&b_dir).expect("verify");
     assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
     assert!(v.problems[0].starts_with(&format!("{} at byte {len}: ", local_seg.display())), "{:?}", v.problems);
 }
@@ -340,7 +341,7 @@ fn junk_in_a_pulled_peer_segment_keeps_the_data_dir_openable() {
     assert_eq!(b.peer_problems().len(), 1, "the damage is still reported");
     assert!(read_file(&b, "mine").expect("own data") == mine);
     // Once the local copy is clean again, the next import reports nothing.
-    let local_seg = log::segment_path(&b.layout().log(), a.machine(), 0);
+    let local_seg = log::segment_path(&b.replication().log_dir(), a.machine(), 0);
     let clean = std::fs::read(remote_segment(&remote, &a)).expect("read")[..len as usize].to_vec();
     std::fs::write(&local_seg, clean).expect("cut the junk");
     b.import().expect("import");
@@ -366,7 +367,7 @@ fn push_over_junk_in_our_own_remote_segment_is_noticed() {
 
 /// A's segment 0: (here, on the remote).
 fn segment_bytes(a: &LiveTree, remote: &Path) -> (Vec<u8>, Vec<u8>) {
-    let here = std::fs::read(log::segment_path(&a.layout().log(), a.machine(), 0)).expect("our segment");
+    let here = std::fs::read(log::segment_path(&a.replication().log_dir(), a.machine(), 0)).expect("our segment");
     (here, std::fs::read(remote_segment(remote, a)).expect("remote segment"))
 }
 
@@ -472,7 +473,7 @@ fn same_length_junk_in_our_remote_segment_is_replaced_with_ours() {
     assert_eq!(report.repaired, 0, "{report:?}");
     std::fs::write(tmp.path().join("a/push.pos"), &pos).expect("as if the push stopped before step 6");
     let scribbled = scribble(&seg);
-    let ours = std::fs::read(log::segment_path(&a.layout().log(), a.machine(), 0)).expect("our segment");
+    let ours = std::fs::read(log::segment_path(&a.replication().log_dir(), a.machine(), 0)).expect("our segment");
     assert_eq!(scribbled.len(), ours.len(), "the remote segment is as long as ours");
     let report = push_with(&a, &r).expect("push");
     assert_eq!((report.blocks, report.repaired, report.runs), (0, 1, 2), "listing, checksum pass: {report:?}");
@@ -506,11 +507,11 @@ fn garbage_remote_block_is_refused_on_demand_in_a_clone() {
     let got = b.file_blocks(f, 0, 3).expect("blocks");
     // Block 0's fetch also brings block 1 (read-ahead): refused, not stored.
     assert_eq!(b.read_block(&got[0].1).expect("intact block"), data[..BS as usize]);
-    assert!(!b.blobs().contains(&bad), "a garbage read-ahead block is not stored");
+    assert!(!b.replication().has_blob(&bad), "a garbage read-ahead block is not stored");
     let err = b.read_block(&got[1].1).expect_err("garbage is refused");
     assert!(matches!(&err, engine::Error::CorruptBlob { hash, .. } if *hash == bad), "{err:?}");
     assert!(err.to_string().contains(&hex), "the error names the blob: {err}");
-    assert!(!b.blobs().contains(&bad), "a refused block is not stored");
+    assert!(!b.replication().has_blob(&bad), "a refused block is not stored");
     assert_eq!(b.read_block(&got[2].1).expect("intact block"), data[2 * BS as usize..]);
     close_and_verify(b, &tmp.path().join("b"));
 }

@@ -109,6 +109,40 @@ fn push_order_never_leaves_an_event_without_its_blocks() {
     assert_eq!((again.blocks, again.log_bytes), (0, 0), "nothing new, nothing sent");
 }
 
+/// A push larger than one round goes in rounds, each recorded as on the
+/// remote before the next is gathered, so a block a later round meets
+/// again is not sent twice; the log follows once all are on the remote.
+#[test]
+fn a_push_larger_than_a_round_goes_in_rounds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let remote = tmp.path().join("remote");
+    let e = LiveTree::open(&init(tmp.path(), "a", &remote, 1 << 40)).expect("open");
+    let per_file = 16;
+    let file = (per_file * BS) as usize;
+    let first = random(file);
+    write_file(&e, NodeId::ROOT, "f0", &first);
+    for i in 1..10 {
+        write_file(&e, NodeId::ROOT, &format!("f{i}"), &random(file));
+    }
+    // Its blocks went in the first round, and are met again in the last.
+    write_file(&e, NodeId::ROOT, "copy", &first);
+    let distinct = 10 * per_file;
+    assert_eq!(push::plan(&e).expect("plan").blocks, distinct, "within one default round, each block counts once");
+
+    let limits = push::RoundLimits { blocks: 4 * per_file as usize, bytes: u64::MAX };
+    let mut rounds = Vec::new();
+    let r = push::push_in_rounds(&e, &rsync(&remote), limits, &mut |p| {
+        if let Progress::Blocks { done, .. } = p {
+            rounds.push(done);
+        }
+    })
+    .expect("push");
+    assert_eq!(r.blocks, distinct, "every distinct block goes once");
+    assert_eq!(rounds, [4 * per_file, 8 * per_file, 10 * per_file], "three rounds, the copy's blocks not again");
+    assert_eq!(remote_events_all_have_blocks(&remote), 2 * 11, "every file's create and write");
+    assert_eq!(push::plan(&e).expect("plan").blocks, 0, "nothing pending after the push");
+}
+
 #[test]
 fn corrupt_remote_block_is_refused_and_never_returned() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -134,7 +168,7 @@ fn corrupt_remote_block_is_refused_and_never_returned() {
     let err = e.read_block(&first).expect_err("a wrong block is refused");
     assert!(matches!(&err, engine::Error::CorruptBlob { hash, .. } if *hash == first.hash), "{err:?}");
     assert!(err.to_string().contains(&hex), "the error names the blob: {err}");
-    assert!(!e.blobs().contains(&first.hash), "a refused block is not stored");
+    assert!(!e.replication().has_blob(&first.hash), "a refused block is not stored");
     // The intact block still comes back.
     let (_, second) = e.file_blocks(f, 1, 1).expect("blocks")[0];
     assert_eq!(e.read_block(&second).expect("intact block"), data[BS as usize..]);
@@ -200,7 +234,7 @@ fn mount_over_the_cache_limit_stays_bounded_and_reads_everything_back() {
     daemon.stop();
     e.close().expect("close");
     // Evicted blocks are on the remote, not damage.
-    let v = engine::verify::verify(&dir).expect("verify");
+    let v = engine::forensics::verify(&dir).expect("verify");
     assert!(v.is_clean(), "{:?}", v.problems);
     assert!(v.blocks_remote > 0, "nothing was evicted: {v:?}");
 }

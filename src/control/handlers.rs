@@ -20,7 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use engine::config::format_size_human as human;
 use engine::conflicts::{ContentConflict, Keep};
 use engine::event::{BlockChange, NodeKind};
-use engine::history;
+use engine::forensics;
 use engine::ids::{NodeId, Timestamp};
 use engine::merge::ConflictKind;
 use engine::Queries;
@@ -228,12 +228,8 @@ fn status(dir: &Path, live: Option<&Live>, json: bool, out: &mut dyn Output) -> 
             j["local_bytes"] = json!(local);
             if e.config().remote.is_some() {
                 let plan = push::plan(e)?;
-                lines.push(format!(
-                    "pending:      {} blocks ({}) not yet pushed",
-                    plan.blocks.len(),
-                    human(plan.bytes)
-                ));
-                j["pending_blocks"] = json!(plan.blocks.len());
+                lines.push(format!("pending:      {} blocks ({}) not yet pushed", plan.blocks, human(plan.bytes)));
+                j["pending_blocks"] = json!(plan.blocks);
                 j["pending_bytes"] = json!(plan.bytes);
                 let plan = engine::evict::plan(e, e.config().cache_size)?;
                 let over = plan.after > e.config().cache_size;
@@ -337,7 +333,7 @@ fn sync(live: &Live, json: bool, out: &mut dyn Output) -> Result<u8> {
             let r = push::push(e, &rsync, &mut |p| show(p, &mut *out))
                 .with_context(|| format!("pushing to {}", rsync.remote()))?;
             out.progress(&Progress { what: "pull".into(), done: 0, total: 0 });
-            syncer_replication::pull::pull_log(&rsync, &e.layout().log(), Some(e.machine()))
+            syncer_replication::pull::pull_log(&rsync, &e.replication().log_dir(), Some(e.machine()))
                 .with_context(|| format!("pulling from {}", rsync.remote()))?;
             let imp = e.import().context("importing peers' events")?;
             (r, imp, engine::evict::evict(e)?)
@@ -464,22 +460,22 @@ fn conflicts(live: &Live, json: bool, out: &mut dyn Output) -> Result<u8> {
             "original": lossy(&c.original_path),
             "copy": lossy(&c.copy_path),
             "kept_writer": c.kept_writer.to_string(),
-            "kept_time": history::format_time(c.kept_time),
+            "kept_time": forensics::format_time(c.kept_time),
             "copy_writer": c.copy_writer.to_string(),
-            "copy_time": history::format_time(c.copy_time),
+            "copy_time": forensics::format_time(c.copy_time),
         }));
         lines.push(format!("content {}", lossy(&c.original_path)));
         lines.push(format!(
             "  kept the name:  {} by machine {} at {}",
             lossy(&c.original_path),
             c.kept_writer,
-            history::format_time(c.kept_time)
+            forensics::format_time(c.kept_time)
         ));
         lines.push(format!(
             "  conflict copy:  {} by machine {} at {}",
             lossy(&c.copy_path),
             c.copy_writer,
-            history::format_time(c.copy_time)
+            forensics::format_time(c.copy_time)
         ));
         lines.push(format!(
             "  to end it: syncer resolve {} {} --keep original  (or copy, both, mine, theirs)",
@@ -628,7 +624,7 @@ fn resolve(live: &Live, path: &str, keep: &str, out: &mut dyn Output) -> Result<
 // ---------------------------------------------------------------- verify
 
 fn verify(dir: &Path, json: bool, out: &mut dyn Output) -> Result<u8> {
-    let r = engine::verify::verify(dir).with_context(|| format!("verify {}", dir.display()))?;
+    let r = engine::forensics::verify(dir).with_context(|| format!("verify {}", dir.display()))?;
     if json {
         out.out(
             &json!({
@@ -666,11 +662,11 @@ fn restore_in_place(live: &Live, path: &str, at: Timestamp, out: &mut dyn Output
     let p = path.as_bytes();
     let (old, blocks) = {
         let view = crate::history_cmd::open_view(live.data_dir, Some(at))?;
-        let node = history::node_at_path(&view, p)
-            .with_context(|| format!("{path} did not exist at {}", history::format_time(at)))?;
+        let node = forensics::node_at_path(&view, p)
+            .with_context(|| format!("{path} did not exist at {}", forensics::format_time(at)))?;
         let old = view.node(node)?;
         if old.kind != NodeKind::File {
-            bail!("{path} was a {:?} at {}; restore handles regular files", old.kind, history::format_time(at));
+            bail!("{path} was a {:?} at {}; restore handles regular files", old.kind, forensics::format_time(at));
         }
         let count = engine::tree::block_count(old.size, view.block_size());
         let stored: std::collections::BTreeMap<u64, _> = view.file_blocks(node, 0, count)?.into_iter().collect();
@@ -683,7 +679,7 @@ fn restore_in_place(live: &Live, path: &str, at: Timestamp, out: &mut dyn Output
         Some(i) => (&p[..i], &p[i + 1..]),
         None => (&[][..], p),
     };
-    let parent = history::node_at_path(e, dir).with_context(|| format!("{path}: parent directory missing now"))?;
+    let parent = forensics::node_at_path(e, dir).with_context(|| format!("{path}: parent directory missing now"))?;
     let target = match e.lookup(parent, name) {
         Ok(n) if n.kind == NodeKind::File => n.id,
         Ok(n) => bail!("{path} is now a {:?}; move it away first", n.kind),
@@ -700,7 +696,7 @@ fn restore_in_place(live: &Live, path: &str, at: Timestamp, out: &mut dyn Output
     refresh(live);
     out.out(&format!(
         "restored {path} as of {} into the live tree ({} bytes; recorded as new events)",
-        history::format_time(at),
+        forensics::format_time(at),
         old.size
     ));
     Ok(0)

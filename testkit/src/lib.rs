@@ -2,6 +2,8 @@
 //! out of the library crates (which carry no test code). Not published; the
 //! crates use it only as a dev-dependency (`fuzz/` as a dependency).
 //!
+//! - [`gen`]: the one random event generator, built from bytes; the fuzz
+//!   bodies feed it their input, the property tests proptest's bytes;
 //! - [`fuzz`]: the bodies of the cargo-fuzz targets, replayed as tests by
 //!   `engine/tests/fuzz_regressions.rs`;
 //! - [`sim`]: the replica simulator and its proptest action generator, for
@@ -21,6 +23,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod fuzz;
+pub mod gen;
 #[cfg(feature = "mount")]
 pub mod mount;
 pub mod sim;

@@ -143,6 +143,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Where the blob `hash` lives under the blob folder:
+/// `<first two hex digits>/<hex>`.
+pub(crate) fn relative_path(hash: &BlockHash) -> PathBuf {
+    let hex = hash.to_hex();
+    Path::new(&hex[..2]).join(&hex)
+}
+
 impl BlobStore {
     /// Opens (creating if missing) the store in `blobs_dir` for a data dir
     /// with `hash_size`-byte hashes, compressing at zstd `level` (0 = off).
@@ -193,8 +200,7 @@ impl BlobStore {
 
     /// Where the blob `hash` lives (whether or not it exists).
     pub fn path_of(&self, hash: &BlockHash) -> PathBuf {
-        let hex = hash.to_hex();
-        self.dir.join(&hex[..2]).join(hex)
+        self.dir.join(relative_path(hash))
     }
 
     /// A new temp file name in the fan-out folder of `hash`.

@@ -13,7 +13,8 @@
 //! Bodies that need structure (events, segments of valid records) build it
 //! from the input bytes with [`Unstructured`], a small cursor that returns
 //! zeros once the input runs out, so every input is valid and the fuzzer's
-//! mutations stay meaningful.
+//! mutations stay meaningful. Events come from [`crate::gen`], the test
+//! kit's one event generator, which the property tests use too.
 //!
 //! `peer_import` (in [`peer`]) is the one body with I/O: it imports into a
 //! real data dir that each thread makes once (under `/dev/shm` when there is
@@ -26,10 +27,12 @@ pub use peer::{engine_matches, peer_import, peer_import_cleanup, peer_import_out
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+pub use crate::gen::{event, Unstructured};
+
 use engine::blob::{self, BlobError};
 use engine::clock::VectorClock;
 use engine::config::{self, Config};
-use engine::event::{AttrChange, Attrs, BlockChange, BlockRef, Change, Event, NodeKind};
+use engine::event::{Attrs, BlockChange, BlockRef, Change, Event, NodeKind};
 use engine::format;
 use engine::ids::{BlockHash, MachineId, NodeId, Timestamp};
 use engine::log;
@@ -39,175 +42,6 @@ use engine::tree::{self, NodeRecord};
 
 /// Block size the fold and merge bodies use.
 const BLOCK_SIZE: u64 = 4096;
-
-/// A cursor over fuzz input that builds values from it; past the end every
-/// read is zero.
-#[derive(Debug)]
-pub struct Unstructured<'a> {
-    data: &'a [u8],
-}
-
-impl<'a> Unstructured<'a> {
-    /// A cursor over `data`.
-    pub fn new(data: &'a [u8]) -> Self {
-        Unstructured { data }
-    }
-
-    /// Whether the input is used up.
-    pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    /// The next byte.
-    pub fn byte(&mut self) -> u8 {
-        match self.data.split_first() {
-            Some((&b, rest)) => {
-                self.data = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-
-    /// The next little-endian u16.
-    pub fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.byte(), self.byte()])
-    }
-
-    /// The next little-endian u64.
-    pub fn u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        for x in &mut b {
-            *x = self.byte();
-        }
-        u64::from_le_bytes(b)
-    }
-
-    /// A number in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u8) -> u8 {
-        self.byte() % n.max(1)
-    }
-
-    /// Up to `max` bytes, length first.
-    pub fn bytes(&mut self, max: usize) -> Vec<u8> {
-        let len = usize::from(self.byte()).min(max).min(self.data.len());
-        let (head, rest) = self.data.split_at(len);
-        self.data = rest;
-        head.to_vec()
-    }
-
-    /// Up to `max` bytes, a 16-bit length first.
-    pub fn long_bytes(&mut self, max: usize) -> &'a [u8] {
-        let len = usize::from(self.u16()).min(max).min(self.data.len());
-        let (head, rest) = self.data.split_at(len);
-        self.data = rest;
-        head
-    }
-
-    /// Everything left.
-    pub fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.data)
-    }
-}
-
-/// Names a hostile peer could send: valid ones that collide, and invalid
-/// ones (empty, `.`, `..`, with `/` or NUL, too long).
-fn name(u: &mut Unstructured) -> Vec<u8> {
-    match u.below(12) {
-        0 => Vec::new(),
-        1 => b".".to_vec(),
-        2 => b"..".to_vec(),
-        3 => b"a/b".to_vec(),
-        4 => b"n\0ul".to_vec(),
-        5 => vec![b'x'; 256],
-        6 => b"f.txt".to_vec(),
-        n => vec![b'a' + n % 4],
-    }
-}
-
-fn machine(u: &mut Unstructured) -> MachineId {
-    MachineId(u64::from(u.below(3)) + 1)
-}
-
-fn node(u: &mut Unstructured) -> NodeId {
-    match u.below(8) {
-        0 => NodeId::ROOT,
-        n => NodeId::new(u64::from(n % 4) + 1, MachineId(u64::from(n / 4) + 1)),
-    }
-}
-
-fn time(u: &mut Unstructured) -> Timestamp {
-    Timestamp(i64::from(u.u16()))
-}
-
-fn clock(u: &mut Unstructured) -> VectorClock {
-    let n = u.below(4);
-    VectorClock::from_entries((0..n).map(|_| (machine(u), u64::from(u.below(6)))))
-}
-
-fn kind(u: &mut Unstructured) -> NodeKind {
-    [NodeKind::File, NodeKind::Dir, NodeKind::Symlink, NodeKind::Fifo, NodeKind::Socket][usize::from(u.below(5))]
-}
-
-fn block(u: &mut Unstructured) -> Option<BlockRef> {
-    (u.below(4) != 0).then(|| BlockRef { hash: BlockHash::of(&[u.byte()], 16), len: u32::from(u.u16()) })
-}
-
-fn opt<T>(u: &mut Unstructured, f: impl FnOnce(&mut Unstructured) -> T) -> Option<T> {
-    (u.below(2) == 1).then(|| f(u))
-}
-
-fn change(u: &mut Unstructured) -> Change {
-    match u.below(12) {
-        0 | 1 => Change::Create {
-            parent: node(u),
-            name: name(u),
-            kind: kind(u),
-            attrs: Attrs { mode: u32::from(u.u16()), ..Attrs::default() },
-            target: u.bytes(8),
-        },
-        2 => Change::SetAttrs(AttrChange {
-            mode: opt(u, |u| u32::from(u.u16())),
-            uid: opt(u, |u| u32::from(u.byte())),
-            mtime: opt(u, time),
-            ..AttrChange::default()
-        }),
-        3 => {
-            let blocks =
-                (0..u.below(4)).map(|_| BlockChange { index: u64::from(u.below(8)), block: block(u) }).collect();
-            // Sizes near u64::MAX too: a hostile peer is not bound by what a disk holds.
-            let size = if u.below(8) == 0 { u64::MAX - u64::from(u.byte()) } else { u64::from(u.u16()) };
-            Change::Content { size, blocks }
-        }
-        4 => Change::Truncate {
-            size: u64::from(u.u16()),
-            tail: opt(u, |u| BlockChange { index: u64::from(u.below(8)), block: block(u) }),
-        },
-        5 | 6 => Change::Move { parent: node(u), name: name(u) },
-        7 => Change::Remove,
-        8 => Change::SetXattr { name: name(u), value: u.bytes(4) },
-        9 => Change::RemoveXattr { name: name(u) },
-        10 => Change::SetTarget { target: u.bytes(8) },
-        _ => match u.below(3) {
-            0 => Change::Exchange { with: node(u) },
-            1 => Change::SetPinned { pinned: u.below(2) == 1 },
-            _ => Change::SetVolname { name: u.bytes(8) },
-        },
-    }
-}
-
-/// An arbitrary event over a small world (3 machines, 8 node ids, short
-/// names including invalid ones), with arbitrary seq, time and clock.
-///
-/// A content change's base is drawn from the fields already drawn (the
-/// event before it from the same machine), so that the checked-in seeds,
-/// written before events had a base, still build the same events.
-pub fn event(u: &mut Unstructured) -> Event {
-    let (node, machine, seq, time, clock, change) =
-        (node(u), machine(u), u64::from(u.below(16)), time(u), clock(u), change(u));
-    let base = change.is_content().then_some(engine::ids::EventId { machine, seq: seq.saturating_sub(1) });
-    Event { node, machine, seq, time, clock, change, base }
-}
 
 /// Frames `payload` as a record of `version` with a correct checksum, so
 /// that fuzzing reaches the payload decoder behind the checksum.
