@@ -102,13 +102,68 @@ fn node_records(data_dir: &Path, nodes: &[NodeId]) -> Option<Vec<Inspected>> {
 
 /// The records `a` selects, in order.
 pub fn select(data_dir: &Path, a: &InspectArgs) -> Result<Vec<Inspected>> {
+    let mut out = Vec::new();
+    each_selected(data_dir, a, &mut |r| {
+        out.push(r);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Hands each record `a` selects to `g`, in order, without holding the
+/// log: the whole log is read one segment at a time unless a node is asked
+/// for (then only its records, found through the history index).
+fn each_selected(data_dir: &Path, a: &InspectArgs, g: &mut dyn FnMut(Inspected) -> Result<()>) -> Result<()> {
     let f = filter(data_dir, a)?;
     let by_node = if f.nodes.is_empty() { None } else { node_records(data_dir, &f.nodes) };
-    let all = match by_node {
-        Some(r) => r,
-        None => forensics::inspect(data_dir)?,
-    };
-    Ok(all.into_iter().filter(|r| f.matches(r)).collect())
+    if let Some(records) = by_node {
+        return records.into_iter().filter(|r| f.matches(r)).try_for_each(g);
+    }
+    // The engine's callback returns engine errors: the caller's own error
+    // is kept aside and returned as it was.
+    let mut failed = None;
+    let read = forensics::inspect_each(data_dir, &mut |r| {
+        if !f.matches(&r) {
+            return Ok(());
+        }
+        g(r).map_err(|e| {
+            failed = Some(e);
+            engine::Error::Invalid("stopped by the caller".into())
+        })
+    });
+    match (failed, read) {
+        (Some(e), _) => Err(e),
+        (None, r) => Ok(r?),
+    }
+}
+
+/// One row of the text table of `log inspect`.
+fn inspect_row(r: &Inspected) -> [String; 8] {
+    match &r.event {
+        Some(e) => [
+            r.pos.to_string(),
+            forensics::event_name(e),
+            forensics::format_time(e.time),
+            e.node.to_string(),
+            e.change.kind_name().to_string(),
+            "ok".to_string(),
+            forensics::clock_text(e),
+            match e.base {
+                Some(b) => format!("{} (on {b})", forensics::describe(&e.change)),
+                None => forensics::describe(&e.change),
+            },
+        ],
+        None => [
+            r.pos.to_string(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "DAMAGED".into(),
+            "-".into(),
+            r.damage.clone().unwrap_or_default(),
+        ],
+    }
 }
 
 fn block_json(c: &BlockChange) -> Value {
@@ -177,47 +232,26 @@ fn event_json(r: &Inspected, e: &Event) -> Value {
     })
 }
 
-/// `syncer log inspect`.
+/// `syncer log inspect`. The log is read as it is printed, never held: a
+/// text table is measured in a first pass and printed in a second (a log
+/// that grows meanwhile shows its new records, perhaps less well aligned).
 pub fn inspect(data_dir: &Path, a: &InspectArgs) -> Result<()> {
-    let records = select(data_dir, a)?;
     let mut out = std::io::stdout().lock();
     if a.json {
-        for r in &records {
-            writeln!(out, "{}", record_json(r))?;
-        }
-        return Ok(());
+        return each_selected(data_dir, a, &mut |r| Ok(writeln!(out, "{}", record_json(&r))?));
     }
-    let rows: Vec<[String; 8]> = records
-        .iter()
-        .map(|r| match &r.event {
-            Some(e) => [
-                r.pos.to_string(),
-                forensics::event_name(e),
-                forensics::format_time(e.time),
-                e.node.to_string(),
-                e.change.kind_name().to_string(),
-                "ok".to_string(),
-                forensics::clock_text(e),
-                match e.base {
-                    Some(b) => format!("{} (on {b})", forensics::describe(&e.change)),
-                    None => forensics::describe(&e.change),
-                },
-            ],
-            None => [
-                r.pos.to_string(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "DAMAGED".into(),
-                "-".into(),
-                r.damage.clone().unwrap_or_default(),
-            ],
-        })
-        .collect();
     let header = ["POSITION", "EVENT", "TIME", "NODE", "KIND", "CHECKSUM", "CLOCK", "CHANGE"].map(String::from);
-    crate::table::print_table(&mut out, &header, &rows)?;
-    let damaged = records.iter().filter(|r| r.event.is_none()).count();
+    let mut widths = crate::table::Widths::of(&header);
+    each_selected(data_dir, a, &mut |r| {
+        widths.fit(&inspect_row(&r));
+        Ok(())
+    })?;
+    widths.print(&mut out, &header)?;
+    let mut damaged = 0;
+    each_selected(data_dir, a, &mut |r| {
+        damaged += usize::from(r.event.is_none());
+        widths.print(&mut out, &inspect_row(&r))
+    })?;
     if damaged > 0 {
         writeln!(out, "{damaged} damaged record(s) shown in place")?;
     }

@@ -34,7 +34,18 @@ pub use crate::verify::VerifyReport;
 /// Every record of every machine's log in the data dir `dir`, in log order
 /// (machine by machine), damaged ones included (see the module docs).
 pub fn inspect(dir: &Path) -> Result<Vec<Inspected>> {
-    crate::history::inspect_log(&FsStorage, &Layout { dir: dir.to_path_buf() }.log())
+    let mut out = Vec::new();
+    inspect_each(dir, &mut |r| {
+        out.push(r);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`inspect`], handing each record to `f` as it is read (one segment in
+/// memory at a time, whatever the log's length); an error of `f` ends it.
+pub fn inspect_each(dir: &Path, f: &mut dyn FnMut(Inspected) -> Result<()>) -> Result<()> {
+    crate::history::for_each_inspected(&FsStorage, &Layout { dir: dir.to_path_buf() }.log(), f)
 }
 
 /// The event whose record starts at `pos` in `tree`'s data dir (random

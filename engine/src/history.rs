@@ -265,52 +265,72 @@ pub struct Inspected {
 /// `machine` that decodes; a torn tail (as the log defines it) is reported
 /// as one damaged entry starting "torn tail". Pure; never panics.
 pub fn inspect_segment(bytes: &[u8], machine: MachineId, number: u64) -> Vec<Inspected> {
-    let at = |offset: u64| LogPos { machine, segment: number, offset };
-    let name = log::segment_file_name(number);
-    let reader = log::SegmentReader::new(bytes, Path::new(&name), machine, number, log::ReadMode::Forensic);
     let mut out = Vec::new();
-    // A forensic read fails only when the callback does, and this one never does.
-    let _ = reader.read(&mut |item| {
-        out.push(match item {
-            log::Item::Record(r) => Inspected { pos: at(r.offset), event: Some(r.event), damage: None },
-            log::Item::Damaged { offset, why } => Inspected { pos: at(offset), event: None, damage: Some(why) },
-        });
+    // The callback never fails.
+    let _ = inspect_segment_each(bytes, machine, number, &mut |r| {
+        out.push(r);
         Ok(())
     });
     out
 }
 
-/// Every record of every machine's log, in log order (machine by machine),
-/// damaged ones included. Only an unreadable log folder is an error.
-pub fn inspect_log(storage: &dyn Storage, log_root: &Path) -> Result<Vec<Inspected>> {
-    let mut out = Vec::new();
+/// [`inspect_segment`], handing each record to `f` as it is read; only an
+/// error of `f` ends the read early.
+pub(crate) fn inspect_segment_each(
+    bytes: &[u8],
+    machine: MachineId,
+    number: u64,
+    f: &mut dyn FnMut(Inspected) -> Result<()>,
+) -> Result<()> {
+    let at = |offset: u64| LogPos { machine, segment: number, offset };
+    let name = log::segment_file_name(number);
+    let reader = log::SegmentReader::new(bytes, Path::new(&name), machine, number, log::ReadMode::Forensic);
+    // A forensic read fails only when the callback does.
+    reader
+        .read(&mut |item| {
+            f(match item {
+                log::Item::Record(r) => Inspected { pos: at(r.offset), event: Some(r.event), damage: None },
+                log::Item::Damaged { offset, why } => Inspected { pos: at(offset), event: None, damage: Some(why) },
+            })
+        })
+        .map(|_| ())
+}
+
+/// Hands every record of every machine's log to `f`, in log order (machine
+/// by machine), damaged ones included, one segment in memory at a time.
+/// Only an unreadable log folder, or an error of `f`, is an error.
+pub fn for_each_inspected(
+    storage: &dyn Storage,
+    log_root: &Path,
+    f: &mut dyn FnMut(Inspected) -> Result<()>,
+) -> Result<()> {
     for m in log::list_machines(storage, log_root)? {
         let dir = log::machine_dir(log_root, m);
         let mut numbers = Vec::new();
         for name in storage.list_dir(&dir).map_err(|e| Error::io("list", &dir, e))? {
             match log::parse_segment_name(&name) {
                 Ok(n) => numbers.push(n),
-                Err(e) => out.push(Inspected {
+                Err(e) => f(Inspected {
                     pos: LogPos { machine: m, segment: u64::MAX, offset: 0 },
                     event: None,
                     damage: Some(format!("{}: {}", dir.join(&name).display(), e.0)),
-                }),
+                })?,
             }
         }
         numbers.sort_unstable();
         for n in numbers {
             let path = log::segment_path(log_root, m, n);
             match storage.read(&path) {
-                Ok(bytes) => out.extend(inspect_segment(&bytes, m, n)),
-                Err(e) => out.push(Inspected {
+                Ok(bytes) => inspect_segment_each(&bytes, m, n, f)?,
+                Err(e) => f(Inspected {
                     pos: LogPos { machine: m, segment: n, offset: 0 },
                     event: None,
                     damage: Some(format!("{}: unreadable: {e}", path.display())),
-                }),
+                })?,
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Which events `log inspect` shows. Empty lists match everything. Damaged
