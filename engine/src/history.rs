@@ -381,6 +381,7 @@ pub const KINDS: &[&str] = &[
     "volname",
     "pin",
     "exchange",
+    "resolve",
 ];
 
 fn name(b: &[u8]) -> String {
