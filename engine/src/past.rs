@@ -291,6 +291,9 @@ fn seed_history(layout: &Layout) {
 /// logs; replays it from nothing when the log lost events it had indexed.
 fn bring_up_to_date(store: &Store, index: &Index, report: &mut OpenReport, problems: &PeerProblems) -> Result<()> {
     let layout = store.layout();
+    // It runs beside a live mount's own index writer (the keeper), or
+    // before a view's node cache fills: its caches stay small.
+    index.set_writer_cache(HISTORY_WRITER_CACHE);
     // A crash can cut a writer's unacknowledged tail after a view indexed
     // it: then the view's index is rebuilt.
     if index_diverged(store.storage().as_ref(), &layout.log(), index)? {
@@ -302,6 +305,10 @@ fn bring_up_to_date(store: &Store, index: &Index, report: &mut OpenReport, probl
     report.caught_up = catch_up.catch_up(false, report)?;
     Ok(())
 }
+
+/// Most entries of each cache of the writer that brings `history.redb` up
+/// to date (the live index's writer has up to 65,536).
+const HISTORY_WRITER_CACHE: usize = 8192;
 
 /// How often [`HistoryKeeper`] looks for new events.
 pub const HISTORY_REFRESH_EVERY: Duration = Duration::from_secs(2);

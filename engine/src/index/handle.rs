@@ -10,7 +10,7 @@ use redb::{Database, ReadableDatabase, WriteTransaction};
 use super::background::{lock_carried, Background, Carried};
 use super::error::ix;
 use super::schema::{self, create_db, reset_tables, META_VERSION};
-use super::writer::{HeldTxn, WriteBuffer};
+use super::writer::{HeldTxn, WriteBuffer, WRITER_CACHE_MAX};
 use super::{HashMap, IndexReader, IndexWriter, INDEX_VERSION};
 use crate::error::IndexError;
 use crate::error::{Error, Result};
@@ -43,6 +43,9 @@ pub(crate) struct Index {
     /// next commit after its hand-off was that group's (see
     /// `IndexWriter::held`).
     pub(super) commits: Arc<std::sync::atomic::AtomicU64>,
+    /// Most entries of each cache of this index's writers (see
+    /// [`Index::set_writer_cache`]).
+    pub(super) writer_cache: std::sync::atomic::AtomicUsize,
     /// Where the file is opened through, when not by redb itself (fault
     /// injection; see [`Storage::index_database`]).
     storage: Option<Arc<dyn Storage>>,
@@ -80,6 +83,7 @@ impl Index {
             in_flight: Mutex::default(),
             failed: Arc::default(),
             commits: Arc::default(),
+            writer_cache: std::sync::atomic::AtomicUsize::new(WRITER_CACHE_MAX),
             #[cfg(test)]
             fail_next_background: Default::default(),
         }
@@ -116,6 +120,14 @@ impl Index {
         w.commit(true)
     }
 
+    /// Bounds each cache of this index's later writers to `entries` (at
+    /// least 64; [`WRITER_CACHE_MAX`] unless set): a background catch-up,
+    /// whose speed matters less than the memory it holds beside the live
+    /// index's, sets a smaller one.
+    pub(crate) fn set_writer_cache(&self, entries: usize) {
+        self.writer_cache.store(entries.max(64), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Opens an existing, cleanly closed index read-only. Any number of
     /// processes may hold it so at once; none may hold it for writing then.
     pub(crate) fn open_read_only(path: &Path) -> Result<Index> {
@@ -126,6 +138,8 @@ impl Index {
     /// Closes a writable handle cleanly and reopens the file read-only.
     pub(crate) fn reopen_read_only(&mut self) -> Result<()> {
         let _ = self.wait_in_flight();
+        // No writer follows: the caches it would take are dropped.
+        *lock_carried(&self.carried) = None;
         let slot = self.db.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Db::Rw(db) = std::mem::replace(slot, Db::Closed) {
             let db = Arc::try_unwrap(db).map_err(|_| IndexError::InUse.at(&self.path))?;
@@ -233,6 +247,7 @@ impl Index {
             carries: true,
             path: self.path.clone(),
             meta_changed: HashMap::default(),
+            cache_max: self.writer_cache.load(std::sync::atomic::Ordering::Relaxed),
             nodes: RefCell::new(carried.nodes),
             since_checkpoint: carried.since_checkpoint,
             entries: RefCell::new(carried.entries),

@@ -9,7 +9,6 @@ use redb::ReadableTable;
 use super::read::Queries;
 use super::read::{self, Buffered};
 use super::schema::*;
-use super::writer::{WRITER_CACHE_MAX, WRITE_BUFFER_MAX};
 use super::IndexWriter;
 use crate::error::{Error, Result};
 use crate::event::{BlockRef, Event, NodeKind};
@@ -23,7 +22,7 @@ impl IndexWriter {
     /// when an event arrives that sorts before the frontier.
     pub fn apply(&mut self, pos: LogPos, event: &Event, block_size: u64) -> Result<()> {
         let (m, seq, time) = (event.machine.0, event.seq, event.time.0);
-        if self.buffer.get_mut().len() >= WRITE_BUFFER_MAX {
+        if self.buffer.get_mut().len() >= 4 * self.cache_max {
             self.flush_all_buffered()?;
         }
         for n in in_history_of(event) {
@@ -133,7 +132,7 @@ impl IndexWriter {
     fn since_checkpoint(&mut self, node: NodeId) -> Result<&mut (usize, bool)> {
         if !self.since_checkpoint.contains_key(&node) {
             let v = self.count_since_checkpoint(node)?;
-            if self.since_checkpoint.len() >= WRITER_CACHE_MAX {
+            if self.since_checkpoint.len() >= self.cache_max {
                 self.before_emptying_a_cache()?;
                 // Buffered history is counted only here.
                 self.flush_buffered(Buffered::History)?;

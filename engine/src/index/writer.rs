@@ -53,6 +53,9 @@ pub struct IndexWriter {
     /// every event changes several, and a table update each would cost
     /// more than the rest of applying it.
     pub(super) meta_changed: HashMap<String, u64>,
+    /// Most entries of each cache below, and a quarter of the most in the
+    /// write buffer (see [`Index::set_writer_cache`](super::Index)).
+    pub(super) cache_max: usize,
     /// Node states read or written in this transaction: applying one event
     /// reads a node several times, and decoding costs more than a lookup.
     /// Written states reach `nodes` at commit (a directory's state changes
@@ -154,13 +157,12 @@ impl WriteBuffer {
 /// What a directory entry names, if anything.
 pub(super) type Entry = Option<(NodeId, NodeKind)>;
 
-/// Most entries of the writer's caches and of its write buffer; a long
-/// replay empties them when full. Small in unit tests, so that they empty
-/// the caches and write the buffer out many times within one transaction.
+/// Most entries of a writer's caches unless its index says fewer, and a
+/// quarter of the most in its write buffer (five or so entries per
+/// event); a long replay empties them when full. Small in unit tests, so
+/// that they empty the caches and write the buffer out many times within
+/// one transaction.
 pub(super) const WRITER_CACHE_MAX: usize = if cfg!(test) { 64 } else { 1 << 16 };
-
-/// Most entries of the writer's buffer (five or so per event).
-pub(super) const WRITE_BUFFER_MAX: usize = 4 * WRITER_CACHE_MAX;
 
 impl Tables for IndexWriter {
     type Table<'t, K: Key + 'static, V: Value + 'static> = Table<'t, K, V>;
@@ -231,7 +233,7 @@ impl IndexWriter {
             Some(r) => r.node(id)?,
             None => read::stored_node(self, id)?,
         };
-        if self.nodes.borrow().len() >= WRITER_CACHE_MAX {
+        if self.nodes.borrow().len() >= self.cache_max {
             self.before_emptying_a_cache()?;
             self.flush_nodes()?;
             self.nodes.borrow_mut().clear();
@@ -275,7 +277,7 @@ impl IndexWriter {
             Some(r) => r.lookup(dir, name)?,
             None => read::stored_lookup(self, dir, name)?,
         };
-        if self.entries.borrow().len() >= WRITER_CACHE_MAX {
+        if self.entries.borrow().len() >= self.cache_max {
             self.before_emptying_a_cache()?;
             self.flush_buffered(Buffered::Dirents)?;
             self.entries.borrow_mut().clear();
