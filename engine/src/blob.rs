@@ -81,4 +81,4 @@ const SAMPLE_LEN: usize = 8 << 10;
 const KNOWN_CAPACITY: usize = 32 * 1024;
 /// Most blobs queued for compression later (a hash of at most 33 bytes
 /// each); a block stored raw beyond that stays raw.
-const DEFERRED_MAX: usize = 1 << 20;
+const DEFERRED_MAX: usize = 1 << 17;

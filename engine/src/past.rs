@@ -34,7 +34,7 @@ use crate::tree::{self, NodeRecord};
 /// names, target and xattrs plus a fixed part). A constant rather than a
 /// config key: it bounds memory, and folding a dropped state again costs
 /// only the reads of its events since its last checkpoint.
-pub const NODE_CACHE_BYTES: usize = 64 << 20;
+pub const NODE_CACHE_BYTES: usize = 32 << 20;
 
 /// A data dir as it stood at a past time, read-only. `Send + Sync`.
 pub struct PastView {
