@@ -329,7 +329,50 @@ pub fn plan<T: TreeRead + ?Sized>(engine: &T, limit: u64) -> Result<EvictionPlan
     pass(engine, limit, false).map(|(_, p)| p)
 }
 
+/// Most rows of the LRU one round of an eviction pass walks: a pass that
+/// evicts much (`evict --size 0` of a million blocks) goes in rounds, each
+/// deleting and recording what it evicted before the next, so its memory
+/// stays bounded whatever it evicts. Variable only so that tests can make
+/// rounds tiny ([`set_round_rows`]).
+static ROUND_ROWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(16_384);
+
+/// Sets how many LRU rows one round of an eviction pass walks (at least
+/// 1). For tests: any value evicts the same blocks.
+#[doc(hidden)]
+pub fn set_round_rows(rows: usize) {
+    ROUND_ROWS.store(rows.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A pass down to `size`: rounds of [`ROUND_ROWS`] rows when it deletes
+/// (each round sees what the one before deleted), until the store fits or
+/// a round makes no progress. The plan returned is the last round's, with
+/// `before` the first round's; `victims` and `pinned` are the last round's.
 fn pass<T: TreeRead + ?Sized>(engine: &T, size: u64, delete: bool) -> Result<(EvictReport, EvictionPlan)> {
+    if !delete {
+        return round(engine, size, false, usize::MAX).map(|(r, p, _)| (r, p));
+    }
+    let rows = ROUND_ROWS.load(std::sync::atomic::Ordering::Relaxed);
+    let (mut report, mut plan, mut cut_short) = round(engine, size, true, rows)?;
+    let before = plan.before;
+    while cut_short && plan.after > report.limit && (report.evicted > 0 || !plan.pinned.is_empty()) {
+        let evicted = report.evicted;
+        let (r, p, c) = round(engine, size, true, rows)?;
+        (report, plan, cut_short) = (r, p, c);
+        report.evicted += evicted;
+    }
+    report.before = before;
+    plan.before = before;
+    Ok((report, plan))
+}
+
+/// One round of a pass: walks at most `rows` rows of the LRU; also returns
+/// whether it stopped there (more rows might have been walked).
+fn round<T: TreeRead + ?Sized>(
+    engine: &T,
+    size: u64,
+    delete: bool,
+    rows: usize,
+) -> Result<(EvictReport, EvictionPlan, bool)> {
     let cfg = engine.config();
     let cache = engine.cache();
     cache.flush(false)?;
@@ -339,12 +382,13 @@ fn pass<T: TreeRead + ?Sized>(engine: &T, size: u64, delete: bool) -> Result<(Ev
     let unpushed = counts.store_bytes.saturating_sub(counts.resident_bytes);
     let mut pins = PinCheck::new(engine);
     let mut walked: HashMap<BlockHash, LruEntry> = HashMap::new();
-    let rows = lru_rows(engine).inspect(|r| {
+    let lru = lru_rows(engine).take(rows).inspect(|r| {
         if let Ok(e) = r {
             walked.insert(e.hash, *e);
         }
     });
-    let plan = walk_eviction(counts.store_bytes, unpushed, limit, cfg.small_block, rows, |h| pins.pinned(h))?;
+    let plan = walk_eviction(counts.store_bytes, unpushed, limit, cfg.small_block, lru, |h| pins.pinned(h))?;
+    let cut_short = walked.len() >= rows;
     let mut evicted = 0;
     if delete {
         let mut gone = Vec::with_capacity(plan.victims.len());
@@ -376,7 +420,7 @@ fn pass<T: TreeRead + ?Sized>(engine: &T, size: u64, delete: bool) -> Result<(Ev
         over_limit: plan.after > limit,
         short_of_room: room != u64::MAX,
     };
-    Ok((report, plan))
+    Ok((report, plan, cut_short))
 }
 
 /// The most the store may hold so that the disk keeps the data dir's

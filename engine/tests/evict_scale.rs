@@ -152,3 +152,33 @@ fn a_pin_holds_what_lies_below_it_wherever_it_is_now() {
     assert!(!r.over_limit, "{r:?}");
     e.close().expect("close");
 }
+
+#[test]
+fn a_pass_that_evicts_much_goes_in_rounds_and_evicts_it_all() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let mut config = Config::new_default(MachineId::random());
+    config.small_block = 0;
+    Store::init(&dir, config).expect("init");
+    let e = LiveTree::open(&dir).expect("open");
+    let mut hashes = Vec::new();
+    for i in 0..50u64 {
+        let f = e.create(NodeId::ROOT, format!("f{i}").as_bytes(), NodeKind::File, attrs(), b"").expect("create").id;
+        let block = e.put_block(&noise(i, 3000)).expect("put");
+        e.write_blocks(f, 3000, vec![BlockChange { index: 0, block: Some(block) }]).expect("write");
+        hashes.push(block.hash);
+    }
+    // The last file pinned: its block stays, and rounds walk past it.
+    e.set_pinned(e.lookup(NodeId::ROOT, b"f49").expect("f49").id, true).expect("pin");
+    e.sync().expect("sync");
+    e.cache().mark_pushed(&hashes).expect("mark pushed");
+    // Rounds of 8 rows: 49 blocks go in 7 rounds.
+    engine::evict::set_round_rows(8);
+    let (r, plan) = engine::evict::evict_to(&e, 0).expect("evict");
+    assert_eq!(r.evicted, 49, "{r:?}");
+    assert!(r.over_limit, "the pinned block stays: {r:?}");
+    assert!(plan.before > plan.after && plan.after > 0, "{plan:?}");
+    assert_eq!(hashes.iter().filter(|h| e.blobs().contains(h)).count(), 1);
+    assert!(e.blobs().contains(&hashes[49]));
+    e.close().expect("close");
+}
