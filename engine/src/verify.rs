@@ -6,7 +6,7 @@
 //! pushed cannot be read: a block missing locally then counts as on the
 //! remote when the data dir has one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use crate::blob::BlobStore;
@@ -61,8 +61,24 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     }
     let config = Config::load(&storage, &layout.config())?;
     let mut report = VerifyReport::default();
-    // Each referenced block, and whether a peer's event references it.
-    let mut blocks: BTreeMap<BlockHash, (BlockRef, bool)> = BTreeMap::new();
+    let store =
+        BlobStore::open(std::sync::Arc::new(FsStorage), layout.blobs(), config.hash_size, config.compression_level)?;
+    let pushed = crate::cache::PushedView::open(dir, config.hash_size)?;
+    // Not local but on the remote: evicted after a push, or a peer's block
+    // never fetched (content comes on demand). While a mount holds the
+    // cache bookkeeping, whether it was pushed is unknown: a data dir with
+    // a remote is taken to have pushed it.
+    let on_remote = |h: &BlockHash, peer: bool| -> Result<bool> {
+        Ok(pushed.contains(h)?.unwrap_or(config.remote.is_some()) || (peer && config.remote.is_some()))
+    };
+    // Each block is checked when the log first names it. Only the first
+    // 16 bytes of each hash seen are kept (about 30 bytes a block), so
+    // memory stays small for a million blocks; blocks neither local nor on
+    // the remote wait to the end, as a peer's event later in the log may
+    // make them a peer's block, fetched on demand.
+    let mut seen: HashSet<u128> = HashSet::new();
+    let mut missing: BTreeMap<BlockHash, (BlockRef, bool)> = BTreeMap::new();
+    let mut failed: Option<Error> = None;
     let log_root = layout.log();
     for machine in log::list_machines(&storage, &log_root)? {
         report.machines += 1;
@@ -82,11 +98,29 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             // Read in windows: one record at a time is held, not the segment.
             let first = (number == 0).then_some((0, crate::ids::Timestamp(i64::MIN)));
             let mut each = |item: log::Item| {
-                if let log::Item::Record(r) = item {
-                    report.records += 1;
-                    for b in r.event.change.blocks() {
-                        blocks.entry(b.hash).or_insert((*b, peer)).1 |= peer;
+                let log::Item::Record(r) = item else { return Ok(()) };
+                report.records += 1;
+                for b in r.event.change.blocks() {
+                    if !seen.insert(prefix(&b.hash)) {
+                        if let Some(m) = missing.get_mut(&b.hash) {
+                            m.1 |= peer;
+                        }
+                        continue;
                     }
+                    report.blocks += 1;
+                    if !store.contains(&b.hash) {
+                        match on_remote(&b.hash, peer) {
+                            Ok(true) => report.blocks_remote += 1,
+                            Ok(false) => {
+                                missing.insert(b.hash, (*b, peer));
+                            }
+                            Err(e) => {
+                                failed.get_or_insert(e);
+                            }
+                        }
+                        continue;
+                    }
+                    check_block(&store, b, &mut report);
                 }
                 Ok(())
             };
@@ -111,32 +145,39 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             }
         }
     }
-    let store =
-        BlobStore::open(std::sync::Arc::new(storage), layout.blobs(), config.hash_size, config.compression_level)?;
-    report.blocks = blocks.len();
-    let pushed = crate::cache::PushedView::open(dir, config.hash_size)?;
-    for (hash, (block, peer)) in blocks {
-        // Not local but on the remote: evicted after a push, or a peer's
-        // block never fetched (content comes on demand). While a mount
-        // holds the cache bookkeeping, whether it was pushed is unknown: a
-        // data dir with a remote is taken to have pushed it.
-        let on_remote = |h| -> Result<bool> {
-            Ok(pushed.contains(h)?.unwrap_or(config.remote.is_some()) || (peer && config.remote.is_some()))
-        };
-        if !store.contains(&hash) && on_remote(&hash)? {
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    for (hash, (block, peer)) in missing {
+        if on_remote(&hash, peer)? {
             report.blocks_remote += 1;
-            continue;
-        }
-        match store.get(&hash) {
-            Ok(data) if data.len() == block.len as usize => report.blocks_ok += 1,
-            Ok(data) => report.problems.push(format!(
-                "blob {hash} ({}): holds {} bytes, the log says {}",
-                store.path_of(&hash).display(),
-                data.len(),
-                block.len
-            )),
-            Err(e) => report.problems.push(e.to_string()),
+        } else {
+            check_block(&store, &block, &mut report);
         }
     }
     Ok(report)
+}
+
+/// The first 16 bytes of `hash` (hashes are at least that long).
+fn prefix(hash: &BlockHash) -> u128 {
+    let mut b = [0u8; 16];
+    let bytes = hash.as_bytes();
+    let n = bytes.len().min(16);
+    b[..n].copy_from_slice(&bytes[..n]);
+    u128::from_le_bytes(b)
+}
+
+/// Reads `block` back: counted good, or its problem recorded.
+fn check_block(store: &BlobStore, block: &BlockRef, report: &mut VerifyReport) {
+    let hash = block.hash;
+    match store.get(&hash) {
+        Ok(data) if data.len() == block.len as usize => report.blocks_ok += 1,
+        Ok(data) => report.problems.push(format!(
+            "blob {hash} ({}): holds {} bytes, the log says {}",
+            store.path_of(&hash).display(),
+            data.len(),
+            block.len
+        )),
+        Err(e) => report.problems.push(e.to_string()),
+    }
 }
