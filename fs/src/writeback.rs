@@ -62,7 +62,7 @@ const COMMIT_EVERY: usize = 256;
 /// Bytes of decompressed blocks kept for reads that hit the same block
 /// again (a 1 MiB block read 128 KiB at a time) or that were read ahead:
 /// the read-ahead windows of a few streams at once.
-const READ_CACHE_BYTES: usize = 32 << 20;
+const READ_CACHE_BYTES: usize = 64 << 20;
 
 /// Bytes loaded ahead of a sequential reader, so that reading, verifying
 /// and decompressing the next blocks overlaps with the FUSE transfer of
