@@ -14,7 +14,7 @@
 //!   get ahead of the durable log and blocks.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
@@ -89,6 +89,10 @@ pub(crate) struct CatchUp<'a> {
     pub(crate) store: &'a Store,
     pub(crate) index: &'a Index,
     pub(crate) problems: &'a PeerProblems,
+    /// When set, the catch-up stops at the next batch and commits what it
+    /// applied (it resumes from there next time): a background refresh
+    /// must not hold up an unmount.
+    pub(crate) stop: Option<&'a AtomicBool>,
 }
 
 impl CatchUp<'_> {
@@ -146,6 +150,9 @@ impl CatchUp<'_> {
         let mut replay = false;
         let bs = self.store.block_size();
         while let Some(batch) = self.next_batch(&mut cursors)? {
+            if self.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                break;
+            }
             if !replay && last.is_some_and(|l| merge::order_key(&batch[0].1) <= l) {
                 // An event sorts before one applied: replay from the start,
                 // in this one transaction, so readers never see a half-built

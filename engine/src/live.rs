@@ -147,7 +147,7 @@ impl LiveTree {
         report.index_rebuilt = rebuilt;
         let problems = PeerProblems::default();
         let check_blocks = report.unclean;
-        let catch_up = CatchUp { store: &store, index: &index, problems: &problems };
+        let catch_up = CatchUp { store: &store, index: &index, problems: &problems, stop: None };
         report.caught_up = catch_up.catch_up(check_blocks, &mut report)?;
         let tree = LiveTree {
             pipeline: Pipeline::new(index, layout.index()),
@@ -220,7 +220,7 @@ impl LiveTree {
 
     /// The catch-up of the live index with the logs.
     fn catch_up(&self) -> CatchUp<'_> {
-        CatchUp { store: &self.store, index: self.pipeline.index(), problems: &self.problems }
+        CatchUp { store: &self.store, index: self.pipeline.index(), problems: &self.problems, stop: None }
     }
 
     /// Fails with ENOSPC when the local disk cannot take `bytes` more

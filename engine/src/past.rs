@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -106,7 +107,7 @@ impl PastView {
         };
         let problems = PeerProblems::default();
         if refresh {
-            bring_up_to_date(&store, &index, &mut report, &problems)?;
+            bring_up_to_date(&store, &index, &mut report, &problems, None)?;
             index.reopen_read_only()?;
             history_lock.lock_shared().map_err(|e| Error::io("lock", layout.history_lock(), e))?;
         }
@@ -289,7 +290,13 @@ fn seed_history(layout: &Layout) {
 
 /// Brings the writable `history.redb` open as `index` up to date with the
 /// logs; replays it from nothing when the log lost events it had indexed.
-fn bring_up_to_date(store: &Store, index: &Index, report: &mut OpenReport, problems: &PeerProblems) -> Result<()> {
+fn bring_up_to_date(
+    store: &Store,
+    index: &Index,
+    report: &mut OpenReport,
+    problems: &PeerProblems,
+    stop: Option<&AtomicBool>,
+) -> Result<()> {
     let layout = store.layout();
     // It runs beside a live mount's own index writer (the keeper), or
     // before a view's node cache fills: its caches stay small.
@@ -301,7 +308,7 @@ fn bring_up_to_date(store: &Store, index: &Index, report: &mut OpenReport, probl
         index.clear()?;
         report.index_rebuilt = true;
     }
-    let catch_up = CatchUp { store, index, problems };
+    let catch_up = CatchUp { store, index, problems, stop };
     report.caught_up = catch_up.catch_up(false, report)?;
     Ok(())
 }
@@ -324,9 +331,13 @@ pub const HISTORY_REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// - its thread runs at a lower CPU priority (nice 10), so the indexing
 ///   that history needs, the same work as the live index's, yields to the
 ///   mount's own requests;
-/// - dropping the keeper stops its thread (an update in progress ends first).
+/// - dropping the keeper stops its thread: an update in progress stops at
+///   its next batch of events, commits what it applied and closes
+///   `history.redb` cleanly (the next update resumes from there).
 pub struct HistoryKeeper {
     stop: Arc<(Mutex<bool>, Condvar)>,
+    /// Set with `stop`: ends an update in progress at its next batch.
+    halt: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -335,6 +346,8 @@ impl HistoryKeeper {
     pub fn start(tree: Arc<LiveTree>) -> Result<HistoryKeeper> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = Arc::clone(&stop);
+        let halt = Arc::new(AtomicBool::new(false));
+        let halted = Arc::clone(&halt);
         let dir = tree.data_dir().to_path_buf();
         let run = move || {
             lower_priority();
@@ -354,7 +367,7 @@ impl HistoryKeeper {
                 if seen == Some(events) {
                     continue;
                 }
-                match refresh_history(tree.store()) {
+                match refresh_history(tree.store(), Some(&halted)) {
                     Ok(true) => seen = Some(events),
                     Ok(false) => {}
                     Err(e) => tracing::warn!("keeping {} up to date: {e}", tree.layout().history_index().display()),
@@ -365,12 +378,13 @@ impl HistoryKeeper {
             .name("syncer-history".into())
             .spawn(run)
             .map_err(|e| Error::io("start the history thread", dir, e))?;
-        Ok(HistoryKeeper { stop, thread: Some(thread) })
+        Ok(HistoryKeeper { stop, halt, thread: Some(thread) })
     }
 }
 
 impl Drop for HistoryKeeper {
     fn drop(&mut self) {
+        self.halt.store(true, std::sync::atomic::Ordering::Relaxed);
         let (lock, cvar) = &*self.stop;
         *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
         cvar.notify_all();
@@ -391,7 +405,7 @@ fn lower_priority() {
 
 /// Brings `history.redb` up to date with the logs if no view holds it;
 /// returns whether it did.
-pub(crate) fn refresh_history(store: &Store) -> Result<bool> {
+pub(crate) fn refresh_history(store: &Store, stop: Option<&AtomicBool>) -> Result<bool> {
     let layout = store.layout();
     let lock = open_lock_file(&layout.history_lock())?;
     match lock.try_lock() {
@@ -401,7 +415,7 @@ pub(crate) fn refresh_history(store: &Store) -> Result<bool> {
     }
     let (mut index, rebuilt) = Index::open(&layout.history_index())?;
     let mut report = OpenReport { index_rebuilt: rebuilt, ..OpenReport::default() };
-    bring_up_to_date(store, &index, &mut report, &PeerProblems::default())?;
+    bring_up_to_date(store, &index, &mut report, &PeerProblems::default(), stop)?;
     // Closes the writable handle cleanly, so the next opener need not
     // repair the file.
     index.reopen_read_only()?;
