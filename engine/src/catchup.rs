@@ -14,6 +14,7 @@
 //!   get ahead of the durable log and blocks.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -256,44 +257,42 @@ impl CatchUp<'_> {
         let log_root = self.store.layout().log();
         let chunk = CHUNK.load(Ordering::Relaxed);
         let mut read = 0;
-        // Set when the chunk is full: the read is stopped through an error
-        // that is then dropped.
         let mut full = false;
-        let mut out_of_order = None;
-        let walk = log::for_each_event(self.store.storage().as_ref(), &log_root, c.machine, c.next, |pos, end, ev| {
+        let from = LogPos { machine: c.machine, segment: c.next.0, offset: c.next.1 };
+        let walk = log::for_each_record_while(self.store.storage().as_ref(), &log_root, from, |pos, r| {
             if read == chunk {
                 full = true;
-                return Err(Error::Invalid(String::new()));
+                return Ok(ControlFlow::Break(()));
             }
+            let ev = &r.event;
             if ev.seq > c.done_seq {
                 let key = merge::order_key(ev);
                 if c.last_key.is_some_and(|k| key <= k) {
-                    out_of_order = Some(format!("{}: event {} sorts before the one read before it", pos, ev.seq));
-                    return Err(Error::Invalid(String::new()));
+                    return Err(Error::Invalid(format!(
+                        "log of machine {}: {pos}: event {} sorts before the one read before it",
+                        c.machine, ev.seq
+                    )));
                 }
                 if c.check_blocks {
                     if let Some(why) = self.missing_block(ev) {
                         c.cut = Some((pos, why));
-                        return Err(Error::Invalid(String::new()));
+                        return Ok(ControlFlow::Break(()));
                     }
                 }
                 c.last_key = Some(key);
                 c.buf.push_back((pos, ev.clone()));
                 read += 1;
             }
-            c.next = (pos.segment, end);
-            Ok(())
+            c.next = (pos.segment, r.offset + r.frame_len);
+            Ok(ControlFlow::Continue(()))
         });
-        let walk = match (walk, out_of_order) {
-            (_, Some(what)) => Err(Error::Invalid(format!("log of machine {}: {what}", c.machine))),
-            (Err(_), None) if full => return Ok(()),
-            (w, None) => w,
-        };
-        // Read to its end, or to where our log must be cut.
+        if walk.is_ok() && full {
+            return Ok(());
+        }
+        // Read to its end, to damage, or to where our log must be cut.
         c.ended = true;
         match walk {
             Ok(_) => Ok(()),
-            Err(_) if c.cut.is_some() => Ok(()),
             // Damage in our own log is fatal: it is the truth we write.
             Err(e) if c.ours => Err(e),
             // A peer's damaged log: its events before the damage are
